@@ -1,0 +1,1 @@
+"""Storage backends: where repository files live."""

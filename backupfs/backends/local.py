@@ -1,0 +1,182 @@
+"""A repository in a local directory: the embedded default."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Iterator
+
+from backupfs.backends.base import FileType
+from backupfs.errors import AlreadyExists, BackendError, NotFound
+
+_TMP_MARK = ".tmp-"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _oserror(exc: OSError, what: str) -> BackendError:
+    if exc.errno == errno.ENOSPC:
+        return BackendError(f"{what}: no space left on device")
+    if exc.errno == errno.EDQUOT:
+        return BackendError(f"{what}: disk quota exceeded")
+    return BackendError(f"{what}: {exc.strerror or exc}")
+
+
+class LocalBackend:
+    """Files under `root`, data packs fanned out into 256 sub-folders like restic."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+
+    @property
+    def location(self) -> str:
+        return self.root
+
+    def _dir(self, ftype: FileType, name: str) -> str:
+        if ftype is FileType.CONFIG:
+            return self.root
+        if ftype is FileType.DATA:
+            return os.path.join(self.root, ftype.value, name[:2])
+        return os.path.join(self.root, ftype.value)
+
+    def _path(self, ftype: FileType, name: str) -> str:
+        if ftype is FileType.CONFIG:
+            return os.path.join(self.root, "config")
+        if not name or "/" in name or name.startswith("."):
+            raise BackendError(f"invalid file name {name!r}")
+        return os.path.join(self._dir(ftype, name), name)
+
+    def exists(self) -> bool:
+        return os.path.exists(os.path.join(self.root, "config"))
+
+    def create(self) -> None:
+        if self.exists():
+            raise AlreadyExists(f"a repository already exists at {self.root}")
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            for ftype in FileType:
+                if ftype is not FileType.CONFIG:
+                    os.makedirs(os.path.join(self.root, ftype.value), exist_ok=True)
+            for i in range(256):
+                os.makedirs(os.path.join(self.root, "data", f"{i:02x}"), exist_ok=True)
+        except OSError as exc:
+            raise _oserror(exc, f"cannot create repository at {self.root}") from exc
+
+    def save(self, ftype: FileType, name: str, data: bytes | memoryview) -> None:
+        path = self._path(ftype, name)
+        directory = os.path.dirname(path)
+        tmp = os.path.join(directory, f".{name}{_TMP_MARK}{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if ftype is FileType.CONFIG:
+                os.link(tmp, path)  # never replace an existing config
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, path)
+            _fsync_dir(directory)
+        except FileExistsError as exc:
+            _unlink_quiet(tmp)
+            raise AlreadyExists(f"{path} already exists") from exc
+        except OSError as exc:
+            _unlink_quiet(tmp)
+            raise _oserror(exc, f"cannot write {path}") from exc
+
+    def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(ftype, name)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if length is None:
+                    if offset:
+                        f.seek(offset)
+                    return f.read()
+                data = os.pread(f.fileno(), length, offset)
+        except FileNotFoundError as exc:
+            raise NotFound(f"{ftype.value}/{name} not found") from exc
+        except OSError as exc:
+            raise _oserror(exc, f"cannot read {path}") from exc
+        if len(data) != length:
+            raise BackendError(f"{path}: short read ({len(data)} of {length} bytes at {offset})")
+        return data
+
+    def stat(self, ftype: FileType, name: str) -> int:
+        try:
+            return os.stat(self._path(ftype, name)).st_size
+        except FileNotFoundError as exc:
+            raise NotFound(f"{ftype.value}/{name} not found") from exc
+        except OSError as exc:
+            raise _oserror(exc, f"cannot stat {name}") from exc
+
+    def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
+        if ftype is FileType.CONFIG:
+            if self.exists():
+                yield "config", self.stat(ftype, "config")
+            return
+        base = os.path.join(self.root, ftype.value)
+        dirs = [base]
+        if ftype is FileType.DATA:
+            try:
+                dirs = [e.path for e in os.scandir(base) if e.is_dir()]
+            except FileNotFoundError:
+                return
+        for d in dirs:
+            try:
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    yield entry.name, entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue
+
+    def remove(self, ftype: FileType, name: str) -> None:
+        path = self._path(ftype, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError as exc:
+            raise NotFound(f"{ftype.value}/{name} not found") from exc
+        except OSError as exc:
+            raise _oserror(exc, f"cannot remove {path}") from exc
+
+    def remove_stale_temporaries(self, max_age: float = 86400.0) -> int:
+        """Delete temporary files a killed writer left behind, once they are surely abandoned."""
+        removed = 0
+        now = time.time()
+        for dirpath, _dirs, files in os.walk(self.root):
+            for fname in files:
+                if _TMP_MARK in fname and fname.startswith("."):
+                    path = os.path.join(dirpath, fname)
+                    try:
+                        if now - os.stat(path).st_mtime > max_age:
+                            os.unlink(path)
+                            removed += 1
+                    except OSError:
+                        pass
+        return removed
+
+    def close(self) -> None:
+        pass
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,49 @@
+"""Exception hierarchy; each user-facing error carries the exit code documented in design.md."""
+
+from __future__ import annotations
+
+
+class BackupfsError(Exception):
+    """Base of every error the CLI turns into one line on stderr."""
+
+    exit_code = 1
+
+
+class UsageError(BackupfsError):
+    exit_code = 2
+
+
+class IntegrityError(BackupfsError):
+    """Data failed authentication, hashing or parsing: corrupt, truncated or forged."""
+
+    exit_code = 4
+
+
+class RepositoryNotFound(BackupfsError):
+    exit_code = 10
+
+
+class LockError(BackupfsError):
+    exit_code = 11
+
+
+class WrongPassword(BackupfsError):
+    exit_code = 12
+
+
+class BackendError(BackupfsError):
+    """A storage operation failed; `transient` says whether retrying may help."""
+
+    transient = False
+
+
+class TransientBackendError(BackendError):
+    transient = True
+
+
+class NotFound(BackendError):
+    """The named file does not exist in the backend."""
+
+
+class AlreadyExists(BackendError):
+    """A create-only operation found the target already present."""

@@ -1,0 +1,1 @@
+"""Bytes ⇄ objects for every stored object type; no I/O, no crypto."""
