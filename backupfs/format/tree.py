@@ -113,7 +113,7 @@ class Node:
 def encode_tree(nodes: Sequence[Node]) -> bytes:
     """Entries are sorted by name so equal directories give equal blobs (and dedup)."""
     ordered = sorted(nodes, key=lambda n: n.name)
-    return msgpack.packb({"v": 1, "entries": [n.to_msgpack_obj() for n in ordered]}, use_bin_type=True)
+    return bytes(msgpack.packb({"v": 1, "entries": [n.to_msgpack_obj() for n in ordered]}, use_bin_type=True))
 
 
 def decode_tree(data: bytes) -> list[Node]:

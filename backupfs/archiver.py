@@ -1,0 +1,453 @@
+"""The backup pipeline: walk, chunk, hash, dedup, compress, encrypt, pack, then the snapshot.
+
+The walker thread lists directories and decides per file; file jobs run on a thread pool (every
+heavy library releases the GIL, so two workers keep two cores busy); packs upload on the packer's
+own threads. Unchanged files (same inode, size, mtime, ctime as in the parent snapshot) are not
+read again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import getpass
+import os
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import IO
+
+from pyfastcdc import FastCDC
+
+from backupfs import __version__, fsmeta
+from backupfs.errors import BackupfsError
+from backupfs.excludes import Excluder, is_cache_dir
+from backupfs.format.pack import DATA
+from backupfs.format.snapshot import Snapshot
+from backupfs.format.tree import DIR, FILE, Node
+from backupfs.repository.repo import Repository
+
+READ_SIZE = 8 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class BackupOptions:
+    paths: list[str]
+    excludes: list[str] = dataclasses.field(default_factory=list)
+    exclude_caches: bool = False
+    one_file_system: bool = False
+    tags: list[str] = dataclasses.field(default_factory=list)
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+    parent: str | None = None  # snapshot id; None = pick the latest with the same host and paths
+    force: bool = False  # read every file even if unchanged
+    workers: int = max(2, min(4, (os.cpu_count() or 2)))
+    time_ns: int | None = None
+
+
+@dataclasses.dataclass
+class BackupStats:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unchanged: int = 0
+    total_files: int = 0
+    total_bytes: int = 0
+    bytes_read: int = 0
+    data_added: int = 0
+    data_blobs: int = 0
+    tree_blobs: int = 0
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    duration: float = 0.0
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for k, v in deltas.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "files_new": self.files_new,
+            "files_changed": self.files_changed,
+            "files_unchanged": self.files_unchanged,
+            "dirs_new": self.dirs_new,
+            "dirs_changed": self.dirs_changed,
+            "dirs_unchanged": self.dirs_unchanged,
+            "total_files_processed": self.total_files,
+            "total_bytes_processed": self.total_bytes,
+            "bytes_read": self.bytes_read,
+            "data_added": self.data_added,
+            "skipped": len(self.skipped),
+            "duration_seconds": round(self.duration, 3),
+        }
+
+
+class _LimitedReader:
+    """readinto() over [offset, offset+length) of a file: feeds one data extent to the chunker."""
+
+    def __init__(self, fd: int, offset: int, length: int | None) -> None:
+        self._fd = fd
+        self._pos = offset
+        self._left = length
+
+    def readinto(self, buf: memoryview) -> int:
+        n = len(buf) if self._left is None else min(len(buf), self._left)
+        if n <= 0:
+            return 0
+        got = os.preadv(self._fd, [buf[:n]], self._pos)
+        self._pos += got
+        if self._left is not None:
+            self._left -= got
+        return got
+
+
+class Archiver:
+    def __init__(
+        self,
+        repo: Repository,
+        options: BackupOptions,
+        progress: Callable[[BackupStats, str], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.opts = options
+        self.stats = BackupStats()
+        self._progress = progress
+        self._excluder = Excluder(options.excludes)
+        self._chunker = repo.chunker()
+        self._tls = threading.local()
+        self._pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bfs-file")
+        self._hardlinks: dict[tuple[int, int], Future[Node | None]] = {}
+        self._hardlinks_lock = threading.Lock()
+        self._root_devs: set[int] = set()
+
+    # ---------------------------------------------------------------- entry points
+
+    def run(self) -> tuple[str, Snapshot]:
+        start = time.monotonic()
+        paths = self._normalise_paths(self.opts.paths)
+        parent_id, parent_tree = self._find_parent(paths)
+        try:
+            root_tree = self._build_root(paths, parent_tree)
+            self.repo.flush()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        return self._save_snapshot(root_tree, paths, parent_id, start)
+
+    def run_stream(self, name: str, stream: IO[bytes], check: Callable[[], None] | None = None) -> tuple[str, Snapshot]:
+        """Backs up one stream as /NAME; `check` raises (and no snapshot is saved) if the source failed."""
+        start = time.monotonic()
+        if not name or "/" in name.strip("/") or name in (".", ".."):
+            raise BackupfsError(f"invalid --stdin-filename {name!r}")
+        name = name.strip("/")
+        content, size = self._save_stream(stream)
+        if check is not None:
+            check()
+        now = time.time_ns()
+        node = Node(
+            name=os.fsencode(name),
+            type=FILE,
+            mode=0o644,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            mtime_ns=now,
+            atime_ns=now,
+            ctime_ns=now,
+            size=size,
+            content=content,
+        )
+        self.stats.add(files_new=1, total_files=1, total_bytes=size)
+        root = self._save_tree([node])
+        self.repo.flush()
+        self._pool.shutdown(wait=True)
+        return self._save_snapshot(root, ["/" + name], None, start)
+
+    # ---------------------------------------------------------------- snapshot
+
+    def _save_snapshot(self, root: bytes, paths: list[str], parent: str | None, start: float) -> tuple[str, Snapshot]:
+        self.stats.data_added = self.repo.stats_added_bytes
+        self.stats.duration = time.monotonic() - start
+        snap = Snapshot(
+            time_ns=self.opts.time_ns or time.time_ns(),
+            host=self.opts.host,
+            user=getpass.getuser(),
+            uid=os.getuid(),
+            gid=os.getgid(),
+            paths=paths,
+            tags=sorted(set(self.opts.tags)),
+            tree=root,
+            parent=bytes.fromhex(parent) if parent else None,
+            excludes=self._excluder.patterns,
+            summary=self.stats.as_dict(),
+            program=f"backupfs {__version__}",
+        )
+        return self.repo.save_snapshot(snap), snap
+
+    def _normalise_paths(self, paths: list[str]) -> list[str]:
+        out = []
+        for p in paths:
+            ap = os.path.abspath(p)
+            if not os.path.lexists(ap):
+                raise BackupfsError(f"{p}: no such file or directory")
+            out.append(ap)
+        # a path inside another one is already covered
+        out = sorted(set(out))
+        return [p for p in out if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in out)]
+
+    def _find_parent(self, paths: list[str]) -> tuple[str | None, bytes | None]:
+        if self.opts.force:
+            return None, None
+        if self.opts.parent:
+            sid, snap = self.repo.find_snapshot(self.opts.parent)
+            return sid, snap.tree
+        best: tuple[str, Snapshot] | None = None
+        for sid, snap in self.repo.list_snapshots():
+            if snap.host == self.opts.host and sorted(snap.paths) == paths:
+                best = (sid, snap)
+        return (best[0], best[1].tree) if best else (None, None)
+
+    # ---------------------------------------------------------------- trees
+
+    def _build_root(self, paths: list[str], parent_tree: bytes | None) -> bytes:
+        """The root tree is `/`; each backed-up path hangs at its absolute place."""
+        plan: dict[bytes, object] = {}
+        for p in paths:
+            parts = [os.fsencode(c) for c in p.strip("/").split("/") if c]
+            node: dict[bytes, object] = plan
+            for c in parts[:-1]:
+                node = node.setdefault(c, {})  # type: ignore[assignment]
+            if parts:
+                node[parts[-1]] = None  # a leaf: backed up in full
+            else:
+                return self._save_dir(b"/", parent_tree, None)  # backing up "/" itself
+        return self._save_plan(b"/", plan, parent_tree)
+
+    def _save_plan(self, path: bytes, plan: dict[bytes, object], parent_tree: bytes | None) -> bytes:
+        parent_nodes = self._parent_children(parent_tree)
+        nodes: list[Node] = []
+        for name, sub in sorted(plan.items()):
+            child = os.path.join(path, name)
+            pnode = parent_nodes.get(name)
+            if sub is None:
+                try:
+                    st = os.lstat(child)
+                except OSError as exc:
+                    self._skip(child, exc)
+                    continue
+                self._root_devs.add(st.st_dev)
+                result = self._process_entry(child, name, st, pnode, top_level=True)
+                if result is not None:
+                    nodes.append(result if isinstance(result, Node) else result.result())  # type: ignore[arg-type]
+            else:
+                assert isinstance(sub, dict)
+                try:
+                    st = os.lstat(child)
+                except OSError as exc:
+                    self._skip(child, exc)
+                    continue
+                dnode = fsmeta.node_from_path(path, name, st)
+                if dnode is None:
+                    continue
+                dnode.subtree = self._save_plan(child, sub, pnode.subtree if pnode else None)
+                nodes.append(dnode)
+        return self._save_tree(nodes)
+
+    def _parent_children(self, tree_id: bytes | None) -> dict[bytes, Node]:
+        if tree_id is None:
+            return {}
+        try:
+            return {n.name: n for n in self.repo.load_tree(tree_id)}
+        except BackupfsError as exc:
+            self.stats.warnings.append(f"parent snapshot tree unreadable, reading files again: {exc}")
+            return {}
+
+    def _save_dir(self, path: bytes, parent_tree: bytes | None, pnode: Node | None) -> bytes:
+        parent_nodes = self._parent_children(parent_tree)
+        pending: list[Node | Future[Node | None]] = []
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self._skip(path, exc)
+            entries = []
+        if self.opts.exclude_caches and is_cache_dir(path):
+            entries = [e for e in entries if e.name == b"CACHEDIR.TAG"]
+        for entry in entries:
+            child = os.path.join(path, entry.name)
+            if self._excluder.excluded(child):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                self._skip(child, exc)
+                continue
+            result = self._process_entry(child, entry.name, st, parent_nodes.get(entry.name))
+            if result is not None:
+                pending.append(result)
+        nodes = []
+        for item in pending:
+            node = item.result() if isinstance(item, Future) else item
+            if node is not None:
+                nodes.append(node)
+        tree_id = self._save_tree(nodes)
+        if pnode is not None and pnode.subtree == tree_id:
+            self.stats.add(dirs_unchanged=1)
+        elif pnode is not None:
+            self.stats.add(dirs_changed=1)
+        else:
+            self.stats.add(dirs_new=1)
+        return tree_id
+
+    def _process_entry(
+        self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None, top_level: bool = False
+    ) -> Node | Future[Node | None] | None:
+        if stat.S_ISSOCK(st.st_mode):
+            self.stats.warnings.append(f"{os.fsdecode(path)}: socket skipped")
+            return None
+        try:
+            node = fsmeta.node_from_path(os.path.dirname(path) or b"/", name, st)
+        except OSError as exc:
+            self._skip(path, exc)
+            return None
+        if node is None:
+            return None
+        if node.type == DIR:
+            if self.opts.one_file_system and not top_level and st.st_dev not in self._root_devs:
+                node.subtree = self._save_tree([])
+                return node
+            node.subtree = self._save_dir(path, pnode.subtree if pnode and pnode.type == DIR else None, pnode)
+            return node
+        if node.type != FILE:
+            return node
+        self.stats.add(total_files=1, total_bytes=st.st_size)
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            with self._hardlinks_lock:
+                first = self._hardlinks.get(key)
+                if first is None:
+                    fut = self._pool.submit(self._save_file, path, node, pnode)
+                    self._hardlinks[key] = fut
+                    return fut
+            return self._pool.submit(self._copy_content, first, node)
+        return self._pool.submit(self._save_file, path, node, pnode)
+
+    @staticmethod
+    def _copy_content(first: Future[Node | None], node: Node) -> Node | None:
+        """Another name of an inode read in this backup: same content, no second read."""
+        done = first.result()
+        if done is None:
+            return None
+        node.content = done.content
+        node.size = done.size
+        return node
+
+    def _save_tree(self, nodes: list[Node]) -> bytes:
+        tree_id = self.repo.save_tree(nodes)
+        self.stats.add(tree_blobs=1)
+        return tree_id
+
+    # ---------------------------------------------------------------- files
+
+    def _unchanged(self, node: Node, pnode: Node | None) -> bool:
+        if pnode is None or pnode.type != FILE or pnode.content is None:
+            return False
+        if (pnode.inode, pnode.size, pnode.mtime_ns, pnode.ctime_ns) != (
+            node.inode,
+            node.size,
+            node.mtime_ns,
+            node.ctime_ns,
+        ):
+            return False
+        return all(self.repo.has_blob(bid) for _off, bid in pnode.content)
+
+    def _save_file(self, path: bytes, node: Node, pnode: Node | None) -> Node | None:
+        if self._unchanged(node, pnode):
+            assert pnode is not None
+            node.content = pnode.content
+            self.stats.add(files_unchanged=1)
+            self._report(path)
+            return node
+        try:
+            fd = _open_noatime(path)
+        except OSError as exc:
+            self._skip(path, exc)
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self._skip(path, OSError(errno.EINVAL, "changed type during backup"))
+                return None
+            extents = fsmeta.data_extents(fd, st.st_size)
+            content: list[tuple[int, bytes]] = []
+            end = 0
+            for off, length in extents:
+                sparse = extents != [(0, st.st_size)]
+                got = self._save_extent(fd, off, length if sparse else None, content)
+                end = off + got
+            node.content = content
+            node.size = st.st_size if extents != [(0, st.st_size)] else end
+        except OSError as exc:
+            self._skip(path, exc)
+            return None
+        finally:
+            os.close(fd)
+        self.stats.add(files_changed=1) if pnode is not None else self.stats.add(files_new=1)
+        self._report(path)
+        return node
+
+    def _cdc(self) -> FastCDC:
+        cdc: FastCDC | None = getattr(self._tls, "cdc", None)
+        if cdc is None:
+            cdc = self._tls.cdc = self._chunker.new_fastcdc()
+        return cdc
+
+    def _save_extent(self, fd: int, offset: int, length: int | None, content: list[tuple[int, bytes]]) -> int:
+        total = 0
+        reader = _LimitedReader(fd, offset, length)
+        repo = self.repo
+        for chunk in self._cdc().cut_stream(reader):
+            data = bytes(chunk.data)
+            blob_id, _added = repo.save_blob(DATA, data)
+            content.append((offset + total, blob_id))
+            total += len(data)
+            self.stats.add(bytes_read=len(data))
+        return total
+
+    def _save_stream(self, stream: IO[bytes]) -> tuple[list[tuple[int, bytes]], int]:
+        content: list[tuple[int, bytes]] = []
+        total = 0
+        for chunk in self._cdc().cut_stream(stream):
+            data = bytes(chunk.data)
+            blob_id, _ = self.repo.save_blob(DATA, data)
+            content.append((total, blob_id))
+            total += len(data)
+            self.stats.add(bytes_read=len(data))
+        return content, total
+
+    # ---------------------------------------------------------------- reporting
+
+    def _skip(self, path: bytes, exc: OSError) -> None:
+        msg = exc.strerror or str(exc)
+        with self.stats._lock:
+            self.stats.skipped.append((os.fsdecode(path), msg))
+
+    def _report(self, path: bytes) -> None:
+        if self._progress is not None:
+            self._progress(self.stats, os.fsdecode(path))
+
+
+def _open_noatime(path: bytes) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_NOATIME)
+    except PermissionError:
+        return os.open(path, flags)
+
+
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))

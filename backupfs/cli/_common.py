@@ -1,0 +1,168 @@
+"""What every command shares: repository URL, password, locking, output."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from backupfs.backends.base import Backend
+from backupfs.backends.local import LocalBackend
+from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError
+from backupfs.repository.repo import Repository
+
+
+def repo_url(args: argparse.Namespace) -> str:
+    url: str | None = args.repo or os.environ.get("BACKUPFS_REPOSITORY")
+    if not url:
+        file = args.repository_file or os.environ.get("BACKUPFS_REPOSITORY_FILE")
+        if file:
+            with open(file, encoding="utf-8") as f:
+                url = f.read().strip()
+    if not url:
+        raise UsageError("no repository given: use -r REPO or set BACKUPFS_REPOSITORY")
+    return url
+
+
+def open_backend(url: str) -> Backend:
+    if url.startswith("local:"):
+        url = url[len("local:") :]
+    return LocalBackend(url)
+
+
+def _read_password_source(args: argparse.Namespace) -> bytes | None:
+    if getattr(args, "password_command", None) or os.environ.get("BACKUPFS_PASSWORD_COMMAND"):
+        cmd = args.password_command or os.environ["BACKUPFS_PASSWORD_COMMAND"]
+        proc = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, check=False)
+        if proc.returncode != 0:
+            raise BackupfsError(f"password command failed with exit code {proc.returncode}")
+        return proc.stdout.rstrip(b"\r\n")
+    file = getattr(args, "password_file", None) or os.environ.get("BACKUPFS_PASSWORD_FILE")
+    if file:
+        try:
+            with open(file, "rb") as f:
+                return f.read().rstrip(b"\r\n")
+        except OSError as exc:
+            raise BackupfsError(f"cannot read password file {file}: {exc.strerror}") from exc
+    env = os.environ.get("BACKUPFS_PASSWORD")
+    if env is not None:
+        return os.fsencode(env)
+    return None
+
+
+def get_password(args: argparse.Namespace, *, confirm: bool = False, prompt: str = "enter password: ") -> bytes:
+    pw = _read_password_source(args)
+    if pw is None:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                "no password given: set BACKUPFS_PASSWORD, BACKUPFS_PASSWORD_FILE or --password-command, "
+                "or run on a terminal"
+            )
+        pw = getpass.getpass(f"{prompt}").encode()
+        if confirm and getpass.getpass("enter password again: ").encode() != pw:
+            raise UsageError("passwords do not match")
+    if not pw:
+        raise UsageError("an empty password is not allowed")
+    return pw
+
+
+def new_password(args: argparse.Namespace) -> bytes:
+    """For key add/passwd: --new-password-file, BACKUPFS_NEW_PASSWORD, or a prompt."""
+    file = getattr(args, "new_password_file", None)
+    if file:
+        with open(file, "rb") as f:
+            pw = f.read().rstrip(b"\r\n")
+    elif "BACKUPFS_NEW_PASSWORD" in os.environ:
+        pw = os.fsencode(os.environ["BACKUPFS_NEW_PASSWORD"])
+    elif sys.stdin.isatty():
+        pw = getpass.getpass("enter new password: ").encode()
+        if getpass.getpass("enter new password again: ").encode() != pw:
+            raise UsageError("passwords do not match")
+    else:
+        raise UsageError("no new password given: use --new-password-file or BACKUPFS_NEW_PASSWORD")
+    if not pw:
+        raise UsageError("an empty password is not allowed")
+    return pw
+
+
+@contextlib.contextmanager
+def open_repository(
+    args: argparse.Namespace, *, lock: str | None = "shared", load_index: bool = True
+) -> Iterator[Repository]:
+    """Opens, unlocks and locks the repository; `lock` is None, 'shared' or 'exclusive'."""
+    backend = open_backend(repo_url(args))
+    if not backend.exists():
+        raise RepositoryNotFound(f"no repository at {backend.location} (create one with `backupfs init`)")
+    repo = Repository.open(backend, get_password(args))
+    try:
+        if lock is not None and not getattr(args, "no_lock", False):
+            repo.lock(exclusive=(lock == "exclusive"), retry_for=float(getattr(args, "retry_lock", 0) or 0))
+        if load_index:
+            repo.load_index()
+        yield repo
+    finally:
+        repo.close()
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return obj.hex()
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def err(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def format_time(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+
+
+def iso_time(ns: int) -> str:
+    sec, frac = divmod(ns, 10**9)
+    tm = time.localtime(sec)
+    off = time.strftime("%z", tm)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", tm) + f".{frac:09d}" + off[:3] + ":" + off[3:]
+
+
+class Progress:
+    """A one-line status on a terminal's stderr, at most every 0.2 s; silent elsewhere."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._last = 0.0
+
+    def show(self, line: str, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if force or now - self._last >= 0.2:
+            self._last = now
+            width = os.get_terminal_size(sys.stderr.fileno()).columns if sys.stderr.isatty() else 80
+            sys.stderr.write("\r\x1b[K" + line[: max(10, width - 1)])
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()

@@ -1,0 +1,123 @@
+"""`backupfs backup`: save files, directories or a stream as a new snapshot."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+
+from backupfs.archiver import Archiver, BackupOptions, BackupStats
+from backupfs.cli._common import Progress, err, human_size, open_repository, print_json
+from backupfs.errors import BackupfsError, UsageError
+from backupfs.excludes import read_exclude_file
+
+EXIT_SKIPPED = 3
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("backup", help="create a new snapshot of files and directories")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("-e", "--exclude", action="append", default=[], metavar="PATTERN")
+    p.add_argument("--exclude-file", action="append", default=[], metavar="FILE", help="patterns, one per line")
+    p.add_argument("--exclude-caches", action="store_true", help="skip folders holding a valid CACHEDIR.TAG")
+    p.add_argument("-x", "--one-file-system", action="store_true", help="do not cross file system boundaries")
+    p.add_argument("--tag", action="append", default=[], help="tag the snapshot (repeatable, or a,b)")
+    p.add_argument("--host", help="override the host name recorded")
+    p.add_argument("--parent", help="compare against this snapshot instead of the latest of the same paths")
+    p.add_argument("-f", "--force", action="store_true", help="read every file even if unchanged")
+    p.add_argument("--stdin", action="store_true", help="back up standard input")
+    p.add_argument("--stdin-filename", default="stdin", help="file name for --stdin (default: stdin)")
+    p.add_argument(
+        "--stdin-from-command",
+        action="store_true",
+        help="back up the standard output of the command given after the paths (after --)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = BackupOptions(
+        paths=list(args.paths),
+        excludes=list(args.exclude) + [p for f in args.exclude_file for p in read_exclude_file(f)],
+        exclude_caches=args.exclude_caches,
+        one_file_system=args.one_file_system,
+        tags=[t for tag in args.tag for t in tag.split(",") if t],
+        parent=args.parent,
+        force=args.force,
+    )
+    if args.host:
+        opts.host = args.host
+    if args.stdin and args.stdin_from_command:
+        raise UsageError("--stdin and --stdin-from-command cannot be combined")
+    if not (args.stdin or args.stdin_from_command) and not opts.paths:
+        raise UsageError("nothing to back up: give at least one path (or --stdin)")
+    progress = Progress(not args.quiet and not args.json)
+
+    def report(stats: BackupStats, path: str) -> None:
+        progress.show(
+            f"{stats.files_new + stats.files_changed + stats.files_unchanged} files, "
+            f"{human_size(stats.bytes_read)} read, {human_size(stats_added(stats))} added  {path}"
+        )
+
+    with open_repository(args, lock="shared") as repo:
+
+        def stats_added(_s: BackupStats) -> int:
+            return repo.stats_added_bytes
+
+        archiver = Archiver(repo, opts, report)
+        if args.stdin_from_command:
+            if not opts.paths:
+                raise UsageError("--stdin-from-command needs a command after --")
+            snap_id, _snap = _backup_command(archiver, opts.paths, args.stdin_filename)
+        elif args.stdin:
+            if opts.paths:
+                raise UsageError("--stdin takes no paths")
+            snap_id, _snap = archiver.run_stream(args.stdin_filename, sys.stdin.buffer)
+        else:
+            snap_id, _snap = archiver.run()
+    progress.done()
+    stats = archiver.stats
+    for path, msg in stats.skipped:
+        err(f"error: {path}: {msg}")
+    for msg in stats.warnings:
+        err(f"warning: {msg}")
+    if args.json:
+        print_json({"message_type": "summary", **stats.as_dict(), "snapshot_id": snap_id})
+    elif not args.quiet:
+        print(f"Files:  {stats.files_new:6} new, {stats.files_changed:6} changed, {stats.files_unchanged:6} unmodified")
+        print(f"Dirs:   {stats.dirs_new:6} new, {stats.dirs_changed:6} changed, {stats.dirs_unchanged:6} unmodified")
+        print(f"Added to the repository: {human_size(stats.data_added)}")
+        print(
+            f"processed {stats.total_files} files, {human_size(stats.total_bytes)} in {stats.duration:.2f}s "
+            f"({human_size(stats.bytes_read)} read)"
+        )
+        print(f"snapshot {snap_id[:8]} saved")
+    if stats.skipped:
+        err(f"Warning: {len(stats.skipped)} files could not be read and are missing from snapshot {snap_id[:8]}")
+        return EXIT_SKIPPED
+    return 0
+
+
+def _backup_command(archiver: Archiver, command: list[str], name: str) -> tuple[str, object]:
+    """Streams a command's stdout; if the command fails, no snapshot is written."""
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE)
+    except OSError as exc:
+        raise BackupfsError(f"cannot run {command[0]!r}: {exc.strerror}") from exc
+    assert proc.stdout is not None
+    done = threading.Event()
+
+    def check() -> None:
+        proc.stdout.close()  # type: ignore[union-attr]
+        code = proc.wait()
+        done.set()
+        if code != 0:
+            raise BackupfsError(f"command {command[0]!r} failed with exit code {code}; no snapshot was saved")
+
+    try:
+        return archiver.run_stream(name, proc.stdout, check)
+    finally:
+        if not done.is_set():
+            proc.kill()
+            proc.wait()

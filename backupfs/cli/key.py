@@ -1,0 +1,55 @@
+"""`backupfs key list|add|remove|passwd`: manage the passwords that open a repository."""
+
+from __future__ import annotations
+
+import argparse
+
+from backupfs.cli._common import err, format_time, new_password, open_repository, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("key", help="manage passwords (key files)")
+    ks = p.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    ks.add_parser("list", help="list key files")
+    a = ks.add_parser("add", help="add a password")
+    a.add_argument("--new-password-file", help="file holding the new password")
+    r = ks.add_parser("remove", help="remove a key file")
+    r.add_argument("id", help="key id or unique prefix")
+    c = ks.add_parser("passwd", help="change the password in use")
+    c.add_argument("--new-password-file", help="file holding the new password")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    exclusive = args.key_command in ("remove", "passwd")
+    with open_repository(args, lock="exclusive" if exclusive else "shared", load_index=False) as repo:
+        if args.key_command == "list":
+            keys = repo.list_keys()
+            if args.json:
+                print_json(
+                    [
+                        {
+                            "id": k.name,
+                            "current": k.current,
+                            "userName": k.user,
+                            "hostName": k.host,
+                            "created": format_time(k.created_ns),
+                        }
+                        for k in keys
+                    ]
+                )
+            else:
+                print(" ID        User        Host                 Created")
+                for k in keys:
+                    mark = "*" if k.current else " "
+                    print(f"{mark}{k.name[:8]}  {k.user:<10}  {k.host:<20} {format_time(k.created_ns)}")
+        elif args.key_command == "add":
+            name = repo.add_key(new_password(args))
+            err(f"saved new key {name[:8]}")
+        elif args.key_command == "remove":
+            repo.remove_key(args.id)
+            err(f"removed key {args.id}")
+        else:
+            name = repo.change_password(new_password(args))
+            err(f"saved new key {name[:8]}, removed the old one")
+    return 0

@@ -1,0 +1,82 @@
+"""`backupfs ls SNAPSHOT [PATH]`: list the files of a snapshot."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+
+from backupfs.cli._common import format_time, iso_time, open_repository, print_json
+from backupfs.cli.snapshots import snapshot_json
+from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
+from backupfs.treeview import iter_tree, lookup, split_path
+
+_TYPE_NAMES = {FILE: "file", DIR: "dir", SYMLINK: "symlink", FIFO: "fifo", CHARDEV: "chardev", BLOCKDEV: "blockdev"}
+_FMT = {
+    FILE: stat.S_IFREG,
+    DIR: stat.S_IFDIR,
+    SYMLINK: stat.S_IFLNK,
+    FIFO: stat.S_IFIFO,
+    CHARDEV: stat.S_IFCHR,
+    BLOCKDEV: stat.S_IFBLK,
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("ls", help="list files in a snapshot")
+    p.add_argument("snapshot", help="snapshot id, prefix or 'latest'")
+    p.add_argument("path", nargs="?", default="/", help="directory or file inside the snapshot (default /)")
+    p.add_argument("-l", "--long", action="store_true", help="show mode, owner, size and time")
+    p.add_argument("--no-recursive", action="store_true", help="list only the given directory")
+    p.set_defaults(func=run)
+
+
+def node_json(path: bytes, node: Node) -> dict[str, object]:
+    return {
+        "name": os.fsdecode(node.name),
+        "type": _TYPE_NAMES[node.type],
+        "path": os.fsdecode(path),
+        "uid": node.uid,
+        "gid": node.gid,
+        "user": node.user,
+        "group": node.group,
+        "size": node.size if node.type == FILE else None,
+        "mode": _FMT[node.type] | node.mode,
+        "permissions": stat.filemode(_FMT[node.type] | node.mode),
+        "mtime": iso_time(node.mtime_ns),
+        "atime": iso_time(node.atime_ns),
+        "ctime": iso_time(node.ctime_ns),
+        "inode": node.inode,
+        "struct_type": "node",
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    with open_repository(args, lock="shared") as repo:
+        sid, snap = repo.find_snapshot(args.snapshot)
+        start = lookup(repo, snap.tree, args.path)
+        base = b"/" + b"/".join(split_path(args.path)) if split_path(args.path) else b""
+        if args.json:
+            print_json({**snapshot_json(sid, snap), "struct_type": "snapshot"})
+        entries: list[tuple[bytes, Node]]
+        if start.type != DIR:
+            entries = [(base, start)]
+        elif args.no_recursive:
+            entries = [(base + b"/" + n.name, n) for n in repo.load_tree(start.subtree)] if start.subtree else []
+        else:
+            entries = iter_tree(repo, start.subtree, base) if start.subtree else []  # type: ignore[assignment]
+        for path, node in entries:
+            if args.json:
+                print_json(node_json(path, node))
+            elif args.long:
+                mode = stat.filemode(_FMT[node.type] | node.mode)
+                owner = f"{node.user or node.uid}/{node.group or node.gid}"
+                target = b" -> " + node.link_target if node.link_target else b""
+                line = f"{mode} {owner:>16} {node.size:>12} {format_time(node.mtime_ns)} ".encode()
+                out.write(line + path + target + b"\n")
+            else:
+                out.write(path + b"\n")
+    out.flush()
+    return 0

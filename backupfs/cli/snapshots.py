@@ -1,0 +1,82 @@
+"""`backupfs snapshots`: list snapshots."""
+
+from __future__ import annotations
+
+import argparse
+
+from backupfs.cli._common import format_time, human_size, iso_time, open_repository, print_json
+from backupfs.format.snapshot import Snapshot
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("snapshots", help="list snapshots")
+    add_filter_args(p)
+    p.add_argument("--latest", type=int, metavar="N", help="only the newest N snapshots per host and paths")
+    p.set_defaults(func=run)
+
+
+def add_filter_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", action="append", default=[], help="only snapshots of this host (repeatable)")
+    p.add_argument("--tag", action="append", default=[], help="only snapshots with these tags (a,b = both)")
+    p.add_argument("--path", action="append", default=[], help="only snapshots including this path")
+
+
+def matches(snap: Snapshot, args: argparse.Namespace) -> bool:
+    if args.host and snap.host not in args.host:
+        return False
+    if args.tag and not any(set(t.split(",")) <= set(snap.tags) for t in args.tag):
+        return False
+    return not (args.path and not set(args.path) <= set(snap.paths))
+
+
+def snapshot_json(sid: str, snap: Snapshot) -> dict[str, object]:
+    return {
+        "id": sid,
+        "short_id": sid[:8],
+        "time": iso_time(snap.time_ns),
+        "hostname": snap.host,
+        "username": snap.user,
+        "uid": snap.uid,
+        "gid": snap.gid,
+        "paths": snap.paths,
+        "tags": snap.tags,
+        "tree": snap.tree.hex(),
+        "parent": snap.parent.hex() if snap.parent else None,
+        "excludes": snap.excludes,
+        "summary": snap.summary,
+        "program_version": snap.program,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    with open_repository(args, lock="shared", load_index=False) as repo:
+        snaps = [(sid, s) for sid, s in repo.list_snapshots() if matches(s, args)]
+    if args.latest:
+        groups: dict[tuple[str, tuple[str, ...]], list[tuple[str, Snapshot]]] = {}
+        for sid, s in snaps:
+            groups.setdefault((s.host, tuple(sorted(s.paths))), []).append((sid, s))
+        snaps = sorted((p for g in groups.values() for p in g[-args.latest :]), key=lambda p: (p[1].time_ns, p[0]))
+    if args.json:
+        print_json([snapshot_json(sid, s) for sid, s in snaps])
+        return 0
+    rows = [
+        (
+            sid[:8],
+            format_time(s.time_ns),
+            s.host,
+            ",".join(s.tags),
+            ", ".join(s.paths),
+            human_size(int(s.summary.get("total_bytes_processed", 0))),
+        )
+        for sid, s in snaps
+    ]
+    header = ("ID", "Time", "Host", "Tags", "Paths", "Size")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    print("-" * len(line))
+    print(f"{len(rows)} snapshots")
+    return 0

@@ -1,0 +1,1 @@
+"""The repository: keys, config, master index, packer, locks, write ordering."""

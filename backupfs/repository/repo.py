@@ -1,0 +1,407 @@
+"""Opening, reading and writing a repository: the one place that knows the write ordering."""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from backupfs.backends.base import Backend, FileType
+from backupfs.chunker import DEFAULT_PARAMS, Chunker
+from backupfs.compress import LZ4, NONE, compress, decompress, parse_compression
+from backupfs.crypto import (
+    ARGON2_MEM,
+    ARGON2_OPS,
+    Cipher,
+    IdHasher,
+    MasterKey,
+    default_suite,
+    file_id,
+    unwrap_master_key,
+    wrap_master_key,
+)
+from backupfs.errors import (
+    BackendError,
+    BackupfsError,
+    IntegrityError,
+    NotFound,
+    RepositoryNotFound,
+    UsageError,
+    WrongPassword,
+)
+from backupfs.format import index as index_fmt
+from backupfs.format import lock as lock_fmt
+from backupfs.format import snapshot as snapshot_fmt
+from backupfs.format.config import ConfigBody, ConfigHeader, config_aad
+from backupfs.format.index import IndexFile
+from backupfs.format.keyfile import META_AAD, KeyFile, decode_meta, encode_meta, key_aad
+from backupfs.format.lock import LockInfo
+from backupfs.format.pack import DATA, TREE, PackEntry, blob_aad
+from backupfs.format.snapshot import Snapshot
+from backupfs.format.tree import Node, decode_tree, encode_tree
+from backupfs.repository import locks
+from backupfs.repository.masterindex import BlobLocation, MasterIndex
+from backupfs.repository.packer import Packer
+
+DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+INDEX_EVERY_PACKS = 10
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyInfo:
+    name: str
+    host: str
+    user: str
+    created_ns: int
+    current: bool
+
+
+class Repository:
+    """An unlocked repository. Thread-safe: pipelines call load_blob/save_blob from many threads."""
+
+    def __init__(self, backend: Backend, master: MasterKey, header: ConfigHeader, body: ConfigBody, key_name: str):
+        self.backend = backend
+        self.master = master
+        self.header = header
+        self.config = body
+        self.key_name = key_name
+        self.cipher = Cipher(header.aead, master.enc)
+        self.blob_id = IdHasher(master.id)
+        self.index = MasterIndex()
+        self.compression, self.compression_level = parse_compression(body.compression)
+        self._pending: set[bytes] = set()
+        self._pending_lock = threading.Lock()
+        self._unindexed: dict[bytes, list[PackEntry]] = {}
+        self._index_lock = threading.Lock()
+        self._packer: Packer | None = None
+        self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
+        self._tree_cache_lock = threading.Lock()
+        self._locks: list[locks.Lock] = []
+        self.stats_added_bytes = 0
+        self.stats_added_blobs = 0
+
+    # ---------------------------------------------------------------- open / init
+
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        password: bytes,
+        *,
+        suite: str | None = None,
+        chunker: tuple[int, int, int] = DEFAULT_PARAMS,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        compression: str = "lz4",
+        master: MasterKey | None = None,
+        kdf: tuple[int, int] = (ARGON2_OPS, ARGON2_MEM),
+    ) -> Repository:
+        parse_compression(compression)
+        if not 1 << 20 <= pack_size <= 1 << 30:
+            raise UsageError("pack size must be between 1 MiB and 1 GiB")
+        if backend.exists():
+            raise BackupfsError(f"a repository already exists at {backend.location}")
+        master = master or MasterKey.generate()
+        header_suite = suite or default_suite()
+        repo_id = os.urandom(32)
+        body = ConfigBody(chunker, pack_size, compression)
+        cipher = Cipher(header_suite, master.enc)
+        header = ConfigHeader(repo_id, header_suite, cipher.seal(compress(body.encode(), NONE), config_aad(repo_id)))
+        backend.create()
+        repo = cls(backend, master, header, body, "")
+        repo.key_name = repo._write_key(password, kdf)
+        backend.save(FileType.CONFIG, "config", header.encode())
+        return repo
+
+    @classmethod
+    def open(cls, backend: Backend, password: bytes) -> Repository:
+        try:
+            raw = backend.load(FileType.CONFIG, "config")
+        except NotFound as exc:
+            raise RepositoryNotFound(f"no repository at {backend.location}") from exc
+        header = ConfigHeader.decode(raw)
+        aad = key_aad(header.repo_id)
+        keys = list(backend.list(FileType.KEY))
+        if not keys:
+            raise IntegrityError("repository has no key files")
+        for name, _size in sorted(keys):
+            try:
+                kf = KeyFile.decode(_load_verified(backend, FileType.KEY, name))
+                master = unwrap_master_key(kf.wrapped, password, aad)
+            except (WrongPassword, IntegrityError):
+                continue
+            cipher = Cipher(header.aead, master.enc)
+            body = ConfigBody.decode(decompress(cipher.open(header.body, config_aad(header.repo_id))))
+            return cls(backend, master, header, body, name)
+        raise WrongPassword("wrong password or no key found")
+
+    # ---------------------------------------------------------------- whole files
+
+    def _seal(self, plaintext: bytes, aad: bytes, algorithm: int = LZ4) -> bytes:
+        return self.cipher.seal(compress(plaintext, algorithm), aad)
+
+    def _open(self, envelope: bytes, aad: bytes) -> bytes:
+        return decompress(self.cipher.open(envelope, aad))
+
+    def save_file(self, ftype: FileType, plaintext: bytes, aad: bytes) -> str:
+        data = self._seal(plaintext, aad)
+        name = file_id(data)
+        self.backend.save(ftype, name, data)
+        return name
+
+    def load_file(self, ftype: FileType, name: str, aad: bytes) -> bytes:
+        data = _load_verified(self.backend, ftype, name)
+        try:
+            return self._open(data, aad)
+        except IntegrityError as exc:
+            raise IntegrityError(f"{ftype.value}/{name}: {exc}") from exc
+
+    # ---------------------------------------------------------------- keys
+
+    def _write_key(self, password: bytes, kdf: tuple[int, int] = (ARGON2_OPS, ARGON2_MEM)) -> str:
+        wrapped = wrap_master_key(self.master, password, key_aad(self.header.repo_id), *kdf)
+        meta = self._seal(encode_meta(socket.gethostname(), getpass.getuser(), time.time_ns()), META_AAD, NONE)
+        data = KeyFile(wrapped, meta).encode()
+        name = file_id(data)
+        self.backend.save(FileType.KEY, name, data)
+        return name
+
+    def add_key(self, password: bytes) -> str:
+        return self._write_key(password)
+
+    def list_keys(self) -> list[KeyInfo]:
+        out = []
+        for name, _size in self.backend.list(FileType.KEY):
+            kf = KeyFile.decode(_load_verified(self.backend, FileType.KEY, name))
+            try:
+                host, user, created = decode_meta(self._open(kf.meta, META_AAD))
+            except IntegrityError:
+                host, user, created = "?", "?", 0
+            out.append(KeyInfo(name, host, user, created, name == self.key_name))
+        return sorted(out, key=lambda k: (k.created_ns, k.name))
+
+    def remove_key(self, name: str) -> None:
+        if name == self.key_name:
+            raise UsageError("refusing to remove the key currently in use (use `key passwd` to change it)")
+        matches = [n for n, _ in self.backend.list(FileType.KEY) if n.startswith(name)]
+        if len(matches) != 1:
+            raise UsageError(f"key {name!r} {'is ambiguous' if matches else 'not found'}")
+        self.backend.remove(FileType.KEY, matches[0])
+
+    def change_password(self, password: bytes) -> str:
+        """New key file first, old one removed after: a crash never leaves no key."""
+        old = self.key_name
+        self.key_name = self._write_key(password)
+        self.backend.remove(FileType.KEY, old)
+        return self.key_name
+
+    # ---------------------------------------------------------------- locks
+
+    def lock(self, exclusive: bool = False, retry_for: float = 0.0) -> locks.Lock:
+        lk = locks.acquire(
+            self.backend,
+            lambda data: self._seal(data, lock_fmt.AAD),
+            self.read_lock,
+            exclusive,
+            retry_for,
+        )
+        self._locks.append(lk)
+        return lk
+
+    def read_lock(self, name: str) -> LockInfo:
+        return LockInfo.decode(self.load_file(FileType.LOCK, name, lock_fmt.AAD))
+
+    def unlock_stale(self, remove_all: bool = False) -> int:
+        return locks.remove_stale(self.backend, self.read_lock, remove_all)
+
+    # ---------------------------------------------------------------- index
+
+    def load_index(self) -> None:
+        """Loads every index file (in parallel: remote backends have latency) into memory."""
+        names = [name for name, _ in self.backend.list(FileType.INDEX)]
+        files = self._load_index_files(names)
+        superseded: set[bytes] = set()
+        for f in files.values():
+            superseded.update(f.supersedes)
+        for name, f in files.items():
+            if bytes.fromhex(name) in superseded:
+                continue
+            for pack_id, entries in f.packs.items():
+                self.index.add_pack(pack_id, entries)
+
+    def load_index_file(self, name: str) -> IndexFile:
+        return IndexFile.decode(self.load_file(FileType.INDEX, name, index_fmt.AAD))
+
+    def _load_index_files(self, names: list[str]) -> dict[str, IndexFile]:
+        def load(name: str) -> tuple[str, IndexFile]:
+            return name, self.load_index_file(name)
+
+        if len(names) <= 1:
+            return dict(load(n) for n in names)
+        with ThreadPoolExecutor(8, thread_name_prefix="bfs-index") as pool:
+            return dict(pool.map(load, names))
+
+    def index_files(self) -> dict[str, IndexFile]:
+        names = [name for name, _ in self.backend.list(FileType.INDEX)]
+        return self._load_index_files(names)
+
+    def save_index(self, packs: dict[bytes, list[PackEntry]], supersedes: Iterable[bytes] = ()) -> str:
+        return self.save_file(FileType.INDEX, IndexFile(dict(packs), list(supersedes)).encode(), index_fmt.AAD)
+
+    # ---------------------------------------------------------------- blobs
+
+    def load_blob(self, btype: int, blob_id: bytes) -> bytes:
+        loc = self.index.lookup(blob_id)
+        if loc is None:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
+        return self.load_blob_at(btype, blob_id, loc)
+
+    def load_blob_at(self, btype: int, blob_id: bytes, loc: BlobLocation) -> bytes:
+        pack = loc.pack_id.hex()
+        try:
+            envelope = self.backend.load(FileType.DATA, pack, loc.offset, loc.length)
+        except NotFound as exc:
+            raise IntegrityError(f"pack {pack} is missing (needed for blob {blob_id.hex()[:16]})") from exc
+        except BackendError as exc:
+            raise IntegrityError(f"pack {pack}: {exc}") from exc
+        return self.open_blob(btype, blob_id, envelope, pack)
+
+    def open_blob(self, btype: int, blob_id: bytes, envelope: bytes, pack: str = "?") -> bytes:
+        try:
+            data = decompress(self.cipher.open(envelope, blob_aad(btype, blob_id)))
+        except IntegrityError as exc:
+            raise IntegrityError(f"pack {pack}: blob {blob_id.hex()[:16]}: {exc}") from exc
+        return data
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        return blob_id in self.index or blob_id in self._pending
+
+    def save_blob(self, btype: int, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, int]:
+        """Stores a blob unless the repository has it; returns (id, bytes added)."""
+        if blob_id is None:
+            blob_id = self.blob_id(data)
+        if blob_id in self.index:
+            return blob_id, 0
+        with self._pending_lock:
+            if blob_id in self._pending:
+                return blob_id, 0
+            self._pending.add(blob_id)
+        try:
+            algorithm = self.compression if btype == DATA else LZ4
+            envelope = self.cipher.seal(compress(data, algorithm, self.compression_level), blob_aad(btype, blob_id))
+            self._get_packer().add(btype, blob_id, envelope, len(data))
+        except BaseException:
+            with self._pending_lock:
+                self._pending.discard(blob_id)
+            raise
+        with self._pending_lock:
+            self.stats_added_bytes += len(envelope)
+            self.stats_added_blobs += 1
+        return blob_id, len(envelope)
+
+    def _get_packer(self) -> Packer:
+        if self._packer is None:
+            with self._pending_lock:
+                if self._packer is None:
+                    self._packer = Packer(self.cipher, self.config.pack_size, self._pack_uploaded)
+        return self._packer
+
+    def _pack_uploaded(self, name: str, data: bytes, entries: list[PackEntry]) -> None:
+        """Upload thread: pack first, then (every few packs) an index naming it (design.md 12)."""
+        self.backend.save(FileType.DATA, name, data)
+        pack_id = bytes.fromhex(name)
+        with self._index_lock:
+            self._unindexed[pack_id] = entries
+            self.index.add_pack(pack_id, entries)
+            if len(self._unindexed) >= INDEX_EVERY_PACKS:
+                self._write_unindexed()
+        with self._pending_lock:
+            for e in entries:
+                self._pending.discard(e.id)
+
+    def _write_unindexed(self) -> None:
+        if self._unindexed:
+            self.save_index(self._unindexed)
+            self._unindexed = {}
+
+    def flush(self) -> None:
+        """Everything saved so far becomes durable and indexed."""
+        if self._packer is not None:
+            self._packer.flush()
+        with self._index_lock:
+            self._write_unindexed()
+
+    # ---------------------------------------------------------------- trees
+
+    def load_tree(self, tree_id: bytes) -> list[Node]:
+        with self._tree_cache_lock:
+            nodes = self._tree_cache.get(tree_id)
+            if nodes is not None:
+                self._tree_cache.move_to_end(tree_id)
+                return nodes
+        nodes = decode_tree(self.load_blob(TREE, tree_id))
+        with self._tree_cache_lock:
+            self._tree_cache[tree_id] = nodes
+            if len(self._tree_cache) > 256:
+                self._tree_cache.popitem(last=False)
+        return nodes
+
+    def save_tree(self, nodes: list[Node]) -> bytes:
+        return self.save_blob(TREE, encode_tree(nodes))[0]
+
+    # ---------------------------------------------------------------- snapshots
+
+    def save_snapshot(self, snap: Snapshot) -> str:
+        return self.save_file(FileType.SNAPSHOT, snap.encode(), snapshot_fmt.AAD)
+
+    def load_snapshot(self, name: str) -> Snapshot:
+        return Snapshot.decode(self.load_file(FileType.SNAPSHOT, name, snapshot_fmt.AAD))
+
+    def list_snapshots(self) -> list[tuple[str, Snapshot]]:
+        """All snapshots, oldest first; loaded in parallel for remote backends."""
+        names = [n for n, _ in self.backend.list(FileType.SNAPSHOT)]
+        with ThreadPoolExecutor(8, thread_name_prefix="bfs-snap") as pool:
+            snaps = list(pool.map(self.load_snapshot, names))
+        return sorted(zip(names, snaps, strict=True), key=lambda p: (p[1].time_ns, p[0]))
+
+    def find_snapshot(self, ref: str, snapshots: list[tuple[str, Snapshot]] | None = None) -> tuple[str, Snapshot]:
+        """`latest`, a full id or a unique id prefix."""
+        if ref == "latest" or ref.startswith("latest:"):
+            snaps = self.list_snapshots() if snapshots is None else snapshots
+            if not snaps:
+                raise UsageError("the repository has no snapshots")
+            return snaps[-1]
+        if not ref or any(c not in "0123456789abcdef" for c in ref.lower()):
+            raise UsageError(f"invalid snapshot id {ref!r}")
+        names = [n for n, _ in self.backend.list(FileType.SNAPSHOT) if n.startswith(ref.lower())]
+        if not names:
+            raise UsageError(f"no snapshot matches {ref!r}")
+        if len(names) > 1:
+            raise UsageError(f"snapshot id {ref!r} is ambiguous ({len(names)} matches)")
+        return names[0], self.load_snapshot(names[0])
+
+    # ---------------------------------------------------------------- misc
+
+    def chunker(self) -> Chunker:
+        return Chunker(self.config.chunker, self.master.chunker_seed())
+
+    def close(self) -> None:
+        if self._packer is not None:
+            self._packer.close()
+        for lk in self._locks:
+            lk.release()
+        self._locks.clear()
+        self.backend.close()
+
+
+def _load_verified(backend: Backend, ftype: FileType, name: str) -> bytes:
+    """A whole repository file whose bytes must hash to its name (bit rot, truncation)."""
+    data = backend.load(ftype, name)
+    if file_id(data) != name:
+        raise IntegrityError(f"{ftype.value}/{name} is damaged (its content does not match its name)")
+    return data

@@ -1,0 +1,226 @@
+"""Restore a snapshot (or part of it) into a target directory.
+
+Safety: every entry is created relative to an fd of its parent directory that this restore
+created, with O_NOFOLLOW/O_EXCL, so neither a hostile tree (`..`, `/` in names) nor a symlink in
+the tree or planted in the target can make it write outside the target. Directory metadata is
+applied post-order, once every entry inside is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from backupfs import fsmeta
+from backupfs.errors import BackupfsError, IntegrityError
+from backupfs.excludes import Excluder
+from backupfs.format.pack import DATA
+from backupfs.format.tree import DIR, FILE, Node
+from backupfs.repository.repo import Repository
+
+
+@dataclasses.dataclass
+class RestoreStats:
+    files: int = 0
+    dirs: int = 0
+    others: int = 0
+    bytes_written: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    verified_files: int = 0
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def error(self, msg: str) -> None:
+        with self._lock:
+            self.errors.append(msg)
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for k, v in deltas.items():
+                setattr(self, k, getattr(self, k) + v)
+
+
+class Restorer:
+    def __init__(
+        self,
+        repo: Repository,
+        tree: bytes,
+        target: str,
+        *,
+        includes: list[str] | None = None,
+        excludes: list[str] | None = None,
+        verify: bool = False,
+        workers: int = 4,
+        progress: Callable[[RestoreStats], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.tree = tree
+        self.target = os.path.abspath(target)
+        self._include = Excluder(includes) if includes else None
+        self._exclude = Excluder(excludes or [])
+        self._verify = verify
+        self._owner = os.geteuid() == 0
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bfs-restore")
+        self._hardlinks: dict[tuple[int, int], bytes] = {}
+        self._progress = progress
+        self.stats = RestoreStats()
+
+    def run(self) -> RestoreStats:
+        os.makedirs(self.target, exist_ok=True)
+        root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._root_fd = root_fd
+        try:
+            self._restore_dir(root_fd, self.tree, b"")
+        finally:
+            self._pool.shutdown(wait=True)
+            os.close(root_fd)
+        return self.stats
+
+    def _wanted(self, path: bytes, is_dir: bool) -> tuple[bool, bool]:
+        """(restore this entry, descend into it)."""
+        if self._exclude.excluded(path):
+            return False, False
+        if self._include is None or self._include.excluded(path):
+            return True, True
+        # not matched itself: a directory may still hold matches
+        return False, is_dir
+
+    def _restore_dir(self, dir_fd: int, tree_id: bytes, prefix: bytes) -> int:
+        """Restores the entries of one tree into dir_fd; returns how many were restored."""
+        try:
+            nodes = self.repo.load_tree(tree_id)
+        except BackupfsError as exc:
+            self.stats.error(f"{os.fsdecode(prefix) or '/'}: cannot read directory listing: {exc}")
+            return 0
+        restored = 0
+        pending: list[Future[None]] = []
+        for node in nodes:
+            path = prefix + b"/" + node.name
+            if not node.is_safe_name():
+                self.stats.error(f"{os.fsdecode(prefix) or '/'}: refusing entry with unsafe name {node.name!r}")
+                continue
+            take, descend = self._wanted(path, node.type == DIR)
+            if not (take or descend):
+                continue
+            try:
+                if node.type == DIR:
+                    restored += self._restore_subdir(dir_fd, node, path, take)
+                elif not take:
+                    continue
+                elif node.type == FILE:
+                    fut = self._restore_file(dir_fd, node, path)
+                    if fut is not None:
+                        pending.append(fut)
+                    restored += 1
+                else:
+                    fsmeta.create_node(dir_fd, node)
+                    self._apply(dir_fd, node, path)
+                    self.stats.add(others=1)
+                    restored += 1
+            except OSError as exc:
+                self.stats.error(f"{os.fsdecode(path)}: {exc.strerror or exc}")
+            except IntegrityError as exc:
+                self.stats.error(f"{os.fsdecode(path)}: {exc}")
+        for fut in pending:
+            fut.result()
+        return restored
+
+    def _restore_subdir(self, dir_fd: int, node: Node, path: bytes, take: bool) -> int:
+        fsmeta.create_node(dir_fd, node, exist_ok=True)
+        sub_fd = fsmeta.open_dir(dir_fd, node.name)
+        try:
+            inner = self._restore_dir(sub_fd, node.subtree, path) if node.subtree else 0
+        finally:
+            os.close(sub_fd)
+        if not take and inner == 0:
+            try:
+                os.rmdir(node.name, dir_fd=dir_fd)
+            except OSError:
+                pass
+            return 0
+        self._apply(dir_fd, node, path)
+        self.stats.add(dirs=1)
+        return inner + 1
+
+    def _apply(self, dir_fd: int, node: Node, path: bytes) -> None:
+        for w in fsmeta.apply_metadata(dir_fd, node, owner=self._owner):
+            self.stats.warnings.append(f"{os.fsdecode(path)}: {w}")
+
+    def _restore_file(self, dir_fd: int, node: Node, path: bytes) -> Future[None] | None:
+        key = fsmeta.hardlink_key(node)
+        if key is not None:
+            first = self._hardlinks.get(key)
+            if first is not None:
+                os.link(
+                    first.lstrip(b"/"), node.name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd, follow_symlinks=False
+                )
+                self.stats.add(files=1)
+                return None
+        fd = fsmeta.create_file(dir_fd, node)
+        if key is not None:
+            self._hardlinks[key] = path
+        # The parent fd must outlive the job: duplicate it.
+        job_dir_fd = os.dup(dir_fd)
+        return self._pool.submit(self._write_file, job_dir_fd, fd, node, path)
+
+    def _write_file(self, dir_fd: int, fd: int, node: Node, path: bytes) -> None:
+        try:
+            ok = self._write_content(fd, node, path)
+        finally:
+            os.close(fd)
+        try:
+            if ok:
+                self._apply(dir_fd, node, path)
+                self.stats.add(files=1)
+            else:
+                os.unlink(node.name, dir_fd=dir_fd)
+        except OSError as exc:
+            self.stats.error(f"{os.fsdecode(path)}: {exc.strerror or exc}")
+        finally:
+            os.close(dir_fd)
+        if self._progress is not None:
+            self._progress(self.stats)
+
+    def _write_content(self, fd: int, node: Node, path: bytes) -> bool:
+        written = 0
+        try:
+            for offset, blob_id in node.content or ():
+                data = self.repo.load_blob(DATA, blob_id)
+                view = memoryview(data)
+                pos = offset
+                while view:
+                    n = os.pwrite(fd, view, pos)
+                    view = view[n:]
+                    pos += n
+                written += len(data)
+            os.ftruncate(fd, node.size)
+            if self._verify:
+                self._verify_content(fd, node)
+        except BackupfsError as exc:
+            self.stats.error(f"{os.fsdecode(path)}: {exc}")
+            return False
+        except OSError as exc:
+            self.stats.error(f"{os.fsdecode(path)}: {exc.strerror or exc}")
+            return False
+        self.stats.add(bytes_written=written)
+        return True
+
+    def _verify_content(self, fd: int, node: Node) -> None:
+        """Re-reads what was written and checks every chunk against its keyed id."""
+        os.fsync(fd)
+        vfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for offset, blob_id in node.content or ():
+                length = self.repo.index.raw_length(blob_id)
+                if length is None:
+                    raise IntegrityError(f"blob {blob_id.hex()[:16]} is not indexed")
+                if self.repo.blob_id(os.pread(vfd, length, offset)) != blob_id:
+                    raise IntegrityError(f"verification failed at offset {offset}")
+            if os.fstat(vfd).st_size != node.size:
+                raise IntegrityError("verification failed: wrong size")
+        finally:
+            os.close(vfd)
+        self.stats.add(verified_files=1)
