@@ -21,8 +21,6 @@ from backupfs import fsmeta
 from backupfs.errors import IntegrityError
 from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree, encode_tree
 
-# No tests/conftest.py puts tests/ on sys.path, so this module does it for its helper.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import richtree
 
 is_root = os.geteuid() == 0

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs everything backupfs and its tests need on a fresh Debian machine (run as root).
+# Installs everything backupfs needs on a fresh Debian machine (run as root), into a virtual
+# environment at .venv (Debian's Python refuses system-wide pip installs, PEP 668).
 # Usage: tools/install-deps.sh [--test]   (--test adds what the test suite and benchmarks need)
+# Afterwards: `source .venv/bin/activate`, or call .venv/bin/backupfs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
-apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev)
+apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv)
 pip_extra=""
 if [[ "${1:-}" == "--test" ]]; then
     apt_pkgs+=(rsync acl attr restic borgbackup openssh-server openssh-client)
@@ -21,4 +23,6 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".${pip_extra}"
+venv="${BACKUPFS_VENV:-.venv}"
+[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".${pip_extra}"

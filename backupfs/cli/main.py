@@ -16,23 +16,38 @@ from backupfs.errors import BackupfsError
 COMMANDS = [init, backup, snapshots, ls, cat, restore, check, key, unlock]
 
 
+def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Global options go before or after the command, as with restic."""
+
+    def d(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("-r", "--repo", default=d(None), help="repository location (env BACKUPFS_REPOSITORY)")
+    parser.add_argument("--repository-file", default=d(None), help="file holding the repository location")
+    parser.add_argument(
+        "-p", "--password-file", default=d(None), help="file holding the password (env BACKUPFS_PASSWORD_FILE)"
+    )
+    parser.add_argument("--password-command", default=d(None), help="command printing the password")
+    parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
+    parser.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress output")
+    parser.add_argument(
+        "--no-lock", action="store_true", default=d(False), help="do not lock the repository (read-only commands)"
+    )
+    parser.add_argument("--retry-lock", type=float, default=d(0), metavar="SECONDS", help="wait this long for a lock")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backupfs",
         description="Deduplicating, encrypted, versioned backups you can mount.",
     )
-    parser.add_argument("-r", "--repo", help="repository location (env BACKUPFS_REPOSITORY)")
-    parser.add_argument("--repository-file", help="file holding the repository location")
-    parser.add_argument("-p", "--password-file", help="file holding the password (env BACKUPFS_PASSWORD_FILE)")
-    parser.add_argument("--password-command", help="command printing the password")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    parser.add_argument("--no-lock", action="store_true", help="do not lock the repository (read-only commands)")
-    parser.add_argument("--retry-lock", type=float, default=0, metavar="SECONDS", help="wait for a lock this long")
+    _add_global_options(parser, suppress=False)
     parser.add_argument("--version", action="version", version=f"backupfs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.register(sub)
+    for subparser in sub.choices.values():
+        _add_global_options(subparser, suppress=True)
     return parser
 
 

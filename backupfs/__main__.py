@@ -1,0 +1,5 @@
+"""`python -m backupfs`: the same as the `backupfs` command."""
+
+from backupfs.cli.main import entry
+
+entry()

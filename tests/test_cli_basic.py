@@ -1,0 +1,49 @@
+"""The everyday path through the real CLI: init, backup, snapshots, ls, cat, restore, check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import CLI
+
+
+def test_backup_restore_roundtrip(cli: CLI, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("hello\n")
+    (src / "sub" / "b.bin").write_bytes(bytes(range(256)) * 5000)
+    out = cli("backup", src, "--json")
+    summary = json.loads(out.stdout.splitlines()[-1])
+    assert summary["files_new"] == 2 and summary["message_type"] == "summary"
+
+    snaps = json.loads(cli("snapshots", "--json").stdout)
+    assert len(snaps) == 1 and snaps[0]["paths"] == [str(src)]
+
+    listing = cli("ls", "latest").stdout.decode().splitlines()
+    assert str(src / "sub" / "b.bin") in listing
+
+    assert cli("cat", snaps[0]["short_id"], src / "a.txt").stdout == b"hello\n"
+
+    target = tmp_path / "restored"
+    cli("restore", "latest", "--target", target, "--verify")
+    assert (target / str(src).lstrip("/") / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()
+    cli("check", "--read-data")
+
+
+def test_init_twice_is_refused(cli: CLI) -> None:
+    proc = cli("init", check=False)
+    assert proc.returncode == 1
+    assert b"already exists" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_missing_repository_exit_code(make_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    proc = make_cli(tmp_path / "nope")("snapshots", check=False)
+    assert proc.returncode == 10
+    assert proc.stderr.decode().count("\n") == 1
+
+
+def test_wrong_password_exit_code(cli: CLI) -> None:
+    proc = cli("snapshots", check=False, env={"BACKUPFS_PASSWORD": "wrong"})
+    assert proc.returncode == 12
+    assert proc.stderr == b"backupfs: wrong password or no key found\n"
