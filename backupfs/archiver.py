@@ -17,11 +17,12 @@ import stat
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO
 
-from pyfastcdc import FastCDC
+from pyfastcdc import BinaryStreamReader, FastCDC
 
 from backupfs import __version__, fsmeta
 from backupfs.errors import BackupfsError
@@ -123,6 +124,8 @@ class Archiver:
         self._chunker = repo.chunker()
         self._tls = threading.local()
         self._pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bfs-file")
+        self._blob_pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bfs-blob")
+        self._window = options.workers * 2
         self._hardlinks: dict[tuple[int, int], Future[Node | None]] = {}
         self._hardlinks_lock = threading.Lock()
         self._root_devs: set[int] = set()
@@ -138,6 +141,7 @@ class Archiver:
             self.repo.flush()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._blob_pool.shutdown(wait=True, cancel_futures=True)
         return self._save_snapshot(root_tree, paths, parent_id, start)
 
     def run_stream(self, name: str, stream: IO[bytes], check: Callable[[], None] | None = None) -> tuple[str, Snapshot]:
@@ -166,6 +170,7 @@ class Archiver:
         root = self._save_tree([node])
         self.repo.flush()
         self._pool.shutdown(wait=True)
+        self._blob_pool.shutdown(wait=True)
         return self._save_snapshot(root, ["/" + name], None, start)
 
     # ---------------------------------------------------------------- snapshot
@@ -408,27 +413,40 @@ class Archiver:
         return cdc
 
     def _save_extent(self, fd: int, offset: int, length: int | None, content: list[tuple[int, bytes]]) -> int:
-        total = 0
-        reader = _LimitedReader(fd, offset, length)
-        repo = self.repo
-        for chunk in self._cdc().cut_stream(reader):
-            data = bytes(chunk.data)
-            blob_id, _added = repo.save_blob(DATA, data)
-            content.append((offset + total, blob_id))
-            total += len(data)
-            self.stats.add(bytes_read=len(data))
-        return total
+        inline = length is not None and length <= self._chunker.min_size * 2
+        return self._save_chunks(_LimitedReader(fd, offset, length), offset, content, inline)
 
     def _save_stream(self, stream: IO[bytes]) -> tuple[list[tuple[int, bytes]], int]:
         content: list[tuple[int, bytes]] = []
-        total = 0
-        for chunk in self._cdc().cut_stream(stream):
-            data = bytes(chunk.data)
-            blob_id, _ = self.repo.save_blob(DATA, data)
-            content.append((total, blob_id))
-            total += len(data)
-            self.stats.add(bytes_read=len(data))
+        total = self._save_chunks(stream, 0, content, inline=False)
         return content, total
+
+    def _save_chunks(self, reader: BinaryStreamReader, base: int, content: list[tuple[int, bytes]], inline: bool) -> int:
+        """Chunks in this thread; hashing, compression and encryption of the chunks run on the
+        blob pool with a bounded window, so one large file keeps every core busy. Small files skip
+        the hand-off (its cost is comparable to their work)."""
+        total = 0
+        repo = self.repo
+        window: deque[tuple[int, Future[tuple[bytes, int]]]] = deque()
+        try:
+            for chunk in self._cdc().cut_stream(reader):
+                data = bytes(chunk.data)
+                if inline:
+                    content.append((base + total, repo.save_blob(DATA, data)[0]))
+                else:
+                    window.append((base + total, self._blob_pool.submit(repo.save_blob, DATA, data)))
+                    if len(window) >= self._window:
+                        off, fut = window.popleft()
+                        content.append((off, fut.result()[0]))
+                total += len(data)
+                self.stats.add(bytes_read=len(data))
+            while window:
+                off, fut = window.popleft()
+                content.append((off, fut.result()[0]))
+        finally:
+            for _off, fut in window:
+                fut.cancel()
+        return total
 
     # ---------------------------------------------------------------- reporting
 
