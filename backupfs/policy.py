@@ -14,6 +14,10 @@ Layer 0: pure functions over plain values, no I/O and no clock. The semantics fo
   up does not lose its last backups; snapshots later than `now` (when given) are ignored for it.
 * `keep_within_<period> d` applies the period rule, without a count, to the snapshots within `d`.
 * `keep_tags` keeps every snapshot carrying all tags of at least one of the tag sets.
+
+Two corners follow the documentation rather than restic's code, and are tested as such: a period
+whose snapshots are interleaved with another's (clocks in several zones) still keeps only its newest
+snapshot, and "31 March minus 1m" is 29 February, not 2 March.
 """
 
 from __future__ import annotations
@@ -378,6 +382,9 @@ def apply_policy(snapshots: Iterable[S], policy: Policy, *, now: datetime | None
     `now`, when given, only stops snapshots dated in the future from serving as the "latest"
     snapshot that the within-durations count back from (restic does the same with its clock).
     An empty policy keeps everything with the reason "policy is empty".
+
+    A period is claimed by its newest snapshot, once: restic compares only with the previous
+    snapshot's period, which keeps a day twice when local days go 10, 11, 10 (newest first).
     """
     ordered = sort_newest_first(snapshots)
     if policy.is_empty():
