@@ -16,6 +16,7 @@ from typing import Any
 from backupfs.backends.base import Backend
 from backupfs.backends.local import LocalBackend
 from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError
+from backupfs.repository.cache import default_cache_dir
 from backupfs.repository.repo import Repository
 
 
@@ -100,7 +101,7 @@ def open_repository(
     backend = open_backend(repo_url(args))
     if not backend.exists():
         raise RepositoryNotFound(f"no repository at {backend.location} (create one with `backupfs init`)")
-    repo = Repository.open(backend, get_password(args))
+    repo = Repository.open(backend, get_password(args), cache_dir=cache_dir(args))
     try:
         if lock is not None and not getattr(args, "no_lock", False):
             repo.lock(exclusive=(lock == "exclusive"), retry_for=float(getattr(args, "retry_lock", 0) or 0))
@@ -109,6 +110,12 @@ def open_repository(
         yield repo
     finally:
         repo.close()
+
+
+def cache_dir(args: argparse.Namespace) -> str | None:
+    if getattr(args, "no_cache", False):
+        return None
+    return getattr(args, "cache_dir", None) or os.environ.get("BACKUPFS_CACHE_DIR") or default_cache_dir()
 
 
 def print_json(obj: Any) -> None:

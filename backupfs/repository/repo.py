@@ -46,6 +46,7 @@ from backupfs.format.pack import DATA, TREE, PackEntry, blob_aad
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import Node, decode_tree, encode_tree
 from backupfs.repository import locks
+from backupfs.repository.cache import IndexCache
 from backupfs.repository.masterindex import BlobLocation, MasterIndex
 from backupfs.repository.packer import Packer
 
@@ -65,8 +66,17 @@ class KeyInfo:
 class Repository:
     """An unlocked repository. Thread-safe: pipelines call load_blob/save_blob from many threads."""
 
-    def __init__(self, backend: Backend, master: MasterKey, header: ConfigHeader, body: ConfigBody, key_name: str):
+    def __init__(
+        self,
+        backend: Backend,
+        master: MasterKey,
+        header: ConfigHeader,
+        body: ConfigBody,
+        key_name: str,
+        cache_dir: str | None = None,
+    ):
         self.backend = backend
+        self.cache_dir = cache_dir
         self.master = master
         self.header = header
         self.config = body
@@ -119,7 +129,7 @@ class Repository:
         return repo
 
     @classmethod
-    def open(cls, backend: Backend, password: bytes) -> Repository:
+    def open(cls, backend: Backend, password: bytes, cache_dir: str | None = None) -> Repository:
         try:
             raw = backend.load(FileType.CONFIG, "config")
         except NotFound as exc:
@@ -137,7 +147,7 @@ class Repository:
                 continue
             cipher = Cipher(header.aead, master.enc)
             body = ConfigBody.decode(decompress(cipher.open(header.body, config_aad(header.repo_id))))
-            return cls(backend, master, header, body, name)
+            return cls(backend, master, header, body, name, cache_dir)
         raise WrongPassword("wrong password or no key found")
 
     # ---------------------------------------------------------------- whole files
@@ -222,17 +232,36 @@ class Repository:
     # ---------------------------------------------------------------- index
 
     def load_index(self) -> None:
-        """Loads every index file (in parallel: remote backends have latency) into memory."""
+        """Loads the master index: from the local cache where it is current, else from the
+        repository's index files (in parallel: remote backends have latency)."""
         names = [name for name, _ in self.backend.list(FileType.INDEX)]
-        files = self._load_index_files(names)
-        superseded: set[bytes] = set()
-        for f in files.values():
-            superseded.update(f.supersedes)
-        for name, f in files.items():
-            if bytes.fromhex(name) in superseded:
-                continue
-            for pack_id, entries in f.packs.items():
+        cache = IndexCache(self.cache_dir, self.header.repo_id, self.master.id) if self.cache_dir else None
+        cached = cache.load() if cache is not None else None
+        covered: set[str] = set()
+        base = None
+        if cached is not None and cached[0] <= set(names):
+            covered, base = cached
+        files = self._load_index_files([n for n in names if n not in covered])
+        superseded = {s for f in files.values() for s in f.supersedes}
+        if base is not None and any(bytes.fromhex(n) in superseded for n in covered):
+            # a prune replaced index files the cache was built from: start over
+            covered, base = set(), None
+            files = self._load_index_files(names)
+            superseded = {s for f in files.values() for s in f.supersedes}
+        live = [
+            (pack_id, entries)
+            for name, f in files.items()
+            if bytes.fromhex(name) not in superseded
+            for pack_id, entries in f.packs.items()
+        ]
+        if base is None:
+            self.index = MasterIndex.build(live)
+        else:
+            self.index = MasterIndex.from_table(base)
+            for pack_id, entries in live:
                 self.index.add_pack(pack_id, entries)
+        if cache is not None and (base is None or len(files) > 16):
+            cache.store(sorted(covered | set(files)), self.index.to_table())
 
     def load_index_file(self, name: str) -> IndexFile:
         return IndexFile.decode(self.load_file(FileType.INDEX, name, index_fmt.AAD))
