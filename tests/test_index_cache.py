@@ -122,3 +122,56 @@ def test_blob_roundtrip_through_index(tmp_path: Path, cache: bool) -> None:
     assert r.load_blob(DATA, ids[2]) == b"blob 4 2" * 50
     assert sum(1 for _ in r.backend.list(FileType.INDEX)) >= 1
     r.close()
+
+
+def test_file_cache_serves_snapshots_and_trees_and_is_verified(tmp_path: Path) -> None:
+    from backupfs.format.snapshot import Snapshot
+
+    repo = _repo(tmp_path)
+    tree_id = repo.save_tree([])
+    repo.flush()
+    snap_id = repo.save_snapshot(Snapshot(time_ns=1, host="h", user="u", paths=["/x"], tree=tree_id))
+    repo.close()
+
+    def open_cached() -> Repository:
+        r = Repository.open(LocalBackend(str(tmp_path / "repo")), PW, cache_dir=str(tmp_path / "c"), cache_files=True)
+        r.load_index()
+        return r
+
+    r1 = open_cached()
+    assert [sid for sid, _ in r1.list_snapshots()] == [snap_id]
+    assert r1.load_tree(tree_id) == []
+    r1.close()
+    cache_root = tmp_path / "c" / r1.header.repo_id.hex()
+    cached_snap = cache_root / "snapshots" / snap_id
+    cached_packs = list((cache_root / "data").iterdir())
+    assert cached_snap.exists() and len(cached_packs) == 1
+    # a damaged cached copy is detected (hash) and fetched again
+    cached_snap.write_bytes(b"rot")
+    r2 = open_cached()
+    assert r2.load_snapshot(snap_id).paths == ["/x"]
+    r2.close()
+    assert cached_snap.read_bytes() != b"rot"
+    # a forgotten snapshot leaves the cache too
+    (tmp_path / "repo" / "snapshots" / snap_id).unlink()
+    r3 = open_cached()
+    assert r3.list_snapshots() == []
+    r3.close()
+    assert not cached_snap.exists()
+
+
+def test_damaged_cached_tree_pack_is_refetched(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    tree_id = repo.save_tree([])
+    repo.flush()
+    repo.close()
+    r1 = Repository.open(LocalBackend(str(tmp_path / "repo")), PW, cache_dir=str(tmp_path / "c"), cache_files=True)
+    r1.load_index()
+    r1.load_tree(tree_id)
+    (pack,) = (tmp_path / "c" / r1.header.repo_id.hex() / "data").iterdir()
+    raw = bytearray(pack.read_bytes())
+    raw[10] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    r1._tree_cache.clear()
+    assert r1.load_tree(tree_id) == []
+    r1.close()

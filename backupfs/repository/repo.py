@@ -47,6 +47,7 @@ from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import Node, decode_tree, encode_tree
 from backupfs.repository import locks
 from backupfs.repository.cache import IndexCache
+from backupfs.repository.filecache import FileCache
 from backupfs.repository.masterindex import BlobLocation, MasterIndex
 from backupfs.repository.packer import Packer
 
@@ -74,9 +75,11 @@ class Repository:
         body: ConfigBody,
         key_name: str,
         cache_dir: str | None = None,
+        cache_files: bool = False,
     ):
         self.backend = backend
         self.cache_dir = cache_dir
+        self.files = FileCache(cache_dir, header.repo_id) if cache_dir and cache_files else None
         self.master = master
         self.header = header
         self.config = body
@@ -129,7 +132,10 @@ class Repository:
         return repo
 
     @classmethod
-    def open(cls, backend: Backend, password: bytes, cache_dir: str | None = None) -> Repository:
+    def open(
+        cls, backend: Backend, password: bytes, cache_dir: str | None = None, cache_files: bool = False
+    ) -> Repository:
+        """`cache_files` keeps snapshots and tree packs locally: worth it for remote backends only."""
         try:
             raw = backend.load(FileType.CONFIG, "config")
         except NotFound as exc:
@@ -147,7 +153,7 @@ class Repository:
                 continue
             cipher = Cipher(header.aead, master.enc)
             body = ConfigBody.decode(decompress(cipher.open(header.body, config_aad(header.repo_id))))
-            return cls(backend, master, header, body, name, cache_dir)
+            return cls(backend, master, header, body, name, cache_dir, cache_files)
         raise WrongPassword("wrong password or no key found")
 
     # ---------------------------------------------------------------- whole files
@@ -165,7 +171,13 @@ class Repository:
         return name
 
     def load_file(self, ftype: FileType, name: str, aad: bytes) -> bytes:
-        data = _load_verified(self.backend, ftype, name)
+        cached = self.files.get(ftype, name) if self.files is not None and ftype is FileType.SNAPSHOT else None
+        if cached is not None:
+            data = cached
+        else:
+            data = _load_verified(self.backend, ftype, name)
+            if self.files is not None and ftype is FileType.SNAPSHOT:
+                self.files.put(ftype, name, data)
         try:
             return self._open(data, aad)
         except IntegrityError as exc:
@@ -262,6 +274,8 @@ class Repository:
                 self.index.add_pack(pack_id, entries)
         if cache is not None and (base is None or len(files) > 16):
             cache.store(sorted(covered | set(files)), self.index.to_table())
+        if self.files is not None:
+            self.files.forget_except(FileType.DATA, {p.hex() for p in self.index.pack_ids()})
 
     def load_index_file(self, name: str) -> IndexFile:
         return IndexFile.decode(self.load_file(FileType.INDEX, name, index_fmt.AAD))
@@ -293,12 +307,32 @@ class Repository:
     def load_blob_at(self, btype: int, blob_id: bytes, loc: BlobLocation) -> bytes:
         pack = loc.pack_id.hex()
         try:
-            envelope = self.backend.load(FileType.DATA, pack, loc.offset, loc.length)
+            if self.files is not None and loc.type == TREE:
+                envelope = self._load_tree_envelope(pack, loc)
+            else:
+                envelope = self.backend.load(FileType.DATA, pack, loc.offset, loc.length)
         except NotFound as exc:
             raise IntegrityError(f"pack {pack} is missing (needed for blob {blob_id.hex()[:16]})") from exc
         except BackendError as exc:
             raise IntegrityError(f"pack {pack}: {exc}") from exc
-        return self.open_blob(btype, blob_id, envelope, pack)
+        try:
+            return self.open_blob(btype, blob_id, envelope, pack)
+        except IntegrityError:
+            if self.files is None or loc.type != TREE:
+                raise
+            # the local copy may be what is damaged: drop it and ask the repository
+            self.files.remove(FileType.DATA, pack)
+            return self.open_blob(btype, blob_id, self._load_tree_envelope(pack, loc), pack)
+
+    def _load_tree_envelope(self, pack: str, loc: BlobLocation) -> bytes:
+        """Tree packs are fetched whole once and kept: the next tree is likely in the same pack."""
+        assert self.files is not None
+        envelope = self.files.read_range(FileType.DATA, pack, loc.offset, loc.length)
+        if envelope is None:
+            data = _load_verified(self.backend, FileType.DATA, pack)
+            self.files.put(FileType.DATA, pack, data)
+            envelope = data[loc.offset : loc.offset + loc.length]
+        return envelope
 
     def open_blob(self, btype: int, blob_id: bytes, envelope: bytes, pack: str = "?") -> bytes:
         try:
@@ -394,6 +428,8 @@ class Repository:
     def list_snapshots(self) -> list[tuple[str, Snapshot]]:
         """All snapshots, oldest first; loaded in parallel for remote backends."""
         names = [n for n, _ in self.backend.list(FileType.SNAPSHOT)]
+        if self.files is not None:
+            self.files.forget_except(FileType.SNAPSHOT, set(names))
         with ThreadPoolExecutor(8, thread_name_prefix="bfs-snap") as pool:
             snaps = list(pool.map(self.load_snapshot, names))
         return sorted(zip(names, snaps, strict=True), key=lambda p: (p[1].time_ns, p[0]))
