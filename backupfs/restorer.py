@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from backupfs import fsmeta
@@ -64,6 +65,8 @@ class Restorer:
         self._verify = verify
         self._owner = os.geteuid() == 0
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bfs-restore")
+        self._blob_pool = ThreadPoolExecutor(workers, thread_name_prefix="bfs-restore-blob")
+        self._window = workers * 2
         self._hardlinks: dict[tuple[int, int], bytes] = {}
         self._progress = progress
         self.stats = RestoreStats()
@@ -76,6 +79,7 @@ class Restorer:
             self._restore_dir(root_fd, self.tree, b"")
         finally:
             self._pool.shutdown(wait=True)
+            self._blob_pool.shutdown(wait=True)
             os.close(root_fd)
         return self.stats
 
@@ -184,11 +188,31 @@ class Restorer:
         if self._progress is not None:
             self._progress(self.stats)
 
+    def _blobs(self, content: list[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+        """(offset, plaintext) of a file's chunks; a large file's chunks are fetched and decrypted
+        on the blob pool a few ahead, so one big file keeps every core busy."""
+        if len(content) <= 2:
+            for offset, blob_id in content:
+                yield offset, self.repo.load_blob(DATA, blob_id)
+            return
+        window: deque[tuple[int, Future[bytes]]] = deque()
+        try:
+            for offset, blob_id in content:
+                window.append((offset, self._blob_pool.submit(self.repo.load_blob, DATA, blob_id)))
+                if len(window) > self._window:
+                    off, fut = window.popleft()
+                    yield off, fut.result()
+            while window:
+                off, fut = window.popleft()
+                yield off, fut.result()
+        finally:
+            for _off, fut in window:
+                fut.cancel()
+
     def _write_content(self, fd: int, node: Node, path: bytes) -> bool:
         written = 0
         try:
-            for offset, blob_id in node.content or ():
-                data = self.repo.load_blob(DATA, blob_id)
+            for offset, data in self._blobs(node.content or []):
                 view = memoryview(data)
                 pos = offset
                 while view:
