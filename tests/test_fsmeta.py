@@ -11,17 +11,15 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import richtree
 
 from backupfs import fsmeta
 from backupfs.errors import IntegrityError
 from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree, encode_tree
-
-import richtree
 
 is_root = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not is_root, reason="needs root (mknod, chown, trusted xattrs)")
