@@ -134,11 +134,19 @@ def wrap_master_key(
 
 
 def unwrap_master_key(fields: dict[str, object], password: bytes, aad: bytes) -> MasterKey:
-    try:
-        salt, nonce, data = bytes(fields["salt"]), bytes(fields["nonce"]), bytes(fields["data"])  # type: ignore[call-overload]
-        ops, mem = int(fields["ops"]), int(fields["mem"])  # type: ignore[call-overload]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise IntegrityError("key file is malformed") from exc
+    """Key files are plaintext anyone with write access can edit: every field is checked first."""
+    salt, nonce, data = fields.get("salt"), fields.get("nonce"), fields.get("data")
+    ops, mem = fields.get("ops"), fields.get("mem")
+    if (
+        not isinstance(salt, bytes)
+        or len(salt) != 16
+        or not isinstance(nonce, bytes)
+        or len(nonce) != nb.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+        or not isinstance(data, bytes)
+        or type(ops) is not int
+        or type(mem) is not int
+    ):
+        raise IntegrityError("key file is malformed")
     if fields.get("kdf") != "argon2id" or not (1 <= ops <= 64) or not (8192 <= mem <= 1 << 33):
         raise IntegrityError("key file has unsupported KDF parameters")
     wrapping = Cipher(XCHACHA, derive_wrapping_key(password, salt, ops, mem))

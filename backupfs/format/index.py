@@ -8,6 +8,7 @@ from typing import Final
 import msgpack
 
 from backupfs.errors import IntegrityError
+from backupfs.format._msgpack import unpack
 from backupfs.format.pack import PackEntry
 
 AAD: Final = b"bfs1I"
@@ -29,10 +30,7 @@ class IndexFile:
 
     @classmethod
     def decode(cls, data: bytes) -> IndexFile:
-        try:
-            obj = msgpack.unpackb(data, raw=False, use_list=False)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-            raise IntegrityError("index file is not valid msgpack") from exc
+        obj = unpack(data, "index file", use_list=False)
         if not isinstance(obj, dict) or not isinstance(obj.get("packs"), tuple):
             raise IntegrityError("index file malformed")
         sup = obj.get("supersedes", ())

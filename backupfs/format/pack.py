@@ -9,6 +9,7 @@ from typing import Final
 import msgpack
 
 from backupfs.errors import IntegrityError
+from backupfs.format._msgpack import is_int, unpack
 
 DATA: Final = 0
 TREE: Final = 1
@@ -39,10 +40,11 @@ class PackEntry:
             raise IntegrityError("pack entry malformed")
         btype, bid, off, length, raw = item
         if (
-            btype not in TYPE_BYTES
+            not is_int(btype)
+            or btype not in TYPE_BYTES
             or not isinstance(bid, bytes)
             or len(bid) != 32
-            or not all(isinstance(v, int) and v >= 0 for v in (off, length, raw))
+            or not all(is_int(v) and v >= 0 for v in (off, length, raw))
         ):
             raise IntegrityError("pack entry malformed")
         return cls(btype, bid, off, length, raw)
@@ -53,10 +55,7 @@ def encode_header(entries: list[PackEntry]) -> bytes:
 
 
 def decode_header(data: bytes) -> list[PackEntry]:
-    try:
-        obj = msgpack.unpackb(data, raw=False, use_list=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise IntegrityError("pack header is not valid msgpack") from exc
+    obj = unpack(data, "pack header", use_list=False)
     if not isinstance(obj, tuple):
         raise IntegrityError("pack header malformed")
     return [PackEntry.from_list(e) for e in obj]

@@ -54,25 +54,36 @@ class Snapshot:
         if len(tree) != 32:
             raise IntegrityError("snapshot: malformed tree id")
         paths = field(obj, "paths", list, what)
-        tags = obj.get("tags") or []
-        if not all(isinstance(p, str) for p in paths) or not all(isinstance(t, str) for t in tags):
-            raise IntegrityError("snapshot: malformed paths or tags")
-        parent = obj.get("parent")
-        if parent is not None and not isinstance(parent, bytes):
-            raise IntegrityError("snapshot: malformed parent")
-        original = obj.get("original")
+        tags = _optional(obj, "tags", list, [])
+        excludes = _optional(obj, "excludes", list, [])
+        if not all(isinstance(p, str) for p in [*paths, *tags, *excludes]):
+            raise IntegrityError("snapshot: malformed paths, tags or excludes")
+        parent = _optional(obj, "parent", bytes, None)
+        original = _optional(obj, "original", bytes, None)
+        if (parent is not None and len(parent) != 32) or (original is not None and len(original) != 32):
+            raise IntegrityError("snapshot: malformed parent or original id")
         return cls(
             time_ns=field(obj, "time", int, what),
             host=field(obj, "host", str, what),
             user=field(obj, "user", str, what),
-            uid=int(obj.get("uid") or 0),
-            gid=int(obj.get("gid") or 0),
+            uid=_optional(obj, "uid", int, 0),
+            gid=_optional(obj, "gid", int, 0),
             paths=paths,
             tags=tags,
             tree=tree,
             parent=parent,
-            excludes=list(obj.get("excludes") or []),
-            summary=dict(obj.get("summary") or {}),
-            program=str(obj.get("program") or ""),
-            original=original if isinstance(original, bytes) else None,
+            excludes=excludes,
+            summary=_optional(obj, "summary", dict, {}),
+            program=_optional(obj, "program", str, ""),
+            original=original,
         )
+
+
+def _optional(obj: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    """An optional field: absent or nil gives `default`, any other type is an error."""
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise IntegrityError(f"snapshot: field {key!r} is malformed")
+    return value

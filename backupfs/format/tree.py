@@ -9,6 +9,7 @@ from typing import Any
 import msgpack
 
 from backupfs.errors import IntegrityError
+from backupfs.format._msgpack import is_int, unpack
 
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV = "f", "d", "l", "p", "c", "b"
 NODE_TYPES = frozenset({FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV})
@@ -79,7 +80,7 @@ class Node:
             raise IntegrityError("tree node is not a map")
         kwargs: dict[str, Any] = {}
         for key, value in obj.items():
-            field = _FIELDS.get(key)
+            field = _FIELDS.get(key) if isinstance(key, str) else None
             if field is not None:
                 kwargs[field] = value
         try:
@@ -90,18 +91,35 @@ class Node:
         return node
 
     def _validate_and_normalise(self) -> None:
-        if not isinstance(self.name, bytes) or self.type not in NODE_TYPES:
+        """Checks every field's type: the restore and ls code trust them (a tree can be forged by
+        anyone holding the key, and a bug must not turn into a crash far from its cause)."""
+        if not isinstance(self.name, bytes) or not isinstance(self.type, str) or self.type not in NODE_TYPES:
             raise IntegrityError("tree node has an invalid name or type")
         for field in ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "size"):
-            if not isinstance(getattr(self, field), int):
+            if not is_int(getattr(self, field)):
                 raise IntegrityError(f"tree node field {field} is not an integer")
+        for field in ("inode", "device", "nlink", "rdev"):
+            if getattr(self, field) is not None and not is_int(getattr(self, field)):
+                raise IntegrityError(f"tree node field {field} is not an integer")
+        for field in ("user", "group"):
+            if getattr(self, field) is not None and not isinstance(getattr(self, field), str):
+                raise IntegrityError(f"tree node field {field} is not a string")
+        if self.size < 0 or self.mode < 0:
+            raise IntegrityError("tree node has a negative size or mode")
+        if self.link_target is not None and not isinstance(self.link_target, bytes):
+            raise IntegrityError("tree node has a malformed symlink target")
         if self.xattrs is not None:
-            self.xattrs = [(bytes(k), bytes(v)) for k, v in self.xattrs]
+            self.xattrs = [_bytes_pair(p, "xattr") for p in _as_list(self.xattrs, "xattrs")]
         if self.content is not None:
-            try:
-                self.content = [(int(off), bytes(bid)) for off, bid in self.content]
-            except (TypeError, ValueError) as exc:
-                raise IntegrityError("tree node has malformed content list") from exc
+            content = []
+            for item in _as_list(self.content, "content"):
+                if not isinstance(item, list) or len(item) != 2:
+                    raise IntegrityError("tree node has malformed content list")
+                off, bid = item
+                if not is_int(off) or off < 0 or not isinstance(bid, bytes) or len(bid) != 32:
+                    raise IntegrityError("tree node has malformed content list")
+                content.append((off, bid))
+            self.content = content
         if self.subtree is not None and (not isinstance(self.subtree, bytes) or len(self.subtree) != 32):
             raise IntegrityError("tree node has a malformed subtree id")
 
@@ -117,10 +135,19 @@ def encode_tree(nodes: Sequence[Node]) -> bytes:
 
 
 def decode_tree(data: bytes) -> list[Node]:
-    try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise IntegrityError(f"tree blob is not valid msgpack: {exc}") from exc
+    obj = unpack(data, "tree blob")
     if not isinstance(obj, dict) or obj.get("v") != 1 or not isinstance(obj.get("entries"), list):
         raise IntegrityError("tree blob has an unknown layout")
     return [Node.from_msgpack_obj(e) for e in obj["entries"]]
+
+
+def _as_list(value: object, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise IntegrityError(f"tree node has a malformed {what} list")
+    return value
+
+
+def _bytes_pair(item: object, what: str) -> tuple[bytes, bytes]:
+    if not isinstance(item, list) or len(item) != 2 or not all(isinstance(v, bytes) for v in item):
+        raise IntegrityError(f"tree node has a malformed {what}")
+    return item[0], item[1]

@@ -9,8 +9,9 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from backupfs.backends.base import Backend, FileType
 from backupfs.chunker import DEFAULT_PARAMS, Chunker
@@ -140,21 +141,35 @@ class Repository:
             raw = backend.load(FileType.CONFIG, "config")
         except NotFound as exc:
             raise RepositoryNotFound(f"no repository at {backend.location}") from exc
-        header = ConfigHeader.decode(raw)
+        try:
+            header = ConfigHeader.decode(raw)
+        except IntegrityError as exc:
+            raise IntegrityError(f"config: {exc}") from exc
         aad = key_aad(header.repo_id)
         keys = list(backend.list(FileType.KEY))
         if not keys:
             raise IntegrityError("repository has no key files")
+        damaged: list[str] = []
         for name, _size in sorted(keys):
             try:
                 kf = KeyFile.decode(_load_verified(backend, FileType.KEY, name))
                 master = unwrap_master_key(kf.wrapped, password, aad)
-            except (WrongPassword, IntegrityError):
+            except WrongPassword:
                 continue
-            cipher = Cipher(header.aead, master.enc)
-            body = ConfigBody.decode(decompress(cipher.open(header.body, config_aad(header.repo_id))))
+            except IntegrityError as exc:
+                damaged.append(f"keys/{name}: {exc}")
+                continue
+            try:
+                cipher = Cipher(header.aead, master.enc)
+                body = ConfigBody.decode(decompress(cipher.open(header.body, config_aad(header.repo_id))))
+            except IntegrityError as exc:
+                raise IntegrityError(f"config: {exc}") from exc
             return cls(backend, master, header, body, name, cache_dir, cache_files)
-        raise WrongPassword("wrong password or no key found")
+        if len(damaged) == len(keys):
+            # No key could even be tried: "wrong password" would send the user the wrong way.
+            raise IntegrityError(f"no usable key file: {'; '.join(damaged)}")
+        note = f" ({len(damaged)} damaged key files skipped: {damaged[0]})" if damaged else ""
+        raise WrongPassword(f"wrong password or no key found{note}")
 
     # ---------------------------------------------------------------- whole files
 
@@ -236,7 +251,7 @@ class Repository:
         return lk
 
     def read_lock(self, name: str) -> LockInfo:
-        return LockInfo.decode(self.load_file(FileType.LOCK, name, lock_fmt.AAD))
+        return _decode_named(LockInfo.decode, self.load_file(FileType.LOCK, name, lock_fmt.AAD), f"locks/{name}")
 
     def unlock_stale(self, remove_all: bool = False) -> int:
         return locks.remove_stale(self.backend, self.read_lock, remove_all)
@@ -278,7 +293,7 @@ class Repository:
             self.files.forget_except(FileType.DATA, {p.hex() for p in self.index.pack_ids()})
 
     def load_index_file(self, name: str) -> IndexFile:
-        return IndexFile.decode(self.load_file(FileType.INDEX, name, index_fmt.AAD))
+        return _decode_named(IndexFile.decode, self.load_file(FileType.INDEX, name, index_fmt.AAD), f"index/{name}")
 
     def _load_index_files(self, names: list[str]) -> dict[str, IndexFile]:
         def load(name: str) -> tuple[str, IndexFile]:
@@ -407,7 +422,7 @@ class Repository:
             if nodes is not None:
                 self._tree_cache.move_to_end(tree_id)
                 return nodes
-        nodes = decode_tree(self.load_blob(TREE, tree_id))
+        nodes = _decode_named(decode_tree, self.load_blob(TREE, tree_id), f"tree {tree_id.hex()[:16]}")
         with self._tree_cache_lock:
             self._tree_cache[tree_id] = nodes
             if len(self._tree_cache) > 256:
@@ -423,7 +438,8 @@ class Repository:
         return self.save_file(FileType.SNAPSHOT, snap.encode(), snapshot_fmt.AAD)
 
     def load_snapshot(self, name: str) -> Snapshot:
-        return Snapshot.decode(self.load_file(FileType.SNAPSHOT, name, snapshot_fmt.AAD))
+        data = self.load_file(FileType.SNAPSHOT, name, snapshot_fmt.AAD)
+        return _decode_named(Snapshot.decode, data, f"snapshots/{name}")
 
     def list_snapshots(self) -> list[tuple[str, Snapshot]]:
         """All snapshots, oldest first; loaded in parallel for remote backends."""
@@ -470,3 +486,14 @@ def _load_verified(backend: Backend, ftype: FileType, name: str) -> bytes:
     if file_id(data) != name:
         raise IntegrityError(f"{ftype.value}/{name} is damaged (its content does not match its name)")
     return data
+
+
+_T = TypeVar("_T")
+
+
+def _decode_named(decode: Callable[[bytes], _T], data: bytes, what: str) -> _T:
+    """Decoding errors name the repository object, so the user knows what is damaged."""
+    try:
+        return decode(data)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{what}: {exc}") from exc
