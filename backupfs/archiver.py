@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO
 
@@ -32,7 +32,7 @@ from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, Node
 from backupfs.repository.repo import Repository
 
-READ_SIZE = 8 * 1024 * 1024
+SMALL_FILE = 8 * 1024 * 1024  # read whole and chunked in memory, in the file's own thread
 
 
 @dataclasses.dataclass
@@ -331,6 +331,12 @@ class Archiver:
         if node.type != FILE:
             return node
         self.stats.add(total_files=1, total_bytes=st.st_size)
+        if self._unchanged(node, pnode):
+            assert pnode is not None
+            node.content = pnode.content
+            self.stats.add(files_unchanged=1)
+            self._report(path)
+            return node
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             with self._hardlinks_lock:
@@ -372,12 +378,6 @@ class Archiver:
         return all(self.repo.has_blob(bid) for _off, bid in pnode.content)
 
     def _save_file(self, path: bytes, node: Node, pnode: Node | None) -> Node | None:
-        if self._unchanged(node, pnode):
-            assert pnode is not None
-            node.content = pnode.content
-            self.stats.add(files_unchanged=1)
-            self._report(path)
-            return node
         try:
             fd = _open_noatime(path)
         except OSError as exc:
@@ -390,13 +390,13 @@ class Archiver:
                 return None
             extents = fsmeta.data_extents(fd, st.st_size)
             content: list[tuple[int, bytes]] = []
-            end = 0
-            for off, length in extents:
-                sparse = extents != [(0, st.st_size)]
-                got = self._save_extent(fd, off, length if sparse else None, content)
-                end = off + got
+            if st.st_size == 0 or extents == [(0, st.st_size)]:
+                node.size = self._save_whole(fd, st.st_size, content)
+            else:  # sparse: only the data extents, the holes stay holes
+                for off, length in extents:
+                    self._save_chunks(_LimitedReader(fd, off, length), off, content, inline=length <= SMALL_FILE)
+                node.size = st.st_size
             node.content = content
-            node.size = st.st_size if extents != [(0, st.st_size)] else end
         except OSError as exc:
             self._skip(path, exc)
             return None
@@ -406,15 +406,25 @@ class Archiver:
         self._report(path)
         return node
 
+    def _save_whole(self, fd: int, size: int, content: list[tuple[int, bytes]]) -> int:
+        """A file read to its end (it may have grown or shrunk since stat); returns its size.
+
+        Small files are read in one call and cut in memory: the streaming chunker allocates a
+        max-chunk-size buffer per file, which dominated the cost of small files."""
+        if size <= SMALL_FILE:
+            data = os.pread(fd, size + 1, 0)
+            if len(data) <= SMALL_FILE:
+                for view, off in _with_offsets(self._chunker.cut(data)):
+                    content.append((off, self.repo.save_blob(DATA, view)[0]))
+                self.stats.add(bytes_read=len(data))
+                return len(data)
+        return self._save_chunks(_LimitedReader(fd, 0, None), 0, content, inline=False)
+
     def _cdc(self) -> FastCDC:
         cdc: FastCDC | None = getattr(self._tls, "cdc", None)
         if cdc is None:
             cdc = self._tls.cdc = self._chunker.new_fastcdc()
         return cdc
-
-    def _save_extent(self, fd: int, offset: int, length: int | None, content: list[tuple[int, bytes]]) -> int:
-        inline = length is not None and length <= self._chunker.min_size * 2
-        return self._save_chunks(_LimitedReader(fd, offset, length), offset, content, inline)
 
     def _save_stream(self, stream: IO[bytes]) -> tuple[list[tuple[int, bytes]], int]:
         content: list[tuple[int, bytes]] = []
@@ -458,6 +468,13 @@ class Archiver:
     def _report(self, path: bytes) -> None:
         if self._progress is not None:
             self._progress(self.stats, os.fsdecode(path))
+
+
+def _with_offsets(views: Iterator[memoryview]) -> Iterator[tuple[memoryview, int]]:
+    pos = 0
+    for view in views:
+        yield view, pos
+        pos += len(view)
 
 
 def _open_noatime(path: bytes) -> int:
