@@ -10,10 +10,10 @@ import traceback
 from collections.abc import Sequence
 
 from backupfs import __version__
-from backupfs.cli import backup, cat, check, init, key, ls, restore, snapshots, unlock
+from backupfs.cli import backup, cat, check, init, key, ls, restore, serve, snapshots, unlock
 from backupfs.errors import BackupfsError
 
-COMMANDS = [init, backup, snapshots, ls, cat, restore, check, key, unlock]
+COMMANDS = [init, backup, snapshots, ls, cat, restore, check, key, unlock, serve]
 
 
 def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:

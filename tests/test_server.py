@@ -1,0 +1,445 @@
+"""`backupfs serve` and the rest: backend, against a real server process on 127.0.0.1.
+
+The append-only tests talk raw HTTP (not through RestBackend), because an attacker is not bound
+to our client: every request a compromised client could send is tried, and the repository's
+files are compared byte for byte before and after.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import bcrypt
+import httpx
+import pytest
+from rest_server import RestServer
+
+from backupfs.backends.base import FileType
+from backupfs.backends.local import LocalBackend
+from backupfs.backends.rest import RestBackend
+from backupfs.crypto import file_id
+from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
+from backupfs.format.snapshot import Snapshot
+from backupfs.repository.repo import Repository
+from backupfs.server import parse_range, parse_target
+
+FAST_KDF = (1, 8192)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestServer]:
+    with RestServer(tmp_path_factory.mktemp("srv")) as srv:
+        yield srv
+
+
+def _fresh(server: RestServer, name: str) -> RestBackend:
+    backend = RestBackend(server.url(name))
+    backend.create()
+    return backend
+
+
+def _blob(data: bytes) -> tuple[str, bytes]:
+    return file_id(data), data
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# ---------------------------------------------------------------------------- pure parsing
+
+
+def test_parse_target_is_strict() -> None:
+    name = "ab" * 32
+    assert parse_target(f"/data/{name}".encode()) is not None
+    assert parse_target(f"/alice/r1/keys/{name}".encode()) is not None
+    assert parse_target(b"/config") is not None and parse_target(b"/snapshots/") is not None
+    for bad in (
+        b"/data/../config",
+        b"/%2e%2e/config",
+        b"/data/%2e%2e/config",
+        b"//config",
+        b"/data//" + name.encode(),
+        b"/./config",
+        b"/data/ab/" + name.encode(),
+        b"/Data/" + name.encode(),
+        b"/unknown/" + name.encode(),
+        b"/data/" + name.upper().encode(),
+        b"/data/" + name.encode() + b"0",
+        b"/data/" + ("ab" * 4000).encode(),
+        b"/data/" + name.encode() + b"/..",
+        b"/data%2f" + name.encode(),
+        b"/..\\config",
+        b"/data/.tmp",
+        b"/.hidden/config",
+        b"/data/config",
+        b"/a/b/c/d/e/f/g/h/i/config",
+        b"config",
+        b"/r\x00/config",
+    ):
+        assert parse_target(bad) is None, bad
+
+
+def test_parse_range() -> None:
+    assert parse_range(b"bytes=0-9", 100) == (0, 10)
+    assert parse_range(b"bytes=90-", 100) == (90, 100)
+    assert parse_range(b"bytes=-10", 100) == (90, 100)
+    assert parse_range(b"bytes=95-200", 100) == (95, 100)
+    assert parse_range(b"bytes=100-", 100) is None
+    assert parse_range(b"bytes=5-2", 100) == "bad" and parse_range(b"items=1-2", 100) == "bad"
+
+
+# ---------------------------------------------------------------------------- the Backend contract
+
+
+def test_backend_contract(server: RestServer) -> None:
+    b = _fresh(server, "contract")
+    b.create()  # no config yet: creating again is harmless
+    assert not b.exists()
+    b.save(FileType.CONFIG, "config", b"config-bytes")
+    assert b.exists()
+    with pytest.raises(AlreadyExists):
+        b.save(FileType.CONFIG, "config", b"other")
+    with pytest.raises(AlreadyExists):
+        b.create()
+    assert b.load(FileType.CONFIG, "config") == b"config-bytes"
+
+    name, data = _blob(os.urandom(3 << 20))
+    b.save(FileType.DATA, name, memoryview(data))
+    b.save(FileType.DATA, name, data)  # saving again replaces (same name, same content)
+    assert b.load(FileType.DATA, name) == data
+    assert b.load(FileType.DATA, name, 1000, 5000) == data[1000:6000]
+    assert b.load(FileType.DATA, name, len(data) - 7) == data[-7:]
+    assert b.load(FileType.DATA, name, len(data)) == b""
+    assert b.load(FileType.DATA, name, 5, 0) == b""
+    with pytest.raises(BackendError, match="short read"):
+        b.load(FileType.DATA, name, len(data) - 10, 20)
+    with pytest.raises(BackendError, match="short read"):
+        b.load(FileType.DATA, name, len(data) + 10, 20)
+    assert b.stat(FileType.DATA, name) == len(data)
+    assert list(b.list(FileType.DATA)) == [(name, len(data))]
+    assert list(b.list(FileType.CONFIG)) == [("config", 12)]
+    assert list(b.list(FileType.INDEX)) == []
+
+    missing = "cd" * 32
+    for call in (
+        lambda: b.load(FileType.DATA, missing),
+        lambda: b.load(FileType.DATA, missing, 0, 10),
+        lambda: b.stat(FileType.INDEX, missing),
+        lambda: b.remove(FileType.SNAPSHOT, missing),
+    ):
+        with pytest.raises(NotFound):
+            call()
+    b.remove(FileType.DATA, name)
+    with pytest.raises(NotFound):
+        b.remove(FileType.DATA, name)
+    assert list(b.list(FileType.DATA)) == []
+    b.close()
+
+
+def test_concurrent_use_from_threads(server: RestServer) -> None:
+    b = _fresh(server, "threads")
+    blobs = [_blob(os.urandom(200_000 + i)) for i in range(24)]
+    errors: list[BaseException] = []
+
+    def work(part: list[tuple[str, bytes]]) -> None:
+        try:
+            for name, data in part:
+                b.save(FileType.INDEX, name, data)
+                assert b.load(FileType.INDEX, name, 100, 1000) == data[100:1100]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(blobs[i::6],)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(b.list(FileType.INDEX)) == sorted((n, len(d)) for n, d in blobs)
+    b.close()
+
+
+def test_broken_upload_never_lands(server: RestServer) -> None:
+    b = _fresh(server, "broken")
+    name, data = _blob(os.urandom(100_000))
+    url = f"{server.base}/broken/data/{name}"
+    assert httpx.post(url, content=data[:-1]).status_code == 400  # truncated
+    assert httpx.post(url, content=data[:-1] + b"\0").status_code == 400  # altered
+    assert list(b.list(FileType.DATA)) == []
+    assert [p for p in (server.path / "broken").rglob("*") if p.is_file()] == []  # no temporaries left
+    b.close()
+
+
+def test_layout_is_the_local_backends(server: RestServer) -> None:
+    """A repository made locally is served as is, and one made through the server opens locally."""
+    local = Repository.init(LocalBackend(str(server.path / "made-locally")), b"pw", kdf=FAST_KDF)
+    local.close()
+    remote = Repository.open(RestBackend(server.url("made-locally")), b"pw")
+    assert remote.header.repo_id == local.header.repo_id
+    remote.close()
+
+    made_remote = Repository.init(RestBackend(server.url("made-remotely")), b"pw", kdf=FAST_KDF)
+    blob_id, _ = made_remote.save_blob(0, os.urandom(50_000))
+    made_remote.flush()
+    made_remote.close()
+    reopened = Repository.open(LocalBackend(str(server.path / "made-remotely")), b"pw")
+    reopened.load_index()
+    assert reopened.has_blob(blob_id)
+    reopened.close()
+
+
+def test_dead_server_is_a_transient_error(tmp_path: Path) -> None:
+    srv = RestServer(tmp_path / "srv").start()
+    b = _fresh(srv, "r")
+    srv.kill()
+    with pytest.raises(TransientBackendError, match="connection refused"):
+        list(b.list(FileType.DATA))
+    b.close()
+
+
+# ---------------------------------------------------------------------------- append-only
+
+
+def _populated_repo(root: Path) -> None:
+    """One file of every type: config, key, pack, index, snapshot, lock."""
+    repo = Repository.init(LocalBackend(str(root)), b"pw", kdf=FAST_KDF)
+    tree = repo.save_tree([])
+    repo.flush()
+    repo.save_snapshot(Snapshot(time_ns=1, host="h", user="u", paths=["/"], tree=tree))
+    repo.backend.save(FileType.LOCK, *_blob(b"a stale lock"))
+    repo.close()
+
+
+def _attacks(base: str, files: dict[str, str]) -> Iterator[tuple[str, str, bytes]]:
+    """(method, url, body) for every way to destroy or replace a file we could think of."""
+    junk = b"ransom note"
+    for rel in files:
+        parts = rel.split("/")
+        name = parts[-1]
+        api = "config" if rel == "config" else f"{parts[0]}/{name}"
+        for method in ("DELETE", "PUT", "PATCH", "MOVE", "COPY", "OPTIONS", "TRACE", "PROPPATCH"):
+            yield method, f"{base}/{api}", junk
+        yield "POST", f"{base}/{api}", junk  # overwrite with other content
+        yield "POST", f"{base}/{api}", b""  # truncate
+        yield "DELETE", f"{base}/{api}?create=true", b""
+        if rel != "config":
+            yield "DELETE", f"{base}/{rel}", b""  # the on-disk path of a pack (data/ab/NAME)
+            yield "POST", f"{base}/{rel}", junk
+            yield "DELETE", f"{base}/{parts[0]}/./{name}", b""
+            yield "DELETE", f"{base}/{parts[0]}//{name}", b""
+            yield "DELETE", f"{base}/{parts[0]}/{name}/", b""
+            yield "DELETE", f"{base}/{parts[0]}/%2e%2e/{parts[0]}/{name}", b""
+            yield "DELETE", f"{base}/{parts[0]}/{name.upper()}", b""
+            yield "DELETE", f"{base}/{parts[0]}/{name}%00", b""
+            yield "DELETE", f"{base}/{parts[0]}/.{name}", b""
+            yield "DELETE", f"{base}/{parts[0]}%2f{name}", b""
+            yield "POST", f"{base}/{parts[0]}/{name}/..", junk
+    for path in (
+        "/data/../config",
+        "/%2e%2e/config",
+        "/%2E%2E/config",
+        "/data/%2e%2e/config",
+        "//config",
+        "/./config",
+        "/../config",
+        "/config/",
+        "/config/..",
+        "/keys/../config",
+        "/locks/../config",
+        "/locks/%2e%2e/config",
+        "/locks/..%2fconfig",
+        "/bogus/" + "ab" * 32,
+        "/data/" + "ab" * 3000,
+        "/data/" + "ab" * 32 + "/" + "ab" * 32,
+        "/",
+        "/data/",
+        "/keys",
+        "/snapshots",
+    ):
+        for method in ("DELETE", "POST", "PUT"):
+            yield method, base + path, junk
+    yield "DELETE", base + "/", b""
+    yield "POST", base + "/?create=true&x=../", b""
+
+
+def test_append_only_refuses_every_destructive_request(tmp_path: Path) -> None:
+    root = tmp_path / "srv"
+    _populated_repo(root)
+    before = tree_digest(root)
+    kinds = {rel.split("/")[0] for rel in before}
+    assert kinds == {"config", "keys", "data", "index", "snapshots", "locks"}
+    protected = {rel: h for rel, h in before.items() if not rel.startswith("locks/")}
+    with RestServer(root, "--append-only") as srv, httpx.Client(timeout=30) as client:
+        allowed = []
+        for method, url, body in _attacks(srv.base, protected):
+            status = client.request(method, url, content=body).status_code
+            if status < 400:
+                allowed.append((method, url, status))
+            # a raw socket too: no client-side normalisation of the path
+        assert allowed == [(m, u, 200) for m, u, _ in allowed if u.endswith("?create=true&x=../")], allowed
+        for raw in (b"/data/../config", b"/%2e%2e/config", b"/data/../../etc/passwd", b"/keys/./../config"):
+            assert _raw_request(srv.port, b"DELETE", raw).startswith((b"HTTP/1.1 4", b"HTTP/1.0 4"))
+        # re-sending a file with its exact content succeeds (a retried upload) and changes nothing
+        for rel in protected:
+            if rel != "config":
+                api = rel.split("/")[0] + "/" + rel.split("/")[-1]
+                assert client.post(f"{srv.base}/{api}", content=(root / rel).read_bytes()).status_code == 200
+        # and new files are welcome
+        name, data = _blob(os.urandom(1000))
+        assert client.post(f"{srv.base}/index/{name}", content=data).status_code == 200
+        # locks come and go
+        lock_name, lock_data = _blob(b"a lock")
+        assert client.post(f"{srv.base}/locks/{lock_name}", content=lock_data).status_code == 200
+        assert client.delete(f"{srv.base}/locks/{lock_name}").status_code == 200
+        for rel in before:
+            if rel.startswith("locks/"):
+                assert client.delete(f"{srv.base}/{rel}").status_code == 200
+    after = tree_digest(root)
+    assert {k: v for k, v in after.items() if k != f"index/{name}"} == protected
+    assert list(after) == sorted([*protected, f"index/{name}"])
+
+
+def test_append_only_through_the_client(tmp_path: Path) -> None:
+    """A repository can be created, written and read through an append-only server; deletes fail."""
+    with RestServer(tmp_path / "srv", "--append-only") as srv:
+        repo = Repository.init(RestBackend(srv.url("r")), b"pw", kdf=FAST_KDF)
+        lock = repo.lock()
+        repo.save_blob(0, os.urandom(10_000))
+        repo.flush()
+        name = next(iter(repo.backend.list(FileType.DATA)))[0]
+        with pytest.raises(BackendError, match=r"append-only: deleting data files is not allowed \(run prune"):
+            repo.backend.remove(FileType.DATA, name)
+        with pytest.raises(AlreadyExists):
+            repo.backend.save(FileType.CONFIG, "config", b"x")
+        assert getattr(repo.backend, "append_only", None) is True
+        lock.release()
+        assert list(repo.backend.list(FileType.LOCK)) == []
+        repo.close()
+
+
+def _raw_request(port: int, method: bytes, path: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(method + b" " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        return s.recv(100)
+
+
+# ---------------------------------------------------------------------------- authentication
+
+
+def _htpasswd(path: Path, users: dict[str, str]) -> Path:
+    lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=5)).decode()}" for u, p in users.items()]
+    lines.append("carol:{SHA}" + base64.b64encode(hashlib.sha1(b"carols-pw").digest()).decode())
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_authentication_and_private_repos(tmp_path: Path) -> None:
+    htpasswd = _htpasswd(tmp_path / "htpasswd", {"alice": "alices-pw", "bob": "bobs-pw"})
+    with RestServer(tmp_path / "srv", "--htpasswd", str(htpasswd), "--private-repos") as srv:
+        name = "ab" * 32
+        with httpx.Client(timeout=30) as anon:
+            for method, path in (
+                ("GET", "/alice/r/config"),
+                ("HEAD", "/alice/r/config"),
+                ("GET", "/alice/r/data/"),
+                ("POST", f"/alice/r/data/{name}"),
+                ("DELETE", f"/alice/r/locks/{name}"),
+                ("POST", "/alice/r/?create=true"),
+                ("GET", "/../etc/passwd"),
+            ):
+                assert anon.request(method, srv.base + path).status_code == 401
+                assert anon.request(method, srv.base + path, auth=("alice", "wrong")).status_code == 401
+                assert anon.request(method, srv.base + path, auth=("mallory", "x")).status_code == 401
+            assert "basic" in anon.get(srv.base + "/alice/r/config").headers["www-authenticate"].lower()
+
+        alice = Repository.init(RestBackend(srv.url("alice/r", "alice", "alices-pw")), b"pw", kdf=FAST_KDF)
+        alice.save_blob(0, b"alice's secret")
+        alice.flush()
+        alice.close()
+        for url in (srv.url("alice/r", "bob", "bobs-pw"), srv.url("alice/r", "carol", "carols-pw")):
+            other = RestBackend(url)
+            with pytest.raises(BackendError, match="403"):
+                other.exists()
+            with pytest.raises(BackendError, match="403"):
+                list(other.list(FileType.DATA))
+            other.close()
+        with RestBackend(srv.url("", "bob", "bobs-pw")) as root, pytest.raises(BackendError, match="403"):
+            root.create()  # the root is nobody's
+        with (
+            RestBackend(srv.url("alice/r", "alice", "bobs-pw")) as wrong,
+            pytest.raises(BackendError, match="authentication failed"),
+        ):
+            wrong.exists()
+        # credentials from the environment
+        os.environ["BACKUPFS_REST_USERNAME"], os.environ["BACKUPFS_REST_PASSWORD"] = "bob", "bobs-pw"
+        try:
+            env_backend = RestBackend(srv.url("bob/r"))
+            env_backend.create()
+            assert not env_backend.exists()
+            env_backend.close()
+        finally:
+            del os.environ["BACKUPFS_REST_USERNAME"], os.environ["BACKUPFS_REST_PASSWORD"]
+        with RestBackend(srv.url("alice/r", "alice", "password")) as redacted:
+            assert "password" not in redacted.location
+
+
+# ---------------------------------------------------------------------------- TLS
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_tls(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    with RestServer(tmp_path / "srv", "--tls-cert", str(cert), "--tls-key", str(key)) as srv:
+        assert srv.url().startswith("rest:https://")
+        untrusted = RestBackend(srv.url("r"))
+        with pytest.raises(BackendError, match="certificate verification failed") as info:
+            untrusted.exists()
+        assert not isinstance(info.value, TransientBackendError)
+        untrusted.close()
+        trusted = RestBackend(srv.url("r"), cacert=str(cert))
+        trusted.create()
+        name, data = _blob(os.urandom(100_000))
+        trusted.save(FileType.DATA, name, data)
+        assert trusted.load(FileType.DATA, name, 10, 10) == data[10:20]
+        trusted.close()
