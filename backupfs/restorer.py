@@ -67,7 +67,8 @@ class Restorer:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bfs-restore")
         self._blob_pool = ThreadPoolExecutor(workers, thread_name_prefix="bfs-restore-blob")
         self._window = workers * 2
-        self._hardlinks: dict[tuple[int, int], bytes] = {}
+        # first restored name of each multiply-linked inode, and the job writing its content
+        self._hardlinks: dict[tuple[int, int], tuple[bytes, Future[bool]]] = {}
         self._progress = progress
         self.stats = RestoreStats()
 
@@ -100,7 +101,7 @@ class Restorer:
             self.stats.error(f"{os.fsdecode(prefix) or '/'}: cannot read directory listing: {exc}")
             return 0
         restored = 0
-        pending: list[Future[None]] = []
+        pending: list[Future[bool]] = []
         for node in nodes:
             path = prefix + b"/" + node.name
             if not node.is_safe_name():
@@ -115,9 +116,7 @@ class Restorer:
                 elif not take:
                     continue
                 elif node.type == FILE:
-                    fut = self._restore_file(dir_fd, node, path)
-                    if fut is not None:
-                        pending.append(fut)
+                    pending.append(self._restore_file(dir_fd, node, path))
                     restored += 1
                 else:
                     fsmeta.create_node(dir_fd, node)
@@ -153,24 +152,42 @@ class Restorer:
         for w in fsmeta.apply_metadata(dir_fd, node, owner=self._owner):
             self.stats.warnings.append(f"{os.fsdecode(path)}: {w}")
 
-    def _restore_file(self, dir_fd: int, node: Node, path: bytes) -> Future[None] | None:
+    def _restore_file(self, dir_fd: int, node: Node, path: bytes) -> Future[bool]:
         key = fsmeta.hardlink_key(node)
-        if key is not None:
-            first = self._hardlinks.get(key)
-            if first is not None:
-                os.link(
-                    first.lstrip(b"/"), node.name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd, follow_symlinks=False
-                )
-                self.stats.add(files=1)
-                return None
-        fd = fsmeta.create_file(dir_fd, node)
-        if key is not None:
-            self._hardlinks[key] = path
+        first = self._hardlinks.get(key) if key is not None else None
         # The parent fd must outlive the job: duplicate it.
+        if first is not None:
+            job_dir_fd = os.dup(dir_fd)
+            return self._pool.submit(self._link_file, job_dir_fd, node, path, *first)
+        fd = fsmeta.create_file(dir_fd, node)
         job_dir_fd = os.dup(dir_fd)
-        return self._pool.submit(self._write_file, job_dir_fd, fd, node, path)
+        fut = self._pool.submit(self._write_file, job_dir_fd, fd, node, path)
+        if key is not None:
+            self._hardlinks[key] = (path, fut)
+        return fut
 
-    def _write_file(self, dir_fd: int, fd: int, node: Node, path: bytes) -> None:
+    def _link_file(self, dir_fd: int, node: Node, path: bytes, first: bytes, written: Future[bool]) -> bool:
+        """Another name of an inode: linked only once its content is written and intact, so a
+        damaged file never survives under a second name. (The first job was submitted earlier,
+        so waiting for it in the same pool cannot deadlock.)"""
+        try:
+            if not written.result():
+                self.stats.error(
+                    f"{os.fsdecode(path)}: not restored: its content is shared with the damaged {os.fsdecode(first)}"
+                )
+                return False
+            os.link(first.lstrip(b"/"), node.name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            self.stats.add(files=1)
+            return True
+        except OSError as exc:
+            self.stats.error(f"{os.fsdecode(path)}: {exc.strerror or exc}")
+            return False
+        finally:
+            os.close(dir_fd)
+
+    def _write_file(self, dir_fd: int, fd: int, node: Node, path: bytes) -> bool:
+        """Writes content then metadata; a file whose content failed is removed. Returns whether
+        the content is intact (hardlinks to it wait for that)."""
         try:
             ok = self._write_content(fd, node, path)
         finally:
@@ -187,6 +204,7 @@ class Restorer:
             os.close(dir_fd)
         if self._progress is not None:
             self._progress(self.stats)
+        return ok
 
     def _blobs(self, content: list[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
         """(offset, plaintext) of a file's chunks; a large file's chunks are fetched and decrypted

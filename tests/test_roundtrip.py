@@ -1,0 +1,150 @@
+"""Backup then restore through the real CLI must give back exactly what was saved.
+
+The oracle is rsync -aHAX --checksum (tests/richtree.py), independent of backupfs; the explicit
+checks below name the properties rsync does not report on its own (sparseness, inode sharing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CLI, PASSWORD
+from richtree import T_FUTURE, make_rich_tree, rsync_diff, sparse_ok
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="ownership, devices and trusted.* xattrs need root")
+
+
+def restored(target: Path, src: Path | str | bytes) -> Path:
+    """Where restore puts an absolute source path: the snapshot's root is `/`."""
+    return target / os.fsdecode(src).lstrip("/")
+
+
+@pytest.fixture(scope="module")
+def backed_up(tmp_path_factory: pytest.TempPathFactory) -> tuple[CLI, dict[str, Any], str]:
+    """One rich tree and one backup of it for the module: every test only reads them."""
+    base = tmp_path_factory.mktemp("roundtrip")
+    rich = make_rich_tree(base / "src")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUPFS_")}
+    env.update(BACKUPFS_PASSWORD=PASSWORD, HOME=str(base / "home"), XDG_CACHE_HOME=str(base / "cache"))
+    cli = CLI(base / "repo", env)
+    cli("init")
+    out = cli("backup", rich["root"], "--json")
+    summary = json.loads(out.stdout.splitlines()[-1])
+    assert summary["skipped"] == 0, out.stderr
+    return cli, rich, summary["snapshot_id"]
+
+
+@root_only
+def test_rich_tree_round_trip(backed_up: tuple[CLI, dict[str, Any], str], tmp_path: Path) -> None:
+    cli, m, _sid = backed_up
+    src: Path = m["root"]
+    target = tmp_path / "target"
+    out = cli("restore", "latest", "--target", target, "--verify")
+    dst = restored(target, src)
+    assert rsync_diff(src, dst) == ""
+
+    # what rsync alone does not prove, or what deserves a named failure
+    for name in ("sparse", "all_hole", "tail_hole"):
+        assert sparse_ok(m[name], restored(target, m[name])), f"{name} lost its holes"
+    inodes = {os.lstat(restored(target, p)).st_ino for p in m["hardlinks"]}
+    assert len(inodes) == 1 and os.lstat(restored(target, m["hardlinks"][0])).st_nlink == 3
+    for key in ("long_name", "latin1_name", "newline_name"):
+        assert os.path.exists(restored(target, m[key]))
+    assert len(os.path.basename(m["long_name"])) == 255
+    assert restored(target, m["deep_file"]).read_bytes() == b"30 levels down\n"
+    assert stat.S_ISFIFO(os.lstat(restored(target, m["fifo"])).st_mode)
+    dev = os.lstat(restored(target, m["chardev"]))
+    assert stat.S_ISCHR(dev.st_mode) and dev.st_rdev == os.makedev(1, 3)
+    assert stat.S_ISBLK(os.lstat(restored(target, m["blockdev"])).st_mode)
+    xf = restored(target, m["xattr_file"])
+    for k, v in m["xattrs"].items():
+        assert os.getxattr(xf, k) == v
+    assert os.getxattr(xf, b"trusted.backupfs") == b"trusted value"
+    assert os.getxattr(restored(target, m["acl_file"]), "system.posix_acl_access")
+    assert os.getxattr(restored(target, m["acl_dir"]), "system.posix_acl_default")
+    assert os.lstat(restored(target, m["times"]["future"])).st_mtime_ns == T_FUTURE
+    assert os.lstat(restored(target, m["setuid"])).st_mode & 0o7777 == 0o4755
+    assert os.lstat(restored(target, m["other_owner"])).st_uid == 1234
+    n_files = sum(1 for _ in _regular_files(src))
+    assert f"verified {n_files - 2} files".encode() in out.stdout  # hardlinks: one inode, three names
+
+
+def _regular_files(root: Path) -> list[Path]:
+    return [Path(d) / f for d, _, fs in os.walk(root) for f in fs if stat.S_ISREG(os.lstat(Path(d) / f).st_mode)]
+
+
+def test_restore_twice_into_the_same_target_does_not_overwrite(
+    backed_up: tuple[CLI, dict[str, Any], str], tmp_path: Path
+) -> None:
+    """Restore never replaces what is there: existing files are errors, not silently clobbered."""
+    cli, m, _sid = backed_up
+    target = tmp_path / "t"
+    cli("restore", "latest", "--target", target, "--include", str(m["small"]))
+    restored(target, m["small"]).write_bytes(b"local edit\n")
+    again = cli("restore", "latest", "--target", target, "--include", str(m["small"]), check=False)
+    assert again.returncode != 0 and b"Traceback" not in again.stderr
+    assert b"small.txt" in again.stderr
+    assert restored(target, m["small"]).read_bytes() == b"local edit\n"
+
+
+def test_restore_include(backed_up: tuple[CLI, dict[str, Any], str], tmp_path: Path) -> None:
+    cli, m, _sid = backed_up
+    src: Path = m["root"]
+    target = tmp_path / "t"
+    cli("restore", "latest", "--target", target, "--include", str(src / "dir"), "--include", str(m["small"]))
+    dst = restored(target, src)
+    assert sorted(os.listdir(dst)) == ["dir", "small.txt"]
+    assert rsync_diff(src / "dir", dst / "dir") == ""
+    assert (dst / "small.txt").read_bytes() == m["small"].read_bytes()
+
+
+def test_restore_include_pattern_deep_inside(backed_up: tuple[CLI, dict[str, Any], str], tmp_path: Path) -> None:
+    """A pattern matching only something deep restores the directories leading to it, no more."""
+    cli, m, _sid = backed_up
+    target = tmp_path / "t"
+    cli("restore", "latest", "--target", target, "--include", "leaf.txt")
+    dst = restored(target, m["root"])
+    found = sorted(str(p.relative_to(dst)) for p in dst.rglob("*"))
+    assert found == ["dir", "dir/sub", "dir/sub/subsub", "dir/sub/subsub/leaf.txt"]
+
+
+def test_restore_exclude(backed_up: tuple[CLI, dict[str, Any], str], tmp_path: Path) -> None:
+    cli, m, _sid = backed_up
+    src: Path = m["root"]
+    target = tmp_path / "t"
+    cli("restore", "latest", "--target", target, "--exclude", "*.bin", "--exclude", str(src / "deep"))
+    dst = restored(target, src)
+    assert not list(dst.rglob("*.bin"))
+    assert not (dst / "deep").exists()
+    assert (dst / "small.txt").exists() and (dst / "dir" / "a.txt").exists()
+    assert (dst / "sparse" / "sparse64").exists()
+
+
+def test_restore_subpath(backed_up: tuple[CLI, dict[str, Any], str], tmp_path: Path) -> None:
+    """SNAP:PATH restores the contents of PATH straight into the target."""
+    cli, m, sid = backed_up
+    src: Path = m["root"]
+    target = tmp_path / "t"
+    cli("restore", f"{sid[:8]}:{src / 'dir'}", "--target", target)
+    assert sorted(os.listdir(target)) == ["a.txt", "emptydir", "sub"]
+    # rsync compares the top directory too; only its own metadata may differ
+    assert rsync_diff(src / "dir" / "sub", target / "sub") == ""
+    assert (target / "a.txt").read_bytes() == (src / "dir" / "a.txt").read_bytes()
+    bad = cli("restore", f"{sid[:8]}:{src / 'small.txt'}", "--target", tmp_path / "t2", check=False)
+    assert bad.returncode == 2 and b"not a directory" in bad.stderr
+    missing = cli("restore", f"{sid[:8]}:/no/such/dir", "--target", tmp_path / "t3", check=False)
+    assert missing.returncode == 2 and missing.stderr.count(b"\n") == 1
+
+
+def test_restore_verify_counts_files(backed_up: tuple[CLI, dict[str, Any], str], tmp_path: Path) -> None:
+    cli, m, _sid = backed_up
+    out = cli(
+        "restore", "latest", "--target", tmp_path / "t", "--verify", "--json", "--include", str(m["root"] / "dir")
+    )
+    summary = json.loads(out.stdout.splitlines()[-1])
+    assert summary["files_verified"] == 2 and summary["errors"] == 0
