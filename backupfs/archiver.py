@@ -135,6 +135,7 @@ class Archiver:
     def run(self) -> tuple[str, Snapshot]:
         start = time.monotonic()
         paths = self._normalise_paths(self.opts.paths)
+        self.repo.index_leftover_packs()
         parent_id, parent_tree = self._find_parent(paths)
         try:
             root_tree = self._build_root(paths, parent_tree)
@@ -150,6 +151,7 @@ class Archiver:
         if not name or "/" in name.strip("/") or name in (".", ".."):
             raise BackupfsError(f"invalid --stdin-filename {name!r}")
         name = name.strip("/")
+        self.repo.index_leftover_packs()
         content, size = self._save_stream(stream)
         if check is not None:
             check()

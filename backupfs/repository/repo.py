@@ -43,7 +43,7 @@ from backupfs.format.config import ConfigBody, ConfigHeader, config_aad
 from backupfs.format.index import IndexFile
 from backupfs.format.keyfile import META_AAD, KeyFile, decode_meta, encode_meta, key_aad
 from backupfs.format.lock import LockInfo
-from backupfs.format.pack import DATA, TREE, PackEntry, blob_aad
+from backupfs.format.pack import DATA, HEADER_AAD, TRAILER, TREE, PackEntry, blob_aad, decode_header, header_location
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import Node, decode_tree, encode_tree
 from backupfs.repository import locks
@@ -401,6 +401,41 @@ class Repository:
         with self._pending_lock:
             for e in entries:
                 self._pending.discard(e.id)
+
+    def index_leftover_packs(self) -> int:
+        """Adopts complete packs that no index lists, so their blobs are re-used, not uploaded again.
+
+        A backup killed between a pack and the index naming it (SIGKILL, power loss) leaves such
+        packs (design.md 12); so does a backup still running. Each is read whole and must hash to
+        its name and carry an authentic header before it is trusted; the next index this process
+        writes lists it. Returns how many packs were adopted.
+        """
+        known = self.index.pack_ids()
+        adopted = 0
+        for name, _size in list(self.backend.list(FileType.DATA)):
+            try:
+                pack_id = bytes.fromhex(name)
+            except ValueError:
+                continue
+            if len(pack_id) != 32 or pack_id in known:
+                continue
+            try:
+                entries = self.read_pack_header(_load_verified(self.backend, FileType.DATA, name))
+            except (IntegrityError, BackendError):
+                continue  # damaged or vanished: check reports it, prune reclaims it
+            with self._index_lock:
+                self._unindexed[pack_id] = entries
+                self.index.add_pack(pack_id, entries)
+            adopted += 1
+        return adopted
+
+    def read_pack_header(self, data: bytes) -> list[PackEntry]:
+        """The blob list of a whole pack, checked to lie inside it."""
+        hoff, hlen = header_location(len(data), data[-TRAILER.size :])
+        entries = decode_header(self._open(data[hoff : hoff + hlen], HEADER_AAD))
+        if any(e.offset + e.length > hoff for e in entries):
+            raise IntegrityError("pack header points beyond the blobs")
+        return entries
 
     def _write_unindexed(self) -> None:
         if self._unindexed:
