@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from backupfs.chunker import DEFAULT_PARAMS
 from backupfs.cli._common import err, get_password, open_backend, print_json, repo_url
-from backupfs.crypto import SUITES
+from backupfs.cli.copy import add_from_repo_args, open_from_repository
+from backupfs.copier import chunking_like
+from backupfs.crypto import SUITES, MasterKey
+from backupfs.errors import UsageError
 from backupfs.repository.repo import Repository
 
 
@@ -14,14 +18,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--pack-size", type=int, default=16, metavar="MiB", help="target pack size (default 16)")
     p.add_argument("--compression", default="lz4", help="lz4 (default), zstd[:LEVEL] or none")
     p.add_argument("--aead", choices=SUITES, help="encryption (default aegis256 where available)")
+    p.add_argument(
+        "--copy-chunker-params",
+        action="store_true",
+        help="chunk exactly like --from-repo, so data copied or backed up into both deduplicates alike",
+    )
+    add_from_repo_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     backend = open_backend(repo_url(args))
+    master: MasterKey | None = None
+    chunker = DEFAULT_PARAMS
+    if args.from_repo and not args.copy_chunker_params:
+        raise UsageError("--from-repo is only used with --copy-chunker-params")
+    if args.copy_chunker_params:
+        with open_from_repository(args, lock=False, load_index=False) as src:
+            master, chunker = chunking_like(src)
     password = get_password(args, confirm=True, prompt="enter password for new repository: ")
     repo = Repository.init(
-        backend, password, suite=args.aead, pack_size=args.pack_size * 1024 * 1024, compression=args.compression
+        backend,
+        password,
+        suite=args.aead,
+        pack_size=args.pack_size * 1024 * 1024,
+        compression=args.compression,
+        master=master,
+        chunker=chunker,
     )
     repo_id = repo.header.repo_id.hex()
     if args.json:

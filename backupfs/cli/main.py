@@ -10,10 +10,10 @@ import traceback
 from collections.abc import Sequence
 
 from backupfs import __version__
-from backupfs.cli import backup, cat, check, init, key, ls, restore, serve, snapshots, unlock
+from backupfs.cli import backup, cat, check, copy, init, key, ls, restore, serve, snapshots, unlock
 from backupfs.errors import BackupfsError
 
-COMMANDS = [init, backup, snapshots, ls, cat, restore, check, key, unlock, serve]
+COMMANDS = [init, backup, snapshots, ls, cat, restore, check, key, unlock, serve, copy]
 
 
 def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
