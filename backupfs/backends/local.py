@@ -12,6 +12,7 @@ from backupfs.backends.base import FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound
 
 _TMP_MARK = ".tmp-"
+_DIR_MODE = 0o700
 
 
 def _fsync_dir(path: str) -> None:
@@ -61,12 +62,13 @@ class LocalBackend:
         if self.exists():
             raise AlreadyExists(f"a repository already exists at {self.root}")
         try:
-            os.makedirs(self.root, exist_ok=True)
+            # Owner-only, like the files: other local users need not even see the names and sizes.
+            os.makedirs(self.root, _DIR_MODE, exist_ok=True)
             for ftype in FileType:
                 if ftype is not FileType.CONFIG:
-                    os.makedirs(os.path.join(self.root, ftype.value), exist_ok=True)
+                    os.makedirs(os.path.join(self.root, ftype.value), _DIR_MODE, exist_ok=True)
             for i in range(256):
-                os.makedirs(os.path.join(self.root, "data", f"{i:02x}"), exist_ok=True)
+                os.makedirs(os.path.join(self.root, "data", f"{i:02x}"), _DIR_MODE, exist_ok=True)
         except OSError as exc:
             raise _oserror(exc, f"cannot create repository at {self.root}") from exc
 
@@ -75,7 +77,7 @@ class LocalBackend:
         directory = os.path.dirname(path)
         tmp = os.path.join(directory, f".{name}{_TMP_MARK}{os.getpid()}-{time.monotonic_ns()}")
         try:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, _DIR_MODE, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 view = memoryview(data)
