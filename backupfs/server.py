@@ -59,9 +59,11 @@ _NAME = re.compile(r"[0-9a-f]{64}")
 MAX_REPO_DEPTH: Final = 8
 MAX_UPLOAD: Final = (1 << 30) + (64 << 20)  # the largest pack (1 GiB, design.md 7) plus its header
 WRITE_CHUNK: Final = 1 << 20
-READ_CHUNK: Final = 1 << 20
+MAX_DRAIN: Final = 64 << 20  # a refused upload is read (and dropped) up to this size
+READ_CHUNK: Final = 4 << 20  # most blob reads are one piece: one thread hop
 _TMP_MARK: Final = ".tmp-"
 JSON_V2: Final = b"application/vnd.x.restic.rest.v2"
+APPEND_ONLY_HEADER: Final = b"x-backupfs-append-only"
 
 
 # ---------------------------------------------------------------------------- authentication
@@ -236,6 +238,20 @@ def parse_range(value: bytes, size: int) -> tuple[int, int] | str | None:
 # ---------------------------------------------------------------------------- blocking file work
 
 
+class _Refused(Exception):
+    """Ends a request early with a status and a one-line reason."""
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or []
+
+
+class _ClientGone(Exception):
+    pass
+
+
 class _Upload:
     """A temporary file next to the target, hashed as it is written. Used from worker threads."""
 
@@ -246,6 +262,16 @@ class _Upload:
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.hasher = blake3.blake3(max_threads=1)
         self.size = 0
+        self.done = False
+
+    @classmethod
+    def start(cls, repo_dir: str, path: str, name: str, protected: bool) -> _Upload | None:
+        """A new upload; None if `path` exists and must not be replaced. One thread hop."""
+        if not os.path.isdir(repo_dir):
+            raise _Refused(404, "no repository at this path")
+        if protected and os.path.exists(path):
+            return None
+        return cls(os.path.dirname(path), name)
 
     def write(self, data: bytes) -> None:
         self.hasher.update(data)
@@ -254,22 +280,30 @@ class _Upload:
             view = view[os.write(self.fd, view) :]
         self.size += len(data)
 
-    def finish(self) -> str:
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
-        return str(self.hasher.hexdigest())
+    def commit(self, path: str, name: str | None, replace: bool) -> bool:
+        """fsync, check the content hashes to `name`, move into place, fsync the directory.
 
-    def commit(self, path: str, replace: bool) -> bool:
-        """Moves the file into place; without `replace`, False if `path` already exists."""
+        Without `replace` the file is linked (atomic, never replaces: safe against racing
+        writers) and False means `path` already existed.
+        """
+        try:
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+        if name is not None and self.hasher.hexdigest() != name:
+            raise _Refused(400, f"content does not hash to its name ({self.size} bytes received); not stored")
         try:
             if replace:
                 os.replace(self.tmp, path)
             else:
-                os.link(self.tmp, path)  # atomic and never replaces: safe against racing writers
+                os.link(self.tmp, path)
                 os.unlink(self.tmp)
         except FileExistsError:
+            os.unlink(self.tmp)
             return False
+        finally:
+            self.done = True
         fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
@@ -285,41 +319,71 @@ class _Upload:
             os.unlink(self.tmp)
 
 
+@dataclasses.dataclass(slots=True)
+class _Read:
+    """The answer to a GET or HEAD: status, headers and the first (often only) piece of data."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    first: bytes
+    pos: int  # file offset after `first`
+    end: int
+    fd: int  # still open when more pieces follow, else -1
+
+
+def _open_read(path: str, range_header: bytes | None, head: bool) -> _Read:
+    """Opens, sizes and reads the first piece in one thread hop: most requests are one piece."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, IsADirectoryError):
+        raise _Refused(404, "not found") from None
+    try:
+        size = os.fstat(fd).st_size
+        start, end, status = 0, size, 200
+        headers = [(b"content-type", b"application/octet-stream"), (b"accept-ranges", b"bytes")]
+        if range_header is not None:
+            rng = parse_range(range_header, size)
+            if rng == "bad":
+                raise _Refused(400, "malformed Range header")
+            if rng is None:
+                raise _Refused(416, "range not satisfiable", [(b"content-range", f"bytes */{size}".encode())])
+            assert isinstance(rng, tuple)
+            start, end = rng
+            status = 206
+            headers.append((b"content-range", f"bytes {start}-{end - 1}/{size}".encode()))
+        headers.append((b"content-length", str(end - start).encode()))
+        first = b"" if head else _pread(fd, min(READ_CHUNK, end - start), start)
+        pos = start + len(first)
+        if head or pos >= end:
+            os.close(fd)
+            fd = -1
+        return _Read(status, headers, first, pos, end, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _pread(fd: int, n: int, pos: int) -> bytes:
+    data = os.pread(fd, n, pos)
+    if len(data) != n:
+        raise OSError(errno.EIO, "file shrank while being read")
+    return data
+
+
 def _list(repo_dir: str, ftype: FileType) -> list[dict[str, object]]:
+    if not os.path.isdir(repo_dir):
+        raise _Refused(404, "no repository at this path")
     return [{"name": n, "size": s} for n, s in LocalBackend(repo_dir).list(ftype)]
 
 
-def _file_size(path: str) -> int | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_size
-
-
-def _remove(path: str) -> bool:
+def _remove(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
-        return False
-    return True
+        raise _Refused(404, "not found") from None
 
 
 # ---------------------------------------------------------------------------- the app
-
-
-class _Refused(Exception):
-    """Ends a request early with a status and a one-line reason."""
-
-    def __init__(self, status: int, reason: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers or []
-
-
-class _ClientGone(Exception):
-    pass
 
 
 class RestApp:
@@ -356,18 +420,33 @@ class RestApp:
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
         started = False
+        body_done = False
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if message["type"] == "http.response.start" and self.append_only:
+                # lets clients (prune) know up front instead of failing half-way
+                message = {**message, "headers": [*message["headers"], (APPEND_ONLY_HEADER, b"1")]}
             started = True
             await send(message)
 
+        async def tracking_receive() -> Message:
+            nonlocal body_done
+            message = await receive()
+            body_done = message["type"] == "http.disconnect" or not message.get("more_body", False)
+            return message
+
         try:
-            await self._handle(scope, headers, receive, tracking_send)
+            await self._handle(scope, headers, tracking_receive, tracking_send)
         except (_Refused, OSError) as exc:
             if started:  # too late for a status: dropping the connection tells the client
                 raise
-            await self._error_response(scope, exc, send)
+            if not body_done:
+                # Read what the client is still sending, so it sees our answer rather than a reset
+                # and the kept-alive connection stays usable. Beyond a limit, let it close instead.
+                with contextlib.suppress(_ClientGone, _Refused):
+                    await _drain(tracking_receive, MAX_DRAIN)
+            await self._error_response(scope, exc, tracking_send)
         except _ClientGone:
             pass
 
@@ -398,8 +477,6 @@ class RestApp:
                 await _respond(send, 200)
                 return
             raise _Refused(405, "only POST ?create=true is supported on a repository path", _allow(b"POST"))
-        if not await self._run(os.path.isdir, repo_dir):
-            raise _Refused(404, "no repository at this path")
         if target.kind == "list":
             if method not in ("GET", "HEAD"):
                 raise _Refused(405, "a folder can only be listed", _allow(b"GET, HEAD"))
@@ -412,7 +489,7 @@ class RestApp:
         if method in ("GET", "HEAD"):
             await self._load(path, headers, send, head=method == "HEAD")
         elif method == "POST":
-            await self._save(path, target.ftype, target.name, headers, receive, send)
+            await self._save(repo_dir, path, target.ftype, target.name, headers, receive, send)
         elif method == "DELETE":
             await self._delete(path, target.ftype, send)
         else:
@@ -431,63 +508,38 @@ class RestApp:
         return creds[0]
 
     async def _load(self, path: str, headers: dict[bytes, bytes], send: Send, head: bool) -> None:
+        read: _Read = await self._run(_open_read, path, headers.get(b"range"), head)
         try:
-            f = await self._run(open, path, "rb", 0)
-        except (FileNotFoundError, IsADirectoryError):
-            raise _Refused(404, "not found") from None
-        try:
-            size = (await self._run(os.fstat, f.fileno())).st_size
-            start, end, status = 0, size, 200
-            extra: list[tuple[bytes, bytes]] = [(b"accept-ranges", b"bytes")]
-            range_header = headers.get(b"range")
-            if range_header is not None:
-                rng = parse_range(range_header, size)
-                if rng == "bad":
-                    raise _Refused(400, "malformed Range header")
-                if rng is None:
-                    raise _Refused(416, "range not satisfiable", [(b"content-range", f"bytes */{size}".encode())])
-                assert isinstance(rng, tuple)
-                start, end = rng
-                status = 206
-                extra.append((b"content-range", f"bytes {start}-{end - 1}/{size}".encode()))
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [
-                        (b"content-type", b"application/octet-stream"),
-                        (b"content-length", str(end - start).encode()),
-                        *extra,
-                    ],
-                }
-            )
-            pos = start
-            while not head and pos < end:
-                n = min(READ_CHUNK, end - pos)
-                data = await self._run(os.pread, f.fileno(), n, pos)
-                if not data:
-                    raise OSError(f"{path} shrank while being read")
-                pos += len(data)
-                await send({"type": "http.response.body", "body": data, "more_body": pos < end})
-            if head or start == end:
-                await send({"type": "http.response.body", "body": b""})
+            await send({"type": "http.response.start", "status": read.status, "headers": read.headers})
+            await send({"type": "http.response.body", "body": read.first, "more_body": read.fd >= 0})
+            while read.fd >= 0 and read.pos < read.end:
+                data = await self._run(_pread, read.fd, min(READ_CHUNK, read.end - read.pos), read.pos)
+                read.pos += len(data)
+                await send({"type": "http.response.body", "body": data, "more_body": read.pos < read.end})
         finally:
-            with trio.CancelScope(shield=True):
-                await self._run(f.close)
+            if read.fd >= 0:
+                os.close(read.fd)  # closing a regular file does not block
 
     async def _save(
-        self, path: str, ftype: FileType, name: str, headers: dict[bytes, bytes], receive: Receive, send: Send
+        self,
+        repo_dir: str,
+        path: str,
+        ftype: FileType,
+        name: str,
+        headers: dict[bytes, bytes],
+        receive: Receive,
+        send: Send,
     ) -> None:
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_UPLOAD):
             raise _Refused(413, "upload too large")
         # config is written once (init); in append-only mode nothing but locks is ever replaced
         protected = ftype is FileType.CONFIG or (self.append_only and ftype is not FileType.LOCK)
-        if protected and await self._run(_file_size, path) is not None:
+        upload: _Upload | None = await self._run(_Upload.start, repo_dir, path, name, protected)
+        if upload is None:
             await self._refuse_existing(ftype, name, receive)
             await _respond(send, 200, b"already stored\n")
             return
-        upload: _Upload = await self._run(_Upload, os.path.dirname(path), name)
         try:
             pending: list[bytes] = []
             pending_size = 0
@@ -501,16 +553,15 @@ class RestApp:
                     pending, pending_size = [], 0
             if pending:
                 await self._run(upload.write, b"".join(pending))
-            digest = await self._run(upload.finish)
-            if ftype is not FileType.CONFIG and digest != name:
-                raise _Refused(400, f"content does not hash to its name ({upload.size} bytes received); not stored")
-            committed = await self._run(upload.commit, path, not protected)
+            expected = None if ftype is FileType.CONFIG else name
+            committed = await self._run(upload.commit, path, expected, not protected)
             if not committed and ftype is FileType.CONFIG:
                 raise _Refused(409, "config already exists")
             # not committed otherwise: a concurrent upload of this name won; same name, same content
         finally:
-            with trio.CancelScope(shield=True):
-                await self._run(upload.discard)
+            if not upload.done or upload.fd >= 0:
+                with trio.CancelScope(shield=True):
+                    await self._run(upload.discard)
         await _respond(send, 200)
 
     async def _refuse_existing(self, ftype: FileType, name: str, receive: Receive) -> None:
@@ -530,8 +581,7 @@ class RestApp:
     async def _delete(self, path: str, ftype: FileType, send: Send) -> None:
         if self.append_only and ftype is not FileType.LOCK:
             raise _Refused(403, f"append-only: deleting {ftype.value} files is not allowed (run prune on the server)")
-        if not await self._run(_remove, path):
-            raise _Refused(404, "not found")
+        await self._run(_remove, path)
         await _respond(send, 200)
 
 
@@ -556,6 +606,14 @@ async def _body(receive: Receive) -> Any:
             yield body
         if not message.get("more_body", False):
             return
+
+
+async def _drain(receive: Receive, limit: int) -> None:
+    size = 0
+    async for chunk in _body(receive):
+        size += len(chunk)
+        if size > limit:
+            raise _Refused(413, "too much to drain")
 
 
 async def _respond(

@@ -316,6 +316,7 @@ def test_append_only_through_the_client(tmp_path: Path) -> None:
     """A repository can be created, written and read through an append-only server; deletes fail."""
     with RestServer(tmp_path / "srv", "--append-only") as srv:
         repo = Repository.init(RestBackend(srv.url("r")), b"pw", kdf=FAST_KDF)
+        assert getattr(repo.backend, "append_only", None) is True  # announced by every answer
         lock = repo.lock()
         repo.save_blob(0, os.urandom(10_000))
         repo.flush()
@@ -324,7 +325,6 @@ def test_append_only_through_the_client(tmp_path: Path) -> None:
             repo.backend.remove(FileType.DATA, name)
         with pytest.raises(AlreadyExists):
             repo.backend.save(FileType.CONFIG, "config", b"x")
-        assert getattr(repo.backend, "append_only", None) is True
         lock.release()
         assert list(repo.backend.list(FileType.LOCK)) == []
         repo.close()

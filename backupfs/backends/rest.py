@@ -64,7 +64,8 @@ class RestBackend:
             headers={"accept": _ACCEPT_V2},
             follow_redirects=False,
         )
-        self.append_only: bool | None = None  # learnt from the server's refusals, for clearer errors
+        # set once any answer of a `backupfs serve --append-only` says so (prune can refuse early)
+        self.append_only = False
 
     @property
     def location(self) -> str:
@@ -99,6 +100,8 @@ class RestBackend:
             if isinstance(_root_cause(exc), ssl.SSLError):  # a bad certificate does not heal by retrying
                 raise BackendError(f"{self._location}: {what}: TLS failed: {_describe(exc)}") from exc
             raise TransientBackendError(f"{self._location}: {what}: {_describe(exc)}") from exc
+        if response.headers.get("x-backupfs-append-only") == "1":
+            self.append_only = True
         if response.status_code < 300 or response.status_code in allow:
             return response
         reason = response.text.strip().splitlines()[0][:200] if response.text.strip() else response.reason_phrase
@@ -106,8 +109,6 @@ class RestBackend:
             raise NotFound(f"{what}: not found")
         if response.status_code == 401:
             raise BackendError(f"{self._location}: authentication failed ({reason}); check user name and password")
-        if response.status_code == 403 and "append-only" in reason:
-            self.append_only = True
         message = f"{self._location}: {what}: server answered {response.status_code} ({reason})"
         if response.status_code in _TRANSIENT_STATUS:
             raise TransientBackendError(message)
