@@ -12,7 +12,7 @@ from backupfs.errors import IntegrityError
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("check", help="check the repository for errors")
     p.add_argument("--read-data", action="store_true", help="read, decrypt and verify every pack")
-    p.add_argument("--read-data-subset", metavar="N%|n/m", help="verify a sample (10%) or a group (1/5) of packs")
+    p.add_argument("--read-data-subset", metavar="N%|n/m", help="verify a sample (10%%) or a group (1/5) of packs")
     p.set_defaults(func=run)
 
 
