@@ -347,14 +347,14 @@ class Archiver:
                     fut = self._pool.submit(self._save_file, path, node, pnode)
                     self._hardlinks[key] = fut
                     return fut
-            return self._pool.submit(self._copy_content, first, node)
+            return self._pool.submit(self._copy_content, first, path, node)
         return self._pool.submit(self._save_file, path, node, pnode)
 
-    @staticmethod
-    def _copy_content(first: Future[Node | None], node: Node) -> Node | None:
+    def _copy_content(self, first: Future[Node | None], path: bytes, node: Node) -> Node | None:
         """Another name of an inode read in this backup: same content, no second read."""
         done = first.result()
-        if done is None:
+        if done is None:  # the first name could not be read: neither can this one
+            self._skip(path, OSError(errno.EIO, "not saved: another name of this file could not be read"))
             return None
         node.content = done.content
         node.size = done.size
@@ -383,13 +383,15 @@ class Archiver:
         try:
             fd = _open_noatime(path)
         except OSError as exc:
-            self._skip(path, exc)
+            # ELOOP: O_NOFOLLOW met a symlink where the walker saw a file
+            self._skip(path, _CHANGED_TYPE if exc.errno == errno.ELOOP else exc)
             return None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                self._skip(path, OSError(errno.EINVAL, "changed type during backup"))
+                self._skip(path, _CHANGED_TYPE)
                 return None
+            os.set_blocking(fd, True)
             extents = fsmeta.data_extents(fd, st.st_size)
             content: list[tuple[int, bytes]] = []
             if st.st_size == 0 or extents == [(0, st.st_size)]:
@@ -479,8 +481,13 @@ def _with_offsets(views: Iterator[memoryview]) -> Iterator[tuple[memoryview, int
         pos += len(view)
 
 
+_CHANGED_TYPE = OSError(errno.EINVAL, "changed type during backup")
+
+
 def _open_noatime(path: bytes) -> int:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    """O_NONBLOCK: if a fifo or device replaced the file since the walker saw it, opening must not
+    wait for a writer or a tape; the caller checks the type with fstat, then clears the flag."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         return os.open(path, flags | os.O_NOATIME)
     except PermissionError:

@@ -575,8 +575,10 @@ def test_key_management(mem_repo: tuple[MemoryBackend, Repository]) -> None:
     second = repo.add_key(b"second")
     assert Repository.open(backend, b"second").master == repo.master
     assert {k.name for k in repo.list_keys()} == {repo.key_name, second}
-    with pytest.raises(UsageError):
-        repo.remove_key(repo.key_name)
+    for ref in (repo.key_name, repo.key_name[:8], ""):
+        with pytest.raises(UsageError):
+            repo.remove_key(ref)
+    assert len(list(backend.list(FileType.KEY))) == 2
     repo.remove_key(second[:10])
     with pytest.raises(WrongPassword):
         Repository.open(backend, b"second")

@@ -223,11 +223,13 @@ class Repository:
         return sorted(out, key=lambda k: (k.created_ns, k.name))
 
     def remove_key(self, name: str) -> None:
-        if name == self.key_name:
-            raise UsageError("refusing to remove the key currently in use (use `key passwd` to change it)")
-        matches = [n for n, _ in self.backend.list(FileType.KEY) if n.startswith(name)]
+        """`name` may be a prefix: it is resolved before the check, or a short id would slip past it
+        and remove the key in use (the last one, with one key: the repository would be lost)."""
+        matches = [n for n, _ in self.backend.list(FileType.KEY) if name and n.startswith(name)]
         if len(matches) != 1:
             raise UsageError(f"key {name!r} {'is ambiguous' if matches else 'not found'}")
+        if matches[0] == self.key_name:
+            raise UsageError("refusing to remove the key currently in use (use `key passwd` to change it)")
         self.backend.remove(FileType.KEY, matches[0])
 
     def change_password(self, password: bytes) -> str:
