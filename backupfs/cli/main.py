@@ -10,10 +10,10 @@ import traceback
 from collections.abc import Sequence
 
 from backupfs import __version__
-from backupfs.cli import backup, cat, check, copy, init, key, ls, restore, serve, snapshots, unlock
+from backupfs.cli import backup, cat, check, copy, forget, init, key, ls, prune, restore, serve, snapshots, unlock
 from backupfs.errors import BackupfsError
 
-COMMANDS = [init, backup, snapshots, ls, cat, restore, check, key, unlock, serve, copy]
+COMMANDS = [init, backup, snapshots, ls, cat, restore, check, forget, prune, key, unlock, serve, copy]
 
 
 def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -48,10 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     for subparser in sub.choices.values():
         _add_global_options(subparser, suppress=True)
-        for action in subparser._actions:  # nested commands (`key list --json`) take them too
-            if isinstance(action, argparse._SubParsersAction):
-                for nested in action.choices.values():
-                    _add_global_options(nested, suppress=True)
     return parser
 
 

@@ -1,0 +1,153 @@
+"""`backupfs prune`: delete and repack packs so that only data the snapshots use remains."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+
+from backupfs.cli._common import err, human_size, open_repository, print_json
+from backupfs.prune import PackInfo, PruneOptions, PrunePlan, PruneStats, parse_max_unused, parse_size, plan_prune
+from backupfs.repository.repo import Repository
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("prune", help="remove data that no snapshot uses")
+    add_prune_args(p)
+    p.add_argument("-n", "--dry-run", action="store_true", help="only print what would be deleted and repacked")
+    p.set_defaults(func=run)
+
+
+def add_prune_args(p: argparse.ArgumentParser) -> None:
+    """Shared with `forget --prune`."""
+    p.add_argument(
+        "--max-unused",
+        default="5%",
+        metavar="LIMIT",
+        help="unused space to tolerate: a share of the repository (5%%, the default), a size (100M) or 'unlimited'",
+    )
+    p.add_argument(
+        "--max-repack-size", metavar="SIZE", help="repack at most this much (total size of the packs rewritten)"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="list every pack deleted or repacked")
+
+
+def prune_options(args: argparse.Namespace) -> PruneOptions:
+    return PruneOptions(
+        max_unused=parse_max_unused(args.max_unused),
+        max_repack_size=parse_size(args.max_repack_size) if args.max_repack_size else None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    # A dry run changes nothing, so it may run next to backups; the real thing needs them gone.
+    opts = prune_options(args)
+    with open_repository(args, lock="shared" if args.dry_run else "exclusive", load_index=False) as repo:
+        prune_repository(repo, args, opts, dry_run=args.dry_run)
+    return 0
+
+
+def prune_repository(
+    repo: Repository,
+    args: argparse.Namespace,
+    opts: PruneOptions,
+    *,
+    dry_run: bool,
+    ignore_snapshots: Iterable[str] = (),
+) -> PruneStats:
+    """Plan, print, and unless `dry_run` execute; the caller holds the lock."""
+    quiet = args.quiet or args.json
+    log = (lambda _m: None) if quiet else err
+    plan = plan_prune(repo, opts, ignore_snapshots=ignore_snapshots, log=log)
+    if dry_run or args.verbose:
+        _print_packs(plan, args)
+    if not dry_run and not plan.nothing_to_do:
+        plan.execute(log=log)
+    _print_summary(plan, args, dry_run)
+    return plan.stats
+
+
+def _print_packs(plan: PrunePlan, args: argparse.Namespace) -> None:
+    if args.json or args.quiet:
+        return
+
+    def line(action: str, p: PackInfo) -> None:
+        kind = "tree" if p.type else "data"
+        used = 100 * p.used_bytes / max(1, p.blob_bytes)
+        print(f"{action:7} {p.id.hex()}  {kind}  {human_size(p.size):>12}  {used:5.1f}% used")
+
+    for p in plan.delete:
+        if p.size >= 0:
+            line("delete", p)
+        else:
+            print(f"drop    {p.id.hex()}  (missing, nothing in use)")
+    for p in plan.repack:
+        line("repack", p)
+    for name in plan.unindexed:
+        print(f"delete  {name}  (in no index)")
+
+
+def _pack_json(p: PackInfo) -> dict[str, object]:
+    return {
+        "id": p.id.hex(),
+        "type": "tree" if p.type else "data",
+        "size": p.size,
+        "blobs": p.count,
+        "used_blobs": p.used_count,
+        "used_bytes": p.used_bytes,
+    }
+
+
+def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> None:
+    s = plan.stats
+    if args.json:
+        print_json(
+            {
+                "message_type": "prune",
+                "dry_run": dry_run,
+                **s.as_dict(),
+                "max_unused": str(plan.opts.max_unused),
+                "delete": [_pack_json(p) for p in plan.delete],
+                "repack": [_pack_json(p) for p in plan.repack],
+                "unindexed": plan.unindexed,
+            }
+        )
+        return
+    if args.quiet:
+        return
+    pct = 100 * s.unused_bytes / max(1, s.used_bytes + s.unused_bytes)
+    pct_after = 100 * s.unused_after / max(1, s.used_bytes + s.unused_after)
+    rows = [
+        ("repository", f"{s.packs} packs, {human_size(s.size)}, {s.blobs} blobs, {s.snapshots} snapshots"),
+        ("in use", f"{s.used_blobs} blobs, {human_size(s.used_bytes)}"),
+        ("unused", f"{s.unused_blobs} blobs, {human_size(s.unused_bytes)} ({pct:.1f}%)"),
+        ("delete", f"{s.delete_packs} packs, {human_size(s.delete_bytes)} (nothing in use)"),
+        (
+            "repack",
+            f"{s.repack_packs} packs, {human_size(s.repack_bytes)} (rewrites {human_size(s.repack_used_bytes)} in use)",
+        ),
+    ]
+    if s.unindexed_packs:
+        rows.append(("unindexed", f"{s.unindexed_packs} packs, {human_size(s.unindexed_bytes)} (left by killed runs)"))
+    if s.duplicate_blobs:
+        rows.append(("duplicates", f"{s.duplicate_blobs} extra copies of blobs"))
+    if s.missing_packs:
+        rows.append(("missing", f"{s.missing_packs} indexed packs are gone (nothing in use): dropped from the index"))
+    rows.append(
+        (
+            "after prune",
+            f"{human_size(s.size_after)}, {human_size(s.unused_after)} unused ({pct_after:.1f}%, "
+            f"limit {plan.opts.max_unused})",
+        )
+    )
+    width = max(len(k) for k, _v in rows) + 1
+    for k, v in rows:
+        print(f"{k + ':':{width}} {v}")
+    if plan.nothing_to_do:
+        print("nothing to do")
+    elif dry_run:
+        print(f"would free {human_size(s.freed_bytes)} (dry run: nothing was changed)")
+    else:
+        print(
+            f"freed {human_size(s.freed_bytes)}; wrote {s.packs_written} packs ({human_size(s.bytes_written)}) "
+            f"and {s.index_files_written} index files"
+        )
