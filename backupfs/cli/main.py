@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     for subparser in sub.choices.values():
         _add_global_options(subparser, suppress=True)
+        for action in subparser._actions:  # nested commands (`key list --json`) take them too
+            if isinstance(action, argparse._SubParsersAction):
+                for nested in action.choices.values():
+                    _add_global_options(nested, suppress=True)
     return parser
 
 
