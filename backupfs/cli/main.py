@@ -10,10 +10,25 @@ import traceback
 from collections.abc import Sequence
 
 from backupfs import __version__
-from backupfs.cli import backup, cat, check, copy, forget, init, key, ls, prune, restore, serve, snapshots, unlock
+from backupfs.cli import (
+    backup,
+    cat,
+    check,
+    copy,
+    forget,
+    init,
+    key,
+    ls,
+    mount,
+    prune,
+    restore,
+    serve,
+    snapshots,
+    unlock,
+)
 from backupfs.errors import BackupfsError
 
-COMMANDS = [init, backup, snapshots, ls, cat, restore, check, forget, prune, key, unlock, serve, copy]
+COMMANDS = [init, backup, snapshots, ls, cat, restore, check, mount, forget, prune, key, unlock, serve, copy]
 
 
 def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:

@@ -1,0 +1,1020 @@
+"""A repository's snapshots as a read-only filesystem, without FUSE (`fuse` adapts it to pyfuse3).
+
+This module is the only place that knows the layout of the mount::
+
+    latest -> snapshots/<newest>
+    snapshots/<local time>/...        each snapshot's tree, absolute source paths inside
+    ids/<short id>/...                the same trees by id
+    hosts/<host>/<time>/, hosts/<host>/latest
+    tags/<tag>/<time>/,   tags/<tag>/latest
+    versions/<path>/                  every path's history, built lazily (see `_VState`)
+
+Inode numbers are derived, not allocated: an entry's number is a 128-bit hash of its parent's
+number and its name (split into the number and a check value), snapshot roots also hash the
+snapshot id, `latest` its target, and a hardlinked file its view's root with the stored (device,
+inode), so all names of one file share a number within a snapshot. Numbers therefore stay the
+same while mounted even though the inode table drops what the kernel has forgotten, which keeps
+memory bounded on trees of any size.
+
+All methods run on one trio loop and never block it: tree and chunk loads (backend read,
+decryption, decompression) run in worker threads under capacity limiters. The mount holds no
+repository lock (prune must be able to run): a blob whose pack has gone makes it reload the index
+and retry once, and a snapshot that disappears from the repository disappears from the mount.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+import trio
+import xxhash
+
+from backupfs.backends.base import FileType
+from backupfs.errors import BackupfsError, IntegrityError, NotFound
+from backupfs.format.pack import DATA, TREE
+from backupfs.format.snapshot import Snapshot
+from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree
+from backupfs.repository.repo import Repository
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = 1
+_SNAPSHOTS_INO, _IDS_INO, _HOSTS_INO, _TAGS_INO, _VERSIONS_INO = 2, 3, 4, 5, 6
+_LAST_FIXED_INO = 6
+_FIRST_HASHED_INO = 1 << 16
+_INO_MASK = (1 << 63) - 1
+
+# Inode kinds.
+_K_TOP = 0  # a fixed folder of the layout (root, snapshots, ids, hosts, tags)
+_K_GROUP = 1  # hosts/<host> or tags/<tag>
+_K_LINK = 2  # a `latest` symlink
+_K_NODE = 3  # a node of a snapshot tree, a snapshot root, or a version of a file
+_K_VDIR = 4  # a folder under versions/
+
+_FMT = {
+    FILE: stat.S_IFREG,
+    DIR: stat.S_IFDIR,
+    SYMLINK: stat.S_IFLNK,
+    FIFO: stat.S_IFIFO,
+    CHARDEV: stat.S_IFCHR,
+    BLOCKDEV: stat.S_IFBLK,
+}
+_SEQ_SLACK = 4 << 20  # a read this close to the previous one's end continues a sequential scan
+_INDEX_RELOAD_MIN_INTERVAL = 10.0
+
+V = TypeVar("V")
+
+
+class FsError(Exception):
+    """A failed filesystem request; `errno` is what the caller's syscall returns."""
+
+    def __init__(self, err: int) -> None:
+        super().__init__(os.strerror(err))
+        self.errno = err
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VfsOptions:
+    """Tunables. Timeouts are how long the kernel may cache entries and attributes."""
+
+    cache_bytes: int = 64 << 20  # decrypted chunks kept for partial and concurrent reads
+    readahead_bytes: int = 8 << 20  # how far ahead of a sequential reader chunks are prefetched
+    workers: int = 4  # threads decrypting chunks at once
+    tree_cache_nodes: int = 50_000  # decoded directory entries kept (bounded memory)
+    refresh_interval: float = 3.0  # seconds between polls of the snapshot folder
+    content_timeout: float = 86400.0  # snapshot content never changes
+    dynamic_timeout: float = 1.0  # folders that follow the snapshot set
+    blksize: int = 128 << 10  # st_blksize: the buffer size cp and friends choose
+    uid: int = dataclasses.field(default_factory=os.getuid)  # owner of the layout's own folders
+    gid: int = dataclasses.field(default_factory=os.getgid)
+
+
+@dataclasses.dataclass(slots=True)
+class Attr:
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    blocks: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    rdev: int
+    blksize: int
+    entry_timeout: float
+    attr_timeout: float
+
+
+class _Inode:
+    """One entry of the inode table. `refs` is the kernel's lookup count; at 0 the entry goes."""
+
+    __slots__ = ("check", "extra", "ino", "kind", "name", "node", "parent", "refs", "root")
+
+    def __init__(
+        self,
+        ino: int,
+        check: int,
+        parent: int,
+        name: bytes,
+        kind: int,
+        node: Node | None = None,
+        root: int = 0,
+        extra: object = None,
+    ) -> None:
+        self.ino = ino
+        self.check = check  # the other half of the hash: tells a collision from the same entry
+        self.parent = parent
+        self.name = name
+        self.kind = kind
+        self.node = node
+        self.root = root  # _K_NODE: inode of the snapshot root it lies in (0 for versions)
+        self.extra = extra  # _K_LINK: target; _K_GROUP: (is_tag, name); _K_VDIR: _VState
+        self.refs = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One readdir result; pass it to `Vfs.remember` once the kernel has accepted it."""
+
+    name: bytes
+    attr: Attr
+    next_id: int
+    inode: _Inode
+
+
+@dataclasses.dataclass(slots=True)
+class _VState:
+    """What versions/<path> shows: the union of the directories that path ever was (their
+    distinct tree ids, each with the snapshot where it first appeared), and each distinct
+    non-directory content it ever had, named by the snapshot where that content first appeared."""
+
+    trees: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
+    leaves: list[tuple[bytes, Node]] = dataclasses.field(default_factory=list)
+    meta: Node | None = None  # the newest directory version: its owner and mode guard the folder
+    seen: set[bytes] = dataclasses.field(default_factory=set)  # tree ids and content keys
+
+    def add(self, snap_name: bytes, node: Node) -> None:
+        if node.type == DIR:
+            self.meta = node
+            if node.subtree is not None and node.subtree not in self.seen:
+                self.seen.add(node.subtree)
+                self.trees.append((snap_name, node.subtree))
+        else:
+            key = _content_key(node)
+            if key not in self.seen:
+                self.seen.add(key)
+                self.leaves.append((snap_name, node))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Snap:
+    sid: str
+    snap: Snapshot
+    name: bytes  # unique local-time name
+
+
+class _Model:
+    """The snapshot set at one moment; replaced as a whole when the repository changes."""
+
+    def __init__(self, snaps: list[_Snap]) -> None:
+        self.snaps = snaps  # oldest first
+        self.by_name = {s.name: s for s in snaps}
+        self.by_short = _short_ids(snaps)
+        self.hosts: dict[bytes, list[_Snap]] = {}
+        self.tags: dict[bytes, list[_Snap]] = {}
+        for s in snaps:
+            self.hosts.setdefault(_safe_name(s.snap.host), []).append(s)
+            for tag in dict.fromkeys(s.snap.tags):
+                self.tags.setdefault(_safe_name(tag), []).append(s)
+        self.newest_ns = snaps[-1].snap.time_ns if snaps else 0
+
+    def group(self, is_tag: bool, name: bytes) -> list[_Snap]:
+        return (self.tags if is_tag else self.hosts).get(name, [])
+
+
+class _Pending(Generic[V]):
+    __slots__ = ("done", "error", "keep", "value")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.value: V | None = None
+        self.error: Exception | None = None
+        self.keep = False
+
+
+class _Loader(Generic[V]):
+    """An LRU of loaded objects bounded by total cost, where concurrent misses for one key share
+    one load, and a prefetch is a load that nobody awaits yet. Loads run in worker threads."""
+
+    def __init__(
+        self, load: Callable[[bytes], V], cost: Callable[[V], int], max_cost: int, limiter: trio.CapacityLimiter
+    ) -> None:
+        self._load = load
+        self._cost = cost
+        self._max_cost = max_cost
+        self._limiter = limiter
+        self._items: OrderedDict[bytes, V] = OrderedDict()
+        self._used = 0
+        self._pending: dict[bytes, _Pending[V]] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def get(self, key: bytes, keep: bool = True) -> V:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+            return value
+        p = self._pending.get(key) or self._start(key)
+        p.keep |= keep
+        await p.done.wait()
+        if p.error is not None:
+            raise p.error
+        return p.value  # type: ignore[return-value]
+
+    def prefetch(self, key: bytes, max_pending: int) -> None:
+        if key in self._items or key in self._pending or len(self._pending) >= max_pending:
+            return
+        self._start(key).keep = True
+
+    def _start(self, key: bytes) -> _Pending[V]:
+        if self._nursery is None:
+            raise RuntimeError("Vfs.serve() is not running")
+        p: _Pending[V] = _Pending()
+        self._pending[key] = p
+        self._nursery.start_soon(self._run, key, p)
+        return p
+
+    async def _run(self, key: bytes, p: _Pending[V]) -> None:
+        try:
+            p.value = await trio.to_thread.run_sync(self._load, key, limiter=self._limiter)
+        except Exception as exc:
+            p.error = exc
+        del self._pending[key]
+        if p.error is None and p.keep and p.value is not None:
+            self._insert(key, p.value)
+        p.done.set()
+
+    def _insert(self, key: bytes, value: V) -> None:
+        cost = self._cost(value)
+        if cost > self._max_cost or key in self._items:
+            return
+        self._items[key] = value
+        self._used += cost
+        while self._used > self._max_cost:
+            _, old = self._items.popitem(last=False)
+            self._used -= self._cost(old)
+
+
+class _Handle:
+    """An open file: its node and where the last read ended (sequential-read detection)."""
+
+    __slots__ = ("ahead", "last_end", "node", "rec")
+
+    def __init__(self, rec: _Inode, node: Node) -> None:
+        self.rec = rec
+        self.node = node
+        self.last_end = 0
+        self.ahead = 0  # index of the first chunk not yet prefetched
+
+
+class _DirHandle:
+    __slots__ = ("items", "nodes", "rec")
+
+    def __init__(self, rec: _Inode, nodes: list[Node] | None, items: list[tuple[bytes, _Inode]] | None) -> None:
+        self.rec = rec
+        self.nodes = nodes  # a snapshot folder: its tree, children made as listed
+        self.items = items  # the layout's own folders and versions/: made at opendir
+
+
+class Vfs:
+    """The filesystem. Run `serve()` in a nursery (it loads and refreshes in the background);
+    the request methods mirror the FUSE operations and raise FsError."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        options: VfsOptions | None = None,
+        invalidate: Callable[[int, bytes], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.options = options or VfsOptions()
+        self._invalidate = invalidate  # tells the kernel an entry it may cache has changed
+        self._inodes: dict[int, _Inode] = {}
+        self._handles: dict[int, _Handle] = {}
+        self._dirs: dict[int, _DirHandle] = {}
+        self._next_fh = 1
+        self._model = _Model([])
+        self._snap_names: dict[str, bytes] = {}  # names stay put while mounted
+        self._snapshots: dict[str, Snapshot] = {}
+        self._bad_snapshots: set[str] = set()
+        self._index_names: set[str] = set()
+        self._index_gen = 0
+        self._index_lock = threading.Lock()  # one writer of repo.index at a time
+        self._last_reload = 0.0
+        self._snaps_ready = trio.Event()
+        self._index_ready = trio.Event()
+        self._refresh_lock = trio.Lock()
+        self._reported: set[tuple[int, bytes]] = set()
+        self._started_ns = time.time_ns()
+        opts = self.options
+        self._chunks: _Loader[bytes] = _Loader(
+            lambda bid: self._load_blob(DATA, bid), len, opts.cache_bytes, trio.CapacityLimiter(opts.workers)
+        )
+        self._trees: _Loader[list[Node]] = _Loader(
+            lambda tid: decode_tree(self._load_blob(TREE, tid)),
+            lambda nodes: len(nodes) + 1,
+            opts.tree_cache_nodes,
+            trio.CapacityLimiter(4),
+        )
+        self._meta_limiter = trio.CapacityLimiter(1)
+        for ino, name in (
+            (ROOT_INO, b""),
+            (_SNAPSHOTS_INO, b"snapshots"),
+            (_IDS_INO, b"ids"),
+            (_HOSTS_INO, b"hosts"),
+            (_TAGS_INO, b"tags"),
+            (_VERSIONS_INO, b"versions"),
+        ):
+            kind = _K_VDIR if ino == _VERSIONS_INO else _K_TOP
+            self._inodes[ino] = _Inode(ino, 0, ROOT_INO, name, kind)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Loads the snapshot list and the index in the background, then polls for changes.
+
+        Requests that need them wait, so the filesystem can be mounted before either is loaded.
+        """
+        async with trio.open_nursery() as nursery:
+            self._chunks.attach(nursery)
+            self._trees.attach(nursery)
+            task_status.started()
+            nursery.start_soon(self._load_index)
+            await self._load_snapshot_set()
+            while True:
+                await trio.sleep(self.options.refresh_interval)
+                try:
+                    await self.refresh()
+                except BackupfsError as exc:
+                    log.warning("cannot refresh the snapshot list: %s", exc)
+
+    async def wait_loaded(self) -> None:
+        """Returns once the snapshot list and the index are loaded (requests wait for them anyway)."""
+        await self._snaps_ready.wait()
+        await self._index_ready.wait()
+
+    async def _load_index(self) -> None:
+        await trio.to_thread.run_sync(self._initial_index, limiter=self._meta_limiter)
+        self._index_ready.set()
+
+    def _initial_index(self) -> None:
+        names = {n for n, _ in self.repo.backend.list(FileType.INDEX)}
+        with self._index_lock:
+            self.repo.load_index()
+            self._index_names = names
+
+    async def _load_snapshot_set(self) -> None:
+        await self.refresh(initial=True)
+        self._snaps_ready.set()
+
+    async def refresh(self, *, initial: bool = False) -> bool:
+        """Picks up snapshots made or forgotten since the last call; True if anything changed.
+
+        Costs one listing of the snapshot folder when nothing changed. Later snapshots become
+        visible only once the index files written before them are loaded. (At start-up the
+        index loads concurrently; a blob it misses makes `_load_blob` reload it.)
+        """
+        async with self._refresh_lock:
+            return await self._refresh(initial)
+
+    async def _refresh(self, initial: bool) -> bool:
+        names = await trio.to_thread.run_sync(self._list_snapshot_names, limiter=self._meta_limiter)
+        known = set(self._snapshots)
+        if names == known:
+            return False
+        added = sorted(names - known - self._bad_snapshots)
+        loaded = await trio.to_thread.run_sync(self._load_snapshots, added, limiter=self._meta_limiter)
+        if loaded and not initial:
+            await self._index_ready.wait()
+            await trio.to_thread.run_sync(self._update_index, limiter=self._meta_limiter)
+        old = self._model
+        snapshots = {sid: snap for sid, snap in self._snapshots.items() if sid in names}
+        snapshots.update(loaded)
+        self._bad_snapshots &= names
+        self._snapshots = snapshots
+        self._model = self._build_model(snapshots)
+        if not initial:  # the kernel has cached nothing yet (and may not even be connected)
+            self._notify_changes(old, self._model)
+        return True
+
+    def _list_snapshot_names(self) -> set[str]:
+        return {n for n, _ in self.repo.backend.list(FileType.SNAPSHOT)}
+
+    def _load_snapshots(self, names: list[str]) -> dict[str, Snapshot]:
+        def load(name: str) -> tuple[str, Snapshot | None]:
+            try:
+                return name, self.repo.load_snapshot(name)
+            except NotFound:
+                return name, None  # forgotten meanwhile
+            except BackupfsError as exc:
+                log.error("snapshot %s cannot be read, it is not shown: %s", name[:8], exc)
+                self._bad_snapshots.add(name)
+                return name, None
+
+        if not names:
+            return {}
+        with ThreadPoolExecutor(min(8, len(names)), thread_name_prefix="bfs-mount-snap") as pool:
+            return {name: snap for name, snap in pool.map(load, names) if snap is not None}
+
+    def _update_index(self) -> None:
+        """Adds index files written since the last look; reloads all when some were removed."""
+        names = {n for n, _ in self.repo.backend.list(FileType.INDEX)}
+        with self._index_lock:
+            if self._index_names - names:
+                self._reload_index_locked()
+            else:
+                for name in sorted(names - self._index_names):
+                    for pack_id, entries in self.repo.load_index_file(name).packs.items():
+                        self.repo.index.add_pack(pack_id, entries)
+            self._index_names = names
+
+    def _reload_index_locked(self) -> None:
+        log.info("reloading the repository index")
+        self.repo.load_index()  # builds a new index and swaps it in: readers never see it half-made
+        self._index_gen += 1
+        self._last_reload = time.monotonic()
+
+    def _build_model(self, snapshots: dict[str, Snapshot]) -> _Model:
+        ordered = sorted(snapshots.items(), key=lambda p: (p[1].time_ns, p[0]))
+        names = {sid: n for sid, n in self._snap_names.items() if sid in snapshots}
+        taken = set(names.values())
+        for sid, snap in ordered:
+            if sid not in names:
+                base = _time_name(snap.time_ns)
+                name, i = base, 1
+                while name in taken:
+                    name, i = b"%s-%d" % (base, i), i + 1
+                names[sid] = name
+                taken.add(name)
+        self._snap_names = names
+        return _Model([_Snap(sid, snap, names[sid]) for sid, snap in ordered])
+
+    def _notify_changes(self, old: _Model, new: _Model) -> None:
+        """Drops kernel-cached names that went away or changed target (timeouts would anyway)."""
+        if self._invalidate is None:
+            return
+        current = {s.sid for s in new.snaps}
+        gone = [s for s in old.snaps if s.sid not in current]
+        gone_ids = {s.sid for s in gone}
+        inval: list[tuple[int, bytes]] = [(ROOT_INO, b"latest")]
+        inval += [(_SNAPSHOTS_INO, s.name) for s in gone]
+        inval += [(_IDS_INO, short) for short, s in old.by_short.items() if s.sid in gone_ids]
+        for is_tag, parent, groups in ((False, _HOSTS_INO, old.hosts), (True, _TAGS_INO, old.tags)):
+            for gname, members in groups.items():
+                if not new.group(is_tag, gname):
+                    inval.append((parent, gname))
+                gino = _hash_ino(_u64(parent) + gname)[0]
+                inval.append((gino, b"latest"))
+                inval += [(gino, s.name) for s in members if s.sid in gone_ids]
+        for parent, name in inval:
+            self._invalidate(parent, name)
+
+    # ------------------------------------------------------------------ inode table
+
+    def _new(
+        self, key: bytes, parent: int, name: bytes, kind: int, node: Node | None = None, extra: object = None
+    ) -> _Inode:
+        """The entry for `key`: the live one if the kernel knows it, else a new one (not yet
+        in the table: `_ref` puts it there once the kernel has been told about it)."""
+        ino, check = _hash_ino(key)
+        salt = 0
+        while (cur := self._inodes.get(ino)) is not None:
+            if cur.check == check:
+                if kind == _K_VDIR:
+                    cur.extra = extra  # a versions folder may have gained versions
+                return cur
+            salt += 1  # a 63-bit collision with a live entry: probe
+            ino, _ = _hash_ino(key, salt)
+        return _Inode(ino, check, parent, name, kind, node, 0, extra)
+
+    def _ref(self, rec: _Inode) -> None:
+        cur = self._inodes.setdefault(rec.ino, rec)
+        cur.refs += 1
+
+    def remember(self, entry: DirEntry) -> None:
+        """The kernel accepted a readdir entry: it now holds one more lookup of that inode."""
+        self._ref(entry.inode)
+
+    def forget(self, items: Sequence[tuple[int, int]]) -> None:
+        for ino, n in items:
+            rec = self._inodes.get(ino)
+            if rec is None:
+                continue
+            rec.refs -= n
+            if rec.refs <= 0 and ino > _LAST_FIXED_INO:
+                del self._inodes[ino]
+
+    def inode_count(self) -> int:
+        return len(self._inodes)
+
+    def _get(self, ino: int) -> _Inode:
+        rec = self._inodes.get(ino)
+        if rec is None:
+            raise FsError(errno.ESTALE)
+        return rec
+
+    def _path(self, rec: _Inode) -> str:
+        """The entry's path in the mount, for messages (a hardlink shows its first name)."""
+        parts: list[bytes] = []
+        cur: _Inode | None = rec
+        while cur is not None and cur.ino != ROOT_INO:
+            parts.append(cur.name)
+            cur = self._inodes.get(cur.parent)
+        return "/" + os.fsdecode(b"/".join(reversed(parts)))
+
+    # ------------------------------------------------------------------ attributes
+
+    def _attr(self, rec: _Inode) -> Attr:
+        opts = self.options
+        node = rec.node
+        if rec.kind == _K_NODE and node is not None:
+            entry_t = opts.content_timeout if rec.root not in (0, rec.ino) else opts.dynamic_timeout
+            size = node.size if node.type == FILE else len(node.link_target or b"") if node.type == SYMLINK else 0
+            return Attr(
+                rec.ino,
+                _FMT[node.type] | node.mode,
+                node.nlink or 1,
+                node.uid,
+                node.gid,
+                size,
+                self._blocks(node) if node.type == FILE else 0,
+                node.atime_ns,
+                node.mtime_ns,
+                node.ctime_ns,
+                node.rdev or 0,
+                opts.blksize,
+                entry_t,
+                opts.content_timeout,
+            )
+        t = opts.dynamic_timeout
+        newest = self._model.newest_ns or self._started_ns
+        if rec.kind == _K_LINK:
+            target = rec.extra
+            assert isinstance(target, bytes)
+            return Attr(rec.ino, stat.S_IFLNK | 0o777, 1, opts.uid, opts.gid, len(target), 0, newest, newest, newest, 0, opts.blksize, t, t)  # fmt: skip
+        mode, uid, gid, mtime = 0o555, opts.uid, opts.gid, newest
+        if rec.kind == _K_VDIR and isinstance(rec.extra, _VState):
+            meta = rec.extra.meta or (rec.extra.leaves[-1][1] if rec.extra.leaves else None)
+            if meta is not None:
+                mode = meta.mode if meta.type == DIR else 0o555
+                uid, gid, mtime = meta.uid, meta.gid, meta.mtime_ns
+        return Attr(rec.ino, stat.S_IFDIR | mode, 1, uid, gid, 0, 0, mtime, mtime, mtime, 0, opts.blksize, t, t)
+
+    def _chunk_len(self, content: list[tuple[int, bytes]], j: int, size: int) -> int:
+        n = self.repo.index.raw_length(content[j][1])
+        if n is None:  # not (yet) indexed: assume it runs to the next chunk
+            n = (content[j + 1][0] if j + 1 < len(content) else size) - content[j][0]
+        return n
+
+    def _blocks(self, node: Node) -> int:
+        """512-byte blocks the file really used: its chunks' sizes, not holes (sparse files)."""
+        content = node.content or []
+        total = 0
+        for j in range(len(content)):
+            total += (self._chunk_len(content, j, node.size) + 4095) // 4096
+        return total * 8
+
+    async def getattr(self, ino: int) -> Attr:
+        return self._attr(self._get(ino))
+
+    # ------------------------------------------------------------------ lookup and listing
+
+    async def lookup(self, parent: int, name: bytes) -> Attr:
+        rec = await self._child(self._get(parent), name)
+        if rec is None:
+            raise FsError(errno.ENOENT)
+        self._ref(rec)
+        return self._attr(rec)
+
+    async def _child(self, prec: _Inode, name: bytes) -> _Inode | None:
+        kind = prec.kind
+        if kind == _K_NODE:
+            node = prec.node
+            if node is None or node.type != DIR:
+                raise FsError(errno.ENOTDIR)
+            nodes = await self._tree_of(prec)
+            i = bisect.bisect_left(nodes, name, key=_node_name)
+            if i < len(nodes) and nodes[i].name == name:
+                return self._tree_child(prec, nodes[i])
+            return None
+        if kind == _K_VDIR:
+            return await self._version_child(prec, name)
+        if kind == _K_LINK:
+            raise FsError(errno.ENOTDIR)
+        await self._snaps_ready.wait()
+        return self._layout_child(prec, name)
+
+    def _tree_child(self, prec: _Inode, node: Node) -> _Inode:
+        if node.type == FILE and (node.nlink or 0) > 1 and node.inode is not None and node.device is not None:
+            key = b"\0hl" + _u64(prec.root) + _u64(node.device) + _u64(node.inode)
+        else:
+            key = _u64(prec.ino) + node.name
+        rec = self._new(key, prec.ino, node.name, _K_NODE, node)
+        if rec.root == 0:
+            rec.root = prec.root
+        return rec
+
+    async def _tree_of(self, rec: _Inode) -> list[Node]:
+        node = rec.node
+        if node is None or node.subtree is None:
+            return []
+        if not self._index_ready.is_set():
+            await self._index_ready.wait()
+        try:
+            return await self._trees.get(node.subtree)
+        except BackupfsError as exc:
+            self._report(rec, node.subtree, f"cannot read the folder listing: {exc}")
+            raise FsError(errno.EIO) from exc
+
+    def _layout_children(self, rec: _Inode) -> list[tuple[bytes, _Inode]]:
+        """The entries of the layout's own folders, made fresh from the current snapshot set."""
+        model = self._model
+        ino = rec.ino
+        out: list[tuple[bytes, _Inode]] = []
+        if ino == ROOT_INO:
+            out = [(self._inodes[i].name, self._inodes[i]) for i in range(2, _LAST_FIXED_INO + 1)]
+            if model.snaps:
+                out.append(self._latest(ino, b"snapshots/" + model.snaps[-1].name))
+        elif ino == _SNAPSHOTS_INO:
+            out = [(s.name, self._snap_root(ino, s.name, s)) for s in model.snaps]
+        elif ino == _IDS_INO:
+            out = [(short, self._snap_root(ino, short, s)) for short, s in model.by_short.items()]
+        elif ino in (_HOSTS_INO, _TAGS_INO):
+            is_tag = ino == _TAGS_INO
+            groups = model.tags if is_tag else model.hosts
+            out = [(g, self._new(_u64(ino) + g, ino, g, _K_GROUP, extra=(is_tag, g))) for g in groups]
+        elif rec.kind == _K_GROUP:
+            is_tag, gname = _group_key(rec)
+            members = model.group(is_tag, gname)
+            out = [(s.name, self._snap_root(ino, s.name, s)) for s in members]
+            if members:
+                out.append(self._latest(ino, members[-1].name))
+        return out
+
+    def _layout_child(self, rec: _Inode, name: bytes) -> _Inode | None:
+        model = self._model
+        ino = rec.ino
+        if ino == ROOT_INO or (rec.kind == _K_GROUP and name == b"latest"):
+            return next((r for n, r in self._layout_children(rec) if n == name), None)
+        s: _Snap | None = None
+        if ino == _SNAPSHOTS_INO:
+            s = model.by_name.get(name)
+        elif ino == _IDS_INO:
+            s = model.by_short.get(name)
+        elif ino in (_HOSTS_INO, _TAGS_INO):
+            is_tag = ino == _TAGS_INO
+            if not model.group(is_tag, name):
+                return None
+            return self._new(_u64(ino) + name, ino, name, _K_GROUP, extra=(is_tag, name))
+        elif rec.kind == _K_GROUP:
+            is_tag, gname = _group_key(rec)
+            s = model.by_name.get(name)
+            if s is not None and s not in model.group(is_tag, gname):
+                s = None
+        return None if s is None else self._snap_root(ino, name, s)
+
+    def _latest(self, parent: int, target: bytes) -> tuple[bytes, _Inode]:
+        return b"latest", self._new(_u64(parent) + b"latest\0" + target, parent, b"latest", _K_LINK, extra=target)
+
+    def _snap_root(self, parent: int, name: bytes, s: _Snap) -> _Inode:
+        snap = s.snap
+        node = Node(
+            name=name,
+            type=DIR,
+            mode=0o755,
+            uid=snap.uid,
+            gid=snap.gid,
+            mtime_ns=snap.time_ns,
+            atime_ns=snap.time_ns,
+            ctime_ns=snap.time_ns,
+            subtree=snap.tree,
+        )
+        rec = self._new(_u64(parent) + name + b"\0" + s.sid.encode(), parent, name, _K_NODE, node)
+        if rec.root == 0:
+            rec.root = rec.ino
+        return rec
+
+    async def opendir(self, ino: int) -> int:
+        rec = self._get(ino)
+        if rec.kind == _K_NODE:
+            if rec.node is None or rec.node.type != DIR:
+                raise FsError(errno.ENOTDIR)
+            handle = _DirHandle(rec, await self._tree_of(rec), None)
+        elif rec.kind == _K_VDIR:
+            handle = _DirHandle(rec, None, await self._version_children(rec))
+        elif rec.kind == _K_LINK:
+            raise FsError(errno.ENOTDIR)
+        else:
+            await self._snaps_ready.wait()
+            handle = _DirHandle(rec, None, self._layout_children(rec))
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = handle
+        return fh
+
+    def readdir(self, fh: int, start: int) -> Iterator[DirEntry]:
+        """Entries from position `start`; call `remember` for each one the kernel accepts."""
+        handle = self._dirs.get(fh)
+        if handle is None:
+            raise FsError(errno.EBADF)
+        if handle.nodes is not None:
+            nodes = handle.nodes
+            for i in range(start, len(nodes)):
+                rec = self._tree_child(handle.rec, nodes[i])
+                yield DirEntry(nodes[i].name, self._attr(rec), i + 1, rec)
+        else:
+            items = handle.items or []
+            for i in range(start, len(items)):
+                name, rec = items[i]
+                yield DirEntry(name, self._attr(rec), i + 1, rec)
+
+    def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # ------------------------------------------------------------------ versions/
+
+    def _vstate(self, rec: _Inode) -> _VState:
+        if rec.ino == _VERSIONS_INO:
+            state = _VState()
+            for s in self._model.snaps:
+                if s.snap.tree not in state.seen:
+                    state.seen.add(s.snap.tree)
+                    state.trees.append((s.name, s.snap.tree))
+            return state
+        assert isinstance(rec.extra, _VState)
+        return rec.extra
+
+    async def _versions_ready(self) -> None:
+        await self._snaps_ready.wait()
+        await self._index_ready.wait()
+
+    async def _load_tree(self, rec: _Inode, tree_id: bytes) -> list[Node]:
+        try:
+            return await self._trees.get(tree_id)
+        except BackupfsError as exc:
+            self._report(rec, tree_id, f"cannot read a folder listing: {exc}")
+            raise FsError(errno.EIO) from exc
+
+    async def _version_children(self, rec: _Inode) -> list[tuple[bytes, _Inode]]:
+        await self._versions_ready()
+        state = self._vstate(rec)
+        out = [(name, self._version_leaf(rec, name, node)) for name, node in state.leaves]
+        taken = {name for name, _ in out}
+        children: dict[bytes, _VState] = {}
+        for snap_name, tree_id in state.trees:
+            for node in await self._load_tree(rec, tree_id):
+                children.setdefault(node.name, _VState()).add(snap_name, node)
+        for name in sorted(children):
+            if name not in taken:
+                out.append((name, self._new(_u64(rec.ino) + name, rec.ino, name, _K_VDIR, extra=children[name])))
+        return out
+
+    async def _version_child(self, rec: _Inode, name: bytes) -> _Inode | None:
+        await self._versions_ready()
+        state = self._vstate(rec)
+        for leaf_name, node in state.leaves:
+            if leaf_name == name:
+                return self._version_leaf(rec, name, node)
+        child = _VState()
+        for snap_name, tree_id in state.trees:
+            nodes = await self._load_tree(rec, tree_id)
+            i = bisect.bisect_left(nodes, name, key=_node_name)
+            if i < len(nodes) and nodes[i].name == name:
+                child.add(snap_name, nodes[i])
+        if not child.trees and not child.leaves and child.meta is None:
+            return None
+        return self._new(_u64(rec.ino) + name, rec.ino, name, _K_VDIR, extra=child)
+
+    def _version_leaf(self, rec: _Inode, name: bytes, node: Node) -> _Inode:
+        key = _u64(rec.ino) + name + b"\0" + _content_key(node)
+        return self._new(key, rec.ino, name, _K_NODE, node)
+
+    # ------------------------------------------------------------------ symlinks and xattrs
+
+    async def readlink(self, ino: int) -> bytes:
+        rec = self._get(ino)
+        if rec.kind == _K_LINK and isinstance(rec.extra, bytes):
+            return rec.extra
+        if rec.node is not None and rec.node.type == SYMLINK:
+            return rec.node.link_target or b""
+        raise FsError(errno.EINVAL)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        node = self._get(ino).node
+        return [k for k, _ in node.xattrs or ()] if node is not None else []
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        node = self._get(ino).node
+        for k, v in (node.xattrs if node is not None else None) or ():
+            if k == name:
+                return v
+        raise FsError(errno.ENODATA)
+
+    # ------------------------------------------------------------------ files
+
+    async def open(self, ino: int, flags: int) -> int:
+        rec = self._get(ino)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND | os.O_CREAT):
+            raise FsError(errno.EROFS)
+        node = rec.node
+        if node is None or node.type == DIR or rec.kind != _K_NODE:
+            raise FsError(errno.EISDIR)
+        if node.type != FILE:
+            raise FsError(errno.EINVAL)
+        if node.content and not self._index_ready.is_set():
+            await self._index_ready.wait()
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = _Handle(rec, node)
+        return fh
+
+    def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:
+        """Fetches only the chunks the range covers; a sequential reader gets the next chunks
+        prefetched concurrently. A single-chunk read returns a view into the cached chunk."""
+        h = self._handles.get(fh)
+        if h is None:
+            raise FsError(errno.EBADF)
+        node = h.node
+        end = min(off + size, node.size)
+        if off >= end:
+            return b""
+        content = node.content or []
+        j = max(bisect.bisect_right(content, off, key=_chunk_offset) - 1, 0)
+        pieces: list[tuple[int, int, bytes]] = []
+        while j < len(content) and content[j][0] < end:
+            c_off, bid = content[j]
+            c_len = self._chunk_len(content, j, node.size)
+            if c_off + c_len > off:
+                pieces.append((c_off, c_len, bid))
+            j += 1
+        if abs(off - h.last_end) <= _SEQ_SLACK:
+            h.last_end = max(h.last_end, end)
+            self._prefetch(h, content, j, end)
+        else:
+            h.last_end, h.ahead = end, 0
+        for _, _, bid in pieces[1:]:
+            self._chunks.prefetch(bid, 1 << 30)  # fetch the rest of a multi-chunk read in parallel
+        if len(pieces) == 1:
+            c_off, c_len, bid = pieces[0]
+            if c_off <= off and end <= c_off + c_len:
+                whole = off <= c_off and c_off + c_len <= end  # nobody needs it again: don't cache
+                data = await self._chunk(h, bid, keep=not whole)
+                if len(data) >= end - c_off:
+                    return memoryview(data)[off - c_off : end - c_off]
+        buf = bytearray(end - off)  # zeros: holes stay zero
+        for c_off, c_len, bid in pieces:
+            data = await self._chunk(h, bid, keep=True)
+            lo, hi = max(off, c_off), min(end, c_off + min(c_len, len(data)))
+            if hi > lo:
+                buf[lo - off : hi - off] = memoryview(data)[lo - c_off : hi - c_off]
+        return buf
+
+    def _prefetch(self, h: _Handle, content: list[tuple[int, bytes]], j: int, end: int) -> None:
+        limit = end + self.options.readahead_bytes
+        j = max(j, h.ahead)
+        max_pending = 2 * self.options.workers
+        while j < len(content) and content[j][0] < limit:
+            self._chunks.prefetch(content[j][1], max_pending)
+            j += 1
+        h.ahead = j
+
+    async def _chunk(self, h: _Handle, blob_id: bytes, keep: bool) -> bytes:
+        try:
+            return await self._chunks.get(blob_id, keep)
+        except BackupfsError as exc:
+            self._report(h.rec, blob_id, str(exc))
+            raise FsError(errno.EIO) from exc
+
+    def _report(self, rec: _Inode, blob_id: bytes, msg: str) -> None:
+        """Logs a damaged object once per path, not on every kernel retry."""
+        key = (rec.ino, blob_id)
+        if key in self._reported:
+            return
+        if len(self._reported) > 10_000:
+            self._reported.clear()
+        self._reported.add(key)
+        log.error("%s: %s", self._path(rec), msg)
+
+    # ------------------------------------------------------------------ worker threads
+
+    def _load_blob(self, btype: int, blob_id: bytes) -> bytes:
+        """Runs in a worker thread. A blob whose pack has gone (prune) or that the index does
+        not know (a newer backup) makes it reload the index and try once more."""
+        gen = self._index_gen
+        if blob_id in self.repo.index:
+            try:
+                return self.repo.load_blob(btype, blob_id)
+            except IntegrityError as exc:
+                if not isinstance(exc.__cause__, NotFound):
+                    raise
+        with self._index_lock:
+            if gen == self._index_gen and time.monotonic() - self._last_reload >= _INDEX_RELOAD_MIN_INTERVAL:
+                self._reload_index_locked()
+        return self.repo.load_blob(btype, blob_id)
+
+    def cache_stats(self) -> dict[str, int]:
+        return {
+            "inodes": len(self._inodes),
+            "chunks": len(self._chunks),
+            "chunk_bytes": self._chunks.used,
+            "trees": len(self._trees),
+            "tree_nodes": self._trees.used,
+            "open_files": len(self._handles),
+        }
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _u64(n: int) -> bytes:
+    return (n & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
+
+
+def _hash_ino(key: bytes, salt: int = 0) -> tuple[int, int]:
+    """(inode number, check value) for an identity key."""
+    h: int = xxhash.xxh3_128_intdigest(key, seed=salt)
+    ino = h & _INO_MASK
+    if ino < _FIRST_HASHED_INO:
+        ino += _FIRST_HASHED_INO
+    return ino, h >> 64
+
+
+def _group_key(rec: _Inode) -> tuple[bool, bytes]:
+    extra = rec.extra
+    assert isinstance(extra, tuple)
+    return bool(extra[0]), bytes(extra[1])
+
+
+def _node_name(node: Node) -> bytes:
+    return node.name
+
+
+def _chunk_offset(chunk: tuple[int, bytes]) -> int:
+    return chunk[0]
+
+
+def _content_key(node: Node) -> bytes:
+    """Equal for two versions of a path with the same content (metadata aside)."""
+    parts = [b"\x01", node.type.encode(), _u64(node.size if node.type == FILE else 0), _u64(node.rdev or 0)]
+    parts += [bid for _, bid in node.content or ()]
+    parts.append(node.link_target or b"")
+    return xxhash.xxh3_128_digest(b"".join(parts))
+
+
+def _time_name(ns: int) -> bytes:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ns // 1_000_000_000)).encode()
+
+
+def _safe_name(text: str) -> bytes:
+    """A host or tag as a file name: no '/', NUL, or dot-only names."""
+    raw = os.fsencode(text).replace(b"/", b"_").replace(b"\0", b"_")
+    return raw if raw not in (b"", b".", b"..") else b"_" + raw
+
+
+def _short_ids(snaps: list[_Snap]) -> dict[bytes, _Snap]:
+    """8-digit ids, longer where two snapshots share a prefix."""
+    out: dict[bytes, _Snap] = {}
+    sids = sorted(s.sid for s in snaps)
+    by_sid = {s.sid: s for s in snaps}
+    for i, sid in enumerate(sids):
+        n = 8
+        for other in (sids[i - 1] if i else "", sids[i + 1] if i + 1 < len(sids) else ""):
+            while n < len(sid) and other[:n] == sid[:n]:
+                n += 1
+        out[sid[:n].encode()] = by_sid[sid]
+    return out

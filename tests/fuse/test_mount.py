@@ -1,0 +1,269 @@
+"""`backupfs mount` through the kernel: contents, metadata, concurrency, refresh, errors, unmount."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import mmap
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from mounting import CAN_MOUNT, SKIP_REASON, Cli, Mount, is_mounted
+from richtree import make_rich_tree, rsync_diff
+
+pytestmark = [pytest.mark.fuse, pytest.mark.skipif(not CAN_MOUNT, reason=SKIP_REASON)]
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
+    """Starts `backupfs -r REPO mount MNT` and waits until it answers; the finalizer unmounts
+    whatever happened (SIGTERM, then SIGKILL and fusermount3 -u -z), so no test leaves a mount."""
+    started: list[Mount] = []
+
+    def start(cli: Cli, *extra: str) -> Mount:
+        mnt = tmp_path / f"mnt{len(started)}"
+        mnt.mkdir()
+        log = tmp_path / f"mount{len(started)}.log"
+        with open(log, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "backupfs", "-r", str(cli.repo), "mount", str(mnt), "--refresh", "0.5", *extra],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**cli.env, "PYTHONFAULTHANDLER": "1"},
+            )
+        m = Mount(proc, mnt, log)
+        started.append(m)
+        m.wait_for(lambda: proc.poll() is not None or is_mounted(mnt), what="the mount")
+        if proc.poll() is not None:
+            raise AssertionError(f"mount exited with {proc.returncode}: {m.stderr()}")
+        m.wait_for(lambda: os.path.exists(mnt / "snapshots"), what="the mount to answer")
+        return m
+
+    yield start
+    for m in started:
+        if m.proc.poll() is None:
+            m.proc.terminate()
+            try:
+                m.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                m.proc.kill()
+                m.proc.wait()
+        if is_mounted(m.path):
+            subprocess.run(["fusermount3", "-u", "-z", str(m.path)], check=False, capture_output=True)
+
+
+def only_snapshot(m: Mount) -> Path:
+    (name,) = os.listdir(m.path / "snapshots")
+    return m.path / "snapshots" / name
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cli, Path]:
+    """One small repository shared by the tests that only need something to mount."""
+    base = tmp_path_factory.mktemp("small")
+    cli = Cli(base)
+    src = base / "src"
+    src.mkdir()
+    (src / "file").write_text("x")
+    cli("backup", src)
+    return cli, src
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_rich_tree_is_exact_through_the_mount_and_cp(cli: Cli, mount: Callable[..., Mount], tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    manifest = make_rich_tree(src)
+    cli("backup", src)
+    m = mount(cli)
+    inside = only_snapshot(m) / str(src).lstrip("/")
+    # rsync -aHAX --checksum: contents, types, modes, owners, ns times, hardlinks, ACLs, xattrs
+    assert rsync_diff(inside, src) == ""
+    st = os.lstat(inside / "sparse" / "sparse64")
+    assert st.st_blocks * 512 < 1 * MiB < st.st_size  # holes are not counted
+    assert len({os.lstat(inside / p.relative_to(src)).st_ino for p in manifest["hardlinks"]}) == 1
+    assert os.getxattr(inside / "xattrs" / "acl_file", "system.posix_acl_access") == os.getxattr(
+        manifest["acl_file"], "system.posix_acl_access"
+    )
+
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(inside), str(copy)], check=True, capture_output=True)
+    assert rsync_diff(src, copy) == ""
+    for dirpath, _dirs, files in os.walk(src):
+        for name in files:
+            p = Path(dirpath) / name
+            if p.is_file() and not p.is_symlink() and os.access(p, os.R_OK):
+                assert sha256(p) == sha256(copy / p.relative_to(src)), p
+
+
+def test_parallel_random_reads_mmap_and_sequential_copy(cli: Cli, mount: Callable[..., Mount], tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    data = random.Random(7).randbytes(64 * MiB)
+    (src / "large.bin").write_bytes(data)
+    cli("backup", src)
+    m = mount(cli)
+    large = only_snapshot(m) / str(src).lstrip("/") / "large.bin"
+    errors: list[str] = []
+
+    def reader(seed: int) -> None:
+        rnd = random.Random(seed)
+        with open(large, "rb", buffering=0) as f:
+            for _ in range(40):
+                size = rnd.choice((1, 4096, 100_000, 1 * MiB + 17, 3 * MiB))
+                off = rnd.randrange(0, len(data) - size)
+                if os.pread(f.fileno(), size, off) != data[off : off + size]:
+                    errors.append(f"reader {seed}: wrong bytes at {off}+{size}")
+
+    threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+    with open(large, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+        assert mm[:4096] == data[:4096]
+        assert mm[40 * MiB : 40 * MiB + 12345] == data[40 * MiB : 40 * MiB + 12345]
+        assert hashlib.sha256(mm).digest() == hashlib.sha256(data).digest()
+
+    shutil.copyfile(large, tmp_path / "copied.bin")
+    assert sha256(tmp_path / "copied.bin") == hashlib.sha256(data).hexdigest()
+
+
+def test_new_snapshots_appear_latest_moves_and_versions(cli: Cli, mount: Callable[..., Mount], tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "notes.txt"
+    f.write_text("first\n")
+    cli("backup", src)
+    m = mount(cli)
+    first = os.readlink(m.path / "latest")
+    for text in ("second\n", "third\n"):
+        time.sleep(1.0)  # snapshot folders are named by second
+        f.write_text(text)
+        cli("backup", src, "--tag", "later")
+    m.wait_for(lambda: len(os.listdir(m.path / "snapshots")) == 3, what="the new snapshots")
+    names = sorted(os.listdir(m.path / "snapshots"))
+    m.wait_for(lambda: os.readlink(m.path / "latest") == f"snapshots/{names[-1]}", what="latest to move")
+    assert first == f"snapshots/{names[0]}"
+    assert (m.path / "latest" / str(f).lstrip("/")).read_text() == "third\n"
+    assert sorted(os.listdir(m.path / "tags" / "later")) == sorted([*names[1:], "latest"])
+    assert os.readlink(m.path / "tags" / "later" / "latest") == names[-1]
+
+    versions = m.path / "versions" / str(f).lstrip("/")
+    assert sorted(os.listdir(versions)) == names
+    assert [(versions / n).read_text() for n in names] == ["first\n", "second\n", "third\n"]
+
+    snaps = json.loads(cli("snapshots", "--json").stdout)
+    os.unlink(cli.repo / "snapshots" / snaps[-1]["id"])  # as `forget` would
+    m.wait_for(lambda: len(os.listdir(m.path / "snapshots")) == 2, what="the forgotten snapshot to go")
+    m.wait_for(lambda: os.readlink(m.path / "latest") == f"snapshots/{names[1]}", what="latest to move back")
+
+
+def test_writes_fail_with_erofs(small: tuple[Cli, Path], mount: Callable[..., Mount]) -> None:
+    cli, src = small
+    m = mount(cli)
+    inside = only_snapshot(m) / str(src).lstrip("/")
+    attempts = [
+        lambda: os.open(inside / "file", os.O_WRONLY),
+        lambda: os.open(inside / "file", os.O_RDWR | os.O_APPEND),
+        lambda: os.open(inside / "new", os.O_WRONLY | os.O_CREAT),
+        lambda: os.mkdir(inside / "dir"),
+        lambda: os.unlink(inside / "file"),
+        lambda: os.rename(inside / "file", inside / "moved"),
+        lambda: os.chmod(inside / "file", 0o600),
+        lambda: os.utime(inside / "file"),
+        lambda: os.truncate(inside / "file", 0),
+        lambda: os.setxattr(inside / "file", "user.x", b"1"),
+        lambda: os.symlink("file", inside / "link"),
+        lambda: os.mkdir(m.path / "snapshots" / "mine"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(OSError) as exc:
+            attempt()
+        assert exc.value.errno == errno.EROFS
+    assert (inside / "file").read_text() == "x"
+
+
+def test_flipped_byte_gives_eio_on_that_file_only(cli: Cli, mount: Callable[..., Mount], tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "victim.bin").write_bytes(os.urandom(300_000))
+    (src / "fine.txt").write_text("fine\n")
+    cli("backup", src)
+    # the victim's only chunk is the largest data blob; flip a byte in the middle of it
+    packs = sorted((cli.repo / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    pack = packs[-1]
+    raw = bytearray(pack.read_bytes())
+    raw[150_000] ^= 0xFF
+    pack.write_bytes(bytes(raw))
+    m = mount(cli)
+    inside = only_snapshot(m) / str(src).lstrip("/")
+    with pytest.raises(OSError) as exc:
+        (inside / "victim.bin").read_bytes()
+    assert exc.value.errno == errno.EIO
+    assert (inside / "fine.txt").read_text() == "fine\n"
+    assert os.stat(inside / "victim.bin").st_size == 300_000
+    m.wait_for(lambda: "victim.bin" in m.stderr(), what="the damage to be logged with the path")
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "fusermount"])
+def test_unmount_leaves_no_mount_and_no_process(small: tuple[Cli, Path], mount: Callable[..., Mount], how: str) -> None:
+    cli, src = small
+    m = mount(cli)
+    path = only_snapshot(m) / str(src).lstrip("/") / "file"
+    assert path.read_text() == "x"
+    if how == "fusermount":
+        subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
+        code = m.proc.wait(15)
+    else:
+        busy = os.open(path, os.O_RDONLY)  # a file held open must not keep it mounted
+        try:
+            code = m.stop(getattr(signal, how))
+        finally:
+            os.close(busy)  # answered by the kernel: the filesystem does not implement flush
+    assert code == 0, m.stderr()
+    assert not is_mounted(m.path)
+    assert m.proc.poll() is not None
+    assert "Traceback" not in m.stderr()
+
+
+def test_clear_errors_for_bad_mount_points(
+    small: tuple[Cli, Path], mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    cli, _src = small
+    missing = cli("mount", tmp_path / "nope", check=False)
+    assert missing.returncode == 2 and missing.stderr.count(b"\n") == 1 and b"does not exist" in missing.stderr
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    nonempty = cli("mount", full, check=False)
+    assert nonempty.returncode == 2 and b"not empty" in nonempty.stderr and nonempty.stderr.count(b"\n") == 1
+    m = mount(cli)
+    busy = cli("mount", m.path, check=False)
+    assert busy.returncode == 2 and b"busy" in busy.stderr and busy.stderr.count(b"\n") == 1
