@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -10,25 +11,27 @@ import traceback
 from collections.abc import Sequence
 
 from backupfs import __version__
-from backupfs.cli import (
-    backup,
-    cat,
-    check,
-    copy,
-    forget,
-    init,
-    key,
-    ls,
-    mount,
-    prune,
-    restore,
-    serve,
-    snapshots,
-    unlock,
-)
 from backupfs.errors import BackupfsError
 
-COMMANDS = [init, backup, snapshots, ls, cat, restore, check, mount, forget, prune, key, unlock, serve, copy]
+# name -> (module, one-line help). Only the module of the command being run is imported: the
+# commands pull in very different libraries (trio and pyfuse3 for mount, hypercorn for serve),
+# and start-up time is paid by every backup a cron job runs and by every mount.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("backupfs.cli.init", "create a new repository"),
+    "backup": ("backupfs.cli.backup", "create a new snapshot of files and directories"),
+    "snapshots": ("backupfs.cli.snapshots", "list snapshots"),
+    "ls": ("backupfs.cli.ls", "list files in a snapshot"),
+    "cat": ("backupfs.cli.cat", "print one file of a snapshot to standard output"),
+    "restore": ("backupfs.cli.restore", "restore a snapshot into a directory"),
+    "mount": ("backupfs.cli.mount", "mount the repository as a read-only filesystem"),
+    "check": ("backupfs.cli.check", "check the repository for errors"),
+    "forget": ("backupfs.cli.forget", "remove snapshots, by id or by a retention policy"),
+    "prune": ("backupfs.cli.prune", "remove data that no snapshot uses"),
+    "copy": ("backupfs.cli.copy", "copy snapshots from another repository into this one"),
+    "key": ("backupfs.cli.key", "manage passwords (key files)"),
+    "unlock": ("backupfs.cli.unlock", "remove stale locks"),
+    "serve": ("backupfs.cli.serve", "serve repositories over HTTP (for rest: clients)"),
+}
 
 
 def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -51,7 +54,20 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     parser.add_argument("--retry-lock", type=float, default=d(0), metavar="SECONDS", help="wait this long for a lock")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command word, found the way the full parser would find it (after global options)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    _add_global_options(pre, suppress=False)
+    pre.add_argument("command", nargs="?")
+    try:
+        known, _rest = pre.parse_known_args(argv)
+    except SystemExit:
+        return None
+    return known.command if known.command in COMMANDS else None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser for `command`; the other commands appear only by name and help."""
     parser = argparse.ArgumentParser(
         prog="backupfs",
         description="Deduplicating, encrypted, versioned backups you can mount.",
@@ -59,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(parser, suppress=False)
     parser.add_argument("--version", action="version", version=f"backupfs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMANDS:
-        module.register(sub)
+    for name, (module, helptext) in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=helptext)
     for subparser in sub.choices.values():
         _add_global_options(subparser, suppress=True)
         for action in subparser._actions:  # nested commands (`key list --json`) take them too
@@ -71,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command_in(argv) or "").parse_args(argv)
     try:
         code: int = args.func(args)
     except BackupfsError as exc:
