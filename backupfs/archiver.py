@@ -197,9 +197,17 @@ class Archiver:
         return self.repo.save_snapshot(snap), snap
 
     def _normalise_paths(self, paths: list[str]) -> list[str]:
+        """Absolute paths whose directories are real (symlinks resolved), the last part as given.
+
+        The folders leading to a path are stored as directories in the snapshot; a symlink among
+        them (`/home/me/data -> /srv/data`, then backing up `/home/me/data/docs`) was stored as a
+        symlink node carrying a subtree, which ls and restore do not enter: the data was saved but
+        unreachable. A path that is itself a symlink is still saved as the symlink.
+        """
         out = []
         for p in paths:
-            ap = os.path.abspath(p)
+            parent, leaf = os.path.split(os.path.abspath(p))
+            ap = os.path.join(os.path.realpath(parent), leaf) if leaf else parent
             if not os.path.lexists(ap):
                 raise BackupfsError(f"{p}: no such file or directory")
             out.append(ap)

@@ -21,6 +21,7 @@ from pathlib import Path
 import blake3
 import pytest
 from conftest import CLI, PASSWORD
+from fastrepo import init_fast
 
 from backupfs import fsmeta
 from backupfs.archiver import Archiver, BackupOptions
@@ -31,6 +32,13 @@ from backupfs.repository.repo import Repository
 MiB = 1024 * 1024
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 UNPRIVILEGED = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, cli_env: dict[str, str]) -> CLI:
+    """conftest's `cli` on a repository whose key is cheap to unlock (fastrepo.py says why)."""
+    init_fast(tmp_path / "repo")
+    return CLI(tmp_path / "repo", cli_env)
 
 
 def summary(proc: subprocess.CompletedProcess[bytes]) -> dict[str, object]:
@@ -122,6 +130,23 @@ def test_tags_and_host(cli: CLI, tmp_path: Path) -> None:
     # a new host means no parent: the files are read again, not taken from laptop's snapshot
     third = summary(cli("backup", src, "--json", "--host", "desktop"))
     assert third["files_new"] == 1
+
+
+def test_path_through_a_symlinked_directory(cli: CLI, tmp_path: Path) -> None:
+    """A symlink among the folders leading to a backed-up path is resolved; the path itself is not."""
+    real = tmp_path / "real"
+    (real / "docs").mkdir(parents=True)
+    (real / "docs" / "thesis.txt").write_bytes(b"chapter 1\n")
+    (tmp_path / "via").symlink_to(real)
+    (tmp_path / "linkonly").symlink_to(real / "docs")
+    cli("backup", tmp_path / "via" / "docs", tmp_path / "linkonly")
+    (snap,) = snapshots(cli)
+    assert snap["paths"] == sorted([str(real / "docs"), str(tmp_path / "linkonly")])
+    assert cli("cat", "latest", real / "docs" / "thesis.txt").stdout == b"chapter 1\n"
+    target = tmp_path / "t"
+    cli("restore", "latest", "--target", target)
+    assert (target / str(real).lstrip("/") / "docs" / "thesis.txt").read_bytes() == b"chapter 1\n"
+    assert os.readlink(target / str(tmp_path).lstrip("/") / "linkonly") == str(real / "docs")
 
 
 def test_sockets_are_skipped_with_a_warning(cli: CLI, tmp_path: Path) -> None:
@@ -325,6 +350,7 @@ def test_cat_sparse_file(cli: CLI, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- keys
 
 
+@pytest.mark.slow
 def test_key_add_list_remove_passwd(cli: CLI, tmp_path: Path) -> None:
     pwfile = tmp_path / "pw2"
     pwfile.write_text("second password\n")

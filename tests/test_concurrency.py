@@ -11,11 +11,20 @@ import time
 from pathlib import Path
 
 import blake3
+import pytest
 from conftest import CLI
+from fastrepo import init_fast
 from richtree import rsync_diff
 
 MiB = 1024 * 1024
 BACKUPFS = [sys.executable, "-m", "backupfs"]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, cli_env: dict[str, str]) -> CLI:
+    """conftest's `cli` on a repository whose key is cheap to unlock (fastrepo.py says why)."""
+    init_fast(tmp_path / "repo")
+    return CLI(tmp_path / "repo", cli_env)
 
 
 def make_source(root: Path, seed: str, shared: bytes) -> None:
@@ -43,6 +52,7 @@ def finish(proc: subprocess.Popen[bytes], timeout: float = 300) -> tuple[bytes, 
     return out, err
 
 
+@pytest.mark.slow
 def test_two_concurrent_backups(cli: CLI, tmp_path: Path) -> None:
     shared = blake3.blake3(b"shared").digest(length=12 * MiB)
     a, b = tmp_path / "a", tmp_path / "b"

@@ -15,6 +15,7 @@ from pathlib import Path
 import blake3
 import pytest
 from conftest import CLI, PASSWORD
+from fastrepo import init_fast
 from richtree import rsync_diff
 
 from backupfs.backends.local import LocalBackend
@@ -52,7 +53,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     (src / "hl" / "a").write_bytes(rand(200_000, 4))
     os.link(src / "hl" / "a", src / "hl" / "b")
     cli = CLI(base / "repo", make_env(base))
-    cli("init")
+    init_fast(base / "repo")
     cli("backup", src)
     return src, base / "repo"
 

@@ -17,9 +17,17 @@ from pathlib import Path
 import blake3
 import pytest
 from conftest import CLI
+from fastrepo import init_fast
 
 MiB = 1024 * 1024
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+
+
+@pytest.fixture
+def cli(tmp_path: Path, cli_env: dict[str, str]) -> CLI:
+    """conftest's `cli` on a repository whose key is cheap to unlock (fastrepo.py says why)."""
+    init_fast(tmp_path / "repo")
+    return CLI(tmp_path / "repo", cli_env)
 
 
 def write_random_files(root: Path, count: int, size: int, seed: int = 0) -> int:

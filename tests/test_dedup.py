@@ -9,8 +9,16 @@ from pathlib import Path
 import blake3
 import pytest
 from conftest import CLI
+from fastrepo import init_fast
 
 MiB = 1024 * 1024
+
+
+@pytest.fixture
+def cli(tmp_path: Path, cli_env: dict[str, str]) -> CLI:
+    """conftest's `cli` on a repository whose key is cheap to unlock (fastrepo.py says why)."""
+    init_fast(tmp_path / "repo")
+    return CLI(tmp_path / "repo", cli_env)
 
 
 def rand(n: int, seed: str) -> bytes:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import CLI, PASSWORD
+from fastrepo import init_fast
 from richtree import T_FUTURE, make_rich_tree, rsync_diff, sparse_ok
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="ownership, devices and trusted.* xattrs need root")
@@ -32,7 +33,7 @@ def backed_up(tmp_path_factory: pytest.TempPathFactory) -> tuple[CLI, dict[str, 
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUPFS_")}
     env.update(BACKUPFS_PASSWORD=PASSWORD, HOME=str(base / "home"), XDG_CACHE_HOME=str(base / "cache"))
     cli = CLI(base / "repo", env)
-    cli("init")
+    init_fast(base / "repo")
     out = cli("backup", rich["root"], "--json")
     summary = json.loads(out.stdout.splitlines()[-1])
     assert summary["skipped"] == 0, out.stderr

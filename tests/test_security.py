@@ -15,6 +15,7 @@ from pathlib import Path
 import blake3
 import pytest
 from conftest import CLI, PASSWORD
+from fastrepo import init_fast
 
 from backupfs.backends.local import LocalBackend
 from backupfs.format.pack import DATA
@@ -23,6 +24,13 @@ from backupfs.format.tree import DIR, FILE, SYMLINK, Node
 from backupfs.repository.repo import Repository
 
 MARKER = "Zq7xNeedleQv3k"
+
+
+@pytest.fixture
+def cli(tmp_path: Path, cli_env: dict[str, str]) -> CLI:
+    """conftest's `cli` on a repository whose key is cheap to unlock (fastrepo.py says why)."""
+    init_fast(tmp_path / "repo")
+    return CLI(tmp_path / "repo", cli_env)
 
 
 def all_repo_bytes(repo: Path) -> bytes:
