@@ -127,6 +127,8 @@ class Restorer:
                 self.stats.error(f"{os.fsdecode(path)}: {exc.strerror or exc}")
             except IntegrityError as exc:
                 self.stats.error(f"{os.fsdecode(path)}: {exc}")
+            except _BAD_VALUE as exc:
+                self.stats.error(f"{os.fsdecode(path)}: {_bad_value(exc)}")
         for fut in pending:
             fut.result()
         return restored
@@ -200,6 +202,8 @@ class Restorer:
                 os.unlink(node.name, dir_fd=dir_fd)
         except OSError as exc:
             self.stats.error(f"{os.fsdecode(path)}: {exc.strerror or exc}")
+        except _BAD_VALUE as exc:
+            self.stats.error(f"{os.fsdecode(path)}: {_bad_value(exc)}")
         finally:
             os.close(dir_fd)
         if self._progress is not None:
@@ -266,3 +270,12 @@ class Restorer:
         finally:
             os.close(vfd)
         self.stats.add(verified_files=1)
+
+
+# What the OS calls raise for values no file can have (a NUL in a symlink target or xattr name, a
+# uid or time out of range): only a forged or buggy tree holds them, and it costs that entry only.
+_BAD_VALUE = (ValueError, OverflowError)
+
+
+def _bad_value(exc: Exception) -> str:
+    return f"metadata in the snapshot cannot be restored: {exc}"

@@ -173,6 +173,47 @@ def test_hostile_tree_cannot_escape_the_target(cli: CLI, tmp_path: Path) -> None
     assert not (outside / "victim").exists() and not (outside / "file").exists()
 
 
+def test_hostile_metadata_costs_only_its_entry(cli: CLI, tmp_path: Path) -> None:
+    """Values no real file has (NUL in a symlink target or xattr name, a 2**40 uid, a device number
+    or size out of range, a directory without listing) give one error each, never a crash."""
+    big = 2**63 - 1
+
+    def entries(repo: Repository) -> list[Node]:
+        return [
+            Node(name=b"nul_link", type=SYMLINK, mode=0o777, link_target=b"a\0b"),
+            Node(name=b"empty_link", type=SYMLINK, mode=0o777, link_target=b""),
+            Node(name=b"huge_rdev", type="c", mode=0o600, rdev=big),
+            Node(name=b"dir_without_listing", type=DIR, mode=0o755),
+            _with(_file(repo, b"nul_xattr"), xattrs=[(b"user.a\0b", b"v")]),
+            _with(_file(repo, b"huge_uid"), uid=2**40, gid=2**40),
+            _with(_file(repo, b"huge_times"), mtime_ns=big, atime_ns=-big),
+            _with(_file(repo, b"huge_size"), size=2**62),
+            _with(_file(repo, b"odd_mode"), mode=0o177777),
+            _file(repo, b"fine.txt"),
+        ]
+
+    _forge_snapshot(cli.repo, entries)
+    target = tmp_path / "target"
+    proc = cli("restore", "latest", "--target", target, check=False)
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 4, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    for name in ("nul_link", "huge_rdev", "nul_xattr", "huge_uid", "huge_size"):
+        assert f"/x/{name}:" in err, err
+    assert (target / "x" / "fine.txt").read_bytes() == b"written by a hostile tree\n"
+    for cmd in (["ls", "-l", "latest"], ["ls", "--json", "latest"], ["snapshots"]):
+        listed = cli(*cmd, check=False)
+        assert listed.returncode == 0 and b"Traceback" not in listed.stderr, listed.stderr
+    checked = cli("check", check=False)
+    assert checked.returncode == 4 and b"dir_without_listing has no subtree" in checked.stderr
+
+
+def _with(node: Node, **changes: object) -> Node:
+    for k, v in changes.items():
+        setattr(node, k, v)
+    return node
+
+
 def test_restore_into_planted_symlinks(cli: CLI, tmp_path: Path) -> None:
     """Someone with write access to the target plants symlinks where restore will create entries."""
     src = tmp_path / "src"

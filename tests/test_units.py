@@ -570,6 +570,19 @@ def test_damaged_key_file_is_not_a_wrong_password(mem_repo: tuple[MemoryBackend,
     assert not isinstance(info.value, WrongPassword)
 
 
+def test_one_damaged_key_file_among_several(mem_repo: tuple[MemoryBackend, Repository]) -> None:
+    backend, repo = mem_repo
+    second = repo.add_key(b"second")
+    backend.save(FileType.KEY, second, b"garbage")
+    assert Repository.open(backend, b"pw").master == repo.master  # the intact key still opens it
+    with pytest.raises(WrongPassword, match=f"keys/{second}"):  # and the damage is mentioned
+        Repository.open(backend, b"second")
+    keys = {k.name: k for k in repo.list_keys()}
+    assert keys[second].user == "(damaged)" and keys[repo.key_name].current
+    repo.remove_key(second[:8])
+    assert [k.name for k in repo.list_keys()] == [repo.key_name]
+
+
 def test_key_management(mem_repo: tuple[MemoryBackend, Repository]) -> None:
     backend, repo = mem_repo
     second = repo.add_key(b"second")

@@ -214,11 +214,12 @@ class Repository:
     def list_keys(self) -> list[KeyInfo]:
         out = []
         for name, _size in self.backend.list(FileType.KEY):
-            kf = KeyFile.decode(_load_verified(self.backend, FileType.KEY, name))
             try:
+                kf = KeyFile.decode(_load_verified(self.backend, FileType.KEY, name))
                 host, user, created = decode_meta(self._open(kf.meta, META_AAD))
             except IntegrityError:
-                host, user, created = "?", "?", 0
+                # listed, so that `key remove` can clear it: one bad key must not hide the others
+                host, user, created = "?", "(damaged)", 0
             out.append(KeyInfo(name, host, user, created, name == self.key_name))
         return sorted(out, key=lambda k: (k.created_ns, k.name))
 
