@@ -23,11 +23,14 @@ import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
+
+import msgpack
 
 from backupfs.backends.base import FileType
 from backupfs.errors import BackendError, BackupfsError, IntegrityError, NotFound, UsageError
+from backupfs.format import index as index_fmt
 from backupfs.format.pack import DATA, TREE, PackEntry
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, Node, decode_tree
@@ -44,6 +47,8 @@ __all__ = [
     "PrunePlan",
     "PruneRefused",
     "PruneStats",
+    "decode_index_into",
+    "encode_index",
     "parse_max_unused",
     "parse_size",
     "plan_prune",
@@ -76,7 +81,12 @@ R = TypeVar("R")
 
 _REC = struct.Struct("<32sBIII")  # blob id, type, offset, length, raw length
 _RS = _REC.size
+_META = struct.Struct("<32xBIII")  # a record without its id
+_FIRST8 = struct.Struct("<Q")
+_FIB = 0x9E3779B97F4A7C15  # 2**64 / golden ratio
+_M64 = (1 << 64) - 1
 _EMPTY_SLOT = 0
+TREE_READERS = 4
 
 
 class PruneRefused(IntegrityError):
@@ -149,55 +159,54 @@ class PruneOptions:
 class _BlobTable:
     """Every index entry as a 45-byte record in one bytearray, with an open-addressing hash
     (array of uint32 record numbers + 1) over the ids: about 55 bytes per blob and no Python
-    object per blob, where a dict or set of ids would cost well over 100 (restic#3844)."""
+    object per blob, where a dict or set of ids would cost well over 100 (restic#3844).
+
+    Slots come from the first 8 bytes of the id (ids are keyed hashes, so uniform), spread by a
+    Fibonacci multiplication so that even ids that are not random would not pile up.
+    """
 
     def __init__(self) -> None:
         self.recs = bytearray()
-        self._slots = array("I")
-        self._mask = 0
+        self._slots: array[int] = array("I")
+        self._shift = 64
         # record number of a blob's first copy -> its other copies (rare: concurrent backups)
         self.dups: dict[int, list[int]] = {}
 
     def __len__(self) -> int:
         return len(self.recs) // _RS
 
-    def append(self, entries: Iterable[PackEntry]) -> tuple[int, int]:
-        start = len(self)
-        pack = _REC.pack
-        self.recs += b"".join(pack(e.id, e.type, e.offset, e.length, e.raw_length) for e in entries)
-        return start, len(self) - start
-
     def build_hash(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Hashes the records of the given (start, count) ranges: the live packs."""
         ranges = list(ranges)
         n = sum(c for _s, c in ranges)
-        size = 8
-        while size < 2 * n:
-            size *= 2
+        bits = 3
+        while (1 << bits) < 2 * n:
+            bits += 1
+        size = 1 << bits
         slots = self._slots = array("I", bytes(4 * size))
-        mask = self._mask = size - 1
-        recs = self.recs
-        dups = self.dups
+        shift = self._shift = 64 - bits
+        mask = size - 1
+        recs, dups, first8 = self.recs, self.dups, _FIRST8.unpack_from
         for start, count in ranges:
             for g in range(start, start + count):
                 o = g * _RS
-                bid = bytes(recs[o : o + 32])
-                i = hash(bid) & mask
+                i = ((first8(recs, o)[0] * _FIB) & _M64) >> shift
                 while True:
                     s = slots[i]
                     if s == _EMPTY_SLOT:
                         slots[i] = g + 1
                         break
                     so = (s - 1) * _RS
-                    if recs[so : so + 32] == bid:
+                    if recs[so : so + 32] == recs[o : o + 32]:
                         dups.setdefault(s - 1, []).append(g)
                         break
                     i = (i + 1) & mask
 
     def find(self, bid: bytes) -> int:
         """The record number of a blob's first copy, or -1."""
-        slots, mask, recs = self._slots, self._mask, self.recs
-        i = hash(bid) & mask
+        slots, recs = self._slots, self.recs
+        mask = len(slots) - 1
+        i: int = ((_FIRST8.unpack_from(bid)[0] * _FIB) & _M64) >> self._shift
         while True:
             s = slots[i]
             if s == _EMPTY_SLOT:
@@ -211,11 +220,75 @@ class _BlobTable:
         bid, btype, off, length, raw = _REC.unpack_from(self.recs, g * _RS)
         return PackEntry(btype, bid, off, length, raw)
 
-    def length(self, g: int) -> int:
-        return int.from_bytes(self.recs[g * _RS + 37 : g * _RS + 41], "little")
+    def lengths(self, start: int, count: int) -> list[int]:
+        """The stored (envelope) lengths of records start..start+count."""
+        view = memoryview(self.recs)[start * _RS : (start + count) * _RS]
+        try:
+            return [n for _t, _o, n, _r in _META.iter_unpack(view)]
+        finally:
+            view.release()
 
     def copies(self, g: int) -> list[int]:
         return [g, *self.dups.get(g, ())]
+
+
+def decode_index_into(plain: bytes, table: _BlobTable) -> tuple[list[bytes], list[tuple[bytes, int, int]]]:
+    """Reads an index file's plaintext (design.md 8) straight into the table's records.
+
+    Returns (superseded file ids, [(pack id, first record, record count)]). The same checks as
+    format.index.IndexFile.decode, but streamed one pack at a time and without a PackEntry per
+    blob: a backup's index file can list a million small blobs, and this is prune's peak memory.
+    """
+    unpacker = msgpack.Unpacker(raw=False, use_list=False, max_buffer_size=max(len(plain), 1))
+    unpacker.feed(plain)
+    sup: object = ()
+    packs: list[tuple[bytes, int, int]] = []
+    seen_packs = False
+    pack = _REC.pack
+    try:
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key != "packs":
+                value = unpacker.unpack()
+                if key == "supersedes":
+                    sup = value
+                continue
+            seen_packs = True
+            for _ in range(unpacker.read_array_header()):
+                item = unpacker.unpack()
+                if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], bytes)):
+                    raise IntegrityError("index pack entry malformed")
+                if len(item[0]) != 32 or not isinstance(item[1], tuple):
+                    raise IntegrityError("index pack entry malformed")
+                recs = []
+                for btype, bid, off, length, raw in item[1]:
+                    if btype not in (DATA, TREE) or not isinstance(bid, bytes) or len(bid) != 32:
+                        raise IntegrityError("pack entry malformed")
+                    recs.append(pack(bid, btype, off, length, raw))  # struct rejects negatives and non-ints
+                start = len(table)
+                table.recs += b"".join(recs)
+                packs.append((item[0], start, len(recs)))
+        if unpacker.tell() != len(plain):
+            raise IntegrityError("index file has trailing data")
+    except (ValueError, TypeError, struct.error, msgpack.OutOfData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise IntegrityError("index file malformed") from exc
+    if not seen_packs or not isinstance(sup, tuple) or not all(isinstance(x, bytes) and len(x) == 32 for x in sup):
+        raise IntegrityError("index file malformed")
+    return list(sup), packs
+
+
+def encode_index(packs: Sequence[tuple[bytes, bytes]], supersedes: list[bytes]) -> bytes:
+    """The plaintext of an index file listing `packs` as (pack id, records); byte for byte what
+    format.index.IndexFile.encode makes, streamed so no object per blob is built."""
+    packer = msgpack.Packer(use_bin_type=True)
+    out = bytearray(packer.pack_map_header(2))
+    out += packer.pack("supersedes") + packer.pack(supersedes)
+    out += packer.pack("packs") + packer.pack_array_header(len(packs))
+    for pid, recs in packs:
+        out += packer.pack_array_header(2) + packer.pack(pid) + packer.pack_array_header(len(recs) // _RS)
+        for bid, btype, off, length, raw in _REC.iter_unpack(recs):
+            out += packer.pack((btype, bid, off, length, raw))
+    return bytes(out)
 
 
 @dataclasses.dataclass(slots=True)
@@ -359,9 +432,18 @@ class _Planner:
         names = sorted(n for n, _s in self.repo.backend.list(FileType.INDEX))
         superseded: set[bytes] = set()
         per_file: dict[str, list[tuple[bytes, int, int]]] = {}
-        for name, f in _bounded_map(self.repo.load_index_file, names, 8):
-            superseded.update(f.supersedes)
-            per_file[name] = [(pid, *self.table.append(entries)) for pid, entries in f.packs.items()]
+
+        def load(name: str) -> bytes:
+            return self.repo.load_file(FileType.INDEX, name, index_fmt.AAD)
+
+        for name, plain in _bounded_map(load, names, 4):
+            try:
+                supersedes, per_file[name] = decode_index_into(plain, self.table)
+            except IntegrityError as exc:
+                raise PruneRefused(
+                    f"refusing to prune: index file {name} is damaged ({exc}); nothing was deleted. Run `backupfs check`"
+                ) from exc
+            superseded.update(supersedes)
         live = [n for n in names if bytes.fromhex(n) not in superseded]
         obsolete = [n for n in names if bytes.fromhex(n) in superseded]
         seen: set[bytes] = set()
@@ -399,13 +481,18 @@ class _Planner:
         return out
 
     def _mark(self, snapshots: Sequence[tuple[str, Snapshot]]) -> None:
-        """Marks every blob reachable from the snapshots; each tree is read once."""
+        """Marks every blob reachable from the snapshots; each tree is read once.
+
+        Trees are fetched by a few threads (a remote backend answers each in tens of
+        milliseconds); decoding and marking happen here, in one thread.
+        """
         problems: list[str] = []
-        for sid, snap in snapshots:
-            try:
-                self._mark_tree(snap.tree)
-            except _Missing as exc:
-                problems.append(f"snapshot {sid[:8]}: {exc}")
+        with ThreadPoolExecutor(TREE_READERS, thread_name_prefix="bfs-prune-tree") as pool:
+            for sid, snap in snapshots:
+                try:
+                    self._mark_tree(snap.tree, pool)
+                except _Missing as exc:
+                    problems.append(f"snapshot {sid[:8]}: {exc}")
         if problems:
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise PruneRefused(
@@ -415,32 +502,44 @@ class _Planner:
                 + ". Run `backupfs check`; forget the damaged snapshots or restore the missing files first"
             )
 
-    def _mark_tree(self, root: bytes) -> None:
+    def _mark_tree(self, root: bytes, pool: ThreadPoolExecutor) -> None:
         table, used = self.table, self.used
         find = table.find
-        stack: list[tuple[bytes, str]] = [(root, "/")]
-        while stack:
-            tid, path = stack.pop()
-            g = find(tid)
-            if g < 0:
-                raise _Missing(f"tree {tid.hex()[:16]} of {path} is not in the index")
-            if used[g]:
-                continue
-            nodes = self._load_tree(g, tid, path)
-            used[g] = 1
-            self.stats.trees += 1
-            base = path.rstrip("/") + "/"
-            for node in nodes:
-                if node.type == DIR:
-                    if node.subtree is not None:
-                        stack.append((node.subtree, base + node.name.decode("utf-8", "backslashreplace")))
-                elif node.content:
-                    for _off, bid in node.content:
-                        b = find(bid)
-                        if b < 0:
-                            name = base + node.name.decode("utf-8", "backslashreplace")
-                            raise _Missing(f"{name}: data blob {bid.hex()[:16]} is not in the index")
-                        used[b] = 1
+        todo: deque[tuple[bytes, str]] = deque([(root, "/")])
+        running: dict[Future[list[Node]], str] = {}
+        try:
+            while todo or running:
+                while todo and len(running) < 4 * TREE_READERS:
+                    tid, path = todo.popleft()
+                    g = find(tid)
+                    if g < 0:
+                        raise _Missing(f"tree {tid.hex()[:16]} of {path} is not in the index")
+                    if not used[g]:
+                        used[g] = 1  # claimed: no other walk loads it again
+                        running[pool.submit(self._load_tree, g, tid, path)] = path
+                if not running:
+                    continue
+                done, _pending = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    path = running.pop(fut)
+                    nodes = fut.result()
+                    self.stats.trees += 1
+                    base = path.rstrip("/") + "/"
+                    for node in nodes:
+                        if node.type == DIR:
+                            if node.subtree is not None:
+                                todo.append((node.subtree, base + node.name.decode("utf-8", "backslashreplace")))
+                        elif node.content:
+                            for _off, bid in node.content:
+                                b = find(bid)
+                                if b < 0:
+                                    name = base + node.name.decode("utf-8", "backslashreplace")
+                                    raise _Missing(f"{name}: data blob {bid.hex()[:16]} is not in the index")
+                                used[b] = 1
+        finally:
+            for fut in running:
+                fut.cancel()
+            wait(running)
 
     def _load_tree(self, g: int, tid: bytes, path: str) -> list[Node]:
         """Tries each indexed copy of the tree: one may sit in a pack that is gone."""
@@ -458,18 +557,13 @@ class _Planner:
     # ---------------------------------------------------------------- accounting
 
     def _count(self) -> None:
-        table, used = self.table, self.used
-        recs = table.recs
+        used = self.used
         for p in self.packs:
-            blob_bytes = used_bytes = used_count = 0
-            for g in range(p.start, p.start + p.count):
-                o = g * _RS + 37
-                n = int.from_bytes(recs[o : o + 4], "little")
-                blob_bytes += n
-                if used[g]:
-                    used_bytes += n
-                    used_count += 1
-            p.blob_bytes, p.used_bytes, p.used_count = blob_bytes, used_bytes, used_count
+            lengths = self.table.lengths(p.start, p.count)
+            flags = used[p.start : p.start + p.count]
+            p.blob_bytes = sum(lengths)
+            p.used_count = sum(flags)
+            p.used_bytes = sum(n for n, u in zip(lengths, flags, strict=True) if u)
 
     def _dedupe(self) -> None:
         """Of a blob stored several times, keeps the copy in the fullest pack that exists."""
@@ -666,25 +760,28 @@ class PrunePlan:
         ones, so until it exists the old files stay in force (the earlier ones merely repeat them)."""
         table = self._table
 
-        def packs() -> Iterator[tuple[bytes, list[PackEntry]]]:
+        def packs() -> Iterator[tuple[bytes, bytes]]:
             for p in keep:
-                yield p.id, [table.entry(g) for g in range(p.start, p.start + p.count)]
-            for pid, recs in new:
-                yield pid, [PackEntry(t, b, o, n, r) for b, t, o, n, r in _REC.iter_unpack(recs)]
+                yield p.id, bytes(table.recs[p.start * _RS : (p.start + p.count) * _RS])
+            yield from new
+
+        def save(chunk: list[tuple[bytes, bytes]], sup: list[bytes]) -> str:
+            return self.repo.save_file(FileType.INDEX, encode_index(chunk, sup), index_fmt.AAD)
 
         written: list[str] = []
         try:
-            chunk: dict[bytes, list[PackEntry]] = {}
+            chunk: list[tuple[bytes, bytes]] = []
             entries = 0
-            for pid, pe in packs():
-                if chunk and entries + len(pe) > self.opts.index_max_entries:
-                    written.append(self.repo.save_index(chunk))
+            for pid, recs in packs():
+                n = len(recs) // _RS
+                if chunk and entries + n > self.opts.index_max_entries:
+                    written.append(save(chunk, []))
                     if len(written) == 1:
                         partial()
-                    chunk, entries = {}, 0
-                chunk[pid] = pe
-                entries += len(pe)
-            written.append(self.repo.save_index(chunk, [bytes.fromhex(n) for n in supersedes]))
+                    chunk, entries = [], 0
+                chunk.append((pid, recs))
+                entries += n
+            written.append(save(chunk, [bytes.fromhex(n) for n in supersedes]))
         except BackupfsError:
             for name in written:  # they only repeat what the old files say
                 _remove_quietly(self.repo, FileType.INDEX, name)
@@ -736,7 +833,7 @@ class PrunePlan:
             if first:
                 hook("repack:pack-written")
 
-        packer = Packer(repo.cipher, repo.config.pack_size, upload)
+        packer = Packer(repo.cipher, repo.config.pack_size, upload, uploaders=2, max_in_flight=2)
         try:
             for p in self.repack:
                 name = p.id.hex()

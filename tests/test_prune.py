@@ -30,8 +30,9 @@ from backupfs.backends.local import LocalBackend
 from backupfs.backends.memory import MemoryBackend
 from backupfs.checker import Checker
 from backupfs.crypto import file_id
-from backupfs.errors import BackendError, UsageError
-from backupfs.format.pack import DATA, TREE
+from backupfs.errors import BackendError, IntegrityError, UsageError
+from backupfs.format.index import IndexFile
+from backupfs.format.pack import DATA, TREE, PackEntry
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, Node
 from backupfs.prune import (
@@ -40,6 +41,8 @@ from backupfs.prune import (
     PruneOptions,
     PruneRefused,
     _BlobTable,
+    decode_index_into,
+    encode_index,
     parse_max_unused,
     parse_size,
     plan_prune,
@@ -393,7 +396,8 @@ def test_prune_refuses_while_a_backup_holds_a_lock(scenario: Scenario, tmp_path:
     sc = scenario
     pcli = sc.cli
     sc.forget_old()
-    proc = _slow_backup(pcli, "sleep 3; echo done")
+    flag = tmp_path / "finish"
+    proc = _slow_backup(pcli, f"while [ ! -e {flag} ]; do sleep 0.05; done; echo done")
     try:
         _wait_for(lambda: any((pcli.repo / "locks").iterdir()))
         state = repo_state(pcli.repo)
@@ -407,6 +411,7 @@ def test_prune_refuses_while_a_backup_holds_a_lock(scenario: Scenario, tmp_path:
         # A dry run takes a shared lock and may look while the backup runs.
         assert pcli("prune", "--dry-run").returncode == 0
     finally:
+        flag.touch()
         assert proc.wait(30) == 0
     prune_json(pcli)
     pcli("check", "--read-data")
@@ -720,17 +725,39 @@ def test_storage_error_while_writing_the_index_removes_the_new_packs() -> None:
 
 
 def test_blob_table_finds_every_id_and_records_duplicates() -> None:
-    from backupfs.format.pack import PackEntry
-
     rng = random.Random(9)
     ids = [rng.randbytes(32) for _ in range(5000)]
+    a = [PackEntry(DATA, bid, i, 10, 10) for i, bid in enumerate(ids)]
+    b = [PackEntry(TREE, bid, i, 20, 20) for i, bid in enumerate(ids[:10])]
+    plain = IndexFile({b"a" * 32: a, b"b" * 32: b}, [b"s" * 32]).encode()
     t = _BlobTable()
-    a = t.append(PackEntry(DATA, bid, i, 10, 10) for i, bid in enumerate(ids))
-    b = t.append(PackEntry(TREE, bid, i, 20, 20) for i, bid in enumerate(ids[:10]))
-    t.build_hash([a, b])
+    sup, packs = decode_index_into(plain, t)
+    assert sup == [b"s" * 32] and packs == [(b"a" * 32, 0, 5000), (b"b" * 32, 5000, 10)]
+    t.build_hash([(0, 5000), (5000, 10)])
     for i, bid in enumerate(ids):
         assert t.find(bid) == i
-        assert t.entry(i).id == bid and t.length(i) == 10
+        assert t.entry(i) == a[i]
+    assert t.lengths(0, 3) == [10, 10, 10] and t.lengths(5000, 2) == [20, 20]
     assert t.find(rng.randbytes(32)) == -1
     assert t.dups == {i: [5000 + i] for i in range(10)}
     assert t.copies(3) == [3, 5003]
+    # prune writes index files byte for byte as format.index does
+    recs = bytes(t.recs)
+    assert encode_index([(b"a" * 32, recs[: 5000 * 45]), (b"b" * 32, recs[5000 * 45 :])], [b"s" * 32]) == plain
+
+
+def test_damaged_index_plaintext_is_refused() -> None:
+    good = IndexFile({b"p" * 32: [PackEntry(DATA, b"i" * 32, 0, 5, 5)]}).encode()
+    assert decode_index_into(good, _BlobTable())[1] == [(b"p" * 32, 0, 1)]
+    bad = [
+        good[:-1],
+        good + b"\x00",
+        b"\x93\x01\x02\x03",
+        IndexFile({b"p" * 32: [PackEntry(DATA, b"i" * 31, 0, 5, 5)]}).encode(),
+        IndexFile({b"p" * 32: [PackEntry(7, b"i" * 32, 0, 5, 5)]}).encode(),
+        IndexFile({b"p" * 32: [PackEntry(DATA, b"i" * 32, -1, 5, 5)]}).encode(),
+        IndexFile({b"p" * 32: [PackEntry(DATA, b"i" * 32, 1 << 33, 5, 5)]}).encode(),
+    ]
+    for data in bad:
+        with pytest.raises(IntegrityError):
+            decode_index_into(data, _BlobTable())
