@@ -657,6 +657,7 @@ def _hypercorn_config(opts: ServerOptions) -> HypercornConfig:
     config.errorlog = "-"
     config.loglevel = "WARNING"
     config.keep_alive_timeout = 120  # clients keep pooled connections through long CPU stretches
+    config.read_timeout = 120  # a client silent this long mid-request is gone: free its upload
     config.graceful_timeout = 5
     config.include_server_header = False
     if opts.tls_cert or opts.tls_key:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+import trio
+
+from backupfs.server import ServerOptions, serve
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="serve repositories over HTTP (for rest: clients)")
@@ -22,11 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here, not at the top: trio and hypercorn would add ~0.5 s to the start of every command.
-    import trio
-
-    from backupfs.server import ServerOptions, serve
-
     opts = ServerOptions(
         path=args.path,
         listen=args.listen,
