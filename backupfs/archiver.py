@@ -25,7 +25,7 @@ from typing import IO
 from pyfastcdc import BinaryStreamReader, FastCDC
 
 from backupfs import __version__, fsmeta
-from backupfs.errors import BackupfsError
+from backupfs.errors import BackupfsError, IntegrityError
 from backupfs.excludes import Excluder, is_cache_dir
 from backupfs.format.pack import DATA
 from backupfs.format.snapshot import Snapshot
@@ -222,7 +222,12 @@ class Archiver:
             sid, snap = self.repo.find_snapshot(self.opts.parent)
             return sid, snap.tree
         best: tuple[str, Snapshot] | None = None
-        for sid, snap in self.repo.list_snapshots():
+
+        def damaged(name: str, exc: IntegrityError) -> None:
+            # an old damaged snapshot must not stop every future backup
+            self.stats.warnings.append(f"snapshot {name[:8]} is unreadable and was not considered as parent: {exc}")
+
+        for sid, snap in self.repo.list_snapshots(on_damaged=damaged):
             if snap.host == self.opts.host and sorted(snap.paths) == paths:
                 best = (sid, snap)
         return (best[0], best[1].tree) if best else (None, None)

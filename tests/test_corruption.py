@@ -6,6 +6,7 @@ API (read-only) so one flipped byte hits exactly the file under test.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -165,6 +166,22 @@ def test_damaged_tree_blob(damaged: tuple[CLI, Path], tmp_path: Path) -> None:
     dst = target / str(src).lstrip("/")
     assert (dst / "victim.bin").read_bytes() == (src / "victim.bin").read_bytes()
     assert not (dst / "dir" / "nested.txt").exists()
+
+
+def test_damaged_old_snapshot_does_not_stop_backups(damaged: tuple[CLI, Path]) -> None:
+    """A bit-rotted snapshot file is reported, but the others are listed and new backups work."""
+    cli, src = damaged
+    (old,) = (cli.repo / "snapshots").iterdir()
+    cli("backup", src / "dir")
+    _damage(old, "random")
+    proc = cli("snapshots", check=False)
+    err = assert_clean_failure(proc, 4)
+    assert old.name in err and str(src / "dir").encode() in proc.stdout
+    proc = cli("backup", src)  # the damaged snapshot cannot be its parent: everything is read again
+    assert f"warning: snapshot {old.name[:8]} is unreadable".encode() in proc.stderr
+    assert len(json.loads(cli("snapshots", "--json", check=False).stdout)) == 2
+    err = assert_clean_failure(cli("check", check=False), 4)
+    assert old.name in err
 
 
 def _damage(path: Path, how: str) -> None:

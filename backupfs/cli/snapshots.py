@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from backupfs.cli._common import format_time, human_size, iso_time, open_repository, print_json
+from backupfs.cli._common import err, format_time, human_size, iso_time, open_repository, print_json
+from backupfs.errors import IntegrityError
 from backupfs.format.snapshot import Snapshot
 
 
@@ -49,8 +50,14 @@ def snapshot_json(sid: str, snap: Snapshot) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    damaged: list[str] = []
+
+    def report(name: str, exc: IntegrityError) -> None:
+        damaged.append(name)
+        err(f"error: {exc}")
+
     with open_repository(args, lock="shared", load_index=False) as repo:
-        snaps = [(sid, s) for sid, s in repo.list_snapshots() if matches(s, args)]
+        snaps = [(sid, s) for sid, s in repo.list_snapshots(on_damaged=report) if matches(s, args)]
     if args.latest:
         groups: dict[tuple[str, tuple[str, ...]], list[tuple[str, Snapshot]]] = {}
         for sid, s in snaps:
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         snaps = sorted((p for g in groups.values() for p in g[-args.latest :]), key=lambda p: (p[1].time_ns, p[0]))
     if args.json:
         print_json([snapshot_json(sid, s) for sid, s in snaps])
-        return 0
+        return _exit_code(damaged)
     rows = [
         (
             sid[:8],
@@ -79,4 +86,11 @@ def run(args: argparse.Namespace) -> int:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
     print("-" * len(line))
     print(f"{len(rows)} snapshots")
+    return _exit_code(damaged)
+
+
+def _exit_code(damaged: list[str]) -> int:
+    """The readable snapshots are listed; the damaged ones make it an integrity error (exit 4)."""
+    if damaged:
+        raise IntegrityError(f"{len(damaged)} snapshot file{'s' if len(damaged) > 1 else ''} could not be read")
     return 0

@@ -479,14 +479,32 @@ class Repository:
         data = self.load_file(FileType.SNAPSHOT, name, snapshot_fmt.AAD)
         return _decode_named(Snapshot.decode, data, f"snapshots/{name}")
 
-    def list_snapshots(self) -> list[tuple[str, Snapshot]]:
-        """All snapshots, oldest first; loaded in parallel for remote backends."""
+    def list_snapshots(
+        self, on_damaged: Callable[[str, IntegrityError], None] | None = None
+    ) -> list[tuple[str, Snapshot]]:
+        """All snapshots, oldest first; loaded in parallel for remote backends.
+
+        A snapshot file that cannot be read raises, unless `on_damaged` is given: it is then told,
+        and the snapshot left out (right for listing and for finding a backup's parent; wrong for
+        prune, which must never decide what is unused from a partial list).
+        """
         names = [n for n, _ in self.backend.list(FileType.SNAPSHOT)]
         if self.files is not None:
             self.files.forget_except(FileType.SNAPSHOT, set(names))
+
+        def load(name: str) -> Snapshot | None:
+            try:
+                return self.load_snapshot(name)
+            except IntegrityError as exc:
+                if on_damaged is None:
+                    raise
+                on_damaged(name, exc)
+                return None
+
         with ThreadPoolExecutor(8, thread_name_prefix="bfs-snap") as pool:
-            snaps = list(pool.map(self.load_snapshot, names))
-        return sorted(zip(names, snaps, strict=True), key=lambda p: (p[1].time_ns, p[0]))
+            snaps = list(pool.map(load, names))
+        found = [(n, s) for n, s in zip(names, snaps, strict=True) if s is not None]
+        return sorted(found, key=lambda p: (p[1].time_ns, p[0]))
 
     def find_snapshot(self, ref: str, snapshots: list[tuple[str, Snapshot]] | None = None) -> tuple[str, Snapshot]:
         """`latest`, a full id or a unique id prefix."""
