@@ -341,12 +341,16 @@ class PruneStats:
     bytes_written: int = 0
     index_files_written: int = 0
 
+    executed: bool = False
+
     @property
     def freed_bytes(self) -> int:
-        return self.size - self.size_after + self.unindexed_bytes
+        """Pack bytes deleted minus pack bytes written (estimated from the plan until executed)."""
+        written = self.bytes_written if self.executed else self.repack_used_bytes
+        return self.unindexed_bytes + self.delete_bytes + self.repack_bytes - written
 
     def as_dict(self) -> dict[str, int]:
-        d = dataclasses.asdict(self)
+        d: dict[str, int] = dataclasses.asdict(self)
         d["freed_bytes"] = self.freed_bytes
         return d
 
@@ -725,6 +729,7 @@ class PrunePlan:
                 f"prune stopped: {exc}. The repository is consistent and nothing in use was deleted; "
                 "run prune again (after making space, if the storage is full)"
             ) from exc
+        self.stats.executed = True
         hook("done")
         return self.stats
 

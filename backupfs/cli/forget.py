@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from backupfs.backends.base import FileType
 from backupfs.cli._common import format_time, open_repository, print_json
-from backupfs.cli.prune import add_prune_args, prune_options, prune_repository
+from backupfs.cli.prune import add_prune_args, prune_options, prune_repository, refuse_no_lock
 from backupfs.cli.snapshots import add_filter_args, snapshot_json
 from backupfs.errors import NotFound, UsageError
 from backupfs.format.snapshot import Snapshot
@@ -89,6 +89,7 @@ def _policy(args: argparse.Namespace) -> Policy:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_no_lock(args)
     policy = _policy(args)
     if args.snapshots and not policy.is_empty():
         raise UsageError("give either snapshot ids or --keep-* options, not both")

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Iterable
 
 from backupfs.cli._common import err, human_size, open_repository, print_json
+from backupfs.errors import UsageError
 from backupfs.prune import PackInfo, PruneOptions, PrunePlan, PruneStats, parse_max_unused, parse_size, plan_prune
 from backupfs.repository.repo import Repository
 
@@ -38,8 +39,15 @@ def prune_options(args: argparse.Namespace) -> PruneOptions:
     )
 
 
+def refuse_no_lock(args: argparse.Namespace) -> None:
+    """Deleting without the exclusive lock could delete a running backup's packs."""
+    if getattr(args, "no_lock", False) and not args.dry_run:
+        raise UsageError(f"--no-lock cannot be used with {args.command}: it needs the exclusive lock (try --dry-run)")
+
+
 def run(args: argparse.Namespace) -> int:
     # A dry run changes nothing, so it may run next to backups; the real thing needs them gone.
+    refuse_no_lock(args)
     opts = prune_options(args)
     with open_repository(args, lock="shared" if args.dry_run else "exclusive", load_index=False) as repo:
         prune_repository(repo, args, opts, dry_run=args.dry_run)
