@@ -1,0 +1,1 @@
+"""Backend tests. A package so that its conftest does not shadow tests/conftest.py as module `conftest`."""

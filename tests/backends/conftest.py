@@ -1,0 +1,70 @@
+"""Server fixtures for backend tests: a real OpenSSH sshd and a real moto S3 server.
+
+`sshd_server` and `s3_server` are session-scoped and shared; each test takes a fresh repository
+on them with `server.url(name)` and passes `**server.options` to `open_backend`. Tests that stop
+or break a server start a private one (`private_sshd`, `private_s3`) so they never disturb the
+shared ones. The classes live in backend_servers.py for reuse outside pytest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from backupfs.backends.base import Backend
+
+from .backend_servers import BackendFactory, MotoServer, SSHDServer, ensure_sshd, env_vars
+
+
+def _sshd(workdir: Path) -> SSHDServer:
+    reason = ensure_sshd()
+    if reason:
+        pytest.skip(reason)
+    return SSHDServer(workdir)
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDServer]:
+    with _sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    # boto3 reads credentials from the environment, as it would for a user.
+    with env_vars(MotoServer.env, MotoServer.unset_env), MotoServer(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture
+def private_sshd(tmp_path: Path) -> Iterator[SSHDServer]:
+    with _sshd(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def private_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+    for key, value in MotoServer.env.items():
+        monkeypatch.setenv(key, value)
+    for key in MotoServer.unset_env:
+        monkeypatch.delenv(key, raising=False)
+    with MotoServer(tmp_path) as server:
+        yield server
+
+
+BACKENDS = ["memory", "local", "sftp", "s3"]
+
+
+@pytest.fixture(params=BACKENDS)
+def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BackendFactory]:
+    factory = BackendFactory(request.param, request, tmp_path)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def backend(make_backend: Callable[..., Backend]) -> Backend:
+    """A created, empty repository on each kind of backend, as open_backend returns it."""
+    return make_backend()
