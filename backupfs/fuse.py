@@ -74,10 +74,16 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False  # not NFS-exportable: the kernel never looks up "." or ".."
     enable_writeback_cache = False
 
-    def __init__(self, vfs: Vfs, *, enable_acl: bool = False) -> None:
+    def __init__(self, vfs: Vfs, *, enable_acl: bool = False, on_init: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.vfs = vfs
         self.enable_acl = enable_acl  # the kernel then enforces stored ACLs (with default_permissions)
+        self._on_init = on_init
+
+    def init(self) -> None:
+        """Called while the kernel's INIT request is answered (on the trio loop)."""
+        if self._on_init is not None:
+            self._on_init()
 
     @_translated
     async def lookup(self, parent_inode: int, name: bytes, ctx: RequestContext) -> EntryAttributes:

@@ -7,25 +7,21 @@ before the mount exists, so none can kill the process between mounting and servi
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
-import os
-import shutil
 import signal
 from collections.abc import AsyncIterator, Callable
 
 import trio
 
 from backupfs import fuse
-from backupfs.errors import BackupfsError, UsageError
 from backupfs.repository.repo import Repository
 from backupfs.vfs import Vfs, VfsOptions
 
 log = logging.getLogger(__name__)
 
-
-class FuseUnavailable(BackupfsError):
-    """The kernel or system cannot provide FUSE here."""
+_M_ARENA_MAX = -8  # glibc mallopt parameter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,52 +31,34 @@ class MountOptions:
     vfs: VfsOptions = dataclasses.field(default_factory=VfsOptions)
 
 
-def check_mountpoint(path: str) -> str:
-    """The absolute mount point, or a one-line UsageError saying what is wrong with it."""
-    mnt = os.path.abspath(path)
-    if not os.path.lexists(mnt):
-        raise UsageError(f"mount point {path} does not exist")
-    if not os.path.isdir(mnt):
-        raise UsageError(f"mount point {path} is not a directory")
-    if os.path.ismount(mnt):
-        raise UsageError(f"mount point {path} is busy: something is already mounted there")
-    try:
-        if os.listdir(mnt):
-            raise UsageError(f"mount point {path} is not empty")
-    except PermissionError as exc:
-        raise UsageError(f"mount point {path} cannot be read: {exc.strerror}") from exc
-    return mnt
-
-
-def check_fuse_available() -> None:
-    if not os.path.exists("/dev/fuse"):
-        raise FuseUnavailable(
-            "FUSE is not available: /dev/fuse does not exist (load the fuse module, or give the container /dev/fuse)"
-        )
-    if os.geteuid() != 0:
-        if shutil.which("fusermount3") is None:
-            raise FuseUnavailable("FUSE is not available: fusermount3 is not installed (install the fuse3 package)")
-    elif not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        raise FuseUnavailable("FUSE is not available: /dev/fuse cannot be opened")
-
-
 def run(repo: Repository, mountpoint: str, options: MountOptions, on_ready: Callable[[], None] | None = None) -> None:
     """Mounts `repo` at `mountpoint` and serves it until unmounted or signalled."""
+    _tune_malloc()
     trio.run(_main, repo, mountpoint, options, on_ready)
+
+
+def _tune_malloc() -> None:
+    """Chunks are decrypted in several threads, and glibc gives each thread its own heap arena
+    that keeps freed chunks: capping the arenas keeps a long-running mount's RSS down (measured
+    -27 MiB after a 1 GiB read). A fixed mmap threshold would cut more but zero-fills every
+    chunk's pages anew: it tripled the CPU time of a sequential read."""
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 async def _main(repo: Repository, mountpoint: str, options: MountOptions, on_ready: Callable[[], None] | None) -> None:
     vfs = Vfs(repo, options.vfs, invalidate=fuse.invalidate_entry)
-    ops = fuse.Operations(vfs, enable_acl=options.allow_other)
+    connected = trio.Event()
+    ops = fuse.Operations(vfs, enable_acl=options.allow_other, on_init=connected.set)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(vfs.serve)
             fuse.mount(ops, mountpoint, allow_other=options.allow_other)
             try:
                 nursery.start_soon(_stop_on_signal, signals)
-                _raise_readahead(mountpoint, options.readahead_kb)
-                if on_ready is not None:
-                    on_ready()
+                nursery.start_soon(_when_connected, connected, mountpoint, options.readahead_kb, on_ready)
                 await fuse.serve()
             finally:
                 fuse.unmount()
@@ -94,9 +72,19 @@ async def _stop_on_signal(signals: AsyncIterator[int]) -> None:
         return
 
 
+async def _when_connected(
+    connected: trio.Event, mountpoint: str, readahead_kb: int, on_ready: Callable[[], None] | None
+) -> None:
+    await connected.wait()
+    await trio.sleep(0)  # the INIT reply, which resets the read-ahead, is sent after init() returns
+    _raise_readahead(mountpoint, readahead_kb)
+    if on_ready is not None:
+        on_ready()
+
+
 def _raise_readahead(mountpoint: str, kb: int) -> None:
-    """Raises this mount's read-ahead (sysfs, root only). The setting belongs to the mount's own
-    backing device, which goes away with it: nothing to undo."""
+    """Raises this mount's read-ahead (sysfs, root only), once the kernel's INIT exchange has set
+    it. It belongs to the mount's own backing device, which goes away with it: nothing to undo."""
     dev = _mount_device(mountpoint)
     if dev is None or kb <= 0:
         return

@@ -71,6 +71,8 @@ _FMT = {
     BLOCKDEV: stat.S_IFBLK,
 }
 _SEQ_SLACK = 4 << 20  # a read this close to the previous one's end continues a sequential scan
+_PREFETCH_BATCH = 2  # chunks per prefetch job for a sequential reader
+_SIBLINGS_AHEAD = 32  # files whose chunk is prefetched ahead of a reader opening a folder's files in order
 _INDEX_RELOAD_MIN_INTERVAL = 10.0
 
 V = TypeVar("V")
@@ -217,7 +219,9 @@ class _Pending(Generic[V]):
 
 class _Loader(Generic[V]):
     """An LRU of loaded objects bounded by total cost, where concurrent misses for one key share
-    one load, and a prefetch is a load that nobody awaits yet. Loads run in worker threads."""
+    one load, and a prefetch is a load that nobody awaits yet. Loads run in worker threads; a
+    prefetch of several keys is one thread job, because each hop between the trio loop and a
+    thread costs the loop more Python time than decrypting a small blob does."""
 
     def __init__(
         self, load: Callable[[bytes], V], cost: Callable[[V], int], max_cost: int, limiter: trio.CapacityLimiter
@@ -241,40 +245,67 @@ class _Loader(Generic[V]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def cached(self, key: bytes) -> V | None:
+        return self._items.get(key)
+
+    def discard(self, key: bytes) -> None:
+        value = self._items.pop(key, None)
+        if value is not None:
+            self._used -= self._cost(value)
+
     async def get(self, key: bytes, keep: bool = True) -> V:
+        """The value for `key`; `keep=False` means the caller is its last user (the kernel
+        caches the pages): a cached value is then handed over and dropped, a loaded one not kept."""
         value = self._items.get(key)
         if value is not None:
-            self._items.move_to_end(key)
+            if keep:
+                self._items.move_to_end(key)
+            else:
+                self.discard(key)
             return value
-        p = self._pending.get(key) or self._start(key)
+        p = self._pending.get(key) or self._start([key], False)[0]
         p.keep |= keep
         await p.done.wait()
         if p.error is not None:
             raise p.error
         return p.value  # type: ignore[return-value]
 
-    def prefetch(self, key: bytes, max_pending: int) -> None:
-        if key in self._items or key in self._pending or len(self._pending) >= max_pending:
-            return
-        self._start(key).keep = True
+    def prefetch(self, keys: Sequence[bytes], max_pending: int) -> None:
+        """Starts loading those of `keys` not cached or loading yet, as one job, unless
+        `max_pending` keys are loading already."""
+        todo = [k for k in dict.fromkeys(keys) if k not in self._items and k not in self._pending]
+        if todo and len(self._pending) < max_pending:
+            self._start(todo, True)
 
-    def _start(self, key: bytes) -> _Pending[V]:
+    def _start(self, keys: list[bytes], keep: bool) -> list[_Pending[V]]:
         if self._nursery is None:
             raise RuntimeError("Vfs.serve() is not running")
-        p: _Pending[V] = _Pending()
-        self._pending[key] = p
-        self._nursery.start_soon(self._run, key, p)
-        return p
+        pendings: list[_Pending[V]] = []
+        for key in keys:
+            p: _Pending[V] = _Pending()
+            p.keep = keep
+            self._pending[key] = p
+            pendings.append(p)
+        self._nursery.start_soon(self._run, keys, pendings)
+        return pendings
 
-    async def _run(self, key: bytes, p: _Pending[V]) -> None:
-        try:
-            p.value = await trio.to_thread.run_sync(self._load, key, limiter=self._limiter)
-        except Exception as exc:
-            p.error = exc
-        del self._pending[key]
-        if p.error is None and p.keep and p.value is not None:
-            self._insert(key, p.value)
-        p.done.set()
+    async def _run(self, keys: list[bytes], pendings: list[_Pending[V]]) -> None:
+        results = await trio.to_thread.run_sync(self._load_all, keys, limiter=self._limiter)
+        for key, p, (value, error) in zip(keys, pendings, results, strict=True):
+            p.value, p.error = value, error
+            del self._pending[key]
+            if value is not None and p.keep:
+                self._insert(key, value)
+            p.done.set()
+
+    def _load_all(self, keys: list[bytes]) -> list[tuple[V | None, Exception | None]]:
+        out: list[tuple[V | None, Exception | None]] = []
+        for key in keys:
+            try:
+                out.append((self._load(key), None))
+            except Exception as exc:
+                out.append((None, exc))
+        return out
 
     def _insert(self, key: bytes, value: V) -> None:
         cost = self._cost(value)
@@ -337,6 +368,7 @@ class Vfs:
         self._index_ready = trio.Event()
         self._refresh_lock = trio.Lock()
         self._reported: set[tuple[int, bytes]] = set()
+        self._dir_reads: OrderedDict[int, tuple[int, int]] = OrderedDict()  # dir ino -> (last opened, ahead)
         self._started_ns = time.time_ns()
         opts = self.options
         self._chunks: _Loader[bytes] = _Loader(
@@ -855,6 +887,7 @@ class Vfs:
             raise FsError(errno.EINVAL)
         if node.content and not self._index_ready.is_set():
             await self._index_ready.wait()
+        self._prefetch_siblings(rec, node)
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = _Handle(rec, node)
@@ -882,35 +915,67 @@ class Vfs:
             if c_off + c_len > off:
                 pieces.append((c_off, c_len, bid))
             j += 1
-        if abs(off - h.last_end) <= _SEQ_SLACK:
+        sequential = abs(off - h.last_end) <= _SEQ_SLACK
+        if sequential:
             h.last_end = max(h.last_end, end)
             self._prefetch(h, content, j, end)
         else:
             h.last_end, h.ahead = end, 0
-        for _, _, bid in pieces[1:]:
-            self._chunks.prefetch(bid, 1 << 30)  # fetch the rest of a multi-chunk read in parallel
+        if len(pieces) > 1:
+            self._chunks.prefetch([bid for _, _, bid in pieces[1:]], 1 << 30)  # the rest meanwhile
         if len(pieces) == 1:
             c_off, c_len, bid = pieces[0]
             if c_off <= off and end <= c_off + c_len:
-                whole = off <= c_off and c_off + c_len <= end  # nobody needs it again: don't cache
-                data = await self._chunk(h, bid, keep=not whole)
+                # read to its end in order (or whole): the kernel has the pages, don't cache it
+                done = c_off + c_len <= end and (sequential or off <= c_off)
+                data = await self._chunk(h, bid, keep=not done)
                 if len(data) >= end - c_off:
                     return memoryview(data)[off - c_off : end - c_off]
-        buf = bytearray(end - off)  # zeros: holes stay zero
+        parts: list[bytes | memoryview] = []
+        pos = off
         for c_off, c_len, bid in pieces:
-            data = await self._chunk(h, bid, keep=True)
-            lo, hi = max(off, c_off), min(end, c_off + min(c_len, len(data)))
+            done = c_off + c_len <= end and (sequential or off <= c_off)
+            data = await self._chunk(h, bid, keep=not done)
+            lo, hi = max(pos, c_off), min(end, c_off + min(c_len, len(data)))
             if hi > lo:
-                buf[lo - off : hi - off] = memoryview(data)[lo - c_off : hi - c_off]
-        return buf
+                if lo > pos:
+                    parts.append(bytes(lo - pos))  # a hole
+                parts.append(memoryview(data)[lo - c_off : hi - c_off])
+                pos = hi
+        if pos < end:
+            parts.append(bytes(end - pos))
+        return b"".join(parts)  # one copy, no zero-filling
+
+    def _prefetch_siblings(self, rec: _Inode, node: Node) -> None:
+        """tar, cp -r and rsync open a folder's files one after another in listing order: once
+        two opens follow that order, the next small files' chunks are fetched concurrently, so
+        each open no longer waits for its own backend read and decryption in turn."""
+        parent = self._inodes.get(rec.parent)
+        if parent is None or parent.node is None or parent.node.subtree is None:
+            return
+        nodes = self._trees.cached(parent.node.subtree)  # only when the listing is at hand
+        if nodes is None:
+            return
+        i = bisect.bisect_left(nodes, node.name, key=_node_name)
+        last, ahead = self._dir_reads.pop(parent.ino, (-1, 0))
+        if 0 < i - last <= _SIBLINGS_AHEAD and ahead - i <= _SIBLINGS_AHEAD // 2:
+            start = max(i + 1, ahead)
+            ahead = min(len(nodes), i + 1 + _SIBLINGS_AHEAD)
+            batch = [
+                n.content[0][1] for n in nodes[start:ahead] if n.type == FILE and n.content and len(n.content) == 1
+            ]
+            self._chunks.prefetch(batch, 4 * _SIBLINGS_AHEAD)
+        self._dir_reads[parent.ino] = (i, ahead)
+        if len(self._dir_reads) > 64:
+            self._dir_reads.popitem(last=False)
 
     def _prefetch(self, h: _Handle, content: list[tuple[int, bytes]], j: int, end: int) -> None:
         limit = end + self.options.readahead_bytes
         j = max(j, h.ahead)
-        max_pending = 2 * self.options.workers
+        max_pending = 4 * self.options.workers
         while j < len(content) and content[j][0] < limit:
-            self._chunks.prefetch(content[j][1], max_pending)
-            j += 1
+            self._chunks.prefetch([bid for _, bid in content[j : j + _PREFETCH_BATCH]], max_pending)
+            j += _PREFETCH_BATCH
         h.ahead = j
 
     async def _chunk(self, h: _Handle, blob_id: bytes, keep: bool) -> bytes:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import os
 import re
+import shutil
 import sys
+import threading
 
 from backupfs.cli._common import err, open_repository
-from backupfs.errors import UsageError
+from backupfs.errors import BackupfsError, UsageError
+
+
+class FuseUnavailable(BackupfsError):
+    """The kernel or the system cannot provide FUSE here."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -30,22 +38,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here, not at the top: trio and pyfuse3 cost ~0.2 s to import, which every other
-    # command would pay, and a system without libfuse3 must still run the other commands.
-    from backupfs import mount
-    from backupfs.vfs import VfsOptions
-
     logging.basicConfig(
         stream=sys.stderr, format="backupfs: %(message)s", level=logging.INFO if args.verbose else logging.WARNING
     )
     if args.refresh <= 0:
         raise UsageError("--refresh must be positive")
-    mountpoint = mount.check_mountpoint(args.mountpoint)
-    mount.check_fuse_available()
-    options = mount.MountOptions(
-        allow_other=args.allow_other,
-        vfs=VfsOptions(cache_bytes=_parse_size(args.cache_size), refresh_interval=args.refresh),
-    )
+    cache_bytes = _parse_size(args.cache_size)
+    mountpoint = check_mountpoint(args.mountpoint)
+    check_fuse_available()
+    # trio and pyfuse3 take ~0.2 s to import: not at the top, so that other commands do not pay
+    # for them (and run where libfuse3 is missing), and in a thread, so that the import overlaps
+    # the password's key derivation (which releases the GIL) instead of delaying the mount.
+    importer = threading.Thread(target=_import_quietly, args=("backupfs.mount",), daemon=True)
+    importer.start()
 
     def ready() -> None:
         if not args.quiet:
@@ -54,8 +59,54 @@ def run(args: argparse.Namespace) -> int:
     # No lock: a mount may stay up for weeks and must not stop prune; it copes with packs that
     # prune removes (index reload) and with snapshots that forget removes (they disappear).
     with open_repository(args, lock=None, load_index=False) as repo:
+        importer.join()
+        try:
+            from backupfs import mount
+            from backupfs.vfs import VfsOptions
+        except ImportError as exc:  # pyfuse3 or libfuse3 missing
+            raise FuseUnavailable(f"FUSE is not available: {exc}") from exc
+
+        options = mount.MountOptions(
+            allow_other=args.allow_other, vfs=VfsOptions(cache_bytes=cache_bytes, refresh_interval=args.refresh)
+        )
         mount.run(repo, mountpoint, options, ready)
     return 0
+
+
+def check_mountpoint(path: str) -> str:
+    """The absolute mount point, or a one-line UsageError saying what is wrong with it."""
+    mnt = os.path.abspath(path)
+    if not os.path.lexists(mnt):
+        raise UsageError(f"mount point {path} does not exist")
+    if not os.path.isdir(mnt):
+        raise UsageError(f"mount point {path} is not a directory")
+    if os.path.ismount(mnt):
+        raise UsageError(f"mount point {path} is busy: something is already mounted there")
+    try:
+        if os.listdir(mnt):
+            raise UsageError(f"mount point {path} is not empty")
+    except PermissionError as exc:
+        raise UsageError(f"mount point {path} cannot be read: {exc.strerror}") from exc
+    return mnt
+
+
+def check_fuse_available() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise FuseUnavailable(
+            "FUSE is not available: /dev/fuse does not exist (load the fuse module, or give the container /dev/fuse)"
+        )
+    if os.geteuid() != 0:
+        if shutil.which("fusermount3") is None:
+            raise FuseUnavailable("FUSE is not available: fusermount3 is not installed (install the fuse3 package)")
+    elif not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise FuseUnavailable("FUSE is not available: /dev/fuse cannot be opened")
+
+
+def _import_quietly(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass  # the main thread imports it again and reports the error
 
 
 def _parse_size(text: str) -> int:
