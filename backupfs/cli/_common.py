@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from backupfs.backends import registry
 from backupfs.backends.base import Backend
 from backupfs.backends.local import LocalBackend
 from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError
@@ -32,10 +33,24 @@ def repo_url(args: argparse.Namespace) -> str:
     return url
 
 
-def open_backend(url: str) -> Backend:
-    if url.startswith("local:"):
-        url = url[len("local:") :]
-    return LocalBackend(url)
+def backend_options(args: argparse.Namespace) -> dict[str, str]:
+    """`-o key=value` options for the backend (e.g. -o sftp_port=2222), as restic's -o."""
+    options: dict[str, str] = {}
+    for item in getattr(args, "option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"invalid option {item!r}: expected KEY=VALUE")
+        options[key.strip().replace("-", "_").replace(".", "_")] = value
+    return options
+
+
+def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
+    return registry.open_backend(url, **(options or {}))
+
+
+def is_local(backend: Backend) -> bool:
+    """A local directory needs no local cache of its files (it would only double the disk use)."""
+    return isinstance(getattr(backend, "inner", backend), LocalBackend)
 
 
 def _read_password_source(args: argparse.Namespace) -> bytes | None:
@@ -98,10 +113,10 @@ def open_repository(
     args: argparse.Namespace, *, lock: str | None = "shared", load_index: bool = True
 ) -> Iterator[Repository]:
     """Opens, unlocks and locks the repository; `lock` is None, 'shared' or 'exclusive'."""
-    backend = open_backend(repo_url(args))
+    backend = open_backend(repo_url(args), backend_options(args))
     if not backend.exists():
         raise RepositoryNotFound(f"no repository at {backend.location} (create one with `backupfs init`)")
-    repo = Repository.open(backend, get_password(args), cache_dir=cache_dir(args))
+    repo = Repository.open(backend, get_password(args), cache_dir=cache_dir(args), cache_files=not is_local(backend))
     try:
         if lock is not None and not getattr(args, "no_lock", False):
             repo.lock(exclusive=(lock == "exclusive"), retry_for=float(getattr(args, "retry_lock", 0) or 0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from backupfs.chunker import DEFAULT_PARAMS
-from backupfs.cli._common import err, get_password, open_backend, print_json, repo_url
+from backupfs.cli._common import backend_options, err, get_password, open_backend, print_json, repo_url
 from backupfs.cli.copy import add_from_repo_args, open_from_repository
 from backupfs.copier import chunking_like
 from backupfs.crypto import SUITES, MasterKey
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    backend = open_backend(repo_url(args))
+    backend = open_backend(repo_url(args), backend_options(args))
     master: MasterKey | None = None
     chunker = DEFAULT_PARAMS
     if args.from_repo and not args.copy_chunker_params:

@@ -52,6 +52,11 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
         "--no-lock", action="store_true", default=d(False), help="do not lock the repository (read-only commands)"
     )
     parser.add_argument("--retry-lock", type=float, default=d(0), metavar="SECONDS", help="wait this long for a lock")
+    parser.add_argument(
+        "-o", "--option", action="append", default=d(None), metavar="KEY=VALUE", help="backend option (repeatable)"
+    )
+    parser.add_argument("--cache-dir", default=d(None), help="local cache folder (default ~/.cache/backupfs)")
+    parser.add_argument("--no-cache", action="store_true", default=d(False), help="do not use a local cache")
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
