@@ -37,6 +37,18 @@ def run(repo: Repository, mountpoint: str, options: MountOptions, on_ready: Call
     trio.run(_main, repo, mountpoint, options, on_ready)
 
 
+async def _trim_memory_periodically(interval: float = 5.0) -> None:
+    """Hands freed heap pages back to the OS now and then: after a large file has streamed
+    through, glibc keeps the freed chunk buffers (measured: 110 -> ~60 MiB RSS after 1 GiB)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    while True:
+        await trio.sleep(interval)
+        await trio.to_thread.run_sync(trim, 0)
+
+
 def _tune_malloc() -> None:
     """Chunks are decrypted in several threads, and glibc gives each thread its own heap arena
     that keeps freed chunks: capping the arenas keeps a long-running mount's RSS down (measured
@@ -58,6 +70,7 @@ async def _main(repo: Repository, mountpoint: str, options: MountOptions, on_rea
             fuse.mount(ops, mountpoint, allow_other=options.allow_other)
             try:
                 nursery.start_soon(_stop_on_signal, signals)
+                nursery.start_soon(_trim_memory_periodically)
                 nursery.start_soon(_when_connected, connected, mountpoint, options.readahead_kb, on_ready)
                 await fuse.serve()
             finally:

@@ -30,6 +30,7 @@ import errno
 import logging
 import os
 import stat
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -59,8 +60,9 @@ _INO_MASK = (1 << 63) - 1
 _K_TOP = 0  # a fixed folder of the layout (root, snapshots, ids, hosts, tags)
 _K_GROUP = 1  # hosts/<host> or tags/<tag>
 _K_LINK = 2  # a `latest` symlink
-_K_NODE = 3  # a node of a snapshot tree, a snapshot root, or a version of a file
+_K_NODE = 3  # a folder of a snapshot tree, a snapshot root, or a version of a file: keeps its node
 _K_VDIR = 4  # a folder under versions/
+_K_LEAF = 5  # any other entry of a snapshot tree: keeps only the id of the listing that holds it
 
 _FMT = {
     FILE: stat.S_IFREG,
@@ -90,10 +92,10 @@ class FsError(Exception):
 class VfsOptions:
     """Tunables. Timeouts are how long the kernel may cache entries and attributes."""
 
-    cache_bytes: int = 64 << 20  # decrypted chunks kept for partial and concurrent reads
+    cache_bytes: int = 32 << 20  # decrypted chunks kept for partial and concurrent reads
     readahead_bytes: int = 8 << 20  # how far ahead of a sequential reader chunks are prefetched
     workers: int = 4  # threads decrypting chunks at once
-    tree_cache_nodes: int = 50_000  # decoded directory entries kept (bounded memory)
+    tree_cache_nodes: int = 20_000  # decoded folder entries kept (~600 bytes each)
     refresh_interval: float = 3.0  # seconds between polls of the snapshot folder
     content_timeout: float = 86400.0  # snapshot content never changes
     dynamic_timeout: float = 1.0  # folders that follow the snapshot set
@@ -142,8 +144,8 @@ class _Inode:
         self.name = name
         self.kind = kind
         self.node = node
-        self.root = root  # _K_NODE: inode of the snapshot root it lies in (0 for versions)
-        self.extra = extra  # _K_LINK: target; _K_GROUP: (is_tag, name); _K_VDIR: _VState
+        self.root = root  # _K_NODE, _K_LEAF: inode of the snapshot root it lies in (0 for versions)
+        self.extra = extra  # _K_LINK: target; _K_GROUP: (is_tag, name); _K_VDIR: _VState; _K_LEAF: tree id
         self.refs = 0
 
 
@@ -308,12 +310,13 @@ class _Loader(Generic[V]):
         return out
 
     def _insert(self, key: bytes, value: V) -> None:
-        cost = self._cost(value)
-        if cost > self._max_cost or key in self._items:
+        """Evicts the least recently used; an item larger than the bound is kept alone (a huge
+        folder must not be decoded again for each of its files)."""
+        if key in self._items:
             return
         self._items[key] = value
-        self._used += cost
-        while self._used > self._max_cost:
+        self._used += self._cost(value)
+        while self._used > self._max_cost and len(self._items) > 1:
             _, old = self._items.popitem(last=False)
             self._used -= self._cost(old)
 
@@ -375,7 +378,7 @@ class Vfs:
             lambda bid: self._load_blob(DATA, bid), len, opts.cache_bytes, trio.CapacityLimiter(opts.workers)
         )
         self._trees: _Loader[list[Node]] = _Loader(
-            lambda tid: decode_tree(self._load_blob(TREE, tid)),
+            lambda tid: _compact(decode_tree(self._load_blob(TREE, tid))),
             lambda nodes: len(nodes) + 1,
             opts.tree_cache_nodes,
             trio.CapacityLimiter(4),
@@ -588,10 +591,11 @@ class Vfs:
 
     # ------------------------------------------------------------------ attributes
 
-    def _attr(self, rec: _Inode) -> Attr:
+    def _attr(self, rec: _Inode, node: Node | None = None) -> Attr:
+        """`node` is required for a _K_LEAF (which does not keep it)."""
         opts = self.options
-        node = rec.node
-        if rec.kind == _K_NODE and node is not None:
+        node = node or rec.node
+        if node is not None and rec.kind in (_K_NODE, _K_LEAF):
             entry_t = opts.content_timeout if rec.root not in (0, rec.ino) else opts.dynamic_timeout
             size = node.size if node.type == FILE else len(node.link_target or b"") if node.type == SYMLINK else 0
             return Attr(
@@ -639,41 +643,60 @@ class Vfs:
         return total * 8
 
     async def getattr(self, ino: int) -> Attr:
-        return self._attr(self._get(ino))
+        rec = self._get(ino)
+        return self._attr(rec, await self._node(rec))
+
+    async def _node(self, rec: _Inode) -> Node | None:
+        """The node of a tree entry: kept by folders, looked up again in its listing for the
+        rest. Files are most of a tree, and a node costs ~600 bytes: memory stays ~300 bytes per
+        inode the kernel holds, and the listing is usually still cached when it is needed."""
+        if rec.kind != _K_LEAF:
+            return rec.node
+        tree_id = rec.extra
+        assert isinstance(tree_id, bytes)
+        nodes = await self._load_tree(rec, tree_id)
+        i = bisect.bisect_left(nodes, rec.name, key=_node_name)
+        if i == len(nodes) or nodes[i].name != rec.name:
+            raise FsError(errno.ESTALE)
+        return nodes[i]
 
     # ------------------------------------------------------------------ lookup and listing
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
-        rec = await self._child(self._get(parent), name)
-        if rec is None:
-            raise FsError(errno.ENOENT)
-        self._ref(rec)
-        return self._attr(rec)
-
-    async def _child(self, prec: _Inode, name: bytes) -> _Inode | None:
-        kind = prec.kind
-        if kind == _K_NODE:
+        prec = self._get(parent)
+        if prec.kind == _K_NODE:
             node = prec.node
             if node is None or node.type != DIR:
                 raise FsError(errno.ENOTDIR)
             nodes = await self._tree_of(prec)
             i = bisect.bisect_left(nodes, name, key=_node_name)
-            if i < len(nodes) and nodes[i].name == name:
-                return self._tree_child(prec, nodes[i])
-            return None
-        if kind == _K_VDIR:
-            return await self._version_child(prec, name)
-        if kind == _K_LINK:
+            if i == len(nodes) or nodes[i].name != name:
+                raise FsError(errno.ENOENT)
+            rec = self._tree_child(prec, nodes[i])
+            self._ref(rec)
+            return self._attr(rec, nodes[i])
+        if prec.kind == _K_VDIR:
+            found = await self._version_child(prec, name)
+        elif prec.kind in (_K_LINK, _K_LEAF):
             raise FsError(errno.ENOTDIR)
-        await self._snaps_ready.wait()
-        return self._layout_child(prec, name)
+        else:
+            await self._snaps_ready.wait()
+            found = self._layout_child(prec, name)
+        if found is None:
+            raise FsError(errno.ENOENT)
+        self._ref(found)
+        return self._attr(found)
 
     def _tree_child(self, prec: _Inode, node: Node) -> _Inode:
         if node.type == FILE and (node.nlink or 0) > 1 and node.inode is not None and node.device is not None:
             key = b"\0hl" + _u64(prec.root) + _u64(node.device) + _u64(node.inode)
         else:
             key = _u64(prec.ino) + node.name
-        rec = self._new(key, prec.ino, node.name, _K_NODE, node)
+        if node.type == DIR:
+            rec = self._new(key, prec.ino, node.name, _K_NODE, node)
+        else:
+            assert prec.node is not None
+            rec = self._new(key, prec.ino, node.name, _K_LEAF, extra=prec.node.subtree)
         if rec.root == 0:
             rec.root = prec.root
         return rec
@@ -766,7 +789,7 @@ class Vfs:
             handle = _DirHandle(rec, await self._tree_of(rec), None)
         elif rec.kind == _K_VDIR:
             handle = _DirHandle(rec, None, await self._version_children(rec))
-        elif rec.kind == _K_LINK:
+        elif rec.kind in (_K_LINK, _K_LEAF):
             raise FsError(errno.ENOTDIR)
         else:
             await self._snaps_ready.wait()
@@ -785,7 +808,7 @@ class Vfs:
             nodes = handle.nodes
             for i in range(start, len(nodes)):
                 rec = self._tree_child(handle.rec, nodes[i])
-                yield DirEntry(nodes[i].name, self._attr(rec), i + 1, rec)
+                yield DirEntry(nodes[i].name, self._attr(rec, nodes[i]), i + 1, rec)
         else:
             items = handle.items or []
             for i in range(start, len(items)):
@@ -859,16 +882,17 @@ class Vfs:
         rec = self._get(ino)
         if rec.kind == _K_LINK and isinstance(rec.extra, bytes):
             return rec.extra
-        if rec.node is not None and rec.node.type == SYMLINK:
-            return rec.node.link_target or b""
+        node = await self._node(rec)
+        if node is not None and node.type == SYMLINK:
+            return node.link_target or b""
         raise FsError(errno.EINVAL)
 
     async def listxattr(self, ino: int) -> list[bytes]:
-        node = self._get(ino).node
+        node = await self._node(self._get(ino))
         return [k for k, _ in node.xattrs or ()] if node is not None else []
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
-        node = self._get(ino).node
+        node = await self._node(self._get(ino))
         for k, v in (node.xattrs if node is not None else None) or ():
             if k == name:
                 return v
@@ -880,8 +904,8 @@ class Vfs:
         rec = self._get(ino)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise FsError(errno.EROFS)
-        node = rec.node
-        if node is None or node.type == DIR or rec.kind != _K_NODE:
+        node = await self._node(rec)
+        if node is None or node.type == DIR or rec.kind not in (_K_NODE, _K_LEAF):
             raise FsError(errno.EISDIR)
         if node.type != FILE:
             raise FsError(errno.EINVAL)
@@ -1037,6 +1061,16 @@ def _hash_ino(key: bytes, salt: int = 0) -> tuple[int, int]:
     if ino < _FIRST_HASHED_INO:
         ino += _FIRST_HASHED_INO
     return ino, h >> 64
+
+
+def _compact(nodes: list[Node]) -> list[Node]:
+    """Shares the owner names among nodes: live inodes keep their nodes, ~10% less memory."""
+    for n in nodes:
+        if n.user is not None:
+            n.user = sys.intern(n.user)
+        if n.group is not None:
+            n.group = sys.intern(n.group)
+    return nodes
 
 
 def _group_key(rec: _Inode) -> tuple[bool, bytes]:
