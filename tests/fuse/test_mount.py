@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,9 +38,9 @@ def mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     whatever happened (SIGTERM, then SIGKILL and fusermount3 -u -z), so no test leaves a mount."""
     started: list[Mount] = []
 
-    def start(cli: Cli, *extra: str) -> Mount:
-        mnt = tmp_path / f"mnt{len(started)}"
-        mnt.mkdir()
+    def start(cli: Cli, *extra: str, mountpoint: Path | None = None) -> Mount:
+        mnt = mountpoint or tmp_path / f"mnt{len(started)}"
+        mnt.mkdir(exist_ok=True)
         log = tmp_path / f"mount{len(started)}.log"
         with open(log, "wb") as err:
             proc = subprocess.Popen(
@@ -267,3 +268,34 @@ def test_clear_errors_for_bad_mount_points(
     m = mount(cli)
     busy = cli("mount", m.path, check=False)
     assert busy.returncode == 2 and b"busy" in busy.stderr and busy.stderr.count(b"\n") == 1
+
+
+def test_allow_other_enforces_stored_permissions(mount: Callable[..., Mount], tmp_path: Path) -> None:
+    """Other users get in, and the kernel applies the stored modes (the paths must be
+    traversable by them: pytest's own temporary folders are not)."""
+    shared = Path(tempfile.mkdtemp(prefix="backupfs-mount-test-", dir="/var/tmp"))
+    try:
+        shared.chmod(0o755)
+        src = shared / "src"
+        src.mkdir(mode=0o755)
+        (src / "public").write_text("public\n")
+        (src / "private").write_text("private\n")
+        (src / "private").chmod(0o600)
+        cli = Cli(tmp_path)
+        cli("backup", src)
+        m = mount(cli, "--allow-other", mountpoint=shared / "mnt")
+        inside = only_snapshot(m) / str(src).lstrip("/")
+
+        def as_nobody(*cmd: str) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd], capture_output=True, check=False
+            )
+
+        assert as_nobody("cat", str(inside / "public")).stdout == b"public\n"
+        denied = as_nobody("cat", str(inside / "private"))
+        assert denied.returncode != 0 and b"Permission denied" in denied.stderr
+        assert (inside / "private").read_text() == "private\n"  # root may
+        assert m.stop() == 0
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(shared / "mnt")], check=False, capture_output=True)
+        shutil.rmtree(shared, ignore_errors=True)
