@@ -713,6 +713,13 @@ class PrunePlan:
                 # In no index, so no snapshot uses them, and with the exclusive lock no backup runs.
                 log(f"deleting {len(self.unindexed)} unindexed packs")
                 self._remove(FileType.DATA, self.unindexed, lambda _p: None)
+            # Temporary files of writers killed mid-save; prune holds the exclusive lock, and the
+            # age limit keeps even a stalled concurrent writer's file safe.
+            sweep = getattr(self.repo.backend, "remove_stale_temporaries", None)
+            if sweep is not None:
+                n = sweep()
+                if n:
+                    log(f"removed {n} abandoned temporary files")
             hook("garbage-deleted")
             if self.delete:
                 log(f"deleting {len(self.delete)} packs with nothing in use")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from conftest import CLI
@@ -47,3 +48,19 @@ def test_wrong_password_exit_code(cli: CLI) -> None:
     proc = cli("snapshots", check=False, env={"BACKUPFS_PASSWORD": "wrong"})
     assert proc.returncode == 12
     assert proc.stderr == b"backupfs: wrong password or no key found\n"
+
+
+def test_prune_sweeps_abandoned_temporary_files(cli: CLI, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    cli("backup", src)
+    old = cli.repo / "data" / "ab" / ".abcd.tmp-1234-5678"
+    fresh = cli.repo / "index" / ".ef01.tmp-1234-9999"
+    for p in (old, fresh):
+        p.write_bytes(b"half-written")
+    os.utime(old, (0, 1_000_000))
+    cli("prune")
+    assert not old.exists()
+    assert fresh.exists()  # might belong to a writer that is only slow
+    assert cli("check").returncode == 0
