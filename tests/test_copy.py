@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CLI, PASSWORD
+from rest_server import RestServer
 from richtree import rsync_diff
 
 
@@ -122,3 +123,18 @@ def test_copy_errors_are_clear(source: tuple[CLI, Path], make_cli, tmp_path: Pat
     assert proc.returncode == 10
     proc = src_cli("copy", "--from-repo", src_cli.repo, check=False, env={"BACKUPFS_FROM_PASSWORD": PASSWORD})
     assert proc.returncode == 2 and b"same repository" in proc.stderr
+
+
+def test_copy_to_an_append_only_rest_server(source: tuple[CLI, Path], make_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The 3-2-1 setup of docs/server.md: a nightly copy to an off-site append-only server."""
+    src_cli, data = source
+    env = {"BACKUPFS_FROM_PASSWORD": PASSWORD}
+    with RestServer(tmp_path / "srv", "--append-only") as srv:
+        offsite = make_cli(srv.url("offsite"))
+        offsite("init", "--copy-chunker-params", "--from-repo", src_cli.repo, env=env)
+        assert _json(offsite("copy", "--from-repo", src_cli.repo, "--json", env=env).stdout)["snapshots_copied"] == 2
+        again = _json(offsite("copy", "--from-repo", src_cli.repo, "--json", env=env).stdout)
+        assert again["snapshots_copied"] == 0 and again["data_added"] == 0
+        target = tmp_path / "restored"
+        offsite("restore", "latest", "--target", target)
+    assert rsync_diff(data, target / str(data).lstrip("/")) == ""

@@ -11,16 +11,22 @@ import base64
 import datetime
 import hashlib
 import ipaddress
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import bcrypt
 import httpx
 import pytest
+from conftest import CLI
 from rest_server import RestServer
+from richtree import make_rich_tree, rsync_diff
 
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend
@@ -32,6 +38,7 @@ from backupfs.repository.repo import Repository
 from backupfs.server import parse_range, parse_target
 
 FAST_KDF = (1, 8192)
+FAST_RETRY = ("-o", "retry_attempts=2", "-o", "retry_base_delay=0.05")
 
 
 @pytest.fixture(scope="module")
@@ -443,3 +450,82 @@ def test_tls(tmp_path: Path) -> None:
         trusted.save(FileType.DATA, name, data)
         assert trusted.load(FileType.DATA, name, 10, 10) == data[10:20]
         trusted.close()
+
+
+# ---------------------------------------------------------------------------- through the real CLI
+
+
+def test_backup_and_restore_through_rest(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    rich = make_rich_tree(tmp_path / "src")
+    src: Path = rich["root"]
+    with RestServer(tmp_path / "srv") as srv:
+        cli = CLI(srv.url("repo"), cli_env)  # type: ignore[arg-type]
+        cli("init")
+        cli("backup", src)
+        target = tmp_path / "target"
+        cli("restore", "latest", "--target", target, "--verify")
+        assert rsync_diff(src, target / str(src).lstrip("/")) == ""
+    # what the server wrote is a plain local repository
+    CLI(tmp_path / "srv" / "repo", cli_env)("check", "--read-data")
+
+
+def test_prune_through_an_append_only_server_is_refused(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    local = CLI(tmp_path / "srv" / "repo", cli_env)  # the administrator, on the server itself
+    local("init")
+    (src / "a").write_bytes(os.urandom(300_000))
+    first = json.loads(local("backup", src, "--json").stdout.splitlines()[-1])["snapshot_id"]
+    (src / "a").write_bytes(os.urandom(300_000))
+    local("backup", src)
+    local("forget", first)  # leaves unused data for prune to delete
+    before = tree_digest(local.repo)
+    with RestServer(tmp_path / "srv", "--append-only") as srv:
+        client = CLI(srv.url("repo"), cli_env)  # type: ignore[arg-type]
+        for args in (("prune",), ("forget", "latest")):
+            proc = client(*args, check=False)
+            lines = proc.stderr.decode().strip().splitlines()
+            assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr
+            assert "append-only" in lines[-1] and "on the server" in lines[-1], lines
+        client("backup", src)  # what an append-only client is for still works
+    after = tree_digest(local.repo)
+    assert {k: v for k, v in before.items() if not k.startswith("locks/")}.items() <= after.items()
+    local("prune")  # on the server side it is fine (and checks the repository first)
+
+
+def test_server_killed_mid_backup(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """The backup fails with one clear line; the repository stays consistent; the next run re-uses packs."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"f{i}").write_bytes(os.urandom(4 << 20))
+    srv = RestServer(tmp_path / "srv").start()
+    cli = CLI(srv.url("repo"), cli_env)  # type: ignore[arg-type]
+    cli("init", "--pack-size", "1")
+    backup = subprocess.Popen(
+        # two attempts, short pauses: a real outage would be ridden out for ~15 s (docs/backends.md)
+        [sys.executable, "-m", "backupfs", "-r", srv.url("repo"), *FAST_RETRY, "backup", str(src)],
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    packs = tmp_path / "srv" / "repo" / "data"
+    deadline = time.monotonic() + 120
+    while sum(1 for p in packs.rglob("*") if p.is_file() and not p.name.startswith(".")) < 8:
+        assert backup.poll() is None and time.monotonic() < deadline, "backup ended before the server was killed"
+        time.sleep(0.005)
+    srv.kill()
+    _out, err = backup.communicate(timeout=180)
+    lines = err.decode().strip().splitlines()
+    assert backup.returncode == 1 and "Traceback" not in err.decode(), err.decode()
+    assert lines[-1].startswith("backupfs: ") and "connection refused" in lines[-1], lines
+
+    server_side = CLI(tmp_path / "srv" / "repo", cli_env)
+    server_side("check")  # consistent: at most packs not yet indexed
+    srv.start(port=srv.port)
+    try:
+        summary = json.loads(cli("backup", src, "--json").stdout.splitlines()[-1])
+    finally:
+        srv.stop()
+    assert summary["data_added"] <= (24 - 8) << 20, summary  # the packs uploaded before are re-used
+    server_side("check", "--read-data")

@@ -6,7 +6,7 @@
                                                     absolute path; one / means a relative one)
     s3:https://endpoint/bucket/prefix               S3 or an S3-compatible server
     s3:s3.amazonaws.com/bucket/prefix               the same, https implied
-    rest:https://host:8000/path                     (not available yet)
+    rest:https://user:password@host:8000/path       a `backupfs serve` server (docs/server.md)
 
 Every backend comes wrapped in RetryBackend, so callers never retry by themselves.
 """
@@ -67,7 +67,8 @@ def open_backend(url: str, **options: Any) -> Backend:
     elif scheme == "s3":
         inner = _s3(url, rest, _only(given, scheme, _S3_OPTIONS))
     elif scheme == "rest":
-        raise UsageError(f"{url}: rest backend not available yet")
+        _only(given, scheme, {})
+        inner = _rest(url)
     else:
         raise UsageError(
             f"unknown repository type {scheme!r} in {url!r} (use local:, sftp:, s3: or rest:, "
@@ -169,6 +170,12 @@ def parse_sftp(url: str, rest: str | None = None) -> tuple[str | None, str, int 
         raise UsageError(f"{url}: expected sftp:user@host:/path or sftp://user@host:port//path")
     host = m.group("host").strip("[]")
     return m.group("user"), host, None, m.group("path")
+
+
+def _rest(url: str) -> Backend:
+    from backupfs.backends.rest import RestBackend
+
+    return RestBackend(url)
 
 
 def _s3(url: str, rest: str, kwargs: dict[str, Any]) -> Backend:

@@ -11,6 +11,7 @@ pipelines keep several requests in flight over kept-alive connections.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import urllib.parse
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from backupfs.backends.base import FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError, UsageError
 
 _ACCEPT_V2: Final = "application/vnd.x.restic.rest.v2"
+_NAME: Final = re.compile(r"[0-9a-f]{64}")
 _TRANSIENT_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -73,12 +75,19 @@ class RestBackend:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _url(self, ftype: FileType, name: str = "") -> httpx.URL:
+    def _file_url(self, ftype: FileType, name: str) -> httpx.URL | None:
+        """None for a name no repository file can have (the server only stores file ids)."""
         if ftype is FileType.CONFIG:
             return self._base.join("config")
-        if name and (len(name) > 255 or not all(c in "0123456789abcdefABCDEF" for c in name)):
-            raise BackendError(f"invalid file name {name!r}")
+        if not _NAME.fullmatch(name):
+            return None
         return self._base.join(f"{ftype.value}/{name}")
+
+    def _existing(self, ftype: FileType, name: str) -> httpx.URL:
+        url = self._file_url(ftype, name)
+        if url is None:
+            raise NotFound(f"{ftype.value}/{name}: not found")
+        return url
 
     def _request(
         self,
@@ -118,7 +127,7 @@ class RestBackend:
 
     def exists(self) -> bool:
         try:
-            self._request("HEAD", self._url(FileType.CONFIG), "config")
+            self._request("HEAD", self._existing(FileType.CONFIG, "config"), "config")
         except NotFound:
             return False
         return True
@@ -132,7 +141,10 @@ class RestBackend:
         what = f"save {ftype.value}/{name}"
         body = data if isinstance(data, bytes) else bytes(data)
         allow = (409,) if ftype is FileType.CONFIG else ()
-        if self._request("POST", self._url(ftype, name), what, content=body, allow=allow).status_code == 409:
+        url = self._file_url(ftype, name)
+        if url is None:
+            raise BackendError(f"invalid file name {name!r}")
+        if self._request("POST", url, what, content=body, allow=allow).status_code == 409:
             raise AlreadyExists(f"{self._location}: config already exists")
 
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -145,7 +157,7 @@ class RestBackend:
             headers = {"range": f"bytes={offset}-{offset + length - 1}"}
         elif offset:
             headers = {"range": f"bytes={offset}-"}
-        response = self._request("GET", self._url(ftype, name), what, headers=headers, allow=(416,))
+        response = self._request("GET", self._existing(ftype, name), what, headers=headers, allow=(416,))
         if response.status_code == 416:  # the range starts at or after the end of the file
             if length is None:
                 return b""  # like reading a local file from its end
@@ -160,7 +172,7 @@ class RestBackend:
         return data
 
     def stat(self, ftype: FileType, name: str) -> int:
-        response = self._request("HEAD", self._url(ftype, name), f"{ftype.value}/{name}")
+        response = self._request("HEAD", self._existing(ftype, name), f"{ftype.value}/{name}")
         try:
             return int(response.headers["content-length"])
         except (KeyError, ValueError) as exc:
@@ -174,7 +186,7 @@ class RestBackend:
                 pass
             return
         try:
-            response = self._request("GET", self._url(ftype), f"list {ftype.value}")
+            response = self._request("GET", self._base.join(f"{ftype.value}/"), f"list {ftype.value}")
         except NotFound:
             return
         try:
@@ -185,7 +197,7 @@ class RestBackend:
         yield from items
 
     def remove(self, ftype: FileType, name: str) -> None:
-        self._request("DELETE", self._url(ftype, name), f"remove {ftype.value}/{name}")
+        self._request("DELETE", self._existing(ftype, name), f"remove {ftype.value}/{name}")
 
     def close(self) -> None:
         self._client.close()

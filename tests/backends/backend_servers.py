@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from rest_server import RestServer
 
 from backupfs.backends.base import Backend
 from backupfs.backends.memory import MemoryBackend
@@ -429,6 +430,10 @@ class BackendFactory:
         elif self.kind == "s3":
             s3: MotoServer = self._request.getfixturevalue("s3_server")
             backend = open_backend(s3.url(name), **{**FAST_S3, **options})
+        elif self.kind == "rest":
+            rest: RestServer = self._request.getfixturevalue("rest_server")
+            self.fs_root = rest.path / name
+            backend = open_backend(rest.url(name), **{**FAST, **options})
         else:
             raise AssertionError(self.kind)
         self._opened.append(backend)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from rest_server import RestServer
 
 from backupfs.backends.base import Backend
 
@@ -38,6 +39,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestServer]:
+    """`backupfs serve` in a subprocess (tests/rest_server.py)."""
+    with RestServer(tmp_path_factory.mktemp("rest")) as server:
+        yield server
+
+
 @pytest.fixture
 def private_sshd(tmp_path: Path) -> Iterator[SSHDServer]:
     with _sshd(tmp_path) as server:
@@ -54,7 +62,7 @@ def private_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto
         yield server
 
 
-BACKENDS = ["memory", "local", "sftp", "s3"]
+BACKENDS = ["memory", "local", "sftp", "s3", "rest"]
 
 
 @pytest.fixture(params=BACKENDS)

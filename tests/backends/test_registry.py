@@ -177,9 +177,14 @@ def test_s3_unknown_profile_is_reported() -> None:
         open_backend("s3:http://127.0.0.1:9000/b", s3_profile="nope")
 
 
-def test_rest_is_not_available_yet() -> None:
-    with pytest.raises(UsageError, match="rest backend not available yet"):
-        open_backend("rest:http://127.0.0.1:8000/repo")
+def test_rest_urls() -> None:
+    backend = open_backend("rest:http://alice:se%2Fcret@127.0.0.1:8000/alice/repo")
+    assert backend.location == "rest:http://127.0.0.1:8000/alice/repo/"  # no password in messages
+    backend.close()
+    with pytest.raises(UsageError, match="does not apply to rest"):
+        open_backend("rest:http://127.0.0.1:8000/repo", sftp_port=22)
+    with pytest.raises(UsageError, match="invalid rest URL"):
+        open_backend("rest:ftp://127.0.0.1/repo")
 
 
 @pytest.mark.parametrize("url", ["ftp:host/repo", "b2:bucket/repo", "gs:bucket:/"])
