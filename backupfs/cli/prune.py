@@ -68,7 +68,7 @@ def prune_repository(
     plan = plan_prune(repo, opts, ignore_snapshots=ignore_snapshots, log=log)
     if dry_run or args.verbose:
         _print_packs(plan, args)
-    if not dry_run and not plan.nothing_to_do:
+    if not dry_run:  # also when the plan is empty: execute sweeps abandoned temporary files
         plan.execute(log=log)
     _print_summary(plan, args, dry_run)
     return plan.stats
