@@ -30,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import ssl
 import sys
 import threading
 import time
@@ -70,7 +71,7 @@ APPEND_ONLY_HEADER: Final = b"x-backupfs-append-only"
 
 
 class Htpasswd:
-    """An Apache htpasswd file with bcrypt (`$2y$`, `htpasswd -B`) or `{SHA}` entries.
+    """An Apache htpasswd file: bcrypt (`$2y$`, `htpasswd -B`), `$apr1$` (its default) or `{SHA}`.
 
     bcrypt costs ~0.1 s per check by design, far too slow for every request of a backup, so a
     successful check is remembered (as an HMAC under a per-process key, never the password) for
@@ -115,10 +116,10 @@ class Htpasswd:
             user, sep, hashed = line.partition(":")
             if not sep or not user:
                 warnings.append(f"{self.path}:{lineno}: malformed line ignored")
-            elif hashed.startswith(("$2y$", "$2b$", "$2a$", "{SHA}")):
+            elif hashed.startswith(("$2y$", "$2b$", "$2a$", "$apr1$", "{SHA}")):
                 entries[user] = hashed.encode()
             else:
-                warnings.append(f"{self.path}:{lineno}: unsupported hash for user {user!r} (use bcrypt: htpasswd -B)")
+                warnings.append(f"{self.path}:{lineno}: unsupported hash for user {user!r} (use htpasswd -B)")
         with self._lock:
             self._entries = entries
             self._verified.clear()
@@ -140,6 +141,8 @@ class Htpasswd:
             return True
         if hashed.startswith(b"{SHA}"):
             ok = hmac.compare_digest(base64.b64encode(hashlib.sha1(password).digest()), hashed[5:])
+        elif hashed.startswith(b"$apr1$"):
+            ok = hmac.compare_digest(apr1_md5(password, hashed.split(b"$")[2]), hashed)
         else:
             try:
                 ok = bcrypt.checkpw(password, hashed)
@@ -150,6 +153,40 @@ class Htpasswd:
                 if self._entries.get(user) == hashed:
                     self._verified[user] = (tag, now + self._cache_seconds)
         return ok
+
+
+_ITOA64: Final = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def apr1_md5(password: bytes, salt: bytes) -> bytes:
+    """Apache's "$apr1$" MD5-crypt, what `htpasswd` writes without -B: weak, but the default there."""
+    magic = b"$apr1$"
+    salt = salt[:8]
+    alternate = hashlib.md5(password + salt + password).digest()
+    ctx = password + magic + salt
+    for n in range(len(password), 0, -16):
+        ctx += alternate[: min(16, n)]
+    n = len(password)
+    while n:
+        ctx += b"\0" if n & 1 else password[:1]
+        n >>= 1
+    digest = hashlib.md5(ctx).digest()
+    for i in range(1000):  # the rounds are the algorithm's, chosen in 1994 to be slow then
+        block = password if i & 1 else digest
+        if i % 3:
+            block += salt
+        if i % 7:
+            block += password
+        block += digest if i & 1 else password
+        digest = hashlib.md5(block).digest()
+    out = bytearray()
+    groups = ((0, 6, 12, 4), (1, 7, 13, 4), (2, 8, 14, 4), (3, 9, 15, 4), (4, 10, 5, 4), (None, None, 11, 2))
+    for a, b, c, chars in groups:
+        value = (digest[a] << 16 if a is not None else 0) | (digest[b] << 8 if b is not None else 0) | digest[c]
+        for _ in range(chars):
+            out.append(_ITOA64[value & 0x3F])
+            value >>= 6
+    return magic + salt + b"$" + bytes(out)
 
 
 def _basic_credentials(headers: dict[bytes, bytes]) -> tuple[str, bytes] | None:
@@ -686,7 +723,10 @@ async def serve(opts: ServerOptions, log: Callable[[str], None] = lambda m: prin
         try:
             config.create_ssl_context()
         except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot load TLS certificate or key: {exc}") from exc
+            reason = "not a matching PEM certificate and key"
+            if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.strerror:
+                reason = exc.strerror
+            raise UsageError(f"cannot load --tls-cert {opts.tls_cert} / --tls-key {opts.tls_key}: {reason}") from exc
     if opts.htpasswd is None and not opts.listen.startswith(("127.", "localhost:", "[::1]:")):
         log("warning: serving without --htpasswd: anyone who can connect can read and write")
 

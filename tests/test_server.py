@@ -349,6 +349,8 @@ def _raw_request(port: int, method: bytes, path: bytes) -> bytes:
 def _htpasswd(path: Path, users: dict[str, str]) -> Path:
     lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=5)).decode()}" for u, p in users.items()]
     lines.append("carol:{SHA}" + base64.b64encode(hashlib.sha1(b"carols-pw").digest()).decode())
+    apr1 = subprocess.run(["openssl", "passwd", "-apr1", "daves-pw"], capture_output=True, check=True).stdout
+    lines.append("dave:" + apr1.decode().strip())  # what `htpasswd` writes by default
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -376,7 +378,11 @@ def test_authentication_and_private_repos(tmp_path: Path) -> None:
         alice.save_blob(0, b"alice's secret")
         alice.flush()
         alice.close()
-        for url in (srv.url("alice/r", "bob", "bobs-pw"), srv.url("alice/r", "carol", "carols-pw")):
+        for url in (
+            srv.url("alice/r", "bob", "bobs-pw"),
+            srv.url("alice/r", "carol", "carols-pw"),
+            srv.url("alice/r", "dave", "daves-pw"),
+        ):
             other = RestBackend(url)
             with pytest.raises(BackendError, match="403"):
                 other.exists()

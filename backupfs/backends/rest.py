@@ -27,10 +27,6 @@ _NAME: Final = re.compile(r"[0-9a-f]{64}")
 _TRANSIENT_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
 
 
-def _redacted(url: httpx.URL) -> str:
-    return str(url.copy_with(username=None, password=None))
-
-
 class RestBackend:
     """The Backend protocol over HTTP; see backupfs/server.py for the server side."""
 
