@@ -421,8 +421,11 @@ class Vfs:
         await self._index_ready.wait()
 
     async def _load_index(self) -> None:
-        await trio.to_thread.run_sync(self._initial_index, limiter=self._meta_limiter)
+        # its own thread, not under the refresh limiter: the snapshot list must not wait for it
+        t = time.monotonic()
+        await trio.to_thread.run_sync(self._initial_index)
         self._index_ready.set()
+        log.info("index loaded: %d blobs in %.3f s", len(self.repo.index), time.monotonic() - t)
 
     def _initial_index(self) -> None:
         names = {n for n, _ in self.repo.backend.list(FileType.INDEX)}
@@ -431,8 +434,10 @@ class Vfs:
             self._index_names = names
 
     async def _load_snapshot_set(self) -> None:
+        t = time.monotonic()
         await self.refresh(initial=True)
         self._snaps_ready.set()
+        log.info("%d snapshots loaded in %.3f s", len(self._model.snaps), time.monotonic() - t)
 
     async def refresh(self, *, initial: bool = False) -> bool:
         """Picks up snapshots made or forgotten since the last call; True if anything changed.

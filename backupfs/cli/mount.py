@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
-        stream=sys.stderr, format="backupfs: %(message)s", level=logging.INFO if args.verbose else logging.WARNING
+        stream=sys.stderr,
+        format="backupfs: %(relativeCreated)d ms: %(message)s" if args.verbose else "backupfs: %(message)s",
+        level=logging.INFO if args.verbose else logging.WARNING,
     )
     if args.refresh <= 0:
         raise UsageError("--refresh must be positive")
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     importer.start()
 
     def ready() -> None:
+        logging.getLogger(__name__).info("mounted")
         if not args.quiet:
             err(f"mounted at {mountpoint}; Ctrl-C or `fusermount3 -u {mountpoint}` unmounts")
 
