@@ -412,7 +412,7 @@ class Vfs:
                 await trio.sleep(self.options.refresh_interval)
                 try:
                     await self.refresh()
-                except BackupfsError as exc:
+                except Exception as exc:  # the repository may be unreachable for a while: keep serving
                     log.warning("cannot refresh the snapshot list: %s", exc)
 
     async def wait_loaded(self) -> None:
