@@ -1,15 +1,18 @@
-"""A repository behind `backupfs serve` (or any server speaking restic's REST protocol, v2 lists).
+"""A repository behind `backupfs serve` (restic's REST protocol, v2 listings).
 
 URL: `rest:http[s]://[user:password@]host:port/path/`. Credentials in the URL win over
 BACKUPFS_REST_USERNAME / BACKUPFS_REST_PASSWORD; BACKUPFS_REST_CACERT names a CA bundle for a
-server with a self-signed certificate.
+server with a private or self-signed certificate.
 
-One pooled `httpx.Client` serves every thread (it is thread-safe): the backup and restore
-pipelines keep several requests in flight over kept-alive connections.
+One urllib3 connection pool serves every thread (it is thread-safe): the backup and restore
+pipelines keep several requests in flight over kept-alive connections. urllib3 rather than
+httpx: on the test machine it spends half the CPU per request (0.9 vs 1.7 ms for a small ranged
+GET), and a restore makes one request per blob.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import ssl
@@ -17,7 +20,8 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Final
 
-import httpx
+import urllib3
+import urllib3.exceptions
 
 from backupfs.backends.base import FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError, UsageError
@@ -42,25 +46,35 @@ class RestBackend:
     ) -> None:
         if url.startswith("rest:"):
             url = url[len("rest:") :]
-        parsed = httpx.URL(url)
-        if parsed.scheme not in ("http", "https") or not parsed.host:
+        parts = urllib.parse.urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
             raise UsageError(f"invalid rest URL {url!r}: expected rest:http(s)://host:port/path")
-        user = urllib.parse.unquote(parsed.username) if parsed.username else None
+        user = urllib.parse.unquote(parts.username) if parts.username else None
         user = user or username or os.environ.get("BACKUPFS_REST_USERNAME")
-        secret = urllib.parse.unquote(parsed.password) if parsed.password else None
+        secret = urllib.parse.unquote(parts.password) if parts.password else None
         secret = secret or password or os.environ.get("BACKUPFS_REST_PASSWORD")
-        path = parsed.path if parsed.path.endswith("/") else parsed.path + "/"
-        self._base = parsed.copy_with(username=None, password=None, path=path, query=None, fragment=None)
-        self._location = "rest:" + str(self._base)
-        cacert = cacert or os.environ.get("BACKUPFS_REST_CACERT")
-        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=cacert) if cacert else True
-        self._client = httpx.Client(
-            auth=httpx.BasicAuth(user, secret or "") if user else None,
-            verify=verify,
-            timeout=httpx.Timeout(timeout, connect=15.0),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            headers={"accept": _ACCEPT_V2},
-            follow_redirects=False,
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        netloc = f"{host}:{port}" if port else host
+        self._path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        self._location = f"rest:{parts.scheme}://{netloc}{self._path}"  # never the password
+        self._headers = {"accept": _ACCEPT_V2}
+        if user:
+            self._headers.update(urllib3.util.make_headers(basic_auth=f"{user}:{secret or ''}"))
+        options: dict[str, object] = {}
+        if parts.scheme == "https":
+            context = ssl.create_default_context(cafile=cacert or os.environ.get("BACKUPFS_REST_CACERT"))
+            options["ssl_context"] = context
+        self._pool = urllib3.connection_from_url(
+            f"{parts.scheme}://{netloc}/",
+            maxsize=connections,
+            block=True,  # at most `connections` sockets; further threads wait for one
+            retries=False,  # RetryBackend decides what to retry
+            timeout=urllib3.Timeout(connect=15.0, read=timeout),
+            **options,
         )
         # set once any answer of a `backupfs serve --append-only` says so (prune can refuse early)
         self.append_only = False
@@ -71,51 +85,57 @@ class RestBackend:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _file_url(self, ftype: FileType, name: str) -> httpx.URL | None:
+    def _file_path(self, ftype: FileType, name: str) -> str | None:
         """None for a name no repository file can have (the server only stores file ids)."""
         if ftype is FileType.CONFIG:
-            return self._base.join("config")
+            return self._path + "config"
         if not _NAME.fullmatch(name):
             return None
-        return self._base.join(f"{ftype.value}/{name}")
+        return f"{self._path}{ftype.value}/{name}"
 
-    def _existing(self, ftype: FileType, name: str) -> httpx.URL:
-        url = self._file_url(ftype, name)
-        if url is None:
+    def _existing(self, ftype: FileType, name: str) -> str:
+        path = self._file_path(ftype, name)
+        if path is None:
             raise NotFound(f"{ftype.value}/{name}: not found")
-        return url
+        return path
 
     def _request(
         self,
         method: str,
-        url: httpx.URL,
+        path: str,
         what: str,
         *,
-        content: bytes | None = None,
+        body: bytes | None = None,
         headers: dict[str, str] | None = None,
-        params: dict[str, str] | None = None,
         allow: tuple[int, ...] = (),
-    ) -> httpx.Response:
+    ) -> urllib3.BaseHTTPResponse:
         """Sends one request; maps failures to the Backend errors. Statuses in `allow` are returned."""
+        all_headers = {**self._headers, **headers} if headers else self._headers
         try:
-            response = self._client.request(method, url, content=content, headers=headers, params=params)
-        except httpx.TimeoutException as exc:
-            raise TransientBackendError(f"{self._location}: {what}: timed out ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            if isinstance(_root_cause(exc), ssl.SSLError):  # a bad certificate does not heal by retrying
-                raise BackendError(f"{self._location}: {what}: TLS failed: {_describe(exc)}") from exc
+            response = self._pool.urlopen(
+                method, path, body=body, headers=all_headers, redirect=False, assert_same_host=False
+            )
+        except urllib3.exceptions.SSLError as exc:  # a bad certificate does not heal by retrying
+            raise BackendError(f"{self._location}: {what}: TLS failed: {_describe(exc)}") from exc
+        except urllib3.exceptions.NewConnectionError as exc:  # (a ConnectTimeoutError subclass)
+            raise TransientBackendError(f"{self._location}: {what}: {_describe(exc)}") from exc
+        except urllib3.exceptions.TimeoutError as exc:
+            raise TransientBackendError(f"{self._location}: {what}: timed out") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientBackendError(f"{self._location}: {what}: {_describe(exc)}") from exc
         if response.headers.get("x-backupfs-append-only") == "1":
             self.append_only = True
-        if response.status_code < 300 or response.status_code in allow:
+        status = response.status
+        if status < 300 or status in allow:
             return response
-        reason = response.text.strip().splitlines()[0][:200] if response.text.strip() else response.reason_phrase
-        if response.status_code == 404:
+        text = response.data.decode("utf-8", "replace").strip()
+        reason = text.splitlines()[0][:200] if text else (response.reason or str(status))
+        if status == 404:
             raise NotFound(f"{what}: not found")
-        if response.status_code == 401:
+        if status == 401:
             raise BackendError(f"{self._location}: authentication failed ({reason}); check user name and password")
-        message = f"{self._location}: {what}: server answered {response.status_code} ({reason})"
-        if response.status_code in _TRANSIENT_STATUS:
+        message = f"{self._location}: {what}: server answered {status} ({reason})"
+        if status in _TRANSIENT_STATUS:
             raise TransientBackendError(message)
         raise BackendError(message)
 
@@ -131,16 +151,17 @@ class RestBackend:
     def create(self) -> None:
         if self.exists():
             raise AlreadyExists(f"a repository already exists at {self._location}")
-        self._request("POST", self._base, "create repository", params={"create": "true"})
+        self._request("POST", self._path + "?create=true", "create repository")
 
     def save(self, ftype: FileType, name: str, data: bytes | memoryview) -> None:
         what = f"save {ftype.value}/{name}"
-        body = data if isinstance(data, bytes) else bytes(data)
-        allow = (409,) if ftype is FileType.CONFIG else ()
-        url = self._file_url(ftype, name)
-        if url is None:
+        path = self._file_path(ftype, name)
+        if path is None:
             raise BackendError(f"invalid file name {name!r}")
-        if self._request("POST", url, what, content=body, allow=allow).status_code == 409:
+        body = data if isinstance(data, bytes) else bytes(data)
+        headers = {"content-type": "application/octet-stream"}
+        allow = (409,) if ftype is FileType.CONFIG else ()
+        if self._request("POST", path, what, body=body, headers=headers, allow=allow).status == 409:
             raise AlreadyExists(f"{self._location}: config already exists")
 
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -154,15 +175,15 @@ class RestBackend:
         elif offset:
             headers = {"range": f"bytes={offset}-"}
         response = self._request("GET", self._existing(ftype, name), what, headers=headers, allow=(416,))
-        if response.status_code == 416:  # the range starts at or after the end of the file
+        if response.status == 416:  # the range starts at or after the end of the file
             if length is None:
                 return b""  # like reading a local file from its end
             raise BackendError(f"{what}: short read (0 of {length} bytes at {offset})")
-        data = response.content
-        if response.status_code == 200 and offset:
+        data = response.data
+        if response.status == 200 and offset:
             data = data[offset:]  # a server that ignores Range sends the whole file
         if length is not None:
-            data = data[:length] if response.status_code == 200 else data
+            data = data[:length] if response.status == 200 else data
             if len(data) != length:
                 raise BackendError(f"{what}: short read ({len(data)} of {length} bytes at {offset})")
         return data
@@ -182,11 +203,11 @@ class RestBackend:
                 pass
             return
         try:
-            response = self._request("GET", self._base.join(f"{ftype.value}/"), f"list {ftype.value}")
+            response = self._request("GET", f"{self._path}{ftype.value}/", f"list {ftype.value}")
         except NotFound:
             return
         try:
-            entries = response.json()
+            entries = json.loads(response.data)
             items = [(str(e["name"]), int(e["size"])) for e in entries]
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendError(f"list {ftype.value}: the server's answer is not a v2 listing") from exc
@@ -196,7 +217,7 @@ class RestBackend:
         self._request("DELETE", self._existing(ftype, name), f"remove {ftype.value}/{name}")
 
     def close(self) -> None:
-        self._client.close()
+        self._pool.close()
 
     def __enter__(self) -> RestBackend:
         return self
@@ -213,12 +234,28 @@ def _root_cause(exc: BaseException) -> BaseException:
         exc = nxt
 
 
-def _describe(exc: httpx.TransportError) -> str:
-    """The innermost cause, e.g. 'connection refused', not httpx's nested wrapper text."""
+def _describe(exc: BaseException) -> str:
+    """The innermost cause, e.g. 'connection refused', not the library's nested wrapper text."""
     cause = _root_cause(exc)
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"certificate verification failed ({cause.verify_message}); set BACKUPFS_REST_CACERT for a private CA"
+    for candidate in (exc, *_chain(exc)):
+        if isinstance(candidate, ssl.SSLCertVerificationError):
+            return (
+                f"certificate verification failed ({candidate.verify_message}); "
+                "set BACKUPFS_REST_CACERT for a private CA"
+            )
     if isinstance(cause, OSError) and cause.strerror and not isinstance(cause, ssl.SSLError):
         return cause.strerror.lower()
+    if isinstance(cause, OSError) and cause.errno is not None and os.strerror(cause.errno):
+        return os.strerror(cause.errno).lower()
     text = str(cause) or str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen = exc
+    while (nxt := seen.__cause__ or seen.__context__) is not None:
+        yield nxt
+        seen = nxt
+    reason = getattr(exc, "reason", None)  # urllib3 keeps the original error here
+    if isinstance(reason, BaseException):
+        yield reason
