@@ -451,10 +451,12 @@ class Vfs:
 
     async def _refresh(self, initial: bool) -> bool:
         names = await trio.to_thread.run_sync(self._list_snapshot_names, limiter=self._meta_limiter)
+        self._bad_snapshots &= names
+        names -= self._bad_snapshots  # damaged: reported once, not shown
         known = set(self._snapshots)
         if names == known:
             return False
-        added = sorted(names - known - self._bad_snapshots)
+        added = sorted(names - known)
         loaded = await trio.to_thread.run_sync(self._load_snapshots, added, limiter=self._meta_limiter)
         if loaded and not initial:
             await self._index_ready.wait()
@@ -462,7 +464,6 @@ class Vfs:
         old = self._model
         snapshots = {sid: snap for sid, snap in self._snapshots.items() if sid in names}
         snapshots.update(loaded)
-        self._bad_snapshots &= names
         self._snapshots = snapshots
         self._model = self._build_model(snapshots)
         if not initial:  # the kernel has cached nothing yet (and may not even be connected)

@@ -368,3 +368,17 @@ async def test_sequential_reads_prefetch_and_cache_stays_bounded(repo_path: Path
             for seed in range(8):
                 n.start_soon(reader, seed)
         vfs.release(fh)
+
+
+async def test_damaged_snapshot_file_is_skipped_once(repo_path: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a")
+    backup(repo_path, src)
+    bad = repo_path / "snapshots" / backup(repo_path, src, time_ns=1_800_000_000_000_000_000)
+    bad.write_bytes(b"garbage")
+    async with running(open_repo(repo_path), refresh_interval=3600) as vfs:
+        assert len(snapshot_names(vfs)) == 1
+        assert not await vfs.refresh()  # no change, no endless reloading
+        bad.unlink()
+        assert not await vfs.refresh()
