@@ -24,7 +24,7 @@ from backupfs.backends.base import FileType
 from backupfs.backends.memory import MemoryBackend
 from backupfs.chunker import Chunker
 from backupfs.crypto import AEGIS256, SUITES, XCHACHA, Cipher, IdHasher, MasterKey, unwrap_master_key, wrap_master_key
-from backupfs.errors import IntegrityError, UsageError, WrongPassword
+from backupfs.errors import BackendError, IntegrityError, UsageError, WrongPassword
 from backupfs.format import config as config_fmt
 from backupfs.format import index as index_fmt
 from backupfs.format import keyfile as keyfile_fmt
@@ -606,3 +606,23 @@ def test_repositories_do_not_share_ids() -> None:
     r2 = Repository.init(MemoryBackend(), b"pw", kdf=FAST_KDF)
     assert r1.blob_id(b"same file") != r2.blob_id(b"same file")
     assert r1.master.chunker_seed() != r2.master.chunker_seed()
+
+
+def test_packer_fails_fast_after_one_upload_failed_for_good() -> None:
+    """Queued packs are not uploaded (each with its own retries) once one upload has failed."""
+    calls: list[str] = []
+    gate = threading.Event()
+
+    def upload(name: str, data: bytes, entries: object) -> None:
+        calls.append(name)
+        gate.wait(5)
+        raise BackendError("server gone")
+
+    packer = Packer(Cipher(XCHACHA, bytes(32)), 1024, upload, uploaders=1, max_in_flight=8)
+    for i in range(5):
+        packer.add(0, bytes([i]) * 32, bytes(2048), 2048)
+    gate.set()
+    with pytest.raises(BackendError):
+        packer.flush()
+    packer.close()
+    assert len(calls) == 1

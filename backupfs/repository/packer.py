@@ -76,6 +76,10 @@ class Packer:
 
     def _run_upload(self, name: str, data: bytes, entries: list[PackEntry]) -> None:
         try:
+            if self._error is not None:
+                # One upload already failed for good (retries exhausted): the backup will fail;
+                # don't make every queued pack go through its own retry cycle first.
+                raise self._error
             self._upload(name, data, entries)
         except BaseException as exc:
             self._error = self._error or exc
