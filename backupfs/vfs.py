@@ -713,11 +713,7 @@ class Vfs:
             return []
         if not self._index_ready.is_set():
             await self._index_ready.wait()
-        try:
-            return await self._trees.get(node.subtree)
-        except BackupfsError as exc:
-            self._report(rec, node.subtree, f"cannot read the folder listing: {exc}")
-            raise FsError(errno.EIO) from exc
+        return await self._load_tree(rec, node.subtree)
 
     def _layout_children(self, rec: _Inode) -> list[tuple[bytes, _Inode]]:
         """The entries of the layout's own folders, made fresh from the current snapshot set."""
@@ -844,8 +840,8 @@ class Vfs:
     async def _load_tree(self, rec: _Inode, tree_id: bytes) -> list[Node]:
         try:
             return await self._trees.get(tree_id)
-        except BackupfsError as exc:
-            self._report(rec, tree_id, f"cannot read a folder listing: {exc}")
+        except Exception as exc:  # damaged or missing: this folder fails, nothing else
+            self._report(rec, tree_id, f"cannot read the folder listing: {_describe(exc)}")
             raise FsError(errno.EIO) from exc
 
     async def _version_children(self, rec: _Inode) -> list[tuple[bytes, _Inode]]:
@@ -1011,8 +1007,8 @@ class Vfs:
     async def _chunk(self, h: _Handle, blob_id: bytes, keep: bool) -> bytes:
         try:
             return await self._chunks.get(blob_id, keep)
-        except BackupfsError as exc:
-            self._report(h.rec, blob_id, str(exc))
+        except Exception as exc:  # damaged, missing or unreadable: this read fails, nothing else
+            self._report(h.rec, blob_id, _describe(exc))
             raise FsError(errno.EIO) from exc
 
     def _report(self, rec: _Inode, blob_id: bytes, msg: str) -> None:
@@ -1054,6 +1050,10 @@ class Vfs:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, BackupfsError) else f"{type(exc).__name__}: {exc}"
 
 
 def _u64(n: int) -> bytes:
