@@ -141,7 +141,7 @@ class Checker:
             packs = select_subset(packs, subset)
         self._log(f"read {len(packs)} packs")
         bad_blobs: set[bytes] = set()
-        with ThreadPoolExecutor(2, thread_name_prefix="bfs-check") as pool:
+        with ThreadPoolExecutor(4, thread_name_prefix="bfs-check") as pool:
             for pack_id, (problem, bad) in zip(packs, pool.map(self._verify_pack, packs), strict=True):
                 self.result.packs_read += 1
                 if problem is not None:
