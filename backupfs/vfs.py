@@ -72,7 +72,7 @@ _FMT = {
     CHARDEV: stat.S_IFCHR,
     BLOCKDEV: stat.S_IFBLK,
 }
-_SEQ_SLACK = 4 << 20  # a read this close to the previous one's end continues a sequential scan
+_SEQ_SLACK = 8 << 20  # a read this close to the frontier of earlier reads continues a sequential scan
 _PREFETCH_BATCH = 2  # chunks per prefetch job for a sequential reader
 _SIBLINGS_AHEAD = 32  # files whose chunk is prefetched ahead of a reader opening a folder's files in order
 _INDEX_RELOAD_MIN_INTERVAL = 10.0
@@ -92,7 +92,7 @@ class FsError(Exception):
 class VfsOptions:
     """Tunables. Timeouts are how long the kernel may cache entries and attributes."""
 
-    cache_bytes: int = 32 << 20  # decrypted chunks kept for partial and concurrent reads
+    cache_bytes: int = 16 << 20  # decrypted chunks kept for partial and concurrent reads
     readahead_bytes: int = 8 << 20  # how far ahead of a sequential reader chunks are prefetched
     workers: int = 4  # threads decrypting chunks at once
     tree_cache_nodes: int = 20_000  # decoded folder entries kept (~600 bytes each)
@@ -210,13 +210,14 @@ class _Model:
 
 
 class _Pending(Generic[V]):
-    __slots__ = ("done", "error", "keep", "value")
+    __slots__ = ("done", "drop", "error", "keep", "value")
 
     def __init__(self) -> None:
         self.done = trio.Event()
         self.value: V | None = None
         self.error: Exception | None = None
-        self.keep = False
+        self.keep = False  # somebody will want it again: cache it
+        self.drop = False  # its last user already has it: do not
 
 
 class _Loader(Generic[V]):
@@ -266,7 +267,10 @@ class _Loader(Generic[V]):
                 self.discard(key)
             return value
         p = self._pending.get(key) or self._start([key], False)[0]
-        p.keep |= keep
+        if keep:
+            p.keep = True
+        else:
+            p.drop = True
         await p.done.wait()
         if p.error is not None:
             raise p.error
@@ -296,7 +300,7 @@ class _Loader(Generic[V]):
         for key, p, (value, error) in zip(keys, pendings, results, strict=True):
             p.value, p.error = value, error
             del self._pending[key]
-            if value is not None and p.keep:
+            if value is not None and p.keep and not p.drop:
                 self._insert(key, value)
             p.done.set()
 
@@ -941,12 +945,17 @@ class Vfs:
             if c_off + c_len > off:
                 pieces.append((c_off, c_len, bid))
             j += 1
-        sequential = abs(off - h.last_end) <= _SEQ_SLACK
-        if sequential:
-            h.last_end = max(h.last_end, end)
-            self._prefetch(h, content, j, end)
-        else:
+        # The kernel's read-ahead sends several requests at once, and they arrive a little out of
+        # order: a read near the frontier is sequential, one far ahead is a seek (start over
+        # there), one far behind leaves the frontier alone (a re-read must not restart prefetch).
+        if off > h.last_end + _SEQ_SLACK:
+            sequential = False
             h.last_end, h.ahead = end, 0
+        else:
+            sequential = off >= h.last_end - _SEQ_SLACK
+            if sequential:
+                h.last_end = max(h.last_end, end)
+                self._prefetch(h, content, j, end)
         if len(pieces) > 1:
             self._chunks.prefetch([bid for _, _, bid in pieces[1:]], 1 << 30)  # the rest meanwhile
         if len(pieces) == 1:

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--allow-other", action="store_true", help="let other users in (the kernel then enforces stored permissions)"
     )
-    p.add_argument("--cache-size", default="32M", metavar="SIZE", help="decrypted chunks kept in memory (default 32M)")
+    p.add_argument("--cache-size", default="16M", metavar="SIZE", help="decrypted chunks kept in memory (default 16M)")
     p.add_argument(
         "--refresh", type=float, default=3.0, metavar="SECONDS", help="how often to look for new snapshots (default 3)"
     )
