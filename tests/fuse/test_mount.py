@@ -299,26 +299,3 @@ def test_allow_other_enforces_stored_permissions(mount: Callable[..., Mount], tm
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(shared / "mnt")], check=False, capture_output=True)
         shutil.rmtree(shared, ignore_errors=True)
-
-
-def test_prune_under_a_running_mount(cli: Cli, mount: Callable[..., Mount], tmp_path: Path) -> None:
-    """The mount holds no lock: forget + prune run, the forgotten snapshot disappears, and a
-    file whose chunk prune moved to a new pack is still read right (index reload, retry)."""
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "gone.bin").write_bytes(os.urandom(3 << 20))
-    kept = os.urandom(200_000)
-    (src / "kept.bin").write_bytes(kept)
-    cli("backup", src)
-    (src / "gone.bin").unlink()
-    cli("backup", src)
-    m = mount(cli, "-v")
-    m.wait_for(lambda: len(os.listdir(m.path / "snapshots")) == 2, what="both snapshots")
-    newest = os.readlink(m.path / "latest")
-    packs_before = {p.name for p in (cli.repo / "data").rglob("*") if p.is_file()}
-    cli("forget", "--keep-last", "1", "--prune", "--max-unused", "0")
-    packs_after = {p.name for p in (cli.repo / "data").rglob("*") if p.is_file()}
-    assert packs_before - packs_after, "prune removed no pack: the test proves nothing"
-    m.wait_for(lambda: len(os.listdir(m.path / "snapshots")) == 1, what="the forgotten snapshot to go")
-    assert (m.path / newest / str(src).lstrip("/") / "kept.bin").read_bytes() == kept
-    assert "reloading the repository index" in m.stderr()  # the chunk had moved
