@@ -75,6 +75,7 @@ _FMT = {
 _SEQ_SLACK = 8 << 20  # a read this close to the frontier of earlier reads continues a sequential scan
 _PREFETCH_BATCH = 2  # chunks per prefetch job for a sequential reader
 _SIBLINGS_AHEAD = 32  # files whose chunk is prefetched ahead of a reader opening a folder's files in order
+_SMALL_FILE = 1 << 20  # larger files are prefetched by their own sequential reads
 _INDEX_RELOAD_MIN_INTERVAL = 10.0
 
 V = TypeVar("V")
@@ -996,9 +997,14 @@ class Vfs:
         if 0 < i - last <= _SIBLINGS_AHEAD and ahead - i <= _SIBLINGS_AHEAD // 2:
             start = max(i + 1, ahead)
             ahead = min(len(nodes), i + 1 + _SIBLINGS_AHEAD)
-            batch = [
-                n.content[0][1] for n in nodes[start:ahead] if n.type == FILE and n.content and len(n.content) == 1
-            ]
+            budget = self.options.cache_bytes // 2  # prefetched chunks wait in the cache: fit them
+            batch = []
+            for n in nodes[start:ahead]:
+                if n.type == FILE and n.content and len(n.content) == 1 and n.size <= _SMALL_FILE:
+                    budget -= n.size
+                    if budget < 0:
+                        break
+                    batch.append(n.content[0][1])
             self._chunks.prefetch(batch, 4 * _SIBLINGS_AHEAD)
         self._dir_reads[parent.ino] = (i, ahead)
         if len(self._dir_reads) > 64:
