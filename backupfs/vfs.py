@@ -45,7 +45,7 @@ from backupfs.backends.base import FileType
 from backupfs.errors import BackupfsError, IntegrityError, NotFound
 from backupfs.format.pack import DATA, TREE
 from backupfs.format.snapshot import Snapshot
-from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree
+from backupfs.format.tree import DIR, FILE, FMT_OF_TYPE, SYMLINK, Node, decode_tree
 from backupfs.repository.repo import Repository
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,6 @@ _K_NODE = 3  # a folder of a snapshot tree, a snapshot root, or a version of a f
 _K_VDIR = 4  # a folder under versions/
 _K_LEAF = 5  # any other entry of a snapshot tree: keeps only the id of the listing that holds it
 
-_FMT = {
-    FILE: stat.S_IFREG,
-    DIR: stat.S_IFDIR,
-    SYMLINK: stat.S_IFLNK,
-    FIFO: stat.S_IFIFO,
-    CHARDEV: stat.S_IFCHR,
-    BLOCKDEV: stat.S_IFBLK,
-}
 _SEQ_SLACK = 8 << 20  # a read this close to the frontier of earlier reads continues a sequential scan
 _PREFETCH_BATCH = 2  # chunks per prefetch job for a sequential reader
 _SIBLINGS_AHEAD = 32  # files whose chunk is prefetched ahead of a reader opening a folder's files in order
@@ -611,7 +603,7 @@ class Vfs:
             size = node.size if node.type == FILE else len(node.link_target or b"") if node.type == SYMLINK else 0
             return Attr(
                 rec.ino,
-                _FMT[node.type] | node.mode,
+                FMT_OF_TYPE[node.type] | node.mode,
                 node.nlink or 1,
                 node.uid,
                 node.gid,

@@ -9,18 +9,10 @@ import sys
 
 from backupfs.cli._common import format_time, iso_time, open_repository, print_json
 from backupfs.cli.snapshots import snapshot_json
-from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node
+from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, FMT_OF_TYPE, SYMLINK, Node
 from backupfs.treeview import iter_tree, lookup, split_path
 
 _TYPE_NAMES = {FILE: "file", DIR: "dir", SYMLINK: "symlink", FIFO: "fifo", CHARDEV: "chardev", BLOCKDEV: "blockdev"}
-_FMT = {
-    FILE: stat.S_IFREG,
-    DIR: stat.S_IFDIR,
-    SYMLINK: stat.S_IFLNK,
-    FIFO: stat.S_IFIFO,
-    CHARDEV: stat.S_IFCHR,
-    BLOCKDEV: stat.S_IFBLK,
-}
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,8 +34,8 @@ def node_json(path: bytes, node: Node) -> dict[str, object]:
         "user": node.user,
         "group": node.group,
         "size": node.size if node.type == FILE else None,
-        "mode": _FMT[node.type] | node.mode,
-        "permissions": stat.filemode(_FMT[node.type] | node.mode),
+        "mode": FMT_OF_TYPE[node.type] | node.mode,
+        "permissions": stat.filemode(FMT_OF_TYPE[node.type] | node.mode),
         "mtime": iso_time(node.mtime_ns),
         "atime": iso_time(node.atime_ns),
         "ctime": iso_time(node.ctime_ns),
@@ -71,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(node_json(path, node))
             elif args.long:
-                mode = stat.filemode(_FMT[node.type] | node.mode)
+                mode = stat.filemode(FMT_OF_TYPE[node.type] | node.mode)
                 owner = f"{node.user or node.uid}/{node.group or node.gid}"
                 target = b" -> " + node.link_target if node.link_target else b""
                 line = f"{mode} {owner:>16} {node.size:>12} {format_time(node.mtime_ns)} ".encode()

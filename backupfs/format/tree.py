@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,15 @@ from backupfs.format._msgpack import is_int, unpack
 
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV = "f", "d", "l", "p", "c", "b"
 NODE_TYPES = frozenset({FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV})
+# node type -> the S_IFMT bits of st_mode, for everything that shows nodes as files (ls, mount)
+FMT_OF_TYPE = {
+    FILE: stat.S_IFREG,
+    DIR: stat.S_IFDIR,
+    SYMLINK: stat.S_IFLNK,
+    FIFO: stat.S_IFIFO,
+    CHARDEV: stat.S_IFCHR,
+    BLOCKDEV: stat.S_IFBLK,
+}
 
 # dataclass field -> msgpack key; fields left at None are not written.
 _KEYS: dict[str, str] = {
