@@ -15,17 +15,12 @@ backupfs init
 backupfs backup "$work/src"
 backupfs snapshots
 backupfs ls latest
-if backupfs help mount >/dev/null 2>&1 || backupfs mount --help >/dev/null 2>&1; then
-    mkdir -p "$work/mnt"
-    backupfs mount "$work/mnt" & pid=$!
-    for _ in $(seq 50); do [ -e "$work/mnt/latest" ] && break; sleep 0.1; done
-    ls -l "$work/mnt/latest$work/src/docs/"
-    cp "$work/mnt/latest$work/src/docs/note.txt" "$work/note-from-mount.txt"
-    kill -INT "$pid"; wait "$pid" || true
-    echo "copied back out of the mount: $(cat "$work/note-from-mount.txt")"
-else
-    backupfs restore latest --target "$work/restored"
-    echo "restored: $(cat "$work/restored$work/src/docs/note.txt")"
-fi
-cmp "$work/src/docs/note.txt" "$work/note-from-mount.txt" 2>/dev/null || true
+mkdir -p "$work/mnt"
+backupfs mount "$work/mnt" & pid=$!
+for _ in $(seq 100); do [ -e "$work/mnt/latest" ] && break; sleep 0.1; done
+ls -l "$work/mnt/latest$work/src/docs/"
+cp "$work/mnt/latest$work/src/docs/note.txt" "$work/note-from-mount.txt"
+cmp "$work/src/docs/data.bin" "$work/mnt/latest$work/src/docs/data.bin"
+kill -INT "$pid"; wait "$pid"
+echo "copied back out of the mount: $(cat "$work/note-from-mount.txt")"
 echo "demo files are in $work"
