@@ -192,11 +192,9 @@ class Restorer:
         the content is intact (hardlinks to it wait for that)."""
         try:
             ok = self._write_content(fd, node, path)
-        finally:
-            os.close(fd)
-        try:
             if ok:
-                self._apply(dir_fd, node, path)
+                for w in fsmeta.apply_metadata_fd(fd, node, owner=self._owner):
+                    self.stats.warnings.append(f"{os.fsdecode(path)}: {w}")
                 self.stats.add(files=1)
             else:
                 os.unlink(node.name, dir_fd=dir_fd)
@@ -205,6 +203,7 @@ class Restorer:
         except _BAD_VALUE as exc:
             self.stats.error(f"{os.fsdecode(path)}: {_bad_value(exc)}")
         finally:
+            os.close(fd)
             os.close(dir_fd)
         if self._progress is not None:
             self._progress(self.stats)
