@@ -269,7 +269,36 @@ class Tool:
         raise NotImplementedError
 
 
-class Backupfs(Tool):
+class ResticStyle(Tool):
+    """backupfs follows restic's command line, so both build the same commands."""
+
+    def backup(self, repo: Path, path: Path, name: str) -> list[str]:
+        return [self.exe, "-r", str(repo), "--json", "backup", str(path)]
+
+    def snapshot_id(self, run: Run, name: str) -> str:
+        for obj in json_lines(run.stdout):
+            if isinstance(obj, dict) and obj.get("message_type") == "summary":
+                return str(obj["snapshot_id"])
+        raise RuntimeError(f"no snapshot id in {self.name} output: {run.stdout[-500:]}")
+
+    def restore(self, repo: Path, snap: str, target: Path) -> tuple[list[str], Path | None]:
+        return [self.exe, "-r", str(repo), "-q", "restore", snap, "--target", str(target)], None
+
+    def check(self, repo: Path, read_data: bool) -> list[str]:
+        return [self.exe, "-r", str(repo), "-q", "check", *(["--read-data"] if read_data else [])]
+
+    def mount(self, repo: Path, mnt: Path) -> list[str]:
+        return [self.exe, "-r", str(repo), "mount", str(mnt)]
+
+    def forget_prune(self, repo: Path, keep_last: int) -> list[list[str]]:
+        return [[self.exe, "-r", str(repo), "-q", "forget", "--keep-last", str(keep_last), "--prune"]]
+
+    def count_snapshots(self, repo: Path) -> int | None:
+        r = run_cmd([self.exe, "-r", str(repo), "--json", "snapshots"], self.env(), timeout=600)
+        return next((len(o) for o in json_lines(r.stdout) if isinstance(o, list)), None)
+
+
+class Backupfs(ResticStyle):
     def env(self) -> dict[str, str]:
         e = dict(os.environ)
         e.pop("BACKUPFS_PASSWORD_FILE", None)
@@ -287,33 +316,8 @@ class Backupfs(Tool):
     def init(self, repo: Path) -> list[str]:
         return [self.exe, "-r", str(repo), "init"]
 
-    def backup(self, repo: Path, path: Path, name: str) -> list[str]:
-        return [self.exe, "-r", str(repo), "--json", "backup", str(path)]
 
-    def snapshot_id(self, run: Run, name: str) -> str:
-        for obj in json_lines(run.stdout):
-            if isinstance(obj, dict) and obj.get("message_type") == "summary":
-                return str(obj["snapshot_id"])
-        raise RuntimeError(f"no snapshot id in backupfs output: {run.stdout[-500:]}")
-
-    def restore(self, repo: Path, snap: str, target: Path) -> tuple[list[str], Path | None]:
-        return [self.exe, "-r", str(repo), "-q", "restore", snap, "--target", str(target)], None
-
-    def check(self, repo: Path, read_data: bool) -> list[str]:
-        return [self.exe, "-r", str(repo), "-q", "check", *(["--read-data"] if read_data else [])]
-
-    def mount(self, repo: Path, mnt: Path) -> list[str]:
-        return [self.exe, "-r", str(repo), "mount", str(mnt)]
-
-    def forget_prune(self, repo: Path, keep_last: int) -> list[list[str]]:
-        return [[self.exe, "-r", str(repo), "-q", "forget", "--keep-last", str(keep_last), "--prune"]]
-
-    def count_snapshots(self, repo: Path) -> int | None:
-        r = run_cmd([self.exe, "-r", str(repo), "--json", "snapshots"], self.env(), timeout=600)
-        return next((len(o) for o in json_lines(r.stdout) if isinstance(o, list)), None)
-
-
-class Restic(Tool):
+class Restic(ResticStyle):
     def env(self) -> dict[str, str]:
         e = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
         e["RESTIC_PASSWORD"] = PASSWORD
@@ -326,31 +330,6 @@ class Restic(Tool):
     def init(self, repo: Path) -> list[str]:
         # repository format 2 is the one with compression (zstd, mode "auto" by default)
         return [self.exe, "-r", str(repo), "init", "--repository-version", "2"]
-
-    def backup(self, repo: Path, path: Path, name: str) -> list[str]:
-        return [self.exe, "-r", str(repo), "--json", "backup", str(path)]
-
-    def snapshot_id(self, run: Run, name: str) -> str:
-        for obj in json_lines(run.stdout):
-            if isinstance(obj, dict) and obj.get("message_type") == "summary":
-                return str(obj["snapshot_id"])
-        raise RuntimeError(f"no snapshot id in restic output: {run.stdout[-500:]}")
-
-    def restore(self, repo: Path, snap: str, target: Path) -> tuple[list[str], Path | None]:
-        return [self.exe, "-r", str(repo), "-q", "restore", snap, "--target", str(target)], None
-
-    def check(self, repo: Path, read_data: bool) -> list[str]:
-        return [self.exe, "-r", str(repo), "-q", "check", *(["--read-data"] if read_data else [])]
-
-    def mount(self, repo: Path, mnt: Path) -> list[str]:
-        return [self.exe, "-r", str(repo), "mount", str(mnt)]
-
-    def forget_prune(self, repo: Path, keep_last: int) -> list[list[str]]:
-        return [[self.exe, "-r", str(repo), "-q", "forget", "--keep-last", str(keep_last), "--prune"]]
-
-    def count_snapshots(self, repo: Path) -> int | None:
-        r = run_cmd([self.exe, "-r", str(repo), "--json", "snapshots"], self.env(), timeout=600)
-        return next((len(o) for o in json_lines(r.stdout) if isinstance(o, list)), None)
 
 
 class Borg(Tool):
