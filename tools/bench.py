@@ -55,6 +55,8 @@ TOOLS = ("backupfs", "restic", "borg")
 SECTIONS = ("backup", "restore", "check", "mount", "prune")
 PASSWORD = "bench-password-not-secret"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# what repositories recorded before a setting was recorded were made with
+REPO_KEY_DEFAULTS = {"compression": "lz4"}
 
 
 def log(msg: str) -> None:
@@ -244,6 +246,14 @@ class Tool:
     def init(self, repo: Path) -> list[str]:
         raise NotImplementedError
 
+    def repo_key(self) -> dict[str, str]:
+        """Init settings a reused repository must have been made with (recorded in repos/state.json)."""
+        return {}
+
+    def made_with(self, key: dict[str, str]) -> bool:
+        """Whether a repository recorded with `key` has this tool's settings (absent = the old default)."""
+        return all(key.get(k, REPO_KEY_DEFAULTS.get(k)) == v for k, v in self.repo_key().items())
+
     def backup(self, repo: Path, path: Path, name: str) -> list[str]:
         raise NotImplementedError
 
@@ -299,6 +309,8 @@ class ResticStyle(Tool):
 
 
 class Backupfs(ResticStyle):
+    compression: str = "lz4"
+
     def env(self) -> dict[str, str]:
         e = dict(os.environ)
         e.pop("BACKUPFS_PASSWORD_FILE", None)
@@ -314,7 +326,10 @@ class Backupfs(ResticStyle):
         return run_cmd([self.exe, command, "--help"], self.env(), timeout=60).rc == 0
 
     def init(self, repo: Path) -> list[str]:
-        return [self.exe, "-r", str(repo), "init"]
+        return [self.exe, "-r", str(repo), "init", "--compression", self.compression]
+
+    def repo_key(self) -> dict[str, str]:
+        return {"compression": self.compression}
 
 
 class Restic(ResticStyle):
@@ -492,11 +507,17 @@ class Bench:
         self.timeout: float = args.timeout
         all_tools: dict[str, Tool] = {
             "backupfs": Backupfs(
-                "backupfs", find_backupfs(args.backupfs), self.work, "defaults: lz4, aegis256, 16 MiB packs"
+                "backupfs",
+                find_backupfs(args.backupfs),
+                self.work,
+                f"compression {args.backupfs_compression}, aegis256, 16 MiB packs",
             ),
             "restic": Restic("restic", "restic", self.work, "repository version 2, compression auto (zstd)"),
             "borg": Borg("borg", "borg", self.work),
         }
+        bfs = all_tools["backupfs"]
+        assert isinstance(bfs, Backupfs)
+        bfs.compression = args.backupfs_compression
         borg = all_tools["borg"]
         assert isinstance(borg, Borg)
         borg.encryption = args.borg_encryption
@@ -662,7 +683,7 @@ class Bench:
         snaps: dict[str, dict[str, str]] = {}
         for tool in self.tools:
             st = state.get(tool.name)
-            if st and st.get("corpus") == key and self.repo(tool).is_dir():
+            if st and st.get("corpus") == key and tool.made_with(st.get("settings", {})) and self.repo(tool).is_dir():
                 snaps[tool.name] = st["snapshots"]
                 continue
             log(f"preparing {tool.name} repository (not measured)")
@@ -673,7 +694,7 @@ class Bench:
                 if not r.ok:
                     raise RuntimeError(f"{tool.name} backup failed: {r.error()}")
                 snaps[tool.name][name] = tool.snapshot_id(r, f"{name}-1")
-            state[tool.name] = {"corpus": key, "snapshots": snaps[tool.name]}
+            state[tool.name] = {"corpus": key, "settings": tool.repo_key(), "snapshots": snaps[tool.name]}
             self.save_state(state)
         return snaps
 
@@ -750,7 +771,7 @@ class Bench:
         key = self.corpus_key()
         for tool in self.tools:
             if set(snaps[tool.name]) == {"mixed", "small"}:
-                state[tool.name] = {"corpus": key, "snapshots": snaps[tool.name]}
+                state[tool.name] = {"corpus": key, "settings": tool.repo_key(), "snapshots": snaps[tool.name]}
         self.save_state(state)
 
     def corpus_meta(self, trees: dict[str, TreeInfo]) -> None:
@@ -1171,6 +1192,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated tools (default: %(default)s)",
     )
     p.add_argument("--backupfs", help="backupfs executable (default: next to this Python, else on PATH)")
+    p.add_argument(
+        "--backupfs-compression",
+        default="lz4",
+        metavar="SPEC",
+        help="backupfs init --compression: lz4 (default, borg's codec here), zstd[:LEVEL] (restic's) or none",
+    )
     p.add_argument(
         "--borg-encryption",
         default="repokey",
