@@ -44,6 +44,7 @@ from backupfs.prune import (
     decode_index_into,
     encode_index,
     parse_max_unused,
+    parse_repack_threshold,
     parse_size,
     plan_prune,
 )
@@ -269,10 +270,18 @@ def test_repack_respects_max_unused_and_max_repack_size(scenario: Scenario, tmp_
 
     full = prune_json(pcli, "--dry-run")
     assert data_repacks(full) >= 2
-    # Tolerating any amount, or more than there is, repacks no data pack (tree packs are cheap: always).
-    for limit in ("unlimited", "10M"):
-        js = prune_json(pcli, "--dry-run", "--max-unused", limit)
-        assert data_repacks(js) == 0 and js["delete_packs"] == full["delete_packs"], limit
+    # Tolerating any amount repacks no data pack, whatever the threshold (tree packs are cheap: always);
+    # so does tolerating more than there is, with the per-pack threshold off (restic's rule alone).
+    for extra in (["--max-unused", "unlimited"], ["--max-unused", "10M", "--repack-threshold", "off"]):
+        js = prune_json(pcli, "--dry-run", *extra)
+        assert data_repacks(js) == 0 and js["delete_packs"] == full["delete_packs"], extra
+    # Within 10M, but the half-empty d* packs are over the 10% threshold: repacked for that reason.
+    js = prune_json(pcli, "--dry-run", "--max-unused", "10M")
+    assert data_repacks(js) == data_repacks(full) and js["repack_threshold"] == "10%"
+    assert {p["reason"] for p in js["repack"] if p["type"] == "data"} == {"threshold"}
+    text = pcli("prune", "--dry-run", "--max-unused", "10M").stdout.decode()
+    assert any(ln.startswith("repack ") and ln.endswith("(threshold)") for ln in text.splitlines()), text
+    assert f"{data_repacks(full)} at 10% unused or more" in text, text
     capped = prune_json(pcli, "--dry-run", "--max-repack-size", "1")
     assert capped["repack_packs"] == 0 and capped["delete_packs"] == full["delete_packs"]
     one = prune_json(pcli, "--dry-run", "--max-repack-size", "1100k")
@@ -515,6 +524,15 @@ def test_parse_max_unused_and_sizes() -> None:
     assert MaxUnused(0.0, None).limit(100) == 0
 
 
+def test_parse_repack_threshold() -> None:
+    assert parse_repack_threshold("10%") == 10.0 and parse_repack_threshold(" 15 ") == 15.0
+    assert parse_repack_threshold("0%") == 0.0 and parse_repack_threshold("100%") == 100.0
+    assert parse_repack_threshold("off") is None
+    for bad in ("-1%", "101%", "lots", "10M"):
+        with pytest.raises(UsageError):
+            parse_repack_threshold(bad)
+
+
 def test_bad_option_is_a_usage_error(pcli: CLI) -> None:
     for cmd in (("prune",), ("forget", "--keep-last", "1")):
         proc = pcli(*cmd, "--no-lock", check=False)
@@ -522,6 +540,8 @@ def test_bad_option_is_a_usage_error(pcli: CLI) -> None:
         assert pcli(*cmd, "--no-lock", "--dry-run").returncode == 0
     proc = pcli("prune", "--max-unused", "lots", check=False)
     assert proc.returncode == 2 and b"invalid --max-unused 'lots'" in proc.stderr
+    proc = pcli("forget", "--keep-last", "1", "--prune", "--repack-threshold", "lots", check=False)
+    assert proc.returncode == 2 and b"invalid --repack-threshold 'lots'" in proc.stderr
 
 
 # ---------------------------------------------------------------- in process, memory backend
@@ -613,6 +633,87 @@ def _mem_scenario() -> MemRepo:
     m.snapshot({f"f{i:03d}".encode(): [keep[i]] for i in range(60)} | {b"new": m.blobs(10)})
     m.forget(s1, s2)
     return m
+
+
+def _threshold_scenario() -> tuple[MemRepo, list[bytes], list[bytes]]:
+    """Two data packs of 50 blobs, one 20% unused and one 6% unused, beside 500 blobs fully in use:
+    the repository as a whole is only ~2.3% unused, within the default --max-unused of 5%."""
+    m = MemRepo()
+    a, b, c, d = m.blobs(40), m.blobs(10), m.blobs(47), m.blobs(3)
+    e = m.blobs(500)
+    t1 = m.snapshot({b"a": a, b"b": b})  # each snapshot flushes: one pack of its 50 blobs
+    t2 = m.snapshot({b"c": c, b"d": d})
+    t3 = m.snapshot({b"e": e})
+    m.snapshot({b"a": a, b"c": c, b"e": e})  # no new data
+    m.forget(t1, t2, t3)
+    return m, b, d
+
+
+def _plan(m: MemRepo, **opts: Any) -> Any:
+    repo = m.open(load_index=False)
+    try:
+        return plan_prune(repo, PruneOptions(**opts))
+    finally:
+        repo.close()
+
+
+def _partly_used_data_packs(plan: Any) -> dict[tuple[int, int], str]:
+    """(blobs, blobs in use) of every partly used data pack -> its reason to be repacked ('' = kept)."""
+    return {
+        (p.count, p.used_count): p.reason for p in plan.repack + plan.keep if p.type == DATA and p.used_count < p.count
+    }
+
+
+def test_repack_threshold_repacks_a_pack_with_that_share_unused_even_within_max_unused() -> None:
+    m, dropped20, dropped6 = _threshold_scenario()
+    default = _plan(m)
+    s = default.stats
+    assert s.unused_bytes - sum(p.unused_bytes for p in default.repack if p.type == TREE) < 0.05 * s.used_bytes
+    # the 20%-unused pack is repacked for the threshold (10% by default), the 6%-unused one is kept
+    assert _partly_used_data_packs(default) == {(50, 40): "threshold", (50, 47): ""}
+    assert {p.reason for p in default.repack if p.type == TREE} <= {"tree"}
+    assert s.unused_after == pytest.approx(3 * 20_000, rel=0.01)
+    # a lower threshold takes the 6% one too; 'off' is restic's rule alone: nothing, as within 5%
+    assert _partly_used_data_packs(_plan(m, repack_threshold=5.0)) == {(50, 40): "threshold", (50, 47): "threshold"}
+    assert _partly_used_data_packs(_plan(m, repack_threshold=None)) == {(50, 40): "", (50, 47): ""}
+    assert _partly_used_data_packs(_plan(m, repack_threshold=20.0)) == {(50, 40): "threshold", (50, 47): ""}
+    assert _partly_used_data_packs(_plan(m, repack_threshold=20.5)) == {(50, 40): "", (50, 47): ""}
+    # --max-unused still decides first (emptiest first), and 'unlimited' repacks no data pack at all
+    assert _partly_used_data_packs(_plan(m, max_unused=MaxUnused(0.0))) == {
+        (50, 40): "max-unused",
+        (50, 47): "max-unused",
+    }
+    assert _partly_used_data_packs(_plan(m, max_unused=MaxUnused(None, None), repack_threshold=0.0)) == {
+        (50, 40): "",
+        (50, 47): "",
+    }
+    # --max-repack-size bounds the threshold's repacking as well
+    pack20 = next(p for p in default.repack if p.type == DATA)
+    tree_bytes = sum(p.size for p in default.repack if p.type == TREE)
+    capped = _plan(m, max_repack_size=tree_bytes + pack20.size - 1)
+    assert _partly_used_data_packs(capped) == {(50, 40): "", (50, 47): ""}
+    assert capped.stats.repack_bytes <= tree_bytes + pack20.size - 1
+    assert _partly_used_data_packs(_plan(m, max_repack_size=tree_bytes + pack20.size)) == {
+        (50, 40): "threshold",
+        (50, 47): "",
+    }
+
+    # Carried out: the dropped blobs of the 20% pack are gone, the 6% pack stays as it is, and a
+    # second prune has nothing left to do (the threshold does not keep rewriting what it made).
+    packs_before = m.files(FileType.DATA)
+    stats = m.prune()
+    assert stats["repack_packs"] == default.stats.repack_packs and stats["packs_written"] >= 1
+    m.verify()
+    repo = m.open()
+    try:
+        assert all(repo.index.lookup(repo.blob_id(data)) is None for data in dropped20)
+        assert all(repo.index.lookup(repo.blob_id(data)) is not None for data in dropped6)
+    finally:
+        repo.close()
+    kept6 = [p.id.hex() for p in _plan(m).keep if p.used_count < p.count]
+    assert kept6 == [p.id.hex() for p in default.keep if p.used_count < p.count] and kept6[0] in packs_before
+    again = m.prune()
+    assert again["repack_packs"] == again["delete_packs"] == 0
 
 
 def test_duplicate_blobs_from_concurrent_backups_are_deduplicated() -> None:

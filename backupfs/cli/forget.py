@@ -74,7 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_filter_args(p)
     p.add_argument("-n", "--dry-run", action="store_true", help="only print what would be removed")
-    p.add_argument("--prune", action="store_true", help="run prune afterwards")
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="run prune afterwards, with the prune options below (--max-unused, --repack-threshold, ...)",
+    )
     add_prune_args(p)
     p.set_defaults(func=run)
 

@@ -7,7 +7,16 @@ from collections.abc import Iterable
 
 from backupfs.cli._common import err, human_size, open_repository, print_json
 from backupfs.errors import UsageError
-from backupfs.prune import PackInfo, PruneOptions, PrunePlan, PruneStats, parse_max_unused, parse_size, plan_prune
+from backupfs.prune import (
+    PackInfo,
+    PruneOptions,
+    PrunePlan,
+    PruneStats,
+    parse_max_unused,
+    parse_repack_threshold,
+    parse_size,
+    plan_prune,
+)
 from backupfs.repository.repo import Repository
 
 
@@ -24,7 +33,15 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
         "--max-unused",
         default="5%",
         metavar="LIMIT",
-        help="unused space to tolerate: a share of the repository (5%%, the default), a size (100M) or 'unlimited'",
+        help="unused space to tolerate: a share of the repository (5%%, the default), a size (100M) or "
+        "'unlimited' (then no data pack is repacked, whatever --repack-threshold says)",
+    )
+    p.add_argument(
+        "--repack-threshold",
+        default="10%",
+        metavar="PERCENT",
+        help="also repack every data pack with at least this share unused, even within --max-unused "
+        "(10%% by default, as borg compact; 'off' leaves it to --max-unused alone, as restic)",
     )
     p.add_argument(
         "--max-repack-size", metavar="SIZE", help="repack at most this much (total size of the packs rewritten)"
@@ -36,6 +53,7 @@ def prune_options(args: argparse.Namespace) -> PruneOptions:
     return PruneOptions(
         max_unused=parse_max_unused(args.max_unused),
         max_repack_size=parse_size(args.max_repack_size) if args.max_repack_size else None,
+        repack_threshold=parse_repack_threshold(args.repack_threshold),
     )
 
 
@@ -78,10 +96,10 @@ def _print_packs(plan: PrunePlan, args: argparse.Namespace) -> None:
     if args.json or args.quiet:
         return
 
-    def line(action: str, p: PackInfo) -> None:
+    def line(action: str, p: PackInfo, why: str = "") -> None:
         kind = "tree" if p.type else "data"
         used = 100 * p.used_bytes / max(1, p.blob_bytes)
-        print(f"{action:7} {p.id.hex()}  {kind}  {human_size(p.size):>12}  {used:5.1f}% used")
+        print(f"{action:7} {p.id.hex()}  {kind}  {human_size(p.size):>12}  {used:5.1f}% used{why}")
 
     for p in plan.delete:
         if p.size >= 0:
@@ -89,7 +107,7 @@ def _print_packs(plan: PrunePlan, args: argparse.Namespace) -> None:
         else:
             print(f"drop    {p.id.hex()}  (missing, nothing in use)")
     for p in plan.repack:
-        line("repack", p)
+        line("repack", p, f"  ({p.reason})")
     for name in plan.unindexed:
         print(f"delete  {name}  (in no index)")
 
@@ -102,7 +120,24 @@ def _pack_json(p: PackInfo) -> dict[str, object]:
         "blobs": p.count,
         "used_blobs": p.used_count,
         "used_bytes": p.used_bytes,
+        **({"reason": p.reason} if p.reason else {}),
     }
+
+
+def _threshold(opts: PruneOptions) -> str:
+    return "off" if opts.repack_threshold is None else f"{opts.repack_threshold:g}%"
+
+
+def _reasons(plan: PrunePlan) -> str:
+    """'; 2 tree, 5 for --max-unused, 3 at 10% unused or more' (the kinds that occur)."""
+    names = {
+        "tree": "tree",
+        "max-unused": "for --max-unused",
+        "threshold": f"at {_threshold(plan.opts)} unused or more",
+    }
+    counts = {r: sum(1 for p in plan.repack if p.reason == r) for r in names}
+    parts = [f"{n} {names[r]}" for r, n in counts.items() if n]
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> None:
@@ -114,6 +149,7 @@ def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> 
                 "dry_run": dry_run,
                 **s.as_dict(),
                 "max_unused": str(plan.opts.max_unused),
+                "repack_threshold": _threshold(plan.opts),
                 "delete": [_pack_json(p) for p in plan.delete],
                 "repack": [_pack_json(p) for p in plan.repack],
                 "unindexed": plan.unindexed,
@@ -131,7 +167,9 @@ def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> 
         ("delete", f"{s.delete_packs} packs, {human_size(s.delete_bytes)} (nothing in use)"),
         (
             "repack",
-            f"{s.repack_packs} packs, {human_size(s.repack_bytes)} (rewrites {human_size(s.repack_used_bytes)} in use)",
+            f"{s.repack_packs} packs, {human_size(s.repack_bytes)} (rewrites {human_size(s.repack_used_bytes)} in use"
+            + _reasons(plan)
+            + ")",
         ),
     ]
     if s.unindexed_packs:
@@ -144,7 +182,7 @@ def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> 
         (
             "after prune",
             f"{human_size(s.size_after)}, {human_size(s.unused_after)} unused ({pct_after:.1f}%, "
-            f"limit {plan.opts.max_unused})",
+            f"limit {plan.opts.max_unused}, repack threshold {_threshold(plan.opts)})",
         )
     )
     width = max(len(k) for k, _v in rows) + 1
