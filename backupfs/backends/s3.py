@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import logging
 import re
 import threading
@@ -171,7 +172,7 @@ class S3Backend:
             return BackendError(f"{what}: TLS certificate of {self._server()} not trusted")
         transient = (bex.ConnectionError, bex.HTTPClientError, bex.IncompleteReadError, OSError)
         if isinstance(exc, transient):
-            return TransientBackendError(f"{what}: cannot reach {self._server()}: {_first_line(exc)}")
+            return TransientBackendError(f"{what}: cannot reach {self._server()}: {_network_reason(exc)}")
         return BackendError(f"{what}: {_first_line(exc)}")
 
     def _server(self) -> str:
@@ -331,6 +332,22 @@ def _new_session(profile: str | None) -> Any:
         else:
             core.register_component("data_loader", _loader)
     return boto3.session.Session(botocore_session=core, profile_name=profile)
+
+
+def _network_reason(exc: BaseException) -> str:
+    """Why a request did not get through: botocore's own text repeats the URL but not the cause
+    ('Could not connect to the endpoint URL: "http://..."'); the cause is down the exception
+    chain ("Connection refused", "Name or service not known", a timeout)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, TimeoutError):
+            return "timed out"
+        if isinstance(cause, http.client.RemoteDisconnected):
+            return "the server closed the connection without a response"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:]
+        cause = cause.__cause__ or cause.__context__
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

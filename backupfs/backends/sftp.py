@@ -57,6 +57,12 @@ from backupfs.backends.base import FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
 
 log = logging.getLogger(__name__)
+# paramiko logs a dropped connection ("Socket exception: Connection reset by peer", sometimes
+# with a traceback) from its transport thread; every such failure already reaches the caller as
+# a TransientBackendError. Without a handler of its own, Python's last-resort handler would print
+# those records to a CLI user's stderr next to our one-line error; a NullHandler stops that, and
+# logging an application sets up (mount's) still receives them.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _TMP_MARK = ".tmp-"
 # 32 KiB is the largest request every SFTP server accepts; OpenSSH takes more, but measured
@@ -440,6 +446,7 @@ class SFTPBackend:
         if self.key_filename and not os.path.exists(self.key_filename):
             raise BackendError(f"SFTP identity file {self.key_filename} does not exist")
         ssh = paramiko.SSHClient()
+        started = time.monotonic()
         try:
             if self.known_hosts:
                 if not os.path.exists(self.known_hosts):
@@ -466,7 +473,8 @@ class SFTPBackend:
             ssh.close()
             if isinstance(exc, BackendError | KeyboardInterrupt | SystemExit):
                 raise
-            raise _connect_error(exc, where, self.known_hosts) from exc
+            timed_out = time.monotonic() - started >= 0.9 * self.timeout
+            raise _connect_error(exc, where, self.known_hosts, timed_out) from exc
         return _Connection(ssh, self.connections, self.timeout)
 
     def _connection(self) -> _Connection:
@@ -801,11 +809,13 @@ def _status_error(exc: _Status, what: str) -> BackendError:
 
 
 def _describe(exc: BaseException) -> str:
+    if not str(exc).strip() and isinstance(exc, TimeoutError | EOFError):
+        return "timed out" if isinstance(exc, TimeoutError) else "the server closed the connection"
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
 
 
-def _connect_error(exc: BaseException, where: str, known_hosts: str | None) -> BackendError:
+def _connect_error(exc: BaseException, where: str, known_hosts: str | None, timed_out: bool = False) -> BackendError:
     hosts_file = known_hosts or "~/.ssh/known_hosts"
     if isinstance(exc, _UnknownHost):
         return BackendError(
@@ -818,6 +828,14 @@ def _connect_error(exc: BaseException, where: str, known_hosts: str | None) -> B
         return BackendError(f"cannot connect to {where}: authentication failed ({_describe(exc)})")
     if isinstance(exc, OSError) and exc.__class__.__name__ == "gaierror":
         return BackendError(f"cannot connect to {where}: unknown host ({_describe(exc)})")
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        # paramiko's own text is "[Errno None] Unable to connect to port 22 on 10.0.0.1"; say why.
+        reasons = sorted({(e.strerror or _describe(e)).lower() for e in exc.errors.values()})
+        return TransientBackendError(f"cannot connect to {where}: {', '.join(reasons) or _describe(exc)}")
     if isinstance(exc, OSError | EOFError | paramiko.SSHException):
+        if timed_out:
+            # A silent server fails the handshake with whichever of paramiko's waits ends first
+            # ("Error reading SSH protocol banner", "No existing session", ...): say what happened.
+            return TransientBackendError(f"cannot connect to {where}: the server did not answer (timed out)")
         return TransientBackendError(f"cannot connect to {where}: {_describe(exc)}")
     return BackendError(f"cannot connect to {where}: {_describe(exc)}")
