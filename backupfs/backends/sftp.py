@@ -430,6 +430,7 @@ class SFTPBackend:
         self.timeout = timeout
         self._lock = threading.Lock()
         self._conn: _Connection | None = None
+        self._connect_error: tuple[float, BackendError] | None = None  # when and how the latest attempt failed
         self._closed = False
         self._fsync = True  # fsync@openssh.com; cleared when the server says it is unsupported
         self._posix_rename = True  # posix-rename@openssh.com, likewise
@@ -480,14 +481,26 @@ class SFTPBackend:
     def _connection(self) -> _Connection:
         if self._closed:
             raise BackendError(f"{self.location}: backend is closed")
+        waiting_since = time.monotonic()
         with self._lock:  # one thread reconnects; the others wait for it rather than pile on
             conn = self._conn
             if conn is not None and conn.alive():
                 return conn
+            if self._connect_error is not None and self._connect_error[0] >= waiting_since:
+                # Another thread's attempt failed while this one waited for it: that is the
+                # answer here too. Trying again at once would make every waiting thread sit
+                # through a timeout of its own, one after the other, against a silent server.
+                failed = self._connect_error[1]
+                raise type(failed)(*failed.args)
             if conn is not None:
                 conn.close()
                 self._conn = None
-            self._conn = self._connect()
+            try:
+                self._conn = self._connect()
+            except BackendError as exc:
+                self._connect_error = (time.monotonic(), exc)
+                raise
+            self._connect_error = None
             return self._conn
 
     @contextlib.contextmanager

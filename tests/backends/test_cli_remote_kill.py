@@ -5,6 +5,8 @@ error that names the cause, given within the timeout (the CLI prints it as its e
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +55,32 @@ def test_sftp_names_refused_and_unanswered_connections(tmp_path: Path, silent_po
     with pytest.raises(TransientBackendError, match=r"^cannot connect to .*: the server did not answer \(timed out\)$"):
         silent.stat(FileType.CONFIG, "config")
     silent.close()
+
+
+def test_sftp_threads_share_a_failed_reconnect(tmp_path: Path, silent_port: int) -> None:
+    """Threads waiting for another's reconnect take its failure instead of each sitting through a
+    timeout of their own in turn (which made a partitioned backup take threads x timeout)."""
+    backend = _sftp(tmp_path, silent_port, timeout=1)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            backend.stat(FileType.CONFIG, "config")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(5)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    elapsed = time.monotonic() - started
+    assert len(errors) == 5 and all(isinstance(e, TransientBackendError) for e in errors), errors
+    # the handshake fails on whichever of paramiko's waits ends first; the message says what happened
+    assert {str(e).split(": ", 1)[1] for e in errors} == {"the server did not answer (timed out)"}, errors
+    assert elapsed < 3.5, f"{elapsed:.1f} s: the threads waited for each other's timeouts"  # one after another: >= 5 s
+    backend.close()
 
 
 def test_s3_names_refused_and_unanswered_connections(monkeypatch: pytest.MonkeyPatch, silent_port: int) -> None:
