@@ -29,6 +29,10 @@ figure here, so S3 numbers say as much about moto as about the clients.
 
     python3 tools/bench_remote.py [--work DIR] [--scale F] [--only prune,mount] [--tools backupfs,restic]
 
+To measure a committed state while the working tree is being edited, clone it and put the clone
+first on the path: `git clone -q REPO /var/tmp/src && PYTHONPATH=/var/tmp/src python3 tools/bench_remote.py`
+(the results name the commit and directory backupfs was imported from).
+
 Results: a table per section on stdout (ratios are backupfs/restic: for speeds above 1x means
 backupfs is faster, for seconds, sizes and memory below 1x means backupfs is better), plus
 WORK/results/bench-remote-<time>.json and .md. A default run takes about 7 minutes on a busy
@@ -42,6 +46,7 @@ import contextlib
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -93,6 +98,16 @@ class S3Backupfs(Backupfs):
 class S3Restic(Restic):
     def env(self) -> dict[str, str]:
         return s3_env(super().env())  # RESTIC_CACHE_DIR is WORK/cache/restic (Restic.env)
+
+
+def clear_mountpoint(mnt: Path) -> None:
+    """Lazily unmount a mount left on `mnt` by a mount process that died: os.path.ismount() (which
+    bench.unmount checks) is False for such a dead FUSE mount, since stat() fails with ENOTCONN."""
+    with open("/proc/mounts", encoding="utf-8", errors="surrogateescape") as f:
+        mounted = any(len(x) > 1 and x[1] == str(mnt) for x in (line.split() for line in f))
+    if mounted:
+        log(f"  {mnt} was still mounted (a dead mount process?): umount -l")
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=60)
 
 
 def mean(values: list[float]) -> float | None:
@@ -353,6 +368,7 @@ class RemoteBench(Bench):
                 if cold:
                     self.wipe_cache(tool)
                 mnt = self.work / "mnt" / tool.name
+                clear_mountpoint(mnt)
                 mark = self.server_mark()
                 try:
                     res = self.mount_one(tool, mnt, snaps[tool.name], mixed, small, LARGE_REL)
@@ -408,8 +424,28 @@ class RemoteBench(Bench):
         lines.insert(2, f"- S3 server: {self.meta.get('s3_server', '?')}")
         return "\n".join(lines)
 
+    def backupfs_source(self) -> None:
+        """Record which backupfs the runs import (PYTHONPATH may point at another checkout) and its commit."""
+        tool = next((t for t in self.tools if t.name == "backupfs"), None)
+        if tool is None:
+            return
+        where = "import backupfs, os; print(os.path.dirname(os.path.dirname(os.path.abspath(backupfs.__file__))))"
+        r = run_cmd([sys.executable, "-c", where], tool.env(), cwd=Path("/"), timeout=60)
+        src = r.stdout.strip()
+        if not r.ok or not src:
+            return
+        rev = subprocess.run(["git", "-C", src, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", src, "status", "--porcelain", "--", "backupfs"], capture_output=True, text=True
+        )
+        commit = rev.stdout.strip() or "not a git checkout"
+        if dirty.stdout.strip():
+            commit += " with uncommitted changes in backupfs/"
+        self.meta["backupfs_commit"] = f"{commit} (imported from {src})"
+
     def run(self) -> int:
         self.collect_meta()
+        self.backupfs_source()
         moto_version = "?"
         with contextlib.suppress(ImportError):
             import moto
