@@ -241,3 +241,11 @@ def invalidate_entry(parent: int, name: bytes) -> None:
     """Tells the kernel to drop a cached name (from a background thread, never blocking)."""
     if _serving:
         pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+
+
+def store_pages(inode: int, data: memoryview) -> None:
+    """Puts a whole file's content into the kernel's page cache, so that reading it sends no
+    request. Call it from a worker thread only: it waits for the page locks of READs in flight,
+    which the trio loop answers."""
+    if _serving:
+        pyfuse3.notify_store(inode, 0, cast(bytes, data))  # any buffer will do: no copy

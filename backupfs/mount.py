@@ -61,7 +61,7 @@ def _tune_malloc() -> None:
 
 
 async def _main(repo: Repository, mountpoint: str, options: MountOptions, on_ready: Callable[[], None] | None) -> None:
-    vfs = Vfs(repo, options.vfs, invalidate=fuse.invalidate_entry)
+    vfs = Vfs(repo, options.vfs, invalidate=fuse.invalidate_entry, store=fuse.store_pages)
     connected = trio.Event()
     ops = fuse.Operations(vfs, enable_acl=options.allow_other, on_init=connected.set)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import stat
@@ -226,6 +227,7 @@ class _Loader(Generic[V]):
         self._cost = cost
         self._max_cost = max_cost
         self._limiter = limiter
+        self._then_limiter = trio.CapacityLimiter(1)
         self._items: OrderedDict[bytes, V] = OrderedDict()
         self._used = 0
         self._pending: dict[bytes, _Pending[V]] = {}
@@ -269,14 +271,25 @@ class _Loader(Generic[V]):
             raise p.error
         return p.value  # type: ignore[return-value]
 
-    def prefetch(self, keys: Sequence[bytes], max_pending: int) -> None:
+    def prefetch(
+        self,
+        keys: Sequence[bytes],
+        max_pending: int,
+        *,
+        keep: bool = True,
+        then: Callable[[bytes, V], None] | None = None,
+    ) -> None:
         """Starts loading those of `keys` not cached or loading yet, as one job, unless
-        `max_pending` keys are loading already."""
+        `max_pending` keys are loading already. `then(key, value)` runs in the worker thread
+        once the job's values are delivered; with `keep=False` a value is cached only if a reader
+        asked for it."""
         todo = [k for k in dict.fromkeys(keys) if k not in self._items and k not in self._pending]
         if todo and len(self._pending) < max_pending:
-            self._start(todo, True)
+            self._start(todo, keep, then)
 
-    def _start(self, keys: list[bytes], keep: bool) -> list[_Pending[V]]:
+    def _start(
+        self, keys: list[bytes], keep: bool, then: Callable[[bytes, V], None] | None = None
+    ) -> list[_Pending[V]]:
         if self._nursery is None:
             raise RuntimeError("Vfs.serve() is not running")
         pendings: list[_Pending[V]] = []
@@ -285,10 +298,12 @@ class _Loader(Generic[V]):
             p.keep = keep
             self._pending[key] = p
             pendings.append(p)
-        self._nursery.start_soon(self._run, keys, pendings)
+        self._nursery.start_soon(self._run, keys, pendings, then)
         return pendings
 
-    async def _run(self, keys: list[bytes], pendings: list[_Pending[V]]) -> None:
+    async def _run(
+        self, keys: list[bytes], pendings: list[_Pending[V]], then: Callable[[bytes, V], None] | None
+    ) -> None:
         results = await trio.to_thread.run_sync(self._load_all, keys, limiter=self._limiter)
         for key, p, (value, error) in zip(keys, pendings, results, strict=True):
             p.value, p.error = value, error
@@ -296,6 +311,19 @@ class _Loader(Generic[V]):
             if value is not None and p.keep and not p.drop:
                 self._insert(key, value)
             p.done.set()
+        if then is not None:
+            # Only after the values are delivered, and in a thread of its own: `then` may wait
+            # for a request that is waiting for one of these values (or for a loader thread).
+            loaded = [(key, value) for key, (value, _) in zip(keys, results, strict=True) if value is not None]
+            await trio.to_thread.run_sync(self._call_all, then, loaded, limiter=self._then_limiter)
+
+    @staticmethod
+    def _call_all(then: Callable[[bytes, V], None], loaded: list[tuple[bytes, V]]) -> None:
+        for key, value in loaded:
+            try:
+                then(key, value)
+            except Exception as exc:  # an optimisation only: the value was delivered anyway
+                log.debug("after loading %s: %s", key.hex(), exc)
 
     def _load_all(self, keys: list[bytes]) -> list[tuple[V | None, Exception | None]]:
         out: list[tuple[V | None, Exception | None]] = []
@@ -348,10 +376,12 @@ class Vfs:
         repo: Repository,
         options: VfsOptions | None = None,
         invalidate: Callable[[int, bytes], None] | None = None,
+        store: Callable[[int, memoryview], None] | None = None,
     ) -> None:
         self.repo = repo
         self.options = options or VfsOptions()
         self._invalidate = invalidate  # tells the kernel an entry it may cache has changed
+        self._store = store  # puts a file's content into the kernel's page cache (worker threads only)
         self._inodes: dict[int, _Inode] = {}
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, _DirHandle] = {}
@@ -990,17 +1020,46 @@ class Vfs:
             start = max(i + 1, ahead)
             ahead = min(len(nodes), i + 1 + _SIBLINGS_AHEAD)
             budget = self.options.cache_bytes // 2  # prefetched chunks wait in the cache: fit them
-            batch = []
+            batch: list[bytes] = []
+            pushed: dict[bytes, list[int]] = {}
             for n in nodes[start:ahead]:
-                if n.type == FILE and n.content and len(n.content) == 1 and n.size <= _SMALL_FILE:
-                    budget -= n.size
-                    if budget < 0:
-                        break
-                    batch.append(n.content[0][1])
+                if not (n.type == FILE and n.content and len(n.content) == 1 and n.size <= _SMALL_FILE):
+                    continue
+                bid = n.content[0][1]
+                ino = self._known_child(parent, n) if self._store is not None and n.content[0][0] == 0 else None
+                if ino is not None:
+                    pushed.setdefault(bid, []).append(ino)
+                    continue
+                budget -= n.size
+                if budget < 0:
+                    break
+                batch.append(bid)
             self._chunks.prefetch(batch, 4 * _SIBLINGS_AHEAD)
+            if pushed:
+                # Their pages go to the kernel, which then answers the reads itself: one request
+                # per file fewer, and nothing waits in our cache (keep=False).
+                push = functools.partial(self._push_pages, pushed)
+                self._chunks.prefetch(list(pushed), 4 * _SIBLINGS_AHEAD, keep=False, then=push)
         self._dir_reads[parent.ino] = (i, ahead)
         if len(self._dir_reads) > 64:
             self._dir_reads.popitem(last=False)
+
+    def _known_child(self, parent: _Inode, node: Node) -> int | None:
+        """The inode number of a listed entry the kernel holds (readdirplus told it), or None."""
+        rec = self._tree_child(parent, node)
+        return rec.ino if self._inodes.get(rec.ino) is rec else None
+
+    def _push_pages(self, targets: dict[bytes, list[int]], blob_id: bytes, data: bytes) -> None:
+        """Runs in a thread of its own, never on the loop nor in a loader thread: storing into a
+        page that a pending READ has locked waits until the loop has answered that READ, which
+        may need a loader thread."""
+        assert self._store is not None
+        view = memoryview(data)
+        for ino in targets.get(blob_id, ()):
+            try:
+                self._store(ino, view)
+            except OSError as exc:  # the kernel forgot the inode meanwhile: it will just READ
+                log.debug("cannot store the pages of inode %d: %s", ino, exc)
 
     def _prefetch(self, h: _Handle, content: list[tuple[int, bytes]], j: int, end: int) -> None:
         limit = end + self.options.readahead_bytes

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import stat
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -382,3 +383,42 @@ async def test_damaged_snapshot_file_is_skipped_once(repo_path: Path, tmp_path: 
         assert not await vfs.refresh()  # no change, no endless reloading
         bad.unlink()
         assert not await vfs.refresh()
+
+
+async def test_small_files_read_in_order_are_pushed_to_the_page_cache(repo_path: Path, tmp_path: Path) -> None:
+    """Once a reader opens a folder's files in listing order, the next small files' contents go
+    to the kernel's page cache (the `store` callback) for the inodes the kernel holds, so that
+    reading them needs no request, and they do not occupy the chunk cache."""
+    src = tmp_path / "src"
+    src.mkdir()
+    contents = {f"f{i:02}".encode(): os.urandom(1000 + 97 * i) for i in range(40)}
+    for name, data in contents.items():
+        (src / os.fsdecode(name)).write_bytes(data)
+    backup(repo_path, src)
+    stored: dict[int, bytes] = {}
+
+    def store(ino: int, data: memoryview) -> None:
+        assert threading.current_thread() is not threading.main_thread()  # never on the loop (could deadlock)
+        stored[ino] = bytes(data)
+
+    vfs = Vfs(open_repo(repo_path), VfsOptions(), store=store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vfs.serve)
+        await vfs.wait_loaded()
+        folder = await walk(vfs, b"snapshots/" + snapshot_names(vfs)[0] + os.fsencode(src))
+        listing = await listdir(vfs, folder.ino)
+        by_ino = {attr.ino: name for name, attr in listing.items()}
+        vfs.forget([(listing[b"f07"].ino, 1)])  # the kernel dropped this one: nothing to push to
+        for name in (b"f00", b"f01", b"f02"):
+            assert await read_file(vfs, listing[name].ino) == contents[name]
+        with trio.fail_after(10):
+            while len(stored) < 20:
+                await trio.sleep(0.01)
+        assert listing[b"f07"].ino not in stored
+        for ino, data in stored.items():
+            assert data == contents[by_ino[ino]]
+        assert {by_ino[ino] for ino in stored} >= {f"f{i:02}".encode() for i in range(3, 20) if i != 7}
+        assert vfs.cache_stats()["chunks"] <= 3  # pushed contents were not kept
+        # a pushed file can still be read through the filesystem (the kernel may evict pages)
+        assert await read_file(vfs, listing[b"f10"].ino) == contents[b"f10"]
+        nursery.cancel_scope.cancel()

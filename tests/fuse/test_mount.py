@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
@@ -154,6 +155,53 @@ def test_parallel_random_reads_mmap_and_sequential_copy(cli: Cli, mount: Callabl
 
     shutil.copyfile(large, tmp_path / "copied.bin")
     assert sha256(tmp_path / "copied.bin") == hashlib.sha256(data).hexdigest()
+
+
+def _resident_bytes(path: Path) -> int:
+    """How much of the file the kernel's page cache holds, without reading it (mincore)."""
+    size = path.stat().st_size
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * pages)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            rc = libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec)
+            assert rc == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(size))
+    finally:
+        os.close(fd)
+    return min(size, sum(mmap.PAGESIZE for v in vec if v & 1))
+
+
+def test_small_files_opened_in_order_reach_the_page_cache_before_they_are_read(
+    cli: Cli, mount: Callable[..., Mount], tmp_path: Path
+) -> None:
+    """tar, cp -r and rsync open a folder's files in listing order: after the first few, the
+    mount puts the next small files' contents into the kernel's page cache itself, so reading
+    them sends no request to the mount process."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i:02}").write_bytes(os.urandom(5000 + 10 * i))
+    cli("backup", src)
+    m = mount(cli)
+    folder = only_snapshot(m) / str(src).lstrip("/")
+    names = sorted(os.listdir(folder))  # a readdirplus: the kernel now holds every entry's inode
+    later = folder / names[20]  # nothing reads it before the check (opening it reads nothing)
+    for name in names[:3]:
+        assert (folder / name).read_bytes() == (src / name).read_bytes()
+    deadline = time.monotonic() + 10
+    while _resident_bytes(later) < later.stat().st_size:
+        assert time.monotonic() < deadline, "the later file never reached the page cache"
+        time.sleep(0.02)
+    for name in names:  # and the contents the kernel holds are the right ones
+        assert (folder / name).read_bytes() == (src / name).read_bytes()
 
 
 def test_new_snapshots_appear_latest_moves_and_versions(cli: Cli, mount: Callable[..., Mount], tmp_path: Path) -> None:
