@@ -32,7 +32,7 @@ from backupfs.format import lock as lock_fmt
 from backupfs.format import pack as pack_fmt
 from backupfs.format import snapshot as snapshot_fmt
 from backupfs.format import tree as tree_fmt
-from backupfs.format.pack import DATA, TREE, PackEntry
+from backupfs.format.pack import DATA, TREE, PackEntry, blob_aad
 from backupfs.repository.masterindex import MasterIndex
 from backupfs.repository.packer import Packer
 from backupfs.repository.repo import Repository
@@ -519,6 +519,21 @@ def test_repository_blob_round_trip(mem_repo: tuple[MemoryBackend, Repository]) 
     assert again.load_tree(tree_id)[0].content == [(0, ids[0])]
     with pytest.raises(WrongPassword):
         Repository.open(backend, b"nope")
+
+
+def test_trees_are_zstd_and_data_follows_the_repository_setting(mem_repo: tuple[MemoryBackend, Repository]) -> None:
+    """Design.md 3: data blobs use the repository's compression (lz4 here), trees zstd."""
+    backend, repo = mem_repo
+    data_id, _ = repo.save_blob(DATA, b"compressible data " * 1000)
+    tree_id = repo.save_tree([_node(b"file %d" % i, content=[(0, data_id)]) for i in range(200)])
+    repo.flush()
+    for btype, blob_id, algorithm in ((DATA, data_id, comp.LZ4), (TREE, tree_id, comp.ZSTD)):
+        loc = repo.index.lookup(blob_id)
+        assert loc is not None
+        envelope = backend.load(FileType.DATA, loc.pack_id.hex(), loc.offset, loc.length)
+        payload = repo.cipher.open(envelope, blob_aad(btype, blob_id))
+        assert payload[0] == algorithm
+    assert len(repo.load_tree(tree_id)) == 200
 
 
 def test_blob_envelope_bound_to_id_and_type(mem_repo: tuple[MemoryBackend, Repository]) -> None:
