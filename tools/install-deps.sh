@@ -26,3 +26,7 @@ fi
 venv="${BACKUPFS_VENV:-.venv}"
 [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".${pip_extra}"
+# An editable install compiles nothing, and where bytecode is not written at run time
+# (PYTHONDONTWRITEBYTECODE, a read-only checkout) every command would compile its modules
+# again at start: ~60 ms of a mount's start-up.
+"$venv/bin/python" -m compileall -q backupfs
