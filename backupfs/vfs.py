@@ -1019,21 +1019,21 @@ class Vfs:
         if 0 < i - last <= _SIBLINGS_AHEAD and ahead - i <= _SIBLINGS_AHEAD // 2:
             start = max(i + 1, ahead)
             ahead = min(len(nodes), i + 1 + _SIBLINGS_AHEAD)
-            budget = self.options.cache_bytes // 2  # prefetched chunks wait in the cache: fit them
+            budget = self.options.cache_bytes // 2  # what one job may hold: the cache must fit it
             batch: list[bytes] = []
             pushed: dict[bytes, list[int]] = {}
             for n in nodes[start:ahead]:
                 if not (n.type == FILE and n.content and len(n.content) == 1 and n.size <= _SMALL_FILE):
                     continue
+                budget -= n.size  # pushed contents are not cached, but are in memory until pushed
+                if budget < 0:
+                    break
                 bid = n.content[0][1]
                 ino = self._known_child(parent, n) if self._store is not None and n.content[0][0] == 0 else None
                 if ino is not None:
                     pushed.setdefault(bid, []).append(ino)
-                    continue
-                budget -= n.size
-                if budget < 0:
-                    break
-                batch.append(bid)
+                else:
+                    batch.append(bid)
             self._chunks.prefetch(batch, 4 * _SIBLINGS_AHEAD)
             if pushed:
                 # Their pages go to the kernel, which then answers the reads itself: one request
