@@ -221,9 +221,15 @@ class _Loader(Generic[V]):
     thread costs the loop more Python time than decrypting a small blob does."""
 
     def __init__(
-        self, load: Callable[[bytes], V], cost: Callable[[V], int], max_cost: int, limiter: trio.CapacityLimiter
+        self,
+        load: Callable[[bytes], V],
+        cost: Callable[[V], int],
+        max_cost: int,
+        limiter: trio.CapacityLimiter,
+        load_many: Callable[[list[bytes]], list[V | Exception]] | None = None,
     ) -> None:
         self._load = load
+        self._load_many = load_many  # one job's keys at once (fewer backend requests)
         self._cost = cost
         self._max_cost = max_cost
         self._limiter = limiter
@@ -326,6 +332,8 @@ class _Loader(Generic[V]):
                 log.debug("after loading %s: %s", key.hex(), exc)
 
     def _load_all(self, keys: list[bytes]) -> list[tuple[V | None, Exception | None]]:
+        if self._load_many is not None and len(keys) > 1:
+            return [(None, r) if isinstance(r, Exception) else (r, None) for r in self._load_many(keys)]
         out: list[tuple[V | None, Exception | None]] = []
         for key in keys:
             try:
@@ -402,7 +410,11 @@ class Vfs:
         self._started_ns = time.time_ns()
         opts = self.options
         self._chunks: _Loader[bytes] = _Loader(
-            lambda bid: self._load_blob(DATA, bid), len, opts.cache_bytes, trio.CapacityLimiter(opts.workers)
+            lambda bid: self._load_blob(DATA, bid),
+            len,
+            opts.cache_bytes,
+            trio.CapacityLimiter(opts.workers),
+            self._load_data_blobs,
         )
         self._trees: _Loader[list[Node]] = _Loader(
             lambda tid: _compact(decode_tree(self._load_blob(TREE, tid))),
@@ -1103,6 +1115,21 @@ class Vfs:
             if gen == self._index_gen and time.monotonic() - self._last_reload >= _INDEX_RELOAD_MIN_INTERVAL:
                 self._reload_index_locked()
         return self.repo.load_blob(btype, blob_id)
+
+    def _load_data_blobs(self, blob_ids: list[bytes]) -> list[bytes | Exception]:
+        """Runs in a worker thread: neighbouring blobs in one ranged read (a folder's small
+        files, on S3 one request instead of one per file). A blob the batch could not find (its
+        pack moved by prune, or the index behind) goes through `_load_blob` and its reload."""
+        results = self.repo.load_data_blobs(blob_ids)
+        for i, r in enumerate(results):
+            if isinstance(r, IntegrityError) and (
+                isinstance(r.__cause__, NotFound) or blob_ids[i] not in self.repo.index
+            ):
+                try:
+                    results[i] = self._load_blob(DATA, blob_ids[i])
+                except Exception as exc:
+                    results[i] = exc
+        return results
 
     def cache_stats(self) -> dict[str, int]:
         return {

@@ -536,6 +536,39 @@ def test_trees_are_zstd_and_data_follows_the_repository_setting(mem_repo: tuple[
     assert len(repo.load_tree(tree_id)) == 200
 
 
+def test_load_data_blobs_reads_neighbours_at_once(mem_repo: tuple[MemoryBackend, Repository]) -> None:
+    """Blobs of one pack close together come from one ranged read; each result is what loading
+    that blob alone gives, errors included (a damaged blob spoils only itself)."""
+    backend, repo = mem_repo
+    data = [rand(5000 + i, i) for i in range(30)]
+    ids = [repo.save_blob(DATA, d)[0] for d in data]
+    repo.flush()
+    unknown = b"\x01" * 32
+    loc = repo.index.lookup(ids[7])
+    assert loc is not None
+    pack = backend.load(FileType.DATA, loc.pack_id.hex())
+    damaged = bytearray(pack)
+    damaged[loc.offset + 40] ^= 1
+    backend.save(FileType.DATA, loc.pack_id.hex(), bytes(damaged))
+    loads: list[tuple[str, int, int | None]] = []
+    load = backend.load
+
+    def counting(ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        loads.append((name, offset, length))
+        return load(ftype, name, offset, length)
+
+    backend.load = counting  # type: ignore[method-assign]
+    wanted = [ids[20], ids[3], unknown, ids[7], ids[4], ids[29]]
+    got = repo.load_data_blobs(wanted)
+    assert len(loads) == 1  # one pack, all within the gap
+    assert got[0] == data[20] and got[1] == data[3] and got[4] == data[4] and got[5] == data[29]
+    assert isinstance(got[2], IntegrityError) and "not in the index" in str(got[2])
+    assert isinstance(got[3], IntegrityError)
+    loads.clear()
+    assert repo.load_data_blobs([ids[0], ids[29]], gap=0) == [data[0], data[29]]
+    assert len(loads) == 2  # too far apart for a zero gap
+
+
 def test_blob_envelope_bound_to_id_and_type(mem_repo: tuple[MemoryBackend, Repository]) -> None:
     """An envelope moved to another id, or read as another type, fails authentication."""
     backend, repo = mem_repo

@@ -55,6 +55,7 @@ from backupfs.repository.packer import Packer
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 INDEX_EVERY_PACKS = 10
 TREE_ZSTD_LEVEL = 3  # tree blobs, whatever the data's compression (design.md 3)
+READ_GAP = 256 << 10  # unused bytes a batched read goes through rather than making another request
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -343,6 +344,64 @@ class Repository:
             self.files.remove(FileType.DATA, pack)
             return self.open_blob(btype, blob_id, self._load_tree_envelope(pack, loc), pack)
 
+    def load_data_blobs(self, blob_ids: list[bytes], gap: int = READ_GAP) -> list[bytes | Exception]:
+        """Data blobs in as few ranged reads as possible: blobs of one pack whose envelopes lie
+        within `gap` bytes of each other are read with one request (a folder's small files are
+        usually adjacent in one pack). Each result is the blob or the error loading it alone
+        would have raised, in the order of `blob_ids`."""
+        out: list[bytes | Exception] = [IntegrityError("not loaded")] * len(blob_ids)
+        by_pack: dict[bytes, list[tuple[BlobLocation, int]]] = {}
+        for i, blob_id in enumerate(blob_ids):
+            loc = self.index.lookup(blob_id)
+            if loc is None:
+                out[i] = IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
+            else:
+                by_pack.setdefault(loc.pack_id, []).append((loc, i))
+        for pack_id, items in by_pack.items():
+            items.sort(key=lambda item: item[0].offset)
+            group: list[tuple[BlobLocation, int]] = []
+            for item in items:
+                if group and item[0].offset - (group[-1][0].offset + group[-1][0].length) > gap:
+                    self._load_group(pack_id, group, blob_ids, out)
+                    group = []
+                group.append(item)
+            self._load_group(pack_id, group, blob_ids, out)
+        return out
+
+    def _load_group(
+        self, pack_id: bytes, group: list[tuple[BlobLocation, int]], blob_ids: list[bytes], out: list[bytes | Exception]
+    ) -> None:
+        if len(group) == 1:
+            loc, i = group[0]
+            try:
+                out[i] = self.load_blob_at(DATA, blob_ids[i], loc)
+            except IntegrityError as exc:
+                out[i] = exc
+            return
+        pack = pack_id.hex()
+        start = group[0][0].offset
+        end = max(loc.offset + loc.length for loc, _ in group)
+        try:
+            data = self.backend.load(FileType.DATA, pack, start, end - start)
+        except NotFound as exc:
+            err = IntegrityError(f"pack {pack} is missing")
+            err.__cause__ = exc
+            for _, i in group:
+                out[i] = err
+            return
+        except BackendError as exc:
+            for _, i in group:
+                out[i] = IntegrityError(f"pack {pack}: {exc}")
+            return
+        view = memoryview(data)
+        for loc, i in group:
+            try:
+                out[i] = self.open_blob(
+                    DATA, blob_ids[i], view[loc.offset - start : loc.offset - start + loc.length], pack
+                )
+            except IntegrityError as exc:
+                out[i] = exc
+
     def _load_tree_envelope(self, pack: str, loc: BlobLocation) -> bytes:
         """Tree packs are fetched whole once and kept: the next tree is likely in the same pack."""
         assert self.files is not None
@@ -353,7 +412,7 @@ class Repository:
             envelope = data[loc.offset : loc.offset + loc.length]
         return envelope
 
-    def open_blob(self, btype: int, blob_id: bytes, envelope: bytes, pack: str = "?") -> bytes:
+    def open_blob(self, btype: int, blob_id: bytes, envelope: bytes | memoryview, pack: str = "?") -> bytes:
         try:
             data = decompress(self.cipher.open(envelope, blob_aad(btype, blob_id)))
         except IntegrityError as exc:
