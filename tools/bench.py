@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1167,27 +1167,28 @@ def _sha(p: Path) -> str:
     return h.hexdigest()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--work", type=Path, default=Path("/var/tmp/backupfs-bench"), help="work directory (default %(default)s)"
-    )
-    p.add_argument(
-        "--scale",
-        type=float,
-        default=1.0,
-        help="corpus size factor: 1 = 2 GiB mixed + 100k small files; 0.05 for a quick run",
-    )
+def add_common_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    work: Path,
+    scale_help: str,
+    sections: Sequence[str],
+    tools: Sequence[str],
+    timeout: float,
+) -> None:
+    """The options every benchmark script takes (tools/bench_remote.py too)."""
+    p.add_argument("--work", type=Path, default=work, help="work directory (default %(default)s)")
+    p.add_argument("--scale", type=float, default=1.0, help=scale_help)
     p.add_argument("--seed", type=int, default=1, help="corpus seed (default %(default)s)")
     p.add_argument(
         "--only",
-        default=",".join(SECTIONS),
+        default=",".join(sections),
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})",
+        help=f"comma-separated sections to run (default: all of {','.join(sections)})",
     )
     p.add_argument(
         "--tools",
-        default=",".join(TOOLS),
+        default=",".join(tools),
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
         help="comma-separated tools (default: %(default)s)",
     )
@@ -1198,21 +1199,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SPEC",
         help="backupfs init --compression: lz4 (default, borg's codec here), zstd[:LEVEL] (restic's) or none",
     )
-    p.add_argument(
-        "--borg-encryption",
-        default="repokey",
-        choices=["repokey", "repokey-blake2"],
-        help="borg init mode (default %(default)s: HMAC-SHA256 is faster than BLAKE2b on CPUs with SHA extensions)",
-    )
     p.add_argument("--no-drop-caches", action="store_true", help="do not drop page caches before measured commands")
     p.add_argument(
         "--prune-steps", type=int, default=20, help="snapshots made before forget/prune (default %(default)s)"
     )
     p.add_argument("--keep-last", type=int, default=5, help="snapshots kept by forget (default %(default)s)")
     p.add_argument(
-        "--timeout", type=float, default=3600, help="limit for any one command, seconds (default %(default)s)"
+        "--timeout", type=float, default=timeout, help="limit for any one command, seconds (default %(default)s)"
     )
     p.add_argument("--results", type=Path, help="directory for the JSON and Markdown results (default WORK/results)")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(
+        p,
+        work=Path("/var/tmp/backupfs-bench"),
+        scale_help="corpus size factor: 1 = 2 GiB mixed + 100k small files; 0.05 for a quick run",
+        sections=SECTIONS,
+        tools=TOOLS,
+        timeout=3600,
+    )
+    p.add_argument(
+        "--borg-encryption",
+        default="repokey",
+        choices=["repokey", "repokey-blake2"],
+        help="borg init mode (default %(default)s: HMAC-SHA256 is faster than BLAKE2b on CPUs with SHA extensions)",
+    )
     p.add_argument(
         "--keep-repos",
         action="store_true",

@@ -64,6 +64,7 @@ from bench import (
     Run,
     Section,
     Tool,
+    add_common_arguments,
     log,
     run_cmd,
     section_markdown,
@@ -495,44 +496,14 @@ class RemoteBench(Bench):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--work", type=Path, default=Path("/var/tmp/backupfs-bench-remote"), help="work directory (default %(default)s)"
+    add_common_arguments(
+        p,
+        work=Path("/var/tmp/backupfs-bench-remote"),
+        scale_help="corpus size factor: 1 = ~100 MiB evolving tree, ~270 MiB mixed tree, 2,500 small files",
+        sections=SECTIONS,
+        tools=TOOLS,
+        timeout=1800,
     )
-    p.add_argument(
-        "--scale",
-        type=float,
-        default=1.0,
-        help="corpus size factor: 1 = ~100 MiB evolving tree, ~270 MiB mixed tree, 2,500 small files",
-    )
-    p.add_argument("--seed", type=int, default=1, help="corpus seed (default %(default)s)")
-    p.add_argument(
-        "--only",
-        default=",".join(SECTIONS),
-        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        help=f"comma-separated sections to run (default: {','.join(SECTIONS)})",
-    )
-    p.add_argument(
-        "--tools",
-        default=",".join(TOOLS),
-        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-        help="comma-separated tools (default: %(default)s)",
-    )
-    p.add_argument("--backupfs", help="backupfs executable (default: next to this Python, else on PATH)")
-    p.add_argument(
-        "--backupfs-compression",
-        default="lz4",
-        metavar="SPEC",
-        help="backupfs init --compression: lz4 (default), zstd[:LEVEL] (restic's codec) or none",
-    )
-    p.add_argument("--no-drop-caches", action="store_true", help="do not drop page caches before measured commands")
-    p.add_argument(
-        "--prune-steps", type=int, default=20, help="snapshots made before forget/prune (default %(default)s)"
-    )
-    p.add_argument("--keep-last", type=int, default=5, help="snapshots kept by forget (default %(default)s)")
-    p.add_argument(
-        "--timeout", type=float, default=1800, help="limit for any one command, seconds (default %(default)s)"
-    )
-    p.add_argument("--results", type=Path, help="directory for the JSON and Markdown results (default WORK/results)")
     args = p.parse_args(argv)
     # Bench's constructor reads bench.py's options: start from their defaults
     full = bench_parse_args([])
