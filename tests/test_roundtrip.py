@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,11 @@ import pytest
 from conftest import CLI, PASSWORD
 from fastrepo import init_fast
 from richtree import T_FUTURE, make_rich_tree, rsync_diff, sparse_ok
+
+from backupfs.archiver import Archiver, BackupOptions
+from backupfs.backends.local import LocalBackend
+from backupfs.repository.repo import Repository
+from backupfs.restorer import Restorer
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="ownership, devices and trusted.* xattrs need root")
 
@@ -149,3 +155,54 @@ def test_restore_verify_counts_files(backed_up: tuple[CLI, dict[str, Any], str],
     )
     summary = json.loads(out.stdout.splitlines()[-1])
     assert summary["files_verified"] == 2 and summary["errors"] == 0
+
+
+def test_restore_keeps_few_files_open_however_large_or_deep_the_folders(tmp_path: Path) -> None:
+    """Small files are created, then written in batches; the files waiting for their content
+    are bounded, even when reading the repository is slow (a remote one) or the folders nest
+    deeply, so a restore stays far below the usual soft limit of 1024 open files."""
+    src = tmp_path / "src"
+    flat = src / "flat"
+    flat.mkdir(parents=True)
+    for i in range(1500):
+        (flat / f"f{i:04}").write_bytes(os.urandom(64 + i % 300))
+    deep = src / "deep"
+    for level in range(12):
+        deep = deep / f"d{level}"
+        deep.mkdir(parents=True)
+        for i in range(31):  # just under a batch at every level, then a subfolder
+            (deep / f"a{i:02}").write_bytes(os.urandom(100))
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode(), kdf=(1, 8192))
+    try:
+        _sid, snap = Archiver(repo, BackupOptions(paths=[str(src)])).run()
+    finally:
+        repo.close()
+    repo = Repository.open(LocalBackend(str(tmp_path / "repo")), PASSWORD.encode())
+    repo.load_index()
+    most_open = 0
+    slow_load, slow_many = repo.load_blob, repo.load_data_blobs
+
+    def count_open() -> None:
+        nonlocal most_open
+        most_open = max(most_open, len(os.listdir("/proc/self/fd")))
+        time.sleep(0.002)  # a slow repository: the walk runs far ahead of the writers
+
+    def load_blob(btype: int, blob_id: bytes) -> bytes:
+        count_open()
+        return slow_load(btype, blob_id)
+
+    def load_data_blobs(blob_ids: list[bytes], gap: int = 1 << 18) -> list[bytes | Exception]:
+        count_open()
+        return slow_many(blob_ids, gap)
+
+    repo.load_blob = load_blob  # type: ignore[method-assign]
+    repo.load_data_blobs = load_data_blobs  # type: ignore[method-assign]
+    try:
+        stats = Restorer(repo, snap.tree, str(tmp_path / "target")).run()
+    finally:
+        repo.close()
+    assert not stats.errors
+    assert most_open < 400, most_open
+    for path in src.rglob("*"):
+        copy = restored(tmp_path / "target", path)
+        assert copy.is_dir() if path.is_dir() else copy.read_bytes() == path.read_bytes(), path
