@@ -70,8 +70,8 @@ class Restorer:
         # first restored name of each multiply-linked inode, and the job writing its content
         self._hardlinks: dict[tuple[int, int], tuple[bytes, Future[bool]]] = {}
         self._progress = progress
-        # small files created but not yet written: each holds an fd until its batch is done
-        self._slots = threading.BoundedSemaphore(_MAX_PENDING_SMALL)
+        # files created but not yet written: each holds an fd until its job is done
+        self._slots = threading.BoundedSemaphore(_MAX_PENDING_FILES)
         self.stats = RestoreStats()
 
     def run(self) -> RestoreStats:
@@ -239,11 +239,19 @@ class Restorer:
         key = fsmeta.hardlink_key(node)
         first = self._hardlinks.get(key) if key is not None else None
         # The parent fd must outlive the job: duplicate it.
-        if first is not None:
+        self._slots.acquire()  # released by the job: bounds the fds that wait in the pool
+        try:
             job_dir_fd = os.dup(dir_fd)
-            return self._pool.submit(self._link_file, job_dir_fd, node, path, *first)
-        fd = fsmeta.create_file(dir_fd, node)
-        job_dir_fd = os.dup(dir_fd)
+            if first is not None:
+                return self._pool.submit(self._link_file, job_dir_fd, node, path, *first)
+            try:
+                fd = fsmeta.create_file(dir_fd, node)
+            except BaseException:
+                os.close(job_dir_fd)
+                raise
+        except BaseException:
+            self._slots.release()
+            raise
         fut = self._pool.submit(self._write_file, job_dir_fd, fd, node, path)
         if key is not None:
             self._hardlinks[key] = (path, fut)
@@ -267,6 +275,7 @@ class Restorer:
             return False
         finally:
             os.close(dir_fd)
+            self._slots.release()
 
     def _write_file(self, dir_fd: int, fd: int, node: Node, path: bytes) -> bool:
         """Writes content then metadata; a file whose content failed is removed. Returns whether
@@ -286,6 +295,7 @@ class Restorer:
         finally:
             os.close(fd)
             os.close(dir_fd)
+            self._slots.release()
         if self._progress is not None:
             self._progress(self.stats)
         return ok
@@ -355,7 +365,7 @@ class Restorer:
 _BATCH_FILES = 32  # small files restored by one thread job, their chunks read together
 _BATCH_BYTES = 4 << 20
 _SMALL = 1 << 20  # larger files stream their chunks on their own
-_MAX_PENDING_SMALL = 256  # small files created and not yet written (open fds), over all batches
+_MAX_PENDING_FILES = 128  # files created and not yet written, over all jobs (each job holds 1-2 fds)
 
 
 def _batchable(node: Node) -> bool:

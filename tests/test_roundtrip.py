@@ -166,6 +166,11 @@ def test_restore_keeps_few_files_open_however_large_or_deep_the_folders(tmp_path
     flat.mkdir(parents=True)
     for i in range(1500):
         (flat / f"f{i:04}").write_bytes(os.urandom(64 + i % 300))
+    links = src / "links"  # files with two names go one by one (the second waits for the first)
+    links.mkdir()
+    for i in range(600):
+        (links / f"l{i:04}").write_bytes(os.urandom(200))
+        os.link(links / f"l{i:04}", links / f"m{i:04}")
     deep = src / "deep"
     for level in range(12):
         deep = deep / f"d{level}"
