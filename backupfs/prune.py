@@ -168,8 +168,8 @@ class PruneOptions:
     max_repack_size: int | None = None  # total size of the packs chosen for repacking
     # A data pack with at least this percentage of its blob bytes unused is repacked even when the
     # repository as a whole is within max_unused: rewriting it costs at most (2 - t) / t bytes of
-    # I/O per byte freed (19 at 10%). None: only max_unused decides (restic's rule).
-    repack_threshold: float | None = 10.0
+    # I/O per byte freed (39 at 5%). None: only max_unused decides (restic's rule).
+    repack_threshold: float | None = 5.0
     # Index files prune writes hold at most this many entries, so reading one never needs much memory.
     index_max_entries: int = 50_000
 

@@ -275,13 +275,13 @@ def test_repack_respects_max_unused_and_max_repack_size(scenario: Scenario, tmp_
     for extra in (["--max-unused", "unlimited"], ["--max-unused", "10M", "--repack-threshold", "off"]):
         js = prune_json(pcli, "--dry-run", *extra)
         assert data_repacks(js) == 0 and js["delete_packs"] == full["delete_packs"], extra
-    # Within 10M, but the half-empty d* packs are over the 10% threshold: repacked for that reason.
+    # Within 10M, but the half-empty d* packs are over the 5% threshold: repacked for that reason.
     js = prune_json(pcli, "--dry-run", "--max-unused", "10M")
-    assert data_repacks(js) == data_repacks(full) and js["repack_threshold"] == "10%"
+    assert data_repacks(js) == data_repacks(full) and js["repack_threshold"] == "5%"
     assert {p["reason"] for p in js["repack"] if p["type"] == "data"} == {"threshold"}
     text = pcli("prune", "--dry-run", "--max-unused", "10M").stdout.decode()
     assert any(ln.startswith("repack ") and ln.endswith("(threshold)") for ln in text.splitlines()), text
-    assert f"{data_repacks(full)} at 10% unused or more" in text, text
+    assert f"{data_repacks(full)} at 5% unused or more" in text, text
     capped = prune_json(pcli, "--dry-run", "--max-repack-size", "1")
     assert capped["repack_packs"] == 0 and capped["delete_packs"] == full["delete_packs"]
     one = prune_json(pcli, "--dry-run", "--max-repack-size", "1100k")
@@ -636,10 +636,10 @@ def _mem_scenario() -> MemRepo:
 
 
 def _threshold_scenario() -> tuple[MemRepo, list[bytes], list[bytes]]:
-    """Two data packs of 50 blobs, one 20% unused and one 6% unused, beside 500 blobs fully in use:
-    the repository as a whole is only ~2.3% unused, within the default --max-unused of 5%."""
+    """Two data packs of 50 blobs, one 20% unused and one 4% unused, beside 500 blobs fully in use:
+    the repository as a whole is only ~2.1% unused, within the default --max-unused of 5%."""
     m = MemRepo()
-    a, b, c, d = m.blobs(40), m.blobs(10), m.blobs(47), m.blobs(3)
+    a, b, c, d = m.blobs(40), m.blobs(10), m.blobs(48), m.blobs(2)
     e = m.blobs(500)
     t1 = m.snapshot({b"a": a, b"b": b})  # each snapshot flushes: one pack of its 50 blobs
     t2 = m.snapshot({b"c": c, b"d": d})
@@ -665,40 +665,40 @@ def _partly_used_data_packs(plan: Any) -> dict[tuple[int, int], str]:
 
 
 def test_repack_threshold_repacks_a_pack_with_that_share_unused_even_within_max_unused() -> None:
-    m, dropped20, dropped6 = _threshold_scenario()
+    m, dropped20, dropped4 = _threshold_scenario()
     default = _plan(m)
     s = default.stats
     assert s.unused_bytes - sum(p.unused_bytes for p in default.repack if p.type == TREE) < 0.05 * s.used_bytes
-    # the 20%-unused pack is repacked for the threshold (10% by default), the 6%-unused one is kept
-    assert _partly_used_data_packs(default) == {(50, 40): "threshold", (50, 47): ""}
+    # the 20%-unused pack is repacked for the threshold (5% by default), the 4%-unused one is kept
+    assert _partly_used_data_packs(default) == {(50, 40): "threshold", (50, 48): ""}
     assert {p.reason for p in default.repack if p.type == TREE} <= {"tree"}
-    assert s.unused_after == pytest.approx(3 * 20_000, rel=0.01)
-    # a lower threshold takes the 6% one too; 'off' is restic's rule alone: nothing, as within 5%
-    assert _partly_used_data_packs(_plan(m, repack_threshold=5.0)) == {(50, 40): "threshold", (50, 47): "threshold"}
-    assert _partly_used_data_packs(_plan(m, repack_threshold=None)) == {(50, 40): "", (50, 47): ""}
-    assert _partly_used_data_packs(_plan(m, repack_threshold=20.0)) == {(50, 40): "threshold", (50, 47): ""}
-    assert _partly_used_data_packs(_plan(m, repack_threshold=20.5)) == {(50, 40): "", (50, 47): ""}
+    assert s.unused_after == pytest.approx(2 * 20_000, rel=0.01)
+    # a lower threshold takes the 4% one too; 'off' is restic's rule alone: nothing, as within 5%
+    assert _partly_used_data_packs(_plan(m, repack_threshold=3.0)) == {(50, 40): "threshold", (50, 48): "threshold"}
+    assert _partly_used_data_packs(_plan(m, repack_threshold=None)) == {(50, 40): "", (50, 48): ""}
+    assert _partly_used_data_packs(_plan(m, repack_threshold=20.0)) == {(50, 40): "threshold", (50, 48): ""}
+    assert _partly_used_data_packs(_plan(m, repack_threshold=20.5)) == {(50, 40): "", (50, 48): ""}
     # --max-unused still decides first (emptiest first), and 'unlimited' repacks no data pack at all
     assert _partly_used_data_packs(_plan(m, max_unused=MaxUnused(0.0))) == {
         (50, 40): "max-unused",
-        (50, 47): "max-unused",
+        (50, 48): "max-unused",
     }
     assert _partly_used_data_packs(_plan(m, max_unused=MaxUnused(None, None), repack_threshold=0.0)) == {
         (50, 40): "",
-        (50, 47): "",
+        (50, 48): "",
     }
     # --max-repack-size bounds the threshold's repacking as well
     pack20 = next(p for p in default.repack if p.type == DATA)
     tree_bytes = sum(p.size for p in default.repack if p.type == TREE)
     capped = _plan(m, max_repack_size=tree_bytes + pack20.size - 1)
-    assert _partly_used_data_packs(capped) == {(50, 40): "", (50, 47): ""}
+    assert _partly_used_data_packs(capped) == {(50, 40): "", (50, 48): ""}
     assert capped.stats.repack_bytes <= tree_bytes + pack20.size - 1
     assert _partly_used_data_packs(_plan(m, max_repack_size=tree_bytes + pack20.size)) == {
         (50, 40): "threshold",
-        (50, 47): "",
+        (50, 48): "",
     }
 
-    # Carried out: the dropped blobs of the 20% pack are gone, the 6% pack stays as it is, and a
+    # Carried out: the dropped blobs of the 20% pack are gone, the 4% pack stays as it is, and a
     # second prune has nothing left to do (the threshold does not keep rewriting what it made).
     packs_before = m.files(FileType.DATA)
     stats = m.prune()
@@ -707,11 +707,11 @@ def test_repack_threshold_repacks_a_pack_with_that_share_unused_even_within_max_
     repo = m.open()
     try:
         assert all(repo.index.lookup(repo.blob_id(data)) is None for data in dropped20)
-        assert all(repo.index.lookup(repo.blob_id(data)) is not None for data in dropped6)
+        assert all(repo.index.lookup(repo.blob_id(data)) is not None for data in dropped4)
     finally:
         repo.close()
-    kept6 = [p.id.hex() for p in _plan(m).keep if p.used_count < p.count]
-    assert kept6 == [p.id.hex() for p in default.keep if p.used_count < p.count] and kept6[0] in packs_before
+    kept4 = [p.id.hex() for p in _plan(m).keep if p.used_count < p.count]
+    assert kept4 == [p.id.hex() for p in default.keep if p.used_count < p.count] and kept4[0] in packs_before
     again = m.prune()
     assert again["repack_packs"] == again["delete_packs"] == 0
 

@@ -38,10 +38,10 @@ def add_prune_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--repack-threshold",
-        default="10%",
+        default="5%",
         metavar="PERCENT",
         help="also repack every data pack with at least this share unused, even within --max-unused "
-        "(10%% by default, as borg compact; 'off' leaves it to --max-unused alone, as restic)",
+        "(5%% by default, as borg compact's per-segment rule; 'off' leaves it to --max-unused alone, as restic)",
     )
     p.add_argument(
         "--max-repack-size", metavar="SIZE", help="repack at most this much (total size of the packs rewritten)"
