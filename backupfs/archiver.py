@@ -299,7 +299,7 @@ class Archiver:
         if self.opts.exclude_caches and is_cache_dir(path):
             entries = [e for e in entries if e.name == b"CACHEDIR.TAG"]
         for entry in entries:
-            child = os.path.join(path, entry.name)
+            child = entry.path  # the folder's path and the name, as os.path.join makes them
             if self._excluder.excluded(child):
                 continue
             try:
@@ -345,13 +345,13 @@ class Archiver:
             return node
         if node.type != FILE:
             return node
-        self.stats.add(total_files=1, total_bytes=st.st_size)
         if self._unchanged(node, pnode):
             assert pnode is not None
             node.content = pnode.content
-            self.stats.add(files_unchanged=1)
+            self.stats.add(total_files=1, total_bytes=st.st_size, files_unchanged=1)  # one lock per file
             self._report(path)
             return node
+        self.stats.add(total_files=1, total_bytes=st.st_size)
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             with self._hardlinks_lock:
@@ -448,7 +448,9 @@ class Archiver:
         total = self._save_chunks(stream, 0, content, inline=False)
         return content, total
 
-    def _save_chunks(self, reader: BinaryStreamReader, base: int, content: list[tuple[int, bytes]], inline: bool) -> int:
+    def _save_chunks(
+        self, reader: BinaryStreamReader, base: int, content: list[tuple[int, bytes]], inline: bool
+    ) -> int:
         """Chunks in this thread; hashing, compression and encryption of the chunks run on the
         blob pool with a bounded window, so one large file keeps every core busy. Small files skip
         the hand-off (its cost is comparable to their work)."""

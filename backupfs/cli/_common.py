@@ -174,6 +174,10 @@ class Progress:
         self.enabled = enabled and sys.stderr.isatty()
         self._last = 0.0
 
+    def due(self) -> bool:
+        """Whether a line would be shown now: callers per file check it before formatting one."""
+        return self.enabled and time.monotonic() - self._last >= 0.2
+
     def show(self, line: str, force: bool = False) -> None:
         if not self.enabled:
             return

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(not args.quiet and not args.json)
 
     def report(stats: BackupStats, path: str) -> None:
+        if not progress.due():  # called for every file: format nothing in between
+            return
         progress.show(
             f"{stats.files_new + stats.files_changed + stats.files_unchanged} files, "
             f"{human_size(stats.bytes_read)} read, {human_size(stats_added(stats))} added  {path}"
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         def stats_added(_s: BackupStats) -> int:
             return repo.stats_added_bytes
 
-        archiver = Archiver(repo, opts, report)
+        archiver = Archiver(repo, opts, report if progress.enabled else None)
         if args.stdin_from_command:
             if not opts.paths:
                 raise UsageError("--stdin-from-command needs a command after --")

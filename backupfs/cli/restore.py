@@ -36,10 +36,17 @@ def run(args: argparse.Namespace) -> int:
             tree = node.subtree
 
         def report(stats: RestoreStats) -> None:
-            progress.show(f"{stats.files} files, {human_size(stats.bytes_written)} restored")
+            if progress.due():
+                progress.show(f"{stats.files} files, {human_size(stats.bytes_written)} restored")
 
         restorer = Restorer(
-            repo, tree, args.target, includes=args.include, excludes=args.exclude, verify=args.verify, progress=report
+            repo,
+            tree,
+            args.target,
+            includes=args.include,
+            excludes=args.exclude,
+            verify=args.verify,
+            progress=report if progress.enabled else None,
         )
         if not args.json and not args.quiet:
             err(f"restoring snapshot {sid[:8]} of {', '.join(snap.paths)} to {args.target}")
