@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from backupfs import __version__
 from backupfs.errors import BackupfsError
+from backupfs.memory import cap_malloc_arenas
 
 # name -> (module, one-line help). Only the module of the command being run is imported: the
 # commands pull in very different libraries (trio and pyfuse3 for mount, hypercorn for serve),
@@ -96,6 +97,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    cap_malloc_arenas()
     args = build_parser(_command_in(argv) or "").parse_args(argv)
     try:
         code: int = args.func(args)
