@@ -428,6 +428,22 @@ def test_master_index() -> None:
     assert {bid for bid, _ in mi.items()} == {a, b}
 
 
+def test_master_index_fanout_edges() -> None:
+    """The fan-out table over 2-byte prefixes finds ids at both ends of the range, runs of one
+    prefix, and nothing for absent ids that share a present prefix."""
+    rng = random.Random(3)
+    prefixes = [b"\x00\x00", b"\x00\x01", b"\x7f\xff", b"\x80\x00", b"\xff\xfe", b"\xff\xff"]
+    present = [p + rng.randbytes(30) for p in prefixes for _ in range(3)] + [rng.randbytes(32) for _ in range(500)]
+    mi = MasterIndex.build([(b"P" * 32, [PackEntry(DATA, bid, i, 1, 1) for i, bid in enumerate(present)])])
+    for i, bid in enumerate(present):
+        loc = mi.lookup(bid)
+        assert loc is not None and loc.offset == i
+    for p in prefixes:
+        assert mi.lookup(p + rng.randbytes(30)) is None
+    assert mi.lookup(b"\x00" * 32) is None and mi.lookup(b"\xff" * 32) is None
+    assert MasterIndex.build([]).lookup(b"\x00" * 32) is None
+
+
 def test_master_index_concurrent_adds() -> None:
     mi = MasterIndex()
 
