@@ -31,7 +31,7 @@ import msgpack
 from backupfs.backends.base import FileType
 from backupfs.errors import BackendError, BackupfsError, IntegrityError, NotFound, UsageError
 from backupfs.format import index as index_fmt
-from backupfs.format.pack import DATA, TREE, PackEntry
+from backupfs.format.pack import DATA, TREE, PackEntry, read_ranges
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, Node, decode_tree
 from backupfs.repository.masterindex import BlobLocation
@@ -897,7 +897,9 @@ class PrunePlan:
                 live = sorted(
                     (table.entry(g) for g in range(p.start, p.start + p.count) if used[g]), key=lambda e: e.offset
                 )
-                for group in _ranges(live):
+                # one request per pack, reading through dead blobs (measured: 914 GETs to repack
+                # 21 packs, one per run of live blobs; restic ~90)
+                for group in read_ranges(live, _span, _READ_GAP):
                     start = group[0].offset
                     end = group[-1].offset + group[-1].length
                     data = repo.backend.load(FileType.DATA, name, start, end - start)
@@ -926,16 +928,5 @@ def _remove_quietly(repo: Repository, ftype: FileType, name: str) -> None:
         pass
 
 
-def _ranges(entries: list[PackEntry], gap: int = _READ_GAP) -> Iterator[list[PackEntry]]:
-    """Groups blobs (sorted by offset) into ranges read with one request each. Unused blobs
-    between two live ones are read through when they span at most `gap` bytes: on S3 a request
-    costs about as much as transferring a megabyte, and a pack of small files alternating live and
-    dead blobs took one request per live run (measured: 914 GETs to repack 21 packs; restic ~90)."""
-    group: list[PackEntry] = []
-    for e in entries:
-        if group and e.offset - (group[-1].offset + group[-1].length) > gap:
-            yield group
-            group = []
-        group.append(e)
-    if group:
-        yield group
+def _span(e: PackEntry) -> tuple[int, int]:
+    return e.offset, e.length

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from backupfs import fsmeta
@@ -166,7 +166,7 @@ class Restorer:
             wanted = [node.content[0][1] for _fd, node, _path in batch if node.content]
             blobs = dict(zip(wanted, self.repo.load_data_blobs(wanted), strict=True)) if wanted else {}
             for fd, node, path in batch:
-                ok = self._finish_file(dir_fd, fd, node, path, blobs) and ok
+                ok = self._write_one(dir_fd, fd, node, path, _preloaded(node, blobs)) and ok
             if self._progress is not None:
                 self._progress(self.stats)
             return ok
@@ -175,44 +175,6 @@ class Restorer:
                 os.close(fd)
                 self._slots.release()
             os.close(dir_fd)
-
-    def _finish_file(
-        self, dir_fd: int, fd: int, node: Node, path: bytes, blobs: dict[bytes, bytes | Exception]
-    ) -> bool:
-        """One file of a batch, as `_write_file` does it: content (the file is removed if that
-        fails), then metadata."""
-        try:
-            written = 0
-            if node.content:
-                offset, blob_id = node.content[0]
-                data = blobs[blob_id]
-                if isinstance(data, Exception):
-                    raise data
-                view = memoryview(data)
-                while view:
-                    n = os.pwrite(fd, view, offset + written)
-                    view = view[n:]
-                    written += n
-            os.ftruncate(fd, node.size)
-            if self._verify:
-                self._verify_content(fd, node)
-        except (BackupfsError, OSError) as exc:
-            msg = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
-            self.stats.error(f"{os.fsdecode(path)}: {msg}")
-            try:
-                os.unlink(node.name, dir_fd=dir_fd)
-            except OSError:
-                pass
-            return False
-        try:
-            for w in fsmeta.apply_metadata_fd(fd, node, owner=self._owner):
-                self.stats.warnings.append(f"{os.fsdecode(path)}: {w}")
-            self.stats.add(files=1, bytes_written=written)
-        except OSError as exc:
-            self.stats.error(f"{os.fsdecode(path)}: {exc.strerror or exc}")
-        except _BAD_VALUE as exc:
-            self.stats.error(f"{os.fsdecode(path)}: {_bad_value(exc)}")
-        return True
 
     def _restore_subdir(self, dir_fd: int, node: Node, path: bytes, take: bool) -> int:
         fsmeta.create_node(dir_fd, node, exist_ok=True)
@@ -278,10 +240,23 @@ class Restorer:
             self._slots.release()
 
     def _write_file(self, dir_fd: int, fd: int, node: Node, path: bytes) -> bool:
+        """One file's job: its chunks streamed from the repository."""
+        try:
+            ok = self._write_one(dir_fd, fd, node, path, self._blobs(node.content or []))
+        finally:
+            os.close(fd)
+            os.close(dir_fd)
+            self._slots.release()
+        if self._progress is not None:
+            self._progress(self.stats)
+        return ok
+
+    def _write_one(self, dir_fd: int, fd: int, node: Node, path: bytes, chunks: Iterable[tuple[int, bytes]]) -> bool:
         """Writes content then metadata; a file whose content failed is removed. Returns whether
         the content is intact (hardlinks to it wait for that)."""
+        ok = False
         try:
-            ok = self._write_content(fd, node, path)
+            ok = self._write_content(fd, node, path, chunks)
             if ok:
                 for w in fsmeta.apply_metadata_fd(fd, node, owner=self._owner):
                     self.stats.warnings.append(f"{os.fsdecode(path)}: {w}")
@@ -292,12 +267,6 @@ class Restorer:
             self.stats.error(f"{os.fsdecode(path)}: {exc.strerror or exc}")
         except _BAD_VALUE as exc:
             self.stats.error(f"{os.fsdecode(path)}: {_bad_value(exc)}")
-        finally:
-            os.close(fd)
-            os.close(dir_fd)
-            self._slots.release()
-        if self._progress is not None:
-            self._progress(self.stats)
         return ok
 
     def _blobs(self, content: list[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
@@ -321,10 +290,10 @@ class Restorer:
             for _off, fut in window:
                 fut.cancel()
 
-    def _write_content(self, fd: int, node: Node, path: bytes) -> bool:
+    def _write_content(self, fd: int, node: Node, path: bytes, chunks: Iterable[tuple[int, bytes]]) -> bool:
         written = 0
         try:
-            for offset, data in self._blobs(node.content or []):
+            for offset, data in chunks:
                 view = memoryview(data)
                 pos = offset
                 while view:
@@ -366,6 +335,15 @@ _BATCH_FILES = 32  # small files restored by one thread job, their chunks read t
 _BATCH_BYTES = 4 << 20
 _SMALL = 1 << 20  # larger files stream their chunks on their own
 _MAX_PENDING_FILES = 128  # files created and not yet written, over all jobs (each job holds 1-2 fds)
+
+
+def _preloaded(node: Node, blobs: dict[bytes, bytes | Exception]) -> Iterator[tuple[int, bytes]]:
+    """A batch file's chunks from what the batch read; a failed read raises its error here."""
+    for offset, blob_id in node.content or ():
+        data = blobs[blob_id]
+        if isinstance(data, Exception):
+            raise data
+        yield offset, data
 
 
 def _batchable(node: Node) -> bool:

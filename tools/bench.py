@@ -1232,15 +1232,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep the prune repositories (the main ones are always kept for --only reruns)",
     )
     args = p.parse_args(argv)
-    bad = [s for s in args.only if s not in SECTIONS]
-    if bad:
-        p.error(f"unknown section(s) {bad}; choose from {SECTIONS}")
-    bad = [t for t in args.tools if t not in TOOLS]
-    if bad:
-        p.error(f"unknown tool(s) {bad}; choose from {TOOLS}")
-    if not 0 < args.scale <= 4:
-        p.error("--scale must be in (0, 4]")
+    check_common_arguments(p, args, sections=SECTIONS, tools=TOOLS, max_scale=4)
     return args
+
+
+def check_common_arguments(
+    p: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    *,
+    sections: Sequence[str],
+    tools: Sequence[str],
+    max_scale: float,
+) -> None:
+    """Rejects unknown sections and tools and an out-of-range scale (exits with usage)."""
+    bad = [s for s in args.only if s not in sections]
+    if bad:
+        p.error(f"unknown section(s) {bad}; choose from {sections}")
+    bad = [t for t in args.tools if t not in tools]
+    if bad:
+        p.error(f"unknown tool(s) {bad}; choose from {tools}")
+    if not 0 < args.scale <= max_scale:
+        p.error(f"--scale must be in (0, {max_scale:g}]")
 
 
 def main(argv: list[str] | None = None) -> int:

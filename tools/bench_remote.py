@@ -65,6 +65,7 @@ from bench import (
     Section,
     Tool,
     add_common_arguments,
+    check_common_arguments,
     log,
     run_cmd,
     section_markdown,
@@ -508,14 +509,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Bench's constructor reads bench.py's options: start from their defaults
     full = bench_parse_args([])
     vars(full).update(vars(args))
-    bad = [s for s in args.only if s not in SECTIONS]
-    if bad:
-        p.error(f"unknown section(s) {bad}; choose from {SECTIONS}")
-    bad = [t for t in args.tools if t not in TOOLS]
-    if bad:
-        p.error(f"unknown tool(s) {bad}; choose from {TOOLS}")
-    if not 0 < args.scale <= 8:
-        p.error("--scale must be in (0, 8]")
+    check_common_arguments(p, args, sections=SECTIONS, tools=TOOLS, max_scale=8)
     return full
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Final
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final, TypeVar
 
 import msgpack
 
@@ -69,3 +70,23 @@ def header_location(pack_size: int, trailer: bytes) -> tuple[int, int]:
     if hlen + TRAILER.size > pack_size or hlen == 0:
         raise IntegrityError("pack header length is out of range")
     return pack_size - TRAILER.size - hlen, hlen
+
+
+T = TypeVar("T")
+
+
+def read_ranges(items: Iterable[T], span: Callable[[T], tuple[int, int]], gap: int) -> Iterator[list[T]]:
+    """Groups items of one pack, sorted by offset, into ranges read with one request each;
+    `span(item)` is its (offset, length). Unused bytes between two items are read through when
+    they are at most `gap`: on S3 a request costs about as much as a megabyte of transfer."""
+    group: list[T] = []
+    end = 0
+    for item in items:
+        offset, length = span(item)
+        if group and offset - end > gap:
+            yield group
+            group = []
+        group.append(item)
+        end = max(end, offset + length) if len(group) > 1 else offset + length
+    if group:
+        yield group

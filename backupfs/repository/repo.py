@@ -43,7 +43,17 @@ from backupfs.format.config import ConfigBody, ConfigHeader, config_aad
 from backupfs.format.index import IndexFile
 from backupfs.format.keyfile import META_AAD, KeyFile, decode_meta, encode_meta, key_aad
 from backupfs.format.lock import LockInfo
-from backupfs.format.pack import DATA, HEADER_AAD, TRAILER, TREE, PackEntry, blob_aad, decode_header, header_location
+from backupfs.format.pack import (
+    DATA,
+    HEADER_AAD,
+    TRAILER,
+    TREE,
+    PackEntry,
+    blob_aad,
+    decode_header,
+    header_location,
+    read_ranges,
+)
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import Node, decode_tree, encode_tree
 from backupfs.repository import locks
@@ -326,15 +336,15 @@ class Repository:
 
     def load_blob_at(self, btype: int, blob_id: bytes, loc: BlobLocation) -> bytes:
         pack = loc.pack_id.hex()
-        try:
-            if self.files is not None and loc.type == TREE:
+        if self.files is not None and loc.type == TREE:
+            try:
                 envelope = self._load_tree_envelope(pack, loc)
-            else:
-                envelope = self.backend.load(FileType.DATA, pack, loc.offset, loc.length)
-        except NotFound as exc:
-            raise IntegrityError(f"pack {pack} is missing (needed for blob {blob_id.hex()[:16]})") from exc
-        except BackendError as exc:
-            raise IntegrityError(f"pack {pack}: {exc}") from exc
+            except NotFound as exc:
+                raise IntegrityError(f"pack {pack} is missing (needed for blob {blob_id.hex()[:16]})") from exc
+            except BackendError as exc:
+                raise IntegrityError(f"pack {pack}: {exc}") from exc
+        else:
+            envelope = self._load_range(pack, loc.offset, loc.length, f" (needed for blob {blob_id.hex()[:16]})")
         try:
             return self.open_blob(btype, blob_id, envelope, pack)
         except IntegrityError:
@@ -359,48 +369,39 @@ class Repository:
                 by_pack.setdefault(loc.pack_id, []).append((loc, i))
         for pack_id, items in by_pack.items():
             items.sort(key=lambda item: item[0].offset)
-            group: list[tuple[BlobLocation, int]] = []
-            for item in items:
-                if group and item[0].offset - (group[-1][0].offset + group[-1][0].length) > gap:
-                    self._load_group(pack_id, group, blob_ids, out)
-                    group = []
-                group.append(item)
-            self._load_group(pack_id, group, blob_ids, out)
+            for group in read_ranges(items, lambda item: (item[0].offset, item[0].length), gap):
+                self._load_group(pack_id.hex(), group, blob_ids, out)
         return out
 
     def _load_group(
-        self, pack_id: bytes, group: list[tuple[BlobLocation, int]], blob_ids: list[bytes], out: list[bytes | Exception]
+        self, pack: str, group: list[tuple[BlobLocation, int]], blob_ids: list[bytes], out: list[bytes | Exception]
     ) -> None:
-        if len(group) == 1:
-            loc, i = group[0]
-            try:
-                out[i] = self.load_blob_at(DATA, blob_ids[i], loc)
-            except IntegrityError as exc:
-                out[i] = exc
-            return
-        pack = pack_id.hex()
         start = group[0][0].offset
         end = max(loc.offset + loc.length for loc, _ in group)
+        context = f" (needed for blob {blob_ids[group[0][1]].hex()[:16]})" if len(group) == 1 else ""
         try:
-            data = self.backend.load(FileType.DATA, pack, start, end - start)
-        except NotFound as exc:
-            err = IntegrityError(f"pack {pack} is missing")
-            err.__cause__ = exc
+            data = memoryview(self._load_range(pack, start, end - start, context))
+        except IntegrityError as exc:
             for _, i in group:
-                out[i] = err
+                out[i] = exc
             return
-        except BackendError as exc:
-            for _, i in group:
-                out[i] = IntegrityError(f"pack {pack}: {exc}")
-            return
-        view = memoryview(data)
         for loc, i in group:
             try:
                 out[i] = self.open_blob(
-                    DATA, blob_ids[i], view[loc.offset - start : loc.offset - start + loc.length], pack
+                    DATA, blob_ids[i], data[loc.offset - start : loc.offset - start + loc.length], pack
                 )
             except IntegrityError as exc:
                 out[i] = exc
+
+    def _load_range(self, pack: str, offset: int, length: int, context: str = "") -> bytes:
+        """A ranged read of a data pack; a missing pack or a storage error is an IntegrityError
+        (a NotFound stays its cause: the mount reloads the index on it)."""
+        try:
+            return self.backend.load(FileType.DATA, pack, offset, length)
+        except NotFound as exc:
+            raise IntegrityError(f"pack {pack} is missing{context}") from exc
+        except BackendError as exc:
+            raise IntegrityError(f"pack {pack}: {exc}") from exc
 
     def _load_tree_envelope(self, pack: str, loc: BlobLocation) -> bytes:
         """Tree packs are fetched whole once and kept: the next tree is likely in the same pack."""

@@ -32,7 +32,7 @@ from backupfs.backends.s3 import S3Backend
 from backupfs.backends.sftp import SFTPBackend
 from backupfs.errors import TransientBackendError
 
-from .backend_servers import MotoServer, SSHDServer, free_port, write_ed25519_key
+from .backend_servers import MotoServer, SSHDServer, free_port, shutdown_all, write_ed25519_key
 from .test_cli_remote import RemoteCli
 
 MiB = 1 << 20
@@ -124,9 +124,7 @@ class Link:
     def _drop_all(self) -> None:
         with self._lock:
             socks, self._live = self._live, []
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+        shutdown_all(socks)
 
     def kill(self) -> None:
         if self._listener is not None:
