@@ -10,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv)
 pip_extra=""
 if [[ "${1:-}" == "--test" ]]; then
-    apt_pkgs+=(rsync acl attr restic borgbackup openssh-server openssh-client)
+    apt_pkgs+=(rsync acl attr restic borgbackup python3-llfuse openssh-server openssh-client)
     pip_extra="[test]"
 fi
 
