@@ -30,10 +30,17 @@ class MountOptions:
     vfs: VfsOptions = dataclasses.field(default_factory=VfsOptions)
 
 
-def run(repo: Repository, mountpoint: str, options: MountOptions, on_ready: Callable[[], None] | None = None) -> None:
-    """Mounts `repo` at `mountpoint` and serves it until unmounted or signalled."""
+def run(
+    repo: Repository,
+    mountpoint: str,
+    options: MountOptions,
+    on_ready: Callable[[], None] | None = None,
+    load_index: Callable[[], set[str]] | None = None,
+) -> None:
+    """Mounts `repo` at `mountpoint` and serves it until unmounted or signalled. `load_index`
+    (see `Vfs`) may hand over an index load that is already under way."""
     cap_malloc_arenas()
-    trio.run(_main, repo, mountpoint, options, on_ready)
+    trio.run(_main, repo, mountpoint, options, on_ready, load_index)
 
 
 async def _trim_memory_periodically(interval: float = 5.0) -> None:
@@ -48,8 +55,14 @@ async def _trim_memory_periodically(interval: float = 5.0) -> None:
         await trio.to_thread.run_sync(trim, 0)
 
 
-async def _main(repo: Repository, mountpoint: str, options: MountOptions, on_ready: Callable[[], None] | None) -> None:
-    vfs = Vfs(repo, options.vfs, invalidate=fuse.invalidate_entry, store=fuse.store_pages)
+async def _main(
+    repo: Repository,
+    mountpoint: str,
+    options: MountOptions,
+    on_ready: Callable[[], None] | None,
+    load_index: Callable[[], set[str]] | None,
+) -> None:
+    vfs = Vfs(repo, options.vfs, invalidate=fuse.invalidate_entry, store=fuse.store_pages, load_index=load_index)
     connected = trio.Event()
     ops = fuse.Operations(vfs, enable_acl=options.allow_other, on_init=connected.set)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:

@@ -381,8 +381,12 @@ class Vfs:
         options: VfsOptions | None = None,
         invalidate: Callable[[int, bytes], None] | None = None,
         store: Callable[[int, memoryview], None] | None = None,
+        load_index: Callable[[], set[str]] | None = None,
     ) -> None:
         self.repo = repo
+        # loads repo.index, returning the index files it covers; the mount passes one that
+        # waits for a load started before trio and pyfuse3 had finished importing
+        self._load_index_files = load_index or repo.load_index
         self.options = options or VfsOptions()
         self._invalidate = invalidate  # tells the kernel an entry it may cache has changed
         self._store = store  # puts a file's content into the kernel's page cache (worker threads only)
@@ -463,10 +467,8 @@ class Vfs:
         log.info("index loaded: %d blobs in %.3f s", len(self.repo.index), time.monotonic() - t)
 
     def _initial_index(self) -> None:
-        names = {n for n, _ in self.repo.backend.list(FileType.INDEX)}
         with self._index_lock:
-            self.repo.load_index()
-            self._index_names = names
+            self._index_names = self._load_index_files()
 
     async def _load_snapshot_set(self) -> None:
         t = time.monotonic()

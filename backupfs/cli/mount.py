@@ -10,9 +10,13 @@ import re
 import shutil
 import sys
 import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from backupfs.cli._common import err, open_repository
 from backupfs.errors import BackupfsError, UsageError
+
+T = TypeVar("T")
 
 
 class FuseUnavailable(BackupfsError):
@@ -62,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     # No lock: a mount may stay up for weeks and must not stop prune; it copes with packs that
     # prune removes (index reload) and with snapshots that forget removes (they disappear).
     with open_repository(args, lock=None, load_index=False) as repo:
+        # The index loads while the imports finish (this thread would only wait for them): the
+        # first `ls` inside a snapshot needs it, and it used to start only once mounted.
+        index = _InThread(repo.load_index)
         importer.join()
         try:
             from backupfs import mount
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         options = mount.MountOptions(
             allow_other=args.allow_other, vfs=VfsOptions(cache_bytes=cache_bytes, refresh_interval=args.refresh)
         )
-        mount.run(repo, mountpoint, options, ready)
+        mount.run(repo, mountpoint, options, ready, load_index=index.result)
     return 0
 
 
@@ -103,6 +110,29 @@ def check_fuse_available() -> None:
             raise FuseUnavailable("FUSE is not available: fusermount3 is not installed (install the fuse3 package)")
     elif not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise FuseUnavailable("FUSE is not available: /dev/fuse cannot be opened")
+
+
+class _InThread(Generic[T]):
+    """Runs `fn` in a thread from now on; `result()` waits for it and returns or raises."""
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._fn = fn
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bfs-index-load", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # handed to whoever waits for the result
+            self._error = exc
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
 
 
 def _import_quietly(name: str) -> None:

@@ -273,9 +273,10 @@ class Repository:
 
     # ---------------------------------------------------------------- index
 
-    def load_index(self) -> None:
+    def load_index(self) -> set[str]:
         """Loads the master index: from the local cache where it is current, else from the
-        repository's index files (in parallel: remote backends have latency)."""
+        repository's index files (in parallel: remote backends have latency). Returns the
+        names of the index files it covers."""
         names = [name for name, _ in self.backend.list(FileType.INDEX)]
         cache = IndexCache(self.cache_dir, self.header.repo_id, self.master.id) if self.cache_dir else None
         cached = cache.load() if cache is not None else None
@@ -306,6 +307,7 @@ class Repository:
             cache.store(sorted(covered | set(files)), self.index.to_table())
         if self.files is not None:
             self.files.forget_except(FileType.DATA, {p.hex() for p in self.index.pack_ids()})
+        return set(names)
 
     def load_index_file(self, name: str) -> IndexFile:
         return _decode_named(IndexFile.decode, self.load_file(FileType.INDEX, name, index_fmt.AAD), f"index/{name}")
