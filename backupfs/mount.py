@@ -40,7 +40,25 @@ def run(
     """Mounts `repo` at `mountpoint` and serves it until unmounted or signalled. `load_index`
     (see `Vfs`) may hand over an index load that is already under way."""
     cap_malloc_arenas()
-    trio.run(_main, repo, mountpoint, options, on_ready, load_index)
+    try:
+        trio.run(_main, repo, mountpoint, options, on_ready, load_index)
+    except BaseExceptionGroup as group:
+        # trio wraps what ended the mount (a damaged index file, say) in nursery groups: the
+        # command reports that one error on one line, as every other command does
+        raise _sole(group) from None
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The only exception inside nested groups, else the group itself."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 async def _trim_memory_periodically(interval: float = 5.0) -> None:
