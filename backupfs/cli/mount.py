@@ -10,13 +10,10 @@ import re
 import shutil
 import sys
 import threading
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from concurrent.futures import ThreadPoolExecutor
 
 from backupfs.cli._common import err, open_repository
 from backupfs.errors import BackupfsError, UsageError
-
-T = TypeVar("T")
 
 
 class FuseUnavailable(BackupfsError):
@@ -68,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     with open_repository(args, lock=None, load_index=False) as repo:
         # The index loads while the imports finish (this thread would only wait for them): the
         # first `ls` inside a snapshot needs it, and it used to start only once mounted.
-        index = _InThread(repo.load_index)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="bfs-index-load")
+        index = pool.submit(repo.load_index)
+        pool.shutdown(wait=False)  # not `with`: that would wait for the load right here
         importer.join()
         try:
             from backupfs import mount
@@ -110,29 +109,6 @@ def check_fuse_available() -> None:
             raise FuseUnavailable("FUSE is not available: fusermount3 is not installed (install the fuse3 package)")
     elif not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise FuseUnavailable("FUSE is not available: /dev/fuse cannot be opened")
-
-
-class _InThread(Generic[T]):
-    """Runs `fn` in a thread from now on; `result()` waits for it and returns or raises."""
-
-    def __init__(self, fn: Callable[[], T]) -> None:
-        self._fn = fn
-        self._value: T | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="bfs-index-load", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._fn()
-        except BaseException as exc:  # handed to whoever waits for the result
-            self._error = exc
-
-    def result(self) -> T:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
 
 
 def _import_quietly(name: str) -> None:
