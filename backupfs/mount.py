@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import trio
 
 from backupfs import fuse
-from backupfs.memory import cap_malloc_arenas
+from backupfs.malloc_arenas import cap_malloc_arenas
 from backupfs.repository.repo import Repository
 from backupfs.vfs import Vfs, VfsOptions
 

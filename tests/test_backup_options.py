@@ -23,10 +23,10 @@ import pytest
 from conftest import CLI, PASSWORD
 from fastrepo import init_fast
 
-from backupfs import fsmeta
-from backupfs.archiver import Archiver, BackupOptions
 from backupfs.backends.local import LocalBackend
-from backupfs.excludes import CACHEDIR_SIGNATURE
+from backupfs.ops import fsmeta
+from backupfs.ops.backup import Archiver, BackupOptions
+from backupfs.ops.excludes import CACHEDIR_SIGNATURE
 from backupfs.repository.repo import Repository
 
 MiB = 1024 * 1024

@@ -21,8 +21,8 @@ from richtree import rsync_diff
 
 from backupfs.backends.local import LocalBackend
 from backupfs.format.tree import DIR
+from backupfs.ops.treeview import lookup
 from backupfs.repository.repo import Repository
-from backupfs.treeview import lookup
 
 MiB = 1024 * 1024
 EXIT_CODES = {0, 1, 2, 3, 4, 10, 11, 12, 130}  # design.md section 14

@@ -1,4 +1,4 @@
-"""backupfs.fsmeta against a real filesystem: read every kind of entry, recreate it, compare with rsync."""
+"""backupfs.ops.fsmeta against a real filesystem: read every kind of entry, recreate it, compare with rsync."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import richtree
 
-from backupfs import fsmeta
 from backupfs.errors import IntegrityError
 from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree, encode_tree
+from backupfs.ops import fsmeta
 
 is_root = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not is_root, reason="needs root (mknod, chown, trusted xattrs)")

@@ -28,13 +28,14 @@ from conftest import CLI, PASSWORD
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend
 from backupfs.backends.memory import MemoryBackend
-from backupfs.checker import Checker
 from backupfs.crypto import file_id
 from backupfs.errors import BackendError, IntegrityError, UsageError
 from backupfs.format.index import IndexFile
 from backupfs.format.pack import DATA, TREE, PackEntry
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, Node
+from backupfs.ops.check import Checker
+from backupfs.ops.restore import Restorer
 from backupfs.prune import (
     PHASES,
     MaxUnused,
@@ -49,7 +50,6 @@ from backupfs.prune import (
     plan_prune,
 )
 from backupfs.repository.repo import Repository
-from backupfs.restorer import Restorer
 
 PW = PASSWORD.encode()
 CHEAP_KDF = (1, 8192)  # the tests open repositories hundreds of times

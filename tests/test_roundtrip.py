@@ -18,10 +18,10 @@ from conftest import CLI, PASSWORD
 from fastrepo import init_fast
 from richtree import T_FUTURE, make_rich_tree, rsync_diff, sparse_ok
 
-from backupfs.archiver import Archiver, BackupOptions
 from backupfs.backends.local import LocalBackend
+from backupfs.ops.backup import Archiver, BackupOptions
+from backupfs.ops.restore import Restorer
 from backupfs.repository.repo import Repository
-from backupfs.restorer import Restorer
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="ownership, devices and trusted.* xattrs need root")
 

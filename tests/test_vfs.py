@@ -18,12 +18,12 @@ import pytest
 import trio
 from richtree import make_rich_tree
 
-from backupfs.archiver import Archiver, BackupOptions
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend
 from backupfs.crypto import file_id
+from backupfs.ops.backup import Archiver, BackupOptions
+from backupfs.ops.treeview import lookup as tree_lookup
 from backupfs.repository.repo import Repository
-from backupfs.treeview import lookup as tree_lookup
 from backupfs.vfs import ROOT_INO, Attr, FsError, Vfs, VfsOptions
 
 MiB = 1 << 20

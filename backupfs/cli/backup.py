@@ -7,10 +7,10 @@ import subprocess
 import sys
 import threading
 
-from backupfs.archiver import Archiver, BackupOptions, BackupStats
 from backupfs.cli._common import Progress, err, human_size, open_repository, print_json
 from backupfs.errors import BackupfsError, UsageError
-from backupfs.excludes import read_exclude_file
+from backupfs.ops.backup import Archiver, BackupOptions, BackupStats
+from backupfs.ops.excludes import read_exclude_file
 
 EXIT_SKIPPED = 3
 

@@ -9,7 +9,7 @@ from backupfs.cli._common import open_repository
 from backupfs.errors import UsageError
 from backupfs.format.pack import DATA
 from backupfs.format.tree import FILE
-from backupfs.treeview import lookup
+from backupfs.ops.treeview import lookup
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

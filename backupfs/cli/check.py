@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from backupfs.checker import Checker
 from backupfs.cli._common import err, open_repository, print_json
 from backupfs.errors import IntegrityError
+from backupfs.ops.check import Checker
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 from backupfs.cli._common import err, human_size, open_backend, open_repository, print_json
 from backupfs.cli.snapshots import add_filter_args, matches
-from backupfs.copier import Copier
 from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError, WrongPassword
 from backupfs.format.snapshot import Snapshot
+from backupfs.ops.copy import Copier
 from backupfs.repository.repo import Repository
 
 

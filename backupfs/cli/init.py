@@ -7,9 +7,9 @@ import argparse
 from backupfs.chunker import DEFAULT_PARAMS
 from backupfs.cli._common import backend_options, err, get_password, open_backend, print_json, repo_url
 from backupfs.cli.copy import add_from_repo_args, open_from_repository
-from backupfs.copier import chunking_like
 from backupfs.crypto import SUITES, MasterKey
 from backupfs.errors import UsageError
+from backupfs.ops.copy import chunking_like
 from backupfs.repository.repo import Repository
 
 

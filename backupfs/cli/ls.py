@@ -10,7 +10,7 @@ import sys
 from backupfs.cli._common import format_time, iso_time, open_repository, print_json
 from backupfs.cli.snapshots import snapshot_json
 from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, FMT_OF_TYPE, SYMLINK, Node
-from backupfs.treeview import iter_tree, lookup, split_path
+from backupfs.ops.treeview import iter_tree, lookup, split_path
 
 _TYPE_NAMES = {FILE: "file", DIR: "dir", SYMLINK: "symlink", FIFO: "fifo", CHARDEV: "chardev", BLOCKDEV: "blockdev"}
 

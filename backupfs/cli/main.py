@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from backupfs import __version__
 from backupfs.errors import BackupfsError
-from backupfs.memory import cap_malloc_arenas
+from backupfs.malloc_arenas import cap_malloc_arenas
 
 # name -> (module, one-line help). Only the module of the command being run is imported: the
 # commands pull in very different libraries (trio and pyfuse3 for mount, hypercorn for serve),

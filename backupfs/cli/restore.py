@@ -8,8 +8,8 @@ import time
 from backupfs.cli._common import Progress, err, human_size, open_repository, print_json
 from backupfs.errors import IntegrityError, UsageError
 from backupfs.format.tree import DIR
-from backupfs.restorer import Restorer, RestoreStats
-from backupfs.treeview import lookup
+from backupfs.ops.restore import Restorer, RestoreStats
+from backupfs.ops.treeview import lookup
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

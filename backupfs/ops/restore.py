@@ -15,11 +15,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from backupfs import fsmeta
 from backupfs.errors import BackupfsError, IntegrityError
-from backupfs.excludes import Excluder
 from backupfs.format.pack import DATA
 from backupfs.format.tree import DIR, FILE, Node
+from backupfs.ops import fsmeta
+from backupfs.ops.excludes import Excluder
 from backupfs.repository.repo import Repository
 
 

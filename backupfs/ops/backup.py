@@ -24,12 +24,13 @@ from typing import IO
 
 from pyfastcdc import BinaryStreamReader, FastCDC
 
-from backupfs import __version__, fsmeta
+from backupfs import __version__
 from backupfs.errors import BackupfsError, IntegrityError
-from backupfs.excludes import Excluder, is_cache_dir
 from backupfs.format.pack import DATA
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, Node
+from backupfs.ops import fsmeta
+from backupfs.ops.excludes import Excluder, is_cache_dir
 from backupfs.repository.repo import Repository
 
 SMALL_FILE = 8 * 1024 * 1024  # read whole and chunked in memory, in the file's own thread
