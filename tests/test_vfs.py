@@ -1,4 +1,4 @@
-"""The mount's filesystem logic (backupfs.vfs) driven directly, without FUSE or the kernel.
+"""The mount's filesystem logic (backupfs.mount.vfs) driven directly, without FUSE or the kernel.
 
 Repositories are made in-process through the Repository API and the archiver, with a cheap key
 derivation, to keep these tests fast (tests/fuse/ drives the real CLI).
@@ -21,10 +21,10 @@ from richtree import make_rich_tree
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend
 from backupfs.crypto import file_id
+from backupfs.mount.vfs import ROOT_INO, Attr, FsError, Vfs, VfsOptions
 from backupfs.ops.backup import Archiver, BackupOptions
 from backupfs.ops.treeview import lookup as tree_lookup
 from backupfs.repository.repo import Repository
-from backupfs.vfs import ROOT_INO, Attr, FsError, Vfs, VfsOptions
 
 MiB = 1 << 20
 PASSWORD = "vfs tests"

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     # trio and pyfuse3 take ~0.2 s to import: not at the top, so that other commands do not pay
     # for them (and run where libfuse3 is missing), and in a thread, so that the import overlaps
     # the password's key derivation (which releases the GIL) instead of delaying the mount.
-    importer = threading.Thread(target=_import_quietly, args=("backupfs.mount",), daemon=True)
+    importer = threading.Thread(target=_import_quietly, args=("backupfs.mount.lifecycle",), daemon=True)
     importer.start()
 
     def ready() -> None:
@@ -70,15 +70,15 @@ def run(args: argparse.Namespace) -> int:
         pool.shutdown(wait=False)  # not `with`: that would wait for the load right here
         importer.join()
         try:
-            from backupfs import mount
-            from backupfs.vfs import VfsOptions
+            from backupfs.mount import lifecycle
+            from backupfs.mount.vfs import VfsOptions
         except ImportError as exc:  # pyfuse3 or libfuse3 missing
             raise FuseUnavailable(f"FUSE is not available: {exc}") from exc
 
-        options = mount.MountOptions(
+        options = lifecycle.MountOptions(
             allow_other=args.allow_other, vfs=VfsOptions(cache_bytes=cache_bytes, refresh_interval=args.refresh)
         )
-        mount.run(repo, mountpoint, options, ready, load_index=index.result)
+        lifecycle.run(repo, mountpoint, options, ready, load_index=index.result)
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 import pyfuse3
 from pyfuse3 import EntryAttributes, FileInfo, ReaddirToken, RequestContext, SetattrFields, StatvfsData
 
-from backupfs.vfs import Attr, FsError, Vfs
+from backupfs.mount.vfs import Attr, FsError, Vfs
 
 log = logging.getLogger(__name__)
 

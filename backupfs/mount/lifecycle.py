@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 
-from backupfs import fuse
 from backupfs.malloc_arenas import cap_malloc_arenas
+from backupfs.mount import fuse
+from backupfs.mount.vfs import Vfs, VfsOptions
 from backupfs.repository.repo import Repository
-from backupfs.vfs import Vfs, VfsOptions
 
 log = logging.getLogger(__name__)
 
