@@ -47,6 +47,7 @@ from backupfs.errors import BackupfsError, IntegrityError, NotFound
 from backupfs.format.pack import DATA, TREE
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, FMT_OF_TYPE, SYMLINK, Node, decode_tree
+from backupfs.mount.model import Model, Snap
 from backupfs.repository.repo import Repository
 
 log = logging.getLogger(__name__)
@@ -178,32 +179,6 @@ class _VState:
             if key not in self.seen:
                 self.seen.add(key)
                 self.leaves.append((snap_name, node))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Snap:
-    sid: str
-    snap: Snapshot
-    name: bytes  # unique local-time name
-
-
-class _Model:
-    """The snapshot set at one moment; replaced as a whole when the repository changes."""
-
-    def __init__(self, snaps: list[_Snap]) -> None:
-        self.snaps = snaps  # oldest first
-        self.by_name = {s.name: s for s in snaps}
-        self.by_short = _short_ids(snaps)
-        self.hosts: dict[bytes, list[_Snap]] = {}
-        self.tags: dict[bytes, list[_Snap]] = {}
-        for s in snaps:
-            self.hosts.setdefault(_safe_name(s.snap.host), []).append(s)
-            for tag in dict.fromkeys(s.snap.tags):
-                self.tags.setdefault(_safe_name(tag), []).append(s)
-        self.newest_ns = snaps[-1].snap.time_ns if snaps else 0
-
-    def group(self, is_tag: bool, name: bytes) -> list[_Snap]:
-        return (self.tags if is_tag else self.hosts).get(name, [])
 
 
 class _Pending(Generic[V]):
@@ -394,8 +369,7 @@ class Vfs:
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, _DirHandle] = {}
         self._next_fh = 1
-        self._model = _Model([])
-        self._snap_names: dict[str, bytes] = {}  # names stay put while mounted
+        self._model = Model.build({})
         self._snapshots: dict[str, Snapshot] = {}
         self._bad_snapshots: set[str] = set()
         self._index_names: set[str] = set()
@@ -502,7 +476,7 @@ class Vfs:
         snapshots = {sid: snap for sid, snap in self._snapshots.items() if sid in names}
         snapshots.update(loaded)
         self._snapshots = snapshots
-        self._model = self._build_model(snapshots)
+        self._model = Model.build(snapshots, old)
         if not initial:  # the kernel has cached nothing yet (and may not even be connected)
             self._notify_changes(old, self._model)
         return True
@@ -544,22 +518,7 @@ class Vfs:
         self._index_gen += 1
         self._last_reload = time.monotonic()
 
-    def _build_model(self, snapshots: dict[str, Snapshot]) -> _Model:
-        ordered = sorted(snapshots.items(), key=lambda p: (p[1].time_ns, p[0]))
-        names = {sid: n for sid, n in self._snap_names.items() if sid in snapshots}
-        taken = set(names.values())
-        for sid, snap in ordered:
-            if sid not in names:
-                base = _time_name(snap.time_ns)
-                name, i = base, 1
-                while name in taken:
-                    name, i = b"%s-%d" % (base, i), i + 1
-                names[sid] = name
-                taken.add(name)
-        self._snap_names = names
-        return _Model([_Snap(sid, snap, names[sid]) for sid, snap in ordered])
-
-    def _notify_changes(self, old: _Model, new: _Model) -> None:
+    def _notify_changes(self, old: Model, new: Model) -> None:
         """Drops kernel-cached names that went away or changed target (timeouts would anyway)."""
         if self._invalidate is None:
             return
@@ -782,7 +741,7 @@ class Vfs:
         ino = rec.ino
         if ino == ROOT_INO or (rec.kind == _K_GROUP and name == b"latest"):
             return next((r for n, r in self._layout_children(rec) if n == name), None)
-        s: _Snap | None = None
+        s: Snap | None = None
         if ino == _SNAPSHOTS_INO:
             s = model.by_name.get(name)
         elif ino == _IDS_INO:
@@ -802,7 +761,7 @@ class Vfs:
     def _latest(self, parent: int, target: bytes) -> tuple[bytes, _Inode]:
         return b"latest", self._new(_u64(parent) + b"latest\0" + target, parent, b"latest", _K_LINK, extra=target)
 
-    def _snap_root(self, parent: int, name: bytes, s: _Snap) -> _Inode:
+    def _snap_root(self, parent: int, name: bytes, s: Snap) -> _Inode:
         snap = s.snap
         node = Node(
             name=name,
@@ -1200,27 +1159,3 @@ def _content_key(node: Node) -> bytes:
     parts += [bid for _, bid in node.content or ()]
     parts.append(node.link_target or b"")
     return xxhash.xxh3_128_digest(b"".join(parts))
-
-
-def _time_name(ns: int) -> bytes:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ns // 1_000_000_000)).encode()
-
-
-def _safe_name(text: str) -> bytes:
-    """A host or tag as a file name: no '/', NUL, or dot-only names."""
-    raw = os.fsencode(text).replace(b"/", b"_").replace(b"\0", b"_")
-    return raw if raw not in (b"", b".", b"..") else b"_" + raw
-
-
-def _short_ids(snaps: list[_Snap]) -> dict[bytes, _Snap]:
-    """8-digit ids, longer where two snapshots share a prefix."""
-    out: dict[bytes, _Snap] = {}
-    sids = sorted(s.sid for s in snaps)
-    by_sid = {s.sid: s for s in snaps}
-    for i, sid in enumerate(sids):
-        n = 8
-        for other in (sids[i - 1] if i else "", sids[i + 1] if i + 1 < len(sids) else ""):
-            while n < len(sid) and other[:n] == sid[:n]:
-                n += 1
-        out[sid[:n].encode()] = by_sid[sid]
-    return out

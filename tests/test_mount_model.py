@@ -1,0 +1,120 @@
+"""The mount's naming rules (backupfs.mount.model), pure: no trio, no repository."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from backupfs.format.snapshot import Snapshot
+from backupfs.mount.model import Model, safe_name, time_name
+
+T = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20 UTC
+SECOND = 1_000_000_000
+
+
+def snap(time_ns: int = T, host: str = "h", tags: list[str] | None = None) -> Snapshot:
+    return Snapshot(time_ns=time_ns, host=host, user="u", paths=["/"], tree=bytes(32), tags=tags or [])
+
+
+def sid(prefix: str) -> str:
+    return prefix + "0" * (64 - len(prefix))
+
+
+def names(model: Model) -> dict[str, bytes]:
+    return {s.sid: s.name for s in model.snaps}
+
+
+@pytest.fixture
+def utc_plus_2(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "BFS-2")  # POSIX: a zone named BFS, two hours east of UTC
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_time_names_are_local_seconds(utc_plus_2: None) -> None:
+    assert time_name(T) == b"2023-11-15T00:13:20"
+    assert time_name(T + SECOND - 1) == b"2023-11-15T00:13:20"
+
+
+def test_snapshots_in_one_second_get_numbered_in_time_then_id_order() -> None:
+    base = time_name(T)
+    model = Model.build({sid("c"): snap(T), sid("a"): snap(T + 5), sid("b"): snap(T + 5), sid("d"): snap(T + SECOND)})
+    assert [s.sid for s in model.snaps] == [sid("c"), sid("a"), sid("b"), sid("d")]
+    assert names(model) == {
+        sid("c"): base,
+        sid("a"): base + b"-1",
+        sid("b"): base + b"-2",
+        sid("d"): time_name(T + SECOND),
+    }
+    assert model.by_name[base + b"-2"].sid == sid("b")
+
+
+def test_a_name_stays_with_its_snapshot_while_it_exists() -> None:
+    base = time_name(T)
+    first = Model.build({sid("b"): snap(T), sid("c"): snap(T)})
+    assert names(first) == {sid("b"): base, sid("c"): base + b"-1"}
+    # a newer backup of the same second sorts first by id, yet takes the next free number
+    second = Model.build({sid("a"): snap(T), sid("b"): snap(T), sid("c"): snap(T)}, first)
+    assert names(second) == {sid("b"): base, sid("c"): base + b"-1", sid("a"): base + b"-2"}
+    # a forgotten snapshot's name is free again for the next new one
+    third = Model.build({sid("a"): snap(T), sid("c"): snap(T), sid("d"): snap(T)}, second)
+    assert names(third) == {sid("c"): base + b"-1", sid("a"): base + b"-2", sid("d"): base}
+    # without a previous model the names start over
+    assert names(Model.build({sid("a"): snap(T), sid("c"): snap(T)})) == {sid("a"): base, sid("c"): base + b"-1"}
+
+
+def test_short_ids_lengthen_only_where_ids_share_a_prefix() -> None:
+    ids = [sid("12345678a"), sid("12345678b"), sid("1234567800ff1"), sid("1234567800ff2"), sid("9")]
+    model = Model.build({i: snap(T + n) for n, i in enumerate(ids)})
+    by_sid = {s.sid: short for short, s in model.by_short.items()}
+    assert by_sid == {
+        ids[0]: b"12345678a",
+        ids[1]: b"12345678b",
+        ids[2]: b"1234567800ff1",
+        ids[3]: b"1234567800ff2",
+        ids[4]: b"90000000",
+    }
+    assert len(Model.build({ids[0]: snap()}).by_short) == 1
+    assert next(iter(Model.build({ids[0]: snap()}).by_short)) == b"12345678"
+
+
+def test_hosts_and_tags_group_snapshots_under_safe_names() -> None:
+    model = Model.build(
+        {
+            sid("a"): snap(T, host="laptop", tags=["nightly", "a/b", "nightly"]),
+            sid("b"): snap(T + SECOND, host="srv/1", tags=["nightly"]),
+            sid("c"): snap(T + 2 * SECOND, host="laptop"),
+        }
+    )
+    assert {g: [s.sid for s in m] for g, m in model.hosts.items()} == {
+        b"laptop": [sid("a"), sid("c")],
+        b"srv_1": [sid("b")],
+    }
+    assert {g: [s.sid for s in m] for g, m in model.tags.items()} == {
+        b"nightly": [sid("a"), sid("b")],  # a tag given twice lists the snapshot once
+        b"a_b": [sid("a")],
+    }
+    assert [s.sid for s in model.group(True, b"nightly")] == [sid("a"), sid("b")]
+    assert [s.sid for s in model.group(False, b"laptop")] == [sid("a"), sid("c")]
+    assert model.group(False, b"nightly") == [] and model.group(True, b"laptop") == []
+    assert model.newest_ns == T + 2 * SECOND
+    assert Model.build({}).newest_ns == 0
+
+
+def test_safe_names() -> None:
+    assert safe_name("a/b\0c") == b"a_b_c"
+    assert [safe_name(s) for s in ("", ".", "..")] == [b"_", b"_.", b"_.."]
+    assert safe_name("...") == b"..."
+    assert safe_name("caf\udce9") == b"caf\xe9"  # a host name that was not UTF-8 keeps its bytes
+
+
+def test_the_model_needs_neither_trio_nor_pyfuse3() -> None:
+    code = "import sys, backupfs.mount.model; print(sorted(m for m in sys.modules if m in ('trio', 'pyfuse3')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True).stdout
+    assert out.strip() == "[]"
