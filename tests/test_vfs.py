@@ -21,7 +21,8 @@ from richtree import make_rich_tree
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend
 from backupfs.crypto import file_id
-from backupfs.mount.vfs import ROOT_INO, Attr, FsError, Vfs, VfsOptions
+from backupfs.mount.api import Attr, FsError, VfsOptions
+from backupfs.mount.vfs import ROOT_INO, Vfs
 from backupfs.ops.backup import Archiver, BackupOptions
 from backupfs.ops.treeview import lookup as tree_lookup
 from backupfs.repository.repo import Repository

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         importer.join()
         try:
             from backupfs.mount import lifecycle
-            from backupfs.mount.vfs import VfsOptions
+            from backupfs.mount.api import VfsOptions
         except ImportError as exc:  # pyfuse3 or libfuse3 missing
             raise FuseUnavailable(f"FUSE is not available: {exc}") from exc
 

@@ -16,7 +16,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 import pyfuse3
 from pyfuse3 import EntryAttributes, FileInfo, ReaddirToken, RequestContext, SetattrFields, StatvfsData
 
-from backupfs.mount.vfs import Attr, FsError, Vfs
+from backupfs.mount.api import Attr, FsError
+from backupfs.mount.vfs import Vfs
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ import trio
 
 from backupfs.malloc_arenas import cap_malloc_arenas
 from backupfs.mount import fuse
-from backupfs.mount.vfs import Vfs, VfsOptions
+from backupfs.mount.api import VfsOptions
+from backupfs.mount.vfs import Vfs
 from backupfs.repository.repo import Repository
 
 log = logging.getLogger(__name__)

@@ -31,23 +31,19 @@ import functools
 import logging
 import os
 import stat
-import sys
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import trio
 import xxhash
 
-from backupfs.backends.base import FileType
-from backupfs.errors import BackupfsError, IntegrityError, NotFound
-from backupfs.format.pack import DATA, TREE
+from backupfs.errors import BackupfsError
 from backupfs.format.snapshot import Snapshot
-from backupfs.format.tree import DIR, FILE, FMT_OF_TYPE, SYMLINK, Node, decode_tree
-from backupfs.mount.loader import Loader
+from backupfs.format.tree import DIR, FILE, FMT_OF_TYPE, SYMLINK, Node
+from backupfs.mount.api import Attr, FsError, VfsOptions
 from backupfs.mount.model import Model, Snap
+from backupfs.mount.storage import Storage
 from backupfs.repository.repo import Repository
 
 log = logging.getLogger(__name__)
@@ -71,50 +67,6 @@ _PREFETCH_BATCH = 2  # chunks per prefetch job for a sequential reader
 _SIBLINGS_AHEAD = 32  # files whose chunk is prefetched ahead of a reader opening a folder's files in order
 _SMALL_FILE = 1 << 20  # larger files are prefetched by their own sequential reads
 _MAX_PARTIAL = 64  # partly read chunks tracked per open file
-_INDEX_RELOAD_MIN_INTERVAL = 10.0
-
-class FsError(Exception):
-    """A failed filesystem request; `errno` is what the caller's syscall returns."""
-
-    def __init__(self, err: int) -> None:
-        super().__init__(os.strerror(err))
-        self.errno = err
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class VfsOptions:
-    """Tunables. Timeouts are how long the kernel may cache entries and attributes."""
-
-    cache_bytes: int = 16 << 20  # decrypted chunks kept for partial and concurrent reads
-    readahead_bytes: int = 8 << 20  # how far ahead of a sequential reader chunks are prefetched
-    workers: int = 4  # threads decrypting chunks at once
-    # Decoded folder entries kept (~600 bytes each). A walk needs only the folders on its path
-    # and the one it reads; 20,000 cost 15 MiB of peak RSS in the benchmark for no speed.
-    tree_cache_nodes: int = 5_000
-    refresh_interval: float = 3.0  # seconds between polls of the snapshot folder
-    content_timeout: float = 86400.0  # snapshot content never changes
-    dynamic_timeout: float = 1.0  # folders that follow the snapshot set
-    blksize: int = 128 << 10  # st_blksize: the buffer size cp and friends choose
-    uid: int = dataclasses.field(default_factory=os.getuid)  # owner of the layout's own folders
-    gid: int = dataclasses.field(default_factory=os.getgid)
-
-
-@dataclasses.dataclass(slots=True)
-class Attr:
-    ino: int
-    mode: int
-    nlink: int
-    uid: int
-    gid: int
-    size: int
-    blocks: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    rdev: int
-    blksize: int
-    entry_timeout: float
-    attr_timeout: float
 
 
 class _Inode:
@@ -213,10 +165,11 @@ class Vfs:
         load_index: Callable[[], set[str]] | None = None,
     ) -> None:
         self.repo = repo
-        # loads repo.index, returning the index files it covers; the mount passes one that
-        # waits for a load started before trio and pyfuse3 had finished importing
-        self._load_index_files = load_index or repo.load_index
         self.options = options or VfsOptions()
+        self._storage = Storage(repo, self.options, load_index)
+        self._chunks = self._storage.chunks
+        self._trees = self._storage.trees
+        self._index_ready = self._storage.index_ready
         self._invalidate = invalidate  # tells the kernel an entry it may cache has changed
         self._store = store  # puts a file's content into the kernel's page cache (worker threads only)
         self._inodes: dict[int, _Inode] = {}
@@ -225,32 +178,11 @@ class Vfs:
         self._next_fh = 1
         self._model = Model.build({})
         self._snapshots: dict[str, Snapshot] = {}
-        self._bad_snapshots: set[str] = set()
-        self._index_names: set[str] = set()
-        self._index_gen = 0
-        self._index_lock = threading.Lock()  # one writer of repo.index at a time
-        self._last_reload = 0.0
         self._snaps_ready = trio.Event()
-        self._index_ready = trio.Event()
         self._refresh_lock = trio.Lock()
         self._reported: set[tuple[int, bytes]] = set()
         self._dir_reads: OrderedDict[int, tuple[int, int]] = OrderedDict()  # dir ino -> (last opened, ahead)
         self._started_ns = time.time_ns()
-        opts = self.options
-        self._chunks: Loader[bytes] = Loader(
-            lambda bid: self._load_blob(DATA, bid),
-            len,
-            opts.cache_bytes,
-            trio.CapacityLimiter(opts.workers),
-            self._load_data_blobs,
-        )
-        self._trees: Loader[list[Node]] = Loader(
-            lambda tid: _compact(decode_tree(self._load_blob(TREE, tid))),
-            lambda nodes: len(nodes) + 1,
-            opts.tree_cache_nodes,
-            trio.CapacityLimiter(4),
-        )
-        self._meta_limiter = trio.CapacityLimiter(1)
         for ino, name in (
             (ROOT_INO, b""),
             (_SNAPSHOTS_INO, b"snapshots"),
@@ -270,10 +202,9 @@ class Vfs:
         Requests that need them wait, so the filesystem can be mounted before either is loaded.
         """
         async with trio.open_nursery() as nursery:
-            self._chunks.attach(nursery)
-            self._trees.attach(nursery)
+            self._storage.attach(nursery)
             task_status.started()
-            nursery.start_soon(self._load_index)
+            nursery.start_soon(self._storage.load_index)
             await self._load_snapshot_set()
             while True:
                 await trio.sleep(self.options.refresh_interval)
@@ -287,17 +218,6 @@ class Vfs:
         await self._snaps_ready.wait()
         await self._index_ready.wait()
 
-    async def _load_index(self) -> None:
-        # its own thread, not under the refresh limiter: the snapshot list must not wait for it
-        t = time.monotonic()
-        await trio.to_thread.run_sync(self._initial_index)
-        self._index_ready.set()
-        log.info("index loaded: %d blobs in %.3f s", len(self.repo.index), time.monotonic() - t)
-
-    def _initial_index(self) -> None:
-        with self._index_lock:
-            self._index_names = self._load_index_files()
-
     async def _load_snapshot_set(self) -> None:
         t = time.monotonic()
         await self.refresh(initial=True)
@@ -309,23 +229,20 @@ class Vfs:
 
         Costs one listing of the snapshot folder when nothing changed. Later snapshots become
         visible only once the index files written before them are loaded. (At start-up the
-        index loads concurrently; a blob it misses makes `_load_blob` reload it.)
+        index loads concurrently; a blob it misses makes the loading thread reload it.)
         """
         async with self._refresh_lock:
             return await self._refresh(initial)
 
     async def _refresh(self, initial: bool) -> bool:
-        names = await trio.to_thread.run_sync(self._list_snapshot_names, limiter=self._meta_limiter)
-        self._bad_snapshots &= names
-        names -= self._bad_snapshots  # damaged: reported once, not shown
+        names = await self._storage.snapshot_ids()
         known = set(self._snapshots)
         if names == known:
             return False
         added = sorted(names - known)
-        loaded = await trio.to_thread.run_sync(self._load_snapshots, added, limiter=self._meta_limiter)
+        loaded = await self._storage.load_snapshots(added)
         if loaded and not initial:
-            await self._index_ready.wait()
-            await trio.to_thread.run_sync(self._update_index, limiter=self._meta_limiter)
+            await self._storage.update_index()
         old = self._model
         snapshots = {sid: snap for sid, snap in self._snapshots.items() if sid in names}
         snapshots.update(loaded)
@@ -334,43 +251,6 @@ class Vfs:
         if not initial:  # the kernel has cached nothing yet (and may not even be connected)
             self._notify_changes(old, self._model)
         return True
-
-    def _list_snapshot_names(self) -> set[str]:
-        return {n for n, _ in self.repo.backend.list(FileType.SNAPSHOT)}
-
-    def _load_snapshots(self, names: list[str]) -> dict[str, Snapshot]:
-        def load(name: str) -> tuple[str, Snapshot | None]:
-            try:
-                return name, self.repo.load_snapshot(name)
-            except NotFound:
-                return name, None  # forgotten meanwhile
-            except BackupfsError as exc:
-                log.error("snapshot %s cannot be read, it is not shown: %s", name[:8], exc)
-                self._bad_snapshots.add(name)
-                return name, None
-
-        if not names:
-            return {}
-        with ThreadPoolExecutor(min(8, len(names)), thread_name_prefix="bfs-mount-snap") as pool:
-            return {name: snap for name, snap in pool.map(load, names) if snap is not None}
-
-    def _update_index(self) -> None:
-        """Adds index files written since the last look; reloads all when some were removed."""
-        names = {n for n, _ in self.repo.backend.list(FileType.INDEX)}
-        with self._index_lock:
-            if self._index_names - names:
-                self._reload_index_locked()
-            else:
-                for name in sorted(names - self._index_names):
-                    for pack_id, entries in self.repo.load_index_file(name).packs.items():
-                        self.repo.index.add_pack(pack_id, entries)
-            self._index_names = names
-
-    def _reload_index_locked(self) -> None:
-        log.info("reloading the repository index")
-        self.repo.load_index()  # builds a new index and swaps it in: readers never see it half-made
-        self._index_gen += 1
-        self._last_reload = time.monotonic()
 
     def _notify_changes(self, old: Model, new: Model) -> None:
         """Drops kernel-cached names that went away or changed target (timeouts would anyway)."""
@@ -484,18 +364,12 @@ class Vfs:
                 uid, gid, mtime = meta.uid, meta.gid, meta.mtime_ns
         return Attr(rec.ino, stat.S_IFDIR | mode, 1, uid, gid, 0, 0, mtime, mtime, mtime, 0, opts.blksize, t, t)
 
-    def _chunk_len(self, content: list[tuple[int, bytes]], j: int, size: int) -> int:
-        n = self.repo.index.raw_length(content[j][1])
-        if n is None:  # not (yet) indexed: assume it runs to the next chunk
-            n = (content[j + 1][0] if j + 1 < len(content) else size) - content[j][0]
-        return n
-
     def _blocks(self, node: Node) -> int:
         """512-byte blocks the file really used: its chunks' sizes, not holes (sparse files)."""
         content = node.content or []
         total = 0
         for j in range(len(content)):
-            total += (self._chunk_len(content, j, node.size) + 4095) // 4096
+            total += (self._storage.chunk_len(content, j, node.size) + 4095) // 4096
         return total * 8
 
     async def getattr(self, ino: int) -> Attr:
@@ -787,7 +661,7 @@ class Vfs:
         pieces: list[tuple[int, int, bytes]] = []
         while j < len(content) and content[j][0] < end:
             c_off, bid = content[j]
-            c_len = self._chunk_len(content, j, node.size)
+            c_len = self._storage.chunk_len(content, j, node.size)
             if c_off + c_len > off:
                 pieces.append((c_off, c_len, bid))
             j += 1
@@ -920,38 +794,6 @@ class Vfs:
         self._reported.add(key)
         log.error("%s: %s", self._path(rec), msg)
 
-    # ------------------------------------------------------------------ worker threads
-
-    def _load_blob(self, btype: int, blob_id: bytes) -> bytes:
-        """Runs in a worker thread. A blob whose pack has gone (prune) or that the index does
-        not know (a newer backup) makes it reload the index and try once more."""
-        gen = self._index_gen
-        if blob_id in self.repo.index:
-            try:
-                return self.repo.load_blob(btype, blob_id)
-            except IntegrityError as exc:
-                if not isinstance(exc.__cause__, NotFound):
-                    raise
-        with self._index_lock:
-            if gen == self._index_gen and time.monotonic() - self._last_reload >= _INDEX_RELOAD_MIN_INTERVAL:
-                self._reload_index_locked()
-        return self.repo.load_blob(btype, blob_id)
-
-    def _load_data_blobs(self, blob_ids: list[bytes]) -> list[bytes | Exception]:
-        """Runs in a worker thread: neighbouring blobs in one ranged read (a folder's small
-        files, on S3 one request instead of one per file). A blob the batch could not find (its
-        pack moved by prune, or the index behind) goes through `_load_blob` and its reload."""
-        results = self.repo.load_data_blobs(blob_ids)
-        for i, r in enumerate(results):
-            if isinstance(r, IntegrityError) and (
-                isinstance(r.__cause__, NotFound) or blob_ids[i] not in self.repo.index
-            ):
-                try:
-                    results[i] = self._load_blob(DATA, blob_ids[i])
-                except Exception as exc:
-                    results[i] = exc
-        return results
-
     def cache_stats(self) -> dict[str, int]:
         return {
             "inodes": len(self._inodes),
@@ -981,16 +823,6 @@ def _hash_ino(key: bytes, salt: int = 0) -> tuple[int, int]:
     if ino < _FIRST_HASHED_INO:
         ino += _FIRST_HASHED_INO
     return ino, h >> 64
-
-
-def _compact(nodes: list[Node]) -> list[Node]:
-    """Shares the owner names among nodes: live inodes keep their nodes, ~10% less memory."""
-    for n in nodes:
-        if n.user is not None:
-            n.user = sys.intern(n.user)
-        if n.group is not None:
-            n.group = sys.intern(n.group)
-    return nodes
 
 
 def _group_key(rec: _Inode) -> tuple[bool, bytes]:

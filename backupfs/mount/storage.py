@@ -1,0 +1,184 @@
+"""The one place where the mount talks to the repository, always from worker threads.
+
+Backend reads, decryption and decompression block, so every call into the repository runs in a
+thread under a capacity limiter: chunks and trees through their loaders, the snapshot listing,
+snapshot files and index updates one at a time. The mount holds no repository lock (prune must be
+able to run): a blob whose pack has gone, or that the index does not know yet, makes the loading
+thread reload the index and try once more.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import trio
+
+from backupfs.backends.base import FileType
+from backupfs.errors import BackupfsError, IntegrityError, NotFound
+from backupfs.format.pack import DATA, TREE
+from backupfs.format.snapshot import Snapshot
+from backupfs.format.tree import Node, decode_tree
+from backupfs.mount.api import VfsOptions
+from backupfs.mount.loader import Loader
+from backupfs.repository.repo import Repository
+
+log = logging.getLogger(__name__)
+
+INDEX_RELOAD_MIN_INTERVAL = 10.0  # seconds: a burst of misses (prune just ran) reloads once
+TREE_WORKERS = 4  # threads decoding folder listings at once
+SNAPSHOT_LOAD_THREADS = 8  # snapshot files read at once when many are new (the first listing)
+
+
+class Storage:
+    """The repository as the mount sees it: `chunks` and `trees` load through single-flight
+    caches, `index_ready` is set once the index has loaded (requests that need it wait)."""
+
+    def __init__(self, repo: Repository, options: VfsOptions, load_index: Callable[[], set[str]] | None) -> None:
+        self.repo = repo
+        # loads repo.index, returning the index files it covers; the mount passes one that
+        # waits for a load started before trio and pyfuse3 had finished importing
+        self._load_index_files = load_index or repo.load_index
+        self.index_ready = trio.Event()
+        self._index_names: set[str] = set()
+        self._index_gen = 0
+        self._index_lock = threading.Lock()  # one writer of repo.index at a time
+        self._last_reload = 0.0
+        self._bad_snapshots: set[str] = set()
+        self._meta_limiter = trio.CapacityLimiter(1)
+        self.chunks: Loader[bytes] = Loader(
+            lambda bid: self._load_blob(DATA, bid),
+            len,
+            options.cache_bytes,
+            trio.CapacityLimiter(options.workers),
+            self._load_data_blobs,
+        )
+        self.trees: Loader[list[Node]] = Loader(
+            lambda tid: _compact(decode_tree(self._load_blob(TREE, tid))),
+            lambda nodes: len(nodes) + 1,
+            options.tree_cache_nodes,
+            trio.CapacityLimiter(TREE_WORKERS),
+        )
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Where the loaders run their jobs."""
+        self.chunks.attach(nursery)
+        self.trees.attach(nursery)
+
+    def chunk_len(self, content: list[tuple[int, bytes]], j: int, size: int) -> int:
+        """The plaintext length of a file's `j`th chunk (`size` is the file's)."""
+        n = self.repo.index.raw_length(content[j][1])
+        if n is None:  # not (yet) indexed: assume it runs to the next chunk
+            n = (content[j + 1][0] if j + 1 < len(content) else size) - content[j][0]
+        return n
+
+    # ------------------------------------------------------------------ on the trio loop
+
+    async def load_index(self) -> None:
+        # its own thread, not under the metadata limiter: the snapshot list must not wait for it
+        t = time.monotonic()
+        await trio.to_thread.run_sync(self._initial_index)
+        self.index_ready.set()
+        log.info("index loaded: %d blobs in %.3f s", len(self.repo.index), time.monotonic() - t)
+
+    async def snapshot_ids(self) -> set[str]:
+        """The snapshots in the repository, without those found damaged (reported once)."""
+        names = await trio.to_thread.run_sync(self._list_snapshot_names, limiter=self._meta_limiter)
+        self._bad_snapshots &= names
+        return names - self._bad_snapshots
+
+    async def load_snapshots(self, names: list[str]) -> dict[str, Snapshot]:
+        """Those of `names` that can be read (a forgotten or damaged one is left out)."""
+        return await trio.to_thread.run_sync(self._load_snapshots, names, limiter=self._meta_limiter)
+
+    async def update_index(self) -> None:
+        """Reads the index files written since the last look, once the first load is done."""
+        await self.index_ready.wait()
+        await trio.to_thread.run_sync(self._update_index, limiter=self._meta_limiter)
+
+    # ------------------------------------------------------------------ in worker threads
+
+    def _initial_index(self) -> None:
+        with self._index_lock:
+            self._index_names = self._load_index_files()
+
+    def _list_snapshot_names(self) -> set[str]:
+        return {n for n, _ in self.repo.backend.list(FileType.SNAPSHOT)}
+
+    def _load_snapshots(self, names: list[str]) -> dict[str, Snapshot]:
+        def load(name: str) -> tuple[str, Snapshot | None]:
+            try:
+                return name, self.repo.load_snapshot(name)
+            except NotFound:
+                return name, None  # forgotten meanwhile
+            except BackupfsError as exc:
+                log.error("snapshot %s cannot be read, it is not shown: %s", name[:8], exc)
+                self._bad_snapshots.add(name)
+                return name, None
+
+        if not names:
+            return {}
+        with ThreadPoolExecutor(min(SNAPSHOT_LOAD_THREADS, len(names)), thread_name_prefix="bfs-mount-snap") as pool:
+            return {name: snap for name, snap in pool.map(load, names) if snap is not None}
+
+    def _update_index(self) -> None:
+        """Adds index files written since the last look; reloads all when some were removed."""
+        names = {n for n, _ in self.repo.backend.list(FileType.INDEX)}
+        with self._index_lock:
+            if self._index_names - names:
+                self._reload_index_locked()
+            else:
+                for name in sorted(names - self._index_names):
+                    for pack_id, entries in self.repo.load_index_file(name).packs.items():
+                        self.repo.index.add_pack(pack_id, entries)
+            self._index_names = names
+
+    def _reload_index_locked(self) -> None:
+        log.info("reloading the repository index")
+        self.repo.load_index()  # builds a new index and swaps it in: readers never see it half-made
+        self._index_gen += 1
+        self._last_reload = time.monotonic()
+
+    def _load_blob(self, btype: int, blob_id: bytes) -> bytes:
+        """A blob whose pack has gone (prune) or that the index does not know (a newer backup)
+        makes it reload the index and try once more."""
+        gen = self._index_gen
+        if blob_id in self.repo.index:
+            try:
+                return self.repo.load_blob(btype, blob_id)
+            except IntegrityError as exc:
+                if not isinstance(exc.__cause__, NotFound):
+                    raise
+        with self._index_lock:
+            if gen == self._index_gen and time.monotonic() - self._last_reload >= INDEX_RELOAD_MIN_INTERVAL:
+                self._reload_index_locked()
+        return self.repo.load_blob(btype, blob_id)
+
+    def _load_data_blobs(self, blob_ids: list[bytes]) -> list[bytes | Exception]:
+        """Neighbouring blobs in one ranged read (a folder's small files, on S3 one request
+        instead of one per file). A blob the batch could not find (its pack moved by prune, or
+        the index behind) goes through `_load_blob` and its reload."""
+        results = self.repo.load_data_blobs(blob_ids)
+        for i, r in enumerate(results):
+            if isinstance(r, IntegrityError) and (
+                isinstance(r.__cause__, NotFound) or blob_ids[i] not in self.repo.index
+            ):
+                try:
+                    results[i] = self._load_blob(DATA, blob_ids[i])
+                except Exception as exc:
+                    results[i] = exc
+        return results
+
+
+def _compact(nodes: list[Node]) -> list[Node]:
+    """Shares the owner names among nodes: live inodes keep their nodes, ~10% less memory."""
+    for n in nodes:
+        if n.user is not None:
+            n.user = sys.intern(n.user)
+        if n.group is not None:
+            n.group = sys.intern(n.group)
+    return nodes
