@@ -10,7 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from backupfs.format.snapshot import Snapshot
-from backupfs.mount.model import Model, safe_name, time_name
+from backupfs.format.tree import DIR, FILE, SYMLINK, Node
+from backupfs.mount.keys import content_key
+from backupfs.mount.model import Model, VersionSet, safe_name, time_name
 
 T = 1_700_000_000_000_000_000  # 2023-11-14T22:13:20 UTC
 SECOND = 1_000_000_000
@@ -112,6 +114,36 @@ def test_safe_names() -> None:
     assert [safe_name(s) for s in ("", ".", "..")] == [b"_", b"_.", b"_.."]
     assert safe_name("...") == b"..."
     assert safe_name("caf\udce9") == b"caf\xe9"  # a host name that was not UTF-8 keeps its bytes
+
+
+def file(chunks: list[bytes], size: int, **meta: int) -> Node:
+    offsets = [i * 10 for i in range(len(chunks))]
+    return Node(name=b"f", type=FILE, size=size, content=list(zip(offsets, chunks, strict=True)), **meta)  # type: ignore[arg-type]
+
+
+def test_content_identity_ignores_metadata() -> None:
+    one = file([b"a" * 32, b"b" * 32], 20, mode=0o644, mtime_ns=1)
+    assert content_key(one) == content_key(file([b"a" * 32, b"b" * 32], 20, mode=0o600, mtime_ns=2, uid=5))
+    assert content_key(one) != content_key(file([b"a" * 32, b"c" * 32], 20))  # other chunks
+    assert content_key(one) != content_key(file([b"a" * 32, b"b" * 32], 21))  # other size
+    link = Node(name=b"f", type=SYMLINK, link_target=b"a")
+    assert content_key(link) != content_key(Node(name=b"f", type=SYMLINK, link_target=b"b"))
+    assert content_key(Node(name=b"f", type="c", rdev=1)) != content_key(Node(name=b"f", type="c", rdev=2))
+
+
+def test_a_version_set_keeps_each_distinct_content_under_its_first_snapshot() -> None:
+    versions = VersionSet()
+    versions.add(b"s1", file([b"a" * 32], 5, mtime_ns=1))
+    versions.add(b"s2", file([b"a" * 32], 5, mtime_ns=2))  # touched only: not a new version
+    versions.add(b"s3", file([b"b" * 32], 5))
+    versions.add(b"s4", file([b"a" * 32], 5))  # back to the first content: still named s1
+    versions.add(b"s5", Node(name=b"f", type=DIR, mode=0o700, subtree=b"t" * 32))
+    versions.add(b"s6", Node(name=b"f", type=DIR, mode=0o750, subtree=b"t" * 32))
+    versions.add(b"s7", Node(name=b"f", type=DIR, mode=0o755, subtree=b"u" * 32))
+    assert [name for name, _ in versions.leaves] == [b"s1", b"s3"]
+    assert versions.trees == [(b"s5", b"t" * 32), (b"s7", b"u" * 32)]
+    assert versions.meta is not None and versions.meta.mode == 0o755  # the newest folder guards it
+    assert not versions.empty() and VersionSet().empty()
 
 
 def test_the_model_needs_neither_trio_nor_pyfuse3() -> None:

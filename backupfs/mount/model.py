@@ -1,8 +1,9 @@
-"""The snapshot set as the mount names it: time names, short ids, host and tag groups.
+"""The mount's pure model: the snapshot set as the mount names it, and what a versions/ folder shows.
 
-Pure: no trio, no I/O, so the naming rules are tested without a repository or a loop. A model is
-immutable; the mount builds a new one from the previous one whenever the snapshot set changes,
-which keeps every name a snapshot was once given for as long as it exists.
+No trio, no I/O, so the rules are tested without a repository or a loop. A `Model` (time names,
+short ids, host and tag groups) is immutable; the mount builds a new one from the previous one
+whenever the snapshot set changes, which keeps every name a snapshot was once given for as long as
+it exists.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import time
 
 from backupfs.format.snapshot import Snapshot
+from backupfs.format.tree import DIR, Node
+from backupfs.mount.keys import content_key
 
 SHORT_ID_DIGITS = 8  # ids/<short id>: as restic shows them, longer only where two ids share them
 TIME_NAME_FORMAT = "%Y-%m-%dT%H:%M:%S"  # snapshots/<local time>
@@ -84,3 +87,31 @@ def short_ids(snaps: list[Snap]) -> dict[bytes, Snap]:
                 n += 1
         out[sid[:n].encode()] = by_sid[sid]
     return out
+
+
+@dataclasses.dataclass(slots=True)
+class VersionSet:
+    """What versions/<path> shows: the union of the folders that path ever was (their distinct
+    tree ids, each with the snapshot where it first appeared), and each distinct non-folder
+    content it ever had, named by the snapshot where that content first appeared. Fed the
+    versions of a path oldest first."""
+
+    trees: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
+    leaves: list[tuple[bytes, Node]] = dataclasses.field(default_factory=list)
+    meta: Node | None = None  # the newest folder version: its owner and mode guard the folder
+    seen: set[bytes] = dataclasses.field(default_factory=set)  # tree ids and content keys
+
+    def add(self, snap_name: bytes, node: Node) -> None:
+        if node.type == DIR:
+            self.meta = node
+            if node.subtree is not None and node.subtree not in self.seen:
+                self.seen.add(node.subtree)
+                self.trees.append((snap_name, node.subtree))
+        else:
+            key = content_key(node)
+            if key not in self.seen:
+                self.seen.add(key)
+                self.leaves.append((snap_name, node))
+
+    def empty(self) -> bool:
+        return not self.trees and not self.leaves and self.meta is None

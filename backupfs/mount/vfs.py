@@ -7,14 +7,9 @@ This module is the only place that knows the layout of the mount::
     ids/<short id>/...                the same trees by id
     hosts/<host>/<time>/, hosts/<host>/latest
     tags/<tag>/<time>/,   tags/<tag>/latest
-    versions/<path>/                  every path's history, built lazily (see `_VState`)
+    versions/<path>/                  every path's history, built lazily (see `VersionSet`)
 
-Inode numbers are derived, not allocated: an entry's number is a 128-bit hash of its parent's
-number and its name (split into the number and a check value), snapshot roots also hash the
-snapshot id, `latest` its target, and a hardlinked file its view's root with the stored (device,
-inode), so all names of one file share a number within a snapshot. Numbers therefore stay the
-same while mounted even though the inode table drops what the kernel has forgotten, which keeps
-memory bounded on trees of any size.
+Each entry is one of the typed kinds of `inodes`, numbered from its identity key (`keys`).
 
 All methods run on one trio loop and never block it: tree and chunk loads (backend read,
 decryption, decompression) run in worker threads under capacity limiters. The mount holds no
@@ -36,64 +31,41 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
 import trio
-import xxhash
 
-from backupfs.errors import BackupfsError
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, FMT_OF_TYPE, SYMLINK, Node
 from backupfs.mount.api import Attr, FsError, VfsOptions
-from backupfs.mount.model import Model, Snap
+from backupfs.mount.inodes import (
+    HOSTS_INO,
+    IDS_INO,
+    LAST_FIXED_INO,
+    ROOT_INO,
+    SNAPSHOTS_INO,
+    TAGS_INO,
+    DamageLog,
+    GroupDir,
+    Inode,
+    InodeTable,
+    LatestLink,
+    LayoutDir,
+    TreeDir,
+    TreeEntry,
+    VersionEntry,
+    VersionsDir,
+    describe,
+)
+from backupfs.mount.keys import child_key, hardlink_key, hash_ino, latest_key, snapshot_key, version_key
+from backupfs.mount.model import Model, Snap, VersionSet
 from backupfs.mount.storage import Storage
 from backupfs.repository.repo import Repository
 
 log = logging.getLogger(__name__)
-
-ROOT_INO = 1
-_SNAPSHOTS_INO, _IDS_INO, _HOSTS_INO, _TAGS_INO, _VERSIONS_INO = 2, 3, 4, 5, 6
-_LAST_FIXED_INO = 6
-_FIRST_HASHED_INO = 1 << 16
-_INO_MASK = (1 << 63) - 1
-
-# Inode kinds.
-_K_TOP = 0  # a fixed folder of the layout (root, snapshots, ids, hosts, tags)
-_K_GROUP = 1  # hosts/<host> or tags/<tag>
-_K_LINK = 2  # a `latest` symlink
-_K_NODE = 3  # a folder of a snapshot tree, a snapshot root, or a version of a file: keeps its node
-_K_VDIR = 4  # a folder under versions/
-_K_LEAF = 5  # any other entry of a snapshot tree: keeps only the id of the listing that holds it
 
 _SEQ_SLACK = 8 << 20  # a read this close to the frontier of earlier reads continues a sequential scan
 _PREFETCH_BATCH = 2  # chunks per prefetch job for a sequential reader
 _SIBLINGS_AHEAD = 32  # files whose chunk is prefetched ahead of a reader opening a folder's files in order
 _SMALL_FILE = 1 << 20  # larger files are prefetched by their own sequential reads
 _MAX_PARTIAL = 64  # partly read chunks tracked per open file
-
-
-class _Inode:
-    """One entry of the inode table. `refs` is the kernel's lookup count; at 0 the entry goes."""
-
-    __slots__ = ("check", "extra", "ino", "kind", "name", "node", "parent", "refs", "root")
-
-    def __init__(
-        self,
-        ino: int,
-        check: int,
-        parent: int,
-        name: bytes,
-        kind: int,
-        node: Node | None = None,
-        root: int = 0,
-        extra: object = None,
-    ) -> None:
-        self.ino = ino
-        self.check = check  # the other half of the hash: tells a collision from the same entry
-        self.parent = parent
-        self.name = name
-        self.kind = kind
-        self.node = node
-        self.root = root  # _K_NODE, _K_LEAF: inode of the snapshot root it lies in (0 for versions)
-        self.extra = extra  # _K_LINK: target; _K_GROUP: (is_tag, name); _K_VDIR: _VState; _K_LEAF: tree id
-        self.refs = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,31 +75,7 @@ class DirEntry:
     name: bytes
     attr: Attr
     next_id: int
-    inode: _Inode
-
-
-@dataclasses.dataclass(slots=True)
-class _VState:
-    """What versions/<path> shows: the union of the directories that path ever was (their
-    distinct tree ids, each with the snapshot where it first appeared), and each distinct
-    non-directory content it ever had, named by the snapshot where that content first appeared."""
-
-    trees: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
-    leaves: list[tuple[bytes, Node]] = dataclasses.field(default_factory=list)
-    meta: Node | None = None  # the newest directory version: its owner and mode guard the folder
-    seen: set[bytes] = dataclasses.field(default_factory=set)  # tree ids and content keys
-
-    def add(self, snap_name: bytes, node: Node) -> None:
-        if node.type == DIR:
-            self.meta = node
-            if node.subtree is not None and node.subtree not in self.seen:
-                self.seen.add(node.subtree)
-                self.trees.append((snap_name, node.subtree))
-        else:
-            key = _content_key(node)
-            if key not in self.seen:
-                self.seen.add(key)
-                self.leaves.append((snap_name, node))
+    inode: Inode
 
 
 class _Handle:
@@ -135,7 +83,7 @@ class _Handle:
 
     __slots__ = ("ahead", "last_end", "node", "rec", "served")
 
-    def __init__(self, rec: _Inode, node: Node) -> None:
+    def __init__(self, rec: Inode, node: Node) -> None:
         self.rec = rec
         self.node = node
         self.last_end = 0
@@ -146,7 +94,7 @@ class _Handle:
 class _DirHandle:
     __slots__ = ("items", "nodes", "rec")
 
-    def __init__(self, rec: _Inode, nodes: list[Node] | None, items: list[tuple[bytes, _Inode]] | None) -> None:
+    def __init__(self, rec: Inode, nodes: list[Node] | None, items: list[tuple[bytes, Inode]] | None) -> None:
         self.rec = rec
         self.nodes = nodes  # a snapshot folder: its tree, children made as listed
         self.items = items  # the layout's own folders and versions/: made at opendir
@@ -172,7 +120,8 @@ class Vfs:
         self._index_ready = self._storage.index_ready
         self._invalidate = invalidate  # tells the kernel an entry it may cache has changed
         self._store = store  # puts a file's content into the kernel's page cache (worker threads only)
-        self._inodes: dict[int, _Inode] = {}
+        self._table = InodeTable()
+        self._damage = DamageLog(self._table)
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, _DirHandle] = {}
         self._next_fh = 1
@@ -180,19 +129,8 @@ class Vfs:
         self._snapshots: dict[str, Snapshot] = {}
         self._snaps_ready = trio.Event()
         self._refresh_lock = trio.Lock()
-        self._reported: set[tuple[int, bytes]] = set()
         self._dir_reads: OrderedDict[int, tuple[int, int]] = OrderedDict()  # dir ino -> (last opened, ahead)
         self._started_ns = time.time_ns()
-        for ino, name in (
-            (ROOT_INO, b""),
-            (_SNAPSHOTS_INO, b"snapshots"),
-            (_IDS_INO, b"ids"),
-            (_HOSTS_INO, b"hosts"),
-            (_TAGS_INO, b"tags"),
-            (_VERSIONS_INO, b"versions"),
-        ):
-            kind = _K_VDIR if ino == _VERSIONS_INO else _K_TOP
-            self._inodes[ino] = _Inode(ino, 0, ROOT_INO, name, kind)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -260,13 +198,13 @@ class Vfs:
         gone = [s for s in old.snaps if s.sid not in current]
         gone_ids = {s.sid for s in gone}
         inval: list[tuple[int, bytes]] = [(ROOT_INO, b"latest")]
-        inval += [(_SNAPSHOTS_INO, s.name) for s in gone]
-        inval += [(_IDS_INO, short) for short, s in old.by_short.items() if s.sid in gone_ids]
-        for is_tag, parent, groups in ((False, _HOSTS_INO, old.hosts), (True, _TAGS_INO, old.tags)):
+        inval += [(SNAPSHOTS_INO, s.name) for s in gone]
+        inval += [(IDS_INO, short) for short, s in old.by_short.items() if s.sid in gone_ids]
+        for is_tag, parent, groups in ((False, HOSTS_INO, old.hosts), (True, TAGS_INO, old.tags)):
             for gname, members in groups.items():
                 if not new.group(is_tag, gname):
                     inval.append((parent, gname))
-                gino = _hash_ino(_u64(parent) + gname)[0]
+                gino = hash_ino(child_key(parent, gname))[0]
                 inval.append((gino, b"latest"))
                 inval += [(gino, s.name) for s in members if s.sid in gone_ids]
         for parent, name in inval:
@@ -274,65 +212,26 @@ class Vfs:
 
     # ------------------------------------------------------------------ inode table
 
-    def _new(
-        self, key: bytes, parent: int, name: bytes, kind: int, node: Node | None = None, extra: object = None
-    ) -> _Inode:
-        """The entry for `key`: the live one if the kernel knows it, else a new one (not yet
-        in the table: `_ref` puts it there once the kernel has been told about it)."""
-        ino, check = _hash_ino(key)
-        salt = 0
-        while (cur := self._inodes.get(ino)) is not None:
-            if cur.check == check:
-                if kind == _K_VDIR:
-                    cur.extra = extra  # a versions folder may have gained versions
-                return cur
-            salt += 1  # a 63-bit collision with a live entry: probe
-            ino, _ = _hash_ino(key, salt)
-        return _Inode(ino, check, parent, name, kind, node, 0, extra)
-
-    def _ref(self, rec: _Inode) -> None:
-        cur = self._inodes.setdefault(rec.ino, rec)
-        cur.refs += 1
-
     def remember(self, entry: DirEntry) -> None:
         """The kernel accepted a readdir entry: it now holds one more lookup of that inode."""
-        self._ref(entry.inode)
+        self._table.ref(entry.inode)
 
     def forget(self, items: Sequence[tuple[int, int]]) -> None:
-        for ino, n in items:
-            rec = self._inodes.get(ino)
-            if rec is None:
-                continue
-            rec.refs -= n
-            if rec.refs <= 0 and ino > _LAST_FIXED_INO:
-                del self._inodes[ino]
+        self._table.forget(items)
 
     def inode_count(self) -> int:
-        return len(self._inodes)
-
-    def _get(self, ino: int) -> _Inode:
-        rec = self._inodes.get(ino)
-        if rec is None:
-            raise FsError(errno.ESTALE)
-        return rec
-
-    def _path(self, rec: _Inode) -> str:
-        """The entry's path in the mount, for messages (a hardlink shows its first name)."""
-        parts: list[bytes] = []
-        cur: _Inode | None = rec
-        while cur is not None and cur.ino != ROOT_INO:
-            parts.append(cur.name)
-            cur = self._inodes.get(cur.parent)
-        return "/" + os.fsdecode(b"/".join(reversed(parts)))
+        return len(self._table)
 
     # ------------------------------------------------------------------ attributes
 
-    def _attr(self, rec: _Inode, node: Node | None = None) -> Attr:
-        """`node` is required for a _K_LEAF (which does not keep it)."""
+    def _attr(self, rec: Inode, node: Node | None = None) -> Attr:
+        """`node` is required for a TreeEntry (which does not keep it)."""
         opts = self.options
-        node = node or rec.node
-        if node is not None and rec.kind in (_K_NODE, _K_LEAF):
-            entry_t = opts.content_timeout if rec.root not in (0, rec.ino) else opts.dynamic_timeout
+        if isinstance(rec, TreeDir | VersionEntry):
+            node = node or rec.node
+        if node is not None and isinstance(rec, TreeDir | TreeEntry | VersionEntry):
+            root = 0 if isinstance(rec, VersionEntry) else rec.root
+            entry_t = opts.content_timeout if root not in (0, rec.ino) else opts.dynamic_timeout
             size = node.size if node.type == FILE else len(node.link_target or b"") if node.type == SYMLINK else 0
             return Attr(
                 rec.ino,
@@ -352,13 +251,12 @@ class Vfs:
             )
         t = opts.dynamic_timeout
         newest = self._model.newest_ns or self._started_ns
-        if rec.kind == _K_LINK:
-            target = rec.extra
-            assert isinstance(target, bytes)
-            return Attr(rec.ino, stat.S_IFLNK | 0o777, 1, opts.uid, opts.gid, len(target), 0, newest, newest, newest, 0, opts.blksize, t, t)  # fmt: skip
+        if isinstance(rec, LatestLink):
+            n = len(rec.target)
+            return Attr(rec.ino, stat.S_IFLNK | 0o777, 1, opts.uid, opts.gid, n, 0, newest, newest, newest, 0, opts.blksize, t, t)  # fmt: skip
         mode, uid, gid, mtime = 0o555, opts.uid, opts.gid, newest
-        if rec.kind == _K_VDIR and isinstance(rec.extra, _VState):
-            meta = rec.extra.meta or (rec.extra.leaves[-1][1] if rec.extra.leaves else None)
+        if isinstance(rec, VersionsDir) and rec.state is not None:
+            meta = rec.state.meta or (rec.state.leaves[-1][1] if rec.state.leaves else None)
             if meta is not None:
                 mode = meta.mode if meta.type == DIR else 0o555
                 uid, gid, mtime = meta.uid, meta.gid, meta.mtime_ns
@@ -373,123 +271,120 @@ class Vfs:
         return total * 8
 
     async def getattr(self, ino: int) -> Attr:
-        rec = self._get(ino)
+        rec = self._table.get(ino)
         return self._attr(rec, await self._node(rec))
 
-    async def _node(self, rec: _Inode) -> Node | None:
+    async def _node(self, rec: Inode) -> Node | None:
         """The node of a tree entry: kept by folders, looked up again in its listing for the
         rest. Files are most of a tree, and a node costs ~600 bytes: memory stays ~300 bytes per
         inode the kernel holds, and the listing is usually still cached when it is needed."""
-        if rec.kind != _K_LEAF:
+        if isinstance(rec, TreeDir | VersionEntry):
             return rec.node
-        tree_id = rec.extra
-        assert isinstance(tree_id, bytes)
-        nodes = await self._load_tree(rec, tree_id)
-        i = bisect.bisect_left(nodes, rec.name, key=_node_name)
-        if i == len(nodes) or nodes[i].name != rec.name:
+        if not isinstance(rec, TreeEntry):
+            return None
+        node = _find(await self._load_tree(rec, rec.tree_id), rec.name)
+        if node is None:
             raise FsError(errno.ESTALE)
-        return nodes[i]
+        return node
 
     # ------------------------------------------------------------------ lookup and listing
 
     async def lookup(self, parent: int, name: bytes) -> Attr:
-        prec = self._get(parent)
-        if prec.kind == _K_NODE:
-            node = prec.node
-            if node is None or node.type != DIR:
-                raise FsError(errno.ENOTDIR)
-            nodes = await self._tree_of(prec)
-            i = bisect.bisect_left(nodes, name, key=_node_name)
-            if i == len(nodes) or nodes[i].name != name:
+        prec = self._table.get(parent)
+        found: Inode | None
+        if isinstance(prec, TreeDir):
+            node = _find(await self._tree_of(prec), name)
+            if node is None:
                 raise FsError(errno.ENOENT)
-            rec = self._tree_child(prec, nodes[i])
-            self._ref(rec)
-            return self._attr(rec, nodes[i])
-        if prec.kind == _K_VDIR:
+            rec = self._tree_child(prec, node)
+            self._table.ref(rec)
+            return self._attr(rec, node)
+        if isinstance(prec, VersionsDir):
             found = await self._version_child(prec, name)
-        elif prec.kind in (_K_LINK, _K_LEAF):
-            raise FsError(errno.ENOTDIR)
-        else:
+        elif isinstance(prec, LayoutDir | GroupDir):
             await self._snaps_ready.wait()
             found = self._layout_child(prec, name)
+        else:
+            raise FsError(errno.ENOTDIR)
         if found is None:
             raise FsError(errno.ENOENT)
-        self._ref(found)
+        self._table.ref(found)
         return self._attr(found)
 
-    def _tree_child(self, prec: _Inode, node: Node) -> _Inode:
+    def _tree_child(self, prec: TreeDir, node: Node) -> Inode:
         if node.type == FILE and (node.nlink or 0) > 1 and node.inode is not None and node.device is not None:
-            key = b"\0hl" + _u64(prec.root) + _u64(node.device) + _u64(node.inode)
+            key = hardlink_key(prec.root, node.device, node.inode)
         else:
-            key = _u64(prec.ino) + node.name
+            key = child_key(prec.ino, node.name)
+        ino, check, live = self._table.slot(key)
+        if live is not None:
+            return live
         if node.type == DIR:
-            rec = self._new(key, prec.ino, node.name, _K_NODE, node)
-        else:
-            assert prec.node is not None
-            rec = self._new(key, prec.ino, node.name, _K_LEAF, extra=prec.node.subtree)
-        if rec.root == 0:
-            rec.root = prec.root
-        return rec
+            return TreeDir(ino, check, prec.ino, node.name, node, prec.root)
+        assert prec.node.subtree is not None  # it has children
+        return TreeEntry(ino, check, prec.ino, node.name, prec.node.subtree, prec.root)
 
-    async def _tree_of(self, rec: _Inode) -> list[Node]:
-        node = rec.node
-        if node is None or node.subtree is None:
+    async def _tree_of(self, rec: TreeDir) -> list[Node]:
+        if rec.node.subtree is None:
             return []
         if not self._index_ready.is_set():
             await self._index_ready.wait()
-        return await self._load_tree(rec, node.subtree)
+        return await self._load_tree(rec, rec.node.subtree)
 
-    def _layout_children(self, rec: _Inode) -> list[tuple[bytes, _Inode]]:
+    def _layout_children(self, rec: LayoutDir | GroupDir) -> list[tuple[bytes, Inode]]:
         """The entries of the layout's own folders, made fresh from the current snapshot set."""
         model = self._model
         ino = rec.ino
-        out: list[tuple[bytes, _Inode]] = []
-        if ino == ROOT_INO:
-            out = [(self._inodes[i].name, self._inodes[i]) for i in range(2, _LAST_FIXED_INO + 1)]
-            if model.snaps:
-                out.append(self._latest(ino, b"snapshots/" + model.snaps[-1].name))
-        elif ino == _SNAPSHOTS_INO:
-            out = [(s.name, self._snap_root(ino, s.name, s)) for s in model.snaps]
-        elif ino == _IDS_INO:
-            out = [(short, self._snap_root(ino, short, s)) for short, s in model.by_short.items()]
-        elif ino in (_HOSTS_INO, _TAGS_INO):
-            is_tag = ino == _TAGS_INO
-            groups = model.tags if is_tag else model.hosts
-            out = [(g, self._new(_u64(ino) + g, ino, g, _K_GROUP, extra=(is_tag, g))) for g in groups]
-        elif rec.kind == _K_GROUP:
-            is_tag, gname = _group_key(rec)
-            members = model.group(is_tag, gname)
+        out: list[tuple[bytes, Inode]] = []
+        if isinstance(rec, GroupDir):
+            members = model.group(rec.is_tag, rec.name)
             out = [(s.name, self._snap_root(ino, s.name, s)) for s in members]
             if members:
                 out.append(self._latest(ino, members[-1].name))
+        elif ino == ROOT_INO:
+            fixed = [self._table.get(i) for i in range(ROOT_INO + 1, LAST_FIXED_INO + 1)]
+            out = [(r.name, r) for r in fixed]
+            if model.snaps:
+                out.append(self._latest(ino, b"snapshots/" + model.snaps[-1].name))
+        elif ino == SNAPSHOTS_INO:
+            out = [(s.name, self._snap_root(ino, s.name, s)) for s in model.snaps]
+        elif ino == IDS_INO:
+            out = [(short, self._snap_root(ino, short, s)) for short, s in model.by_short.items()]
+        elif ino in (HOSTS_INO, TAGS_INO):
+            groups = model.tags if ino == TAGS_INO else model.hosts
+            out = [(g, self._group(ino, g)) for g in groups]
         return out
 
-    def _layout_child(self, rec: _Inode, name: bytes) -> _Inode | None:
+    def _layout_child(self, rec: LayoutDir | GroupDir, name: bytes) -> Inode | None:
         model = self._model
         ino = rec.ino
-        if ino == ROOT_INO or (rec.kind == _K_GROUP and name == b"latest"):
+        if ino == ROOT_INO or (isinstance(rec, GroupDir) and name == b"latest"):
             return next((r for n, r in self._layout_children(rec) if n == name), None)
         s: Snap | None = None
-        if ino == _SNAPSHOTS_INO:
+        if isinstance(rec, GroupDir):
             s = model.by_name.get(name)
-        elif ino == _IDS_INO:
-            s = model.by_short.get(name)
-        elif ino in (_HOSTS_INO, _TAGS_INO):
-            is_tag = ino == _TAGS_INO
-            if not model.group(is_tag, name):
-                return None
-            return self._new(_u64(ino) + name, ino, name, _K_GROUP, extra=(is_tag, name))
-        elif rec.kind == _K_GROUP:
-            is_tag, gname = _group_key(rec)
-            s = model.by_name.get(name)
-            if s is not None and s not in model.group(is_tag, gname):
+            if s is not None and s not in model.group(rec.is_tag, rec.name):
                 s = None
+        elif ino == SNAPSHOTS_INO:
+            s = model.by_name.get(name)
+        elif ino == IDS_INO:
+            s = model.by_short.get(name)
+        elif ino in (HOSTS_INO, TAGS_INO):
+            return self._group(ino, name) if model.group(ino == TAGS_INO, name) else None
         return None if s is None else self._snap_root(ino, name, s)
 
-    def _latest(self, parent: int, target: bytes) -> tuple[bytes, _Inode]:
-        return b"latest", self._new(_u64(parent) + b"latest\0" + target, parent, b"latest", _K_LINK, extra=target)
+    def _group(self, parent: int, name: bytes) -> Inode:
+        ino, check, live = self._table.slot(child_key(parent, name))
+        return live or GroupDir(ino, check, parent, name, parent == TAGS_INO)
 
-    def _snap_root(self, parent: int, name: bytes, s: Snap) -> _Inode:
+    def _latest(self, parent: int, target: bytes) -> tuple[bytes, Inode]:
+        ino, check, live = self._table.slot(latest_key(parent, target))
+        return b"latest", live or LatestLink(ino, check, parent, b"latest", target)
+
+    def _snap_root(self, parent: int, name: bytes, s: Snap) -> Inode:
+        ino, check, live = self._table.slot(snapshot_key(parent, name, s.sid))
+        if live is not None:
+            return live
         snap = s.snap
         node = Node(
             name=name,
@@ -502,24 +397,19 @@ class Vfs:
             ctime_ns=snap.time_ns,
             subtree=snap.tree,
         )
-        rec = self._new(_u64(parent) + name + b"\0" + s.sid.encode(), parent, name, _K_NODE, node)
-        if rec.root == 0:
-            rec.root = rec.ino
-        return rec
+        return TreeDir(ino, check, parent, name, node, ino)
 
     async def opendir(self, ino: int) -> int:
-        rec = self._get(ino)
-        if rec.kind == _K_NODE:
-            if rec.node is None or rec.node.type != DIR:
-                raise FsError(errno.ENOTDIR)
+        rec = self._table.get(ino)
+        if isinstance(rec, TreeDir):
             handle = _DirHandle(rec, await self._tree_of(rec), None)
-        elif rec.kind == _K_VDIR:
+        elif isinstance(rec, VersionsDir):
             handle = _DirHandle(rec, None, await self._version_children(rec))
-        elif rec.kind in (_K_LINK, _K_LEAF):
-            raise FsError(errno.ENOTDIR)
-        else:
+        elif isinstance(rec, LayoutDir | GroupDir):
             await self._snaps_ready.wait()
             handle = _DirHandle(rec, None, self._layout_children(rec))
+        else:
+            raise FsError(errno.ENOTDIR)
         fh = self._next_fh
         self._next_fh += 1
         self._dirs[fh] = handle
@@ -532,8 +422,10 @@ class Vfs:
             raise FsError(errno.EBADF)
         if handle.nodes is not None:
             nodes = handle.nodes
+            parent = handle.rec
+            assert isinstance(parent, TreeDir)
             for i in range(start, len(nodes)):
-                rec = self._tree_child(handle.rec, nodes[i])
+                rec = self._tree_child(parent, nodes[i])
                 yield DirEntry(nodes[i].name, self._attr(rec, nodes[i]), i + 1, rec)
         else:
             items = handle.items or []
@@ -546,79 +438,81 @@ class Vfs:
 
     # ------------------------------------------------------------------ versions/
 
-    def _vstate(self, rec: _Inode) -> _VState:
-        if rec.ino == _VERSIONS_INO:
-            state = _VState()
-            for s in self._model.snaps:
-                if s.snap.tree not in state.seen:
-                    state.seen.add(s.snap.tree)
-                    state.trees.append((s.name, s.snap.tree))
-            return state
-        assert isinstance(rec.extra, _VState)
-        return rec.extra
+    def _version_set(self, rec: VersionsDir) -> VersionSet:
+        if rec.state is not None:
+            return rec.state
+        state = VersionSet()  # versions/ itself: every snapshot's root
+        for s in self._model.snaps:
+            if s.snap.tree not in state.seen:
+                state.seen.add(s.snap.tree)
+                state.trees.append((s.name, s.snap.tree))
+        return state
 
     async def _versions_ready(self) -> None:
         await self._snaps_ready.wait()
         await self._index_ready.wait()
 
-    async def _load_tree(self, rec: _Inode, tree_id: bytes) -> list[Node]:
+    async def _load_tree(self, rec: Inode, tree_id: bytes) -> list[Node]:
         try:
             return await self._trees.get(tree_id)
         except Exception as exc:  # damaged or missing: this folder fails, nothing else
-            self._report(rec, tree_id, f"cannot read the folder listing: {_describe(exc)}")
+            self._damage.report(rec, tree_id, f"cannot read the folder listing: {describe(exc)}")
             raise FsError(errno.EIO) from exc
 
-    async def _version_children(self, rec: _Inode) -> list[tuple[bytes, _Inode]]:
+    async def _version_children(self, rec: VersionsDir) -> list[tuple[bytes, Inode]]:
         await self._versions_ready()
-        state = self._vstate(rec)
+        state = self._version_set(rec)
         out = [(name, self._version_leaf(rec, name, node)) for name, node in state.leaves]
         taken = {name for name, _ in out}
-        children: dict[bytes, _VState] = {}
+        children: dict[bytes, VersionSet] = {}
         for snap_name, tree_id in state.trees:
             for node in await self._load_tree(rec, tree_id):
-                children.setdefault(node.name, _VState()).add(snap_name, node)
+                children.setdefault(node.name, VersionSet()).add(snap_name, node)
         for name in sorted(children):
             if name not in taken:
-                out.append((name, self._new(_u64(rec.ino) + name, rec.ino, name, _K_VDIR, extra=children[name])))
+                out.append((name, self._version_dir(rec, name, children[name])))
         return out
 
-    async def _version_child(self, rec: _Inode, name: bytes) -> _Inode | None:
+    async def _version_child(self, rec: VersionsDir, name: bytes) -> Inode | None:
         await self._versions_ready()
-        state = self._vstate(rec)
+        state = self._version_set(rec)
         for leaf_name, node in state.leaves:
             if leaf_name == name:
                 return self._version_leaf(rec, name, node)
-        child = _VState()
+        child = VersionSet()
         for snap_name, tree_id in state.trees:
-            nodes = await self._load_tree(rec, tree_id)
-            i = bisect.bisect_left(nodes, name, key=_node_name)
-            if i < len(nodes) and nodes[i].name == name:
-                child.add(snap_name, nodes[i])
-        if not child.trees and not child.leaves and child.meta is None:
-            return None
-        return self._new(_u64(rec.ino) + name, rec.ino, name, _K_VDIR, extra=child)
+            found = _find(await self._load_tree(rec, tree_id), name)
+            if found is not None:
+                child.add(snap_name, found)
+        return None if child.empty() else self._version_dir(rec, name, child)
 
-    def _version_leaf(self, rec: _Inode, name: bytes, node: Node) -> _Inode:
-        key = _u64(rec.ino) + name + b"\0" + _content_key(node)
-        return self._new(key, rec.ino, name, _K_NODE, node)
+    def _version_dir(self, rec: VersionsDir, name: bytes, state: VersionSet) -> Inode:
+        ino, check, live = self._table.slot(child_key(rec.ino, name))
+        if isinstance(live, VersionsDir):
+            live.state = state  # it may have gained versions
+        return live or VersionsDir(ino, check, rec.ino, name, state)
+
+    def _version_leaf(self, rec: VersionsDir, name: bytes, node: Node) -> Inode:
+        ino, check, live = self._table.slot(version_key(rec.ino, name, node))
+        return live or VersionEntry(ino, check, rec.ino, name, node)
 
     # ------------------------------------------------------------------ symlinks and xattrs
 
     async def readlink(self, ino: int) -> bytes:
-        rec = self._get(ino)
-        if rec.kind == _K_LINK and isinstance(rec.extra, bytes):
-            return rec.extra
+        rec = self._table.get(ino)
+        if isinstance(rec, LatestLink):
+            return rec.target
         node = await self._node(rec)
         if node is not None and node.type == SYMLINK:
             return node.link_target or b""
         raise FsError(errno.EINVAL)
 
     async def listxattr(self, ino: int) -> list[bytes]:
-        node = await self._node(self._get(ino))
+        node = await self._node(self._table.get(ino))
         return [k for k, _ in node.xattrs or ()] if node is not None else []
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
-        node = await self._node(self._get(ino))
+        node = await self._node(self._table.get(ino))
         for k, v in (node.xattrs if node is not None else None) or ():
             if k == name:
                 return v
@@ -627,11 +521,11 @@ class Vfs:
     # ------------------------------------------------------------------ files
 
     async def open(self, ino: int, flags: int) -> int:
-        rec = self._get(ino)
+        rec = self._table.get(ino)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND | os.O_CREAT):
             raise FsError(errno.EROFS)
         node = await self._node(rec)
-        if node is None or node.type == DIR or rec.kind not in (_K_NODE, _K_LEAF):
+        if node is None or node.type == DIR:
             raise FsError(errno.EISDIR)
         if node.type != FILE:
             raise FsError(errno.EINVAL)
@@ -697,12 +591,12 @@ class Vfs:
             parts.append(bytes(end - pos))
         return b"".join(parts)  # one copy, no zero-filling
 
-    def _prefetch_siblings(self, rec: _Inode, node: Node) -> None:
+    def _prefetch_siblings(self, rec: Inode, node: Node) -> None:
         """tar, cp -r and rsync open a folder's files one after another in listing order: once
         two opens follow that order, the next small files' chunks are fetched concurrently, so
         each open no longer waits for its own backend read and decryption in turn."""
-        parent = self._inodes.get(rec.parent)
-        if parent is None or parent.node is None or parent.node.subtree is None:
+        parent = self._table.find(rec.parent)
+        if not isinstance(parent, TreeDir) or parent.node.subtree is None:
             return
         nodes = self._trees.cached(parent.node.subtree)  # only when the listing is at hand
         if nodes is None:
@@ -737,10 +631,10 @@ class Vfs:
         if len(self._dir_reads) > 64:
             self._dir_reads.popitem(last=False)
 
-    def _known_child(self, parent: _Inode, node: Node) -> int | None:
+    def _known_child(self, parent: TreeDir, node: Node) -> int | None:
         """The inode number of a listed entry the kernel holds (readdirplus told it), or None."""
         rec = self._tree_child(parent, node)
-        return rec.ino if self._inodes.get(rec.ino) is rec else None
+        return rec.ino if self._table.holds(rec) else None
 
     def _push_pages(self, targets: dict[bytes, list[int]], blob_id: bytes, data: bytes) -> None:
         """Runs in a thread of its own, never on the loop nor in a loader thread: storing into a
@@ -781,22 +675,12 @@ class Vfs:
         try:
             return await self._chunks.get(blob_id)
         except Exception as exc:  # damaged, missing or unreadable: this read fails, nothing else
-            self._report(h.rec, blob_id, _describe(exc))
+            self._damage.report(h.rec, blob_id, describe(exc))
             raise FsError(errno.EIO) from exc
-
-    def _report(self, rec: _Inode, blob_id: bytes, msg: str) -> None:
-        """Logs a damaged object once per path, not on every kernel retry."""
-        key = (rec.ino, blob_id)
-        if key in self._reported:
-            return
-        if len(self._reported) > 10_000:
-            self._reported.clear()
-        self._reported.add(key)
-        log.error("%s: %s", self._path(rec), msg)
 
     def cache_stats(self) -> dict[str, int]:
         return {
-            "inodes": len(self._inodes),
+            "inodes": len(self._table),
             "chunks": len(self._chunks),
             "chunk_bytes": self._chunks.used,
             "trees": len(self._trees),
@@ -808,40 +692,15 @@ class Vfs:
 # ---------------------------------------------------------------------- helpers
 
 
-def _describe(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, BackupfsError) else f"{type(exc).__name__}: {exc}"
-
-
-def _u64(n: int) -> bytes:
-    return (n & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little")
-
-
-def _hash_ino(key: bytes, salt: int = 0) -> tuple[int, int]:
-    """(inode number, check value) for an identity key."""
-    h: int = xxhash.xxh3_128_intdigest(key, seed=salt)
-    ino = h & _INO_MASK
-    if ino < _FIRST_HASHED_INO:
-        ino += _FIRST_HASHED_INO
-    return ino, h >> 64
-
-
-def _group_key(rec: _Inode) -> tuple[bool, bytes]:
-    extra = rec.extra
-    assert isinstance(extra, tuple)
-    return bool(extra[0]), bytes(extra[1])
-
-
 def _node_name(node: Node) -> bytes:
     return node.name
 
 
+def _find(nodes: list[Node], name: bytes) -> Node | None:
+    """The entry called `name` of a listing (sorted by name), or None."""
+    i = bisect.bisect_left(nodes, name, key=_node_name)
+    return nodes[i] if i < len(nodes) and nodes[i].name == name else None
+
+
 def _chunk_offset(chunk: tuple[int, bytes]) -> int:
     return chunk[0]
-
-
-def _content_key(node: Node) -> bytes:
-    """Equal for two versions of a path with the same content (metadata aside)."""
-    parts = [b"\x01", node.type.encode(), _u64(node.size if node.type == FILE else 0), _u64(node.rdev or 0)]
-    parts += [bid for _, bid in node.content or ()]
-    parts.append(node.link_target or b"")
-    return xxhash.xxh3_128_digest(b"".join(parts))
