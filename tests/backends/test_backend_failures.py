@@ -18,7 +18,7 @@ import pytest
 from backupfs.backends.base import Backend, FileType
 from backupfs.backends.registry import open_backend
 from backupfs.backends.retry import RetryBackend
-from backupfs.backends.sftp import SFTPBackend
+from backupfs.backends.sftp.backend import SFTPBackend
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
 
 from .backend_servers import FAST, FAST_S3, FAST_SFTP, MotoServer, SSHDServer, TcpProxy, free_port, write_ed25519_key

@@ -1,0 +1,406 @@
+"""A repository on an SSH server, over SFTP (paramiko), with the same layout as a local one."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import posixpath
+import secrets
+import stat as stat_mod
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import paramiko
+from paramiko.sftp import (
+    CMD_EXTENDED,
+    CMD_MKDIR,
+    CMD_REMOVE,
+    CMD_RENAME,
+    SFTP_EOF,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_EXCL,
+    SFTP_FLAG_READ,
+    SFTP_FLAG_WRITE,
+    SFTP_NO_SUCH_FILE,
+    SFTP_OP_UNSUPPORTED,
+)
+
+from backupfs.backends.base import FileType
+from backupfs.backends.sftp.connect import connect, default_user
+from backupfs.backends.sftp.pool import Connection
+from backupfs.backends.sftp.protocol import (
+    CONNECTION_ERRORS,
+    Session,
+    Status,
+    describe,
+    dir_attrs,
+    is_failure,
+    status_error,
+)
+from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
+
+log = logging.getLogger(__name__)
+
+_TMP_MARK = ".tmp-"
+_DIR_BATCH = 256  # directories listed at once (each holds a server-side handle meanwhile)
+
+
+class SFTPBackend:
+    """Repository files under `path` on an SSH server: config, keys/, data/xx/, index/, ...
+
+    `path` may be absolute or relative to the login directory. Connects lazily and reconnects
+    after a connection failure (the failed call raises TransientBackendError; the retry
+    wrapper repeats it).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        path: str,
+        *,
+        user: str | None = None,
+        port: int = 22,
+        key_filename: str | None = None,
+        known_hosts: str | None = None,
+        strict_host_keys: bool = True,
+        connections: int = 8,
+        timeout: float = 30.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.user = user or default_user()
+        self.path = path.rstrip("/") or ("/" if path.startswith("/") else "")
+        self.key_filename = key_filename
+        self.known_hosts = known_hosts
+        self.strict_host_keys = strict_host_keys
+        self.connections = max(1, connections)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._connect_error: tuple[float, BackendError] | None = None  # when and how the latest attempt failed
+        self._closed = False
+        self._fsync = True  # fsync@openssh.com; cleared when the server says it is unsupported
+        self._posix_rename = True  # posix-rename@openssh.com, likewise
+
+    @property
+    def location(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"sftp://{self.user}@{host}:{self.port}/{self.path}"
+
+    # --- connection management ---
+
+    def _connect(self) -> Connection:
+        return connect(
+            self.host,
+            self.port,
+            self.user,
+            self.key_filename,
+            self.known_hosts,
+            self.strict_host_keys,
+            self.connections,
+            self.timeout,
+        )
+
+    def _connection(self) -> Connection:
+        if self._closed:
+            raise BackendError(f"{self.location}: backend is closed")
+        waiting_since = time.monotonic()
+        with self._lock:  # one thread reconnects; the others wait for it rather than pile on
+            conn = self._conn
+            if conn is not None and conn.alive():
+                return conn
+            if self._connect_error is not None and self._connect_error[0] >= waiting_since:
+                # Another thread's attempt failed while this one waited for it: that is the
+                # answer here too. Trying again at once would make every waiting thread sit
+                # through a timeout of its own, one after the other, against a silent server.
+                failed = self._connect_error[1]
+                raise type(failed)(*failed.args)
+            if conn is not None:
+                conn.close()
+                self._conn = None
+            try:
+                self._conn = self._connect()
+            except BackendError as exc:
+                self._connect_error = (time.monotonic(), exc)
+                raise
+            self._connect_error = None
+            return self._conn
+
+    @contextlib.contextmanager
+    def _session(self, what: str) -> Iterator[Session]:
+        """Lend a session; turn connection failures into TransientBackendError.
+
+        Status (the server's answer to a request) passes through untouched: the caller knows
+        what a missing file means for its operation.
+        """
+        conn = self._connection()
+        try:
+            session = conn.acquire()
+        except paramiko.ChannelException as exc:  # the connection itself is fine
+            raise TransientBackendError(f"{what}: {self.host} refused an SFTP session: {describe(exc)}") from exc
+        except CONNECTION_ERRORS as exc:
+            conn.close()
+            raise TransientBackendError(f"{what}: connection to {self.host} failed: {describe(exc)}") from exc
+        healthy = False
+        try:
+            yield session
+            healthy = True
+        except Status:
+            healthy = True
+            raise
+        except BackendError:
+            healthy = True
+            raise
+        except CONNECTION_ERRORS as exc:  # includes socket timeouts: the stream state is unknown
+            conn.close()
+            raise TransientBackendError(f"{what}: connection to {self.host} failed: {describe(exc)}") from exc
+        finally:
+            conn.release(session, healthy)
+
+    # --- paths ---
+
+    def _join(self, *parts: str) -> str:
+        return posixpath.join(self.path, *parts) if self.path else posixpath.join(*parts)
+
+    def _dir(self, ftype: FileType, name: str) -> str:
+        if ftype is FileType.CONFIG:
+            return self.path or "."
+        if ftype is FileType.DATA:
+            return self._join(ftype.value, name[:2])
+        return self._join(ftype.value)
+
+    def _file(self, ftype: FileType, name: str) -> str:
+        if ftype is FileType.CONFIG:
+            return self._join("config")
+        if not name or "/" in name or name.startswith("."):
+            raise BackendError(f"invalid file name {name!r}")
+        return posixpath.join(self._dir(ftype, name), name)
+
+    @staticmethod
+    def _what(ftype: FileType, name: str) -> str:
+        return "config" if ftype is FileType.CONFIG else f"{ftype.value}/{name}"
+
+    # --- Backend protocol ---
+
+    def exists(self) -> bool:
+        try:
+            self.stat(FileType.CONFIG, "config")
+        except NotFound:
+            return False
+        return True
+
+    def create(self) -> None:
+        if self.exists():
+            raise AlreadyExists(f"a repository already exists at {self.location}")
+        dirs = [self._join(t.value) for t in FileType if t is not FileType.CONFIG]
+        dirs += [self._join("data", f"{i:02x}") for i in range(256)]
+        with self._session(f"create {self.location}") as s:
+            if self.path:
+                self._makedirs(s, self.path)
+            failed = [
+                d
+                for d, reply in zip(dirs, s.batch((CMD_MKDIR, d.encode(), dir_attrs()) for d in dirs), strict=True)
+                if is_failure(reply)
+            ]
+            for d in failed:  # usually "already exists"; anything else shows up in the stat
+                try:
+                    if not stat_mod.S_ISDIR(s.stat(d).st_mode or 0):
+                        raise BackendError(f"cannot create {d}: a file is in the way")
+                except Status as exc:
+                    raise status_error(exc, f"cannot create directory {d}") from exc
+
+    def _makedirs(self, s: Session, path: str) -> None:
+        """mkdir -p: try the full path first, walk up only when a parent is missing."""
+        try:
+            if stat_mod.S_ISDIR(s.stat(path).st_mode or 0):
+                return
+            raise BackendError(f"{path} exists and is not a directory")
+        except Status as exc:
+            if exc.code != SFTP_NO_SUCH_FILE:
+                raise status_error(exc, f"cannot access {path}") from exc
+        parent = posixpath.dirname(path)
+        if parent and parent not in (path, "/", "."):
+            self._makedirs(s, parent)
+        try:
+            s.request(CMD_MKDIR, path.encode(), dir_attrs())
+        except Status as exc:
+            try:  # lost a race with another writer?
+                if stat_mod.S_ISDIR(s.stat(path).st_mode or 0):
+                    return
+            except Status:
+                pass
+            raise status_error(exc, f"cannot create directory {path}") from exc
+
+    def save(self, ftype: FileType, name: str, data: bytes | memoryview) -> None:
+        path = self._file(ftype, name)
+        directory = posixpath.dirname(path) or "."
+        tmp = posixpath.join(directory, f".{posixpath.basename(path)}{_TMP_MARK}{secrets.token_hex(8)}")
+        what = self._what(ftype, name)
+        view = memoryview(data).cast("B")
+        with self._session(f"save {what}") as s:
+            flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
+            try:
+                try:
+                    handle = s.open(tmp, flags)
+                except Status as exc:
+                    if exc.code != SFTP_NO_SUCH_FILE:
+                        raise
+                    self._makedirs(s, directory)  # data/xx of a repository made by other tools
+                    handle = s.open(tmp, flags)
+                try:
+                    s.write_all(handle, view)
+                    self._fsync_handle(s, handle)
+                finally:
+                    s.close_handle(handle)
+            except Status as exc:
+                self._remove_quiet(s, tmp)
+                raise status_error(exc, f"cannot write {what}") from exc
+            self._rename_into_place(s, tmp, path, what, replace=ftype is not FileType.CONFIG)
+
+    def _fsync_handle(self, s: Session, handle: bytes) -> None:
+        if not self._fsync:
+            return
+        try:
+            s.request(CMD_EXTENDED, "fsync@openssh.com", handle)
+        except Status as exc:
+            if exc.code != SFTP_OP_UNSUPPORTED:
+                raise
+            self._fsync = False
+            log.warning("%s: the SFTP server cannot fsync; a server crash may lose recent files", self.location)
+
+    def _rename_into_place(self, s: Session, tmp: str, path: str, what: str, replace: bool) -> None:
+        try:
+            if replace and self._posix_rename:
+                try:
+                    s.request(CMD_EXTENDED, "posix-rename@openssh.com", tmp.encode(), path.encode())
+                    return
+                except Status as exc:
+                    if exc.code != SFTP_OP_UNSUPPORTED:
+                        raise
+                    self._posix_rename = False
+            # Plain SFTP rename never replaces an existing file (OpenSSH: link + unlink).
+            s.request(CMD_RENAME, tmp.encode(), path.encode())
+        except Status as exc:
+            present = self._present(s, path)
+            self._remove_quiet(s, tmp)
+            if present and not replace:
+                raise AlreadyExists(f"{what} already exists at {self.location}") from exc
+            if present:
+                return  # names are content hashes: the file in place has the same bytes
+            raise status_error(exc, f"cannot rename {what} into place") from exc
+
+    def _present(self, s: Session, path: str) -> bool:
+        try:
+            s.stat(path)
+        except Status:
+            return False
+        return True
+
+    def _remove_quiet(self, s: Session, path: str) -> None:
+        with contextlib.suppress(Status):
+            s.request(CMD_REMOVE, path.encode())
+
+    def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._file(ftype, name)
+        what = self._what(ftype, name)
+        if offset < 0 or (length is not None and length < 0):
+            raise BackendError(f"load {what}: negative offset or length")
+        with self._session(f"load {what}") as s:
+            try:
+                handle = s.open(path, SFTP_FLAG_READ)
+            except Status as exc:
+                raise status_error(exc, what) from exc
+            want = length
+            try:
+                if want is None:
+                    want = max(0, s.size(handle) - offset)
+                return s.read_range(handle, offset, want) if want else b""
+            except Status as exc:
+                if exc.code == SFTP_EOF:
+                    end = offset + (want or 0)
+                    raise BackendError(f"{what}: short read (file ends before byte {end})") from exc
+                raise status_error(exc, f"cannot read {what}") from exc
+            finally:
+                s.close_handle(handle, wait=False)
+
+    def stat(self, ftype: FileType, name: str) -> int:
+        what = self._what(ftype, name)
+        with self._session(f"stat {what}") as s:
+            try:
+                return int(s.stat(self._file(ftype, name)).st_size)
+            except Status as exc:
+                raise status_error(exc, what) from exc
+
+    def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
+        if ftype is FileType.CONFIG:
+            with contextlib.suppress(NotFound):
+                yield "config", self.stat(ftype, "config")
+            return
+        base = self._join(ftype.value)
+        if ftype is not FileType.DATA:
+            yield from self._files_in([base])
+            return
+        with self._session(f"list {base}") as s:
+            found = s.listdirs([base])[base]
+        if isinstance(found, Status):
+            if found.code == SFTP_NO_SUCH_FILE:
+                return
+            raise status_error(found, f"cannot list {base}")
+        subdirs = sorted(
+            posixpath.join(base, e.filename)
+            for e in found
+            if not e.filename.startswith(".") and stat_mod.S_ISDIR(e.st_mode or 0)  # skips . and ..
+        )
+        for i in range(0, len(subdirs), _DIR_BATCH):
+            yield from self._files_in(subdirs[i : i + _DIR_BATCH])
+
+    def _files_in(self, dirs: Sequence[str]) -> Iterator[tuple[str, int]]:
+        # The whole batch is read before yielding, so a slow consumer never holds a session.
+        with self._session(f"list {dirs[0]}") as s:
+            listed = s.listdirs(dirs)
+        for d in dirs:
+            entries = listed[d]
+            if isinstance(entries, Status):
+                if entries.code == SFTP_NO_SUCH_FILE:
+                    continue
+                raise status_error(entries, f"cannot list {d}")
+            for e in entries:
+                if not e.filename.startswith(".") and stat_mod.S_ISREG(e.st_mode or 0):
+                    yield e.filename, int(e.st_size)
+
+    def remove(self, ftype: FileType, name: str) -> None:
+        what = self._what(ftype, name)
+        with self._session(f"remove {what}") as s:
+            try:
+                s.request(CMD_REMOVE, self._file(ftype, name).encode())
+            except Status as exc:
+                raise status_error(exc, f"cannot remove {what}") from exc
+
+    def remove_stale_temporaries(self, max_age: float = 86400.0) -> int:
+        """Delete temporary files that killed writers left behind, once surely abandoned."""
+        dirs = [self.path or "."] + [self._join(t.value) for t in FileType if t is not FileType.CONFIG]
+        dirs += [self._join("data", f"{i:02x}") for i in range(256)]
+        cutoff = time.time() - max_age
+        removed = 0
+        for i in range(0, len(dirs), _DIR_BATCH):
+            group = dirs[i : i + _DIR_BATCH]
+            with self._session("remove stale temporary files") as s:
+                stale = [
+                    posixpath.join(d, e.filename)
+                    for d, entries in s.listdirs(group).items()
+                    if isinstance(entries, list)
+                    for e in entries
+                    if e.filename.startswith(".") and _TMP_MARK in e.filename and (e.st_mtime or 0) < cutoff
+                ]
+                replies = s.batch((CMD_REMOVE, p.encode()) for p in stale)
+                removed += sum(1 for r in replies if not is_failure(r))
+        return removed
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
