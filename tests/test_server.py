@@ -34,7 +34,7 @@ from backupfs.crypto import file_id
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
 from backupfs.format.snapshot import Snapshot
 from backupfs.repository.repo import Repository
-from backupfs.server import parse_range, parse_target
+from backupfs.server.routes import parse_range, parse_target
 
 FAST_KDF = (1, 8192)
 FAST_RETRY = ("-o", "retry_attempts=2", "-o", "retry_base_delay=0.05")

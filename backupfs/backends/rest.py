@@ -32,7 +32,7 @@ _TRANSIENT_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class RestBackend:
-    """The Backend protocol over HTTP; see backupfs/server.py for the server side."""
+    """The Backend protocol over HTTP; see backupfs/server/ for the server side."""
 
     def __init__(
         self,
