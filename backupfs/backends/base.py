@@ -32,8 +32,11 @@ class Backend(Protocol):
       None) or raises NotFound; a short file raises BackendError. It is idempotent and may be
       retried.
     - `list` yields `(name, size)` of every complete file of a type, in no particular order;
-      temporary files are never listed.
+      only names layout.py allows, in the folder it puts them: temporary and foreign files
+      are never listed.
     - `remove` deletes a file; removing a missing file raises NotFound.
+    - Every method raises BackendError for a name no file of its type can have (layout.py),
+      before touching any storage.
     - Transient failures raise TransientBackendError; everything else BackendError.
     """
 

@@ -15,13 +15,14 @@ import trio
 from backupfs.backends.base import FileType
 from backupfs.errors import UsageError
 from backupfs.server.auth import Htpasswd, basic_credentials
-from backupfs.server.routes import file_path, parse_target
+from backupfs.server.routes import parse_target
 from backupfs.server.storage import (
     READ_CHUNK,
     Read,
     Refused,
     Upload,
     create_repository,
+    file_path,
     list_files,
     open_read,
     pread,

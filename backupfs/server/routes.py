@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from typing import Final
 
+from backupfs.backends import layout
 from backupfs.backends.base import FileType
 
-TYPES: Final = {t.value: t for t in FileType if t is not FileType.CONFIG}
-RESERVED: Final = frozenset({*TYPES, "config"})
+# names a repository's own folders use: never a segment of a repository's path
+RESERVED: Final = frozenset({*layout.FOLDERS, layout.CONFIG_NAME})
 _RAW_PATH = re.compile(rb"/[A-Za-z0-9._/-]*")
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
-_NAME = re.compile(r"[0-9a-f]{64}")
 MAX_REPO_DEPTH: Final = 8
+MAX_PATH: Final = 1024  # bytes of a request path
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -29,21 +29,21 @@ class Target:
 
 def parse_target(raw_path: bytes) -> Target | None:
     """Strict on purpose: anything that is not plainly one of the API's forms is refused."""
-    if not _RAW_PATH.fullmatch(raw_path) or len(raw_path) > 1024:
+    if not _RAW_PATH.fullmatch(raw_path) or len(raw_path) > MAX_PATH:
         return None
     parts = raw_path.decode("ascii")[1:].split("/")
     last = parts.pop()
     target: Target | None
     if last == "":
-        if parts and parts[-1] in TYPES:
-            ftype = TYPES[parts.pop()]
+        if parts and parts[-1] in layout.FOLDERS:
+            ftype = layout.FOLDERS[parts.pop()]
             target = Target(tuple(parts), "list", ftype)
         else:
             target = Target(tuple(parts), "repo")
-    elif last == "config":
-        target = Target(tuple(parts), "config", FileType.CONFIG, "config")
-    elif parts and parts[-1] in TYPES and _NAME.fullmatch(last):
-        ftype = TYPES[parts.pop()]
+    elif last == layout.CONFIG_NAME:
+        target = Target(tuple(parts), "config", FileType.CONFIG, layout.CONFIG_NAME)
+    elif parts and parts[-1] in layout.FOLDERS and layout.is_valid_name(layout.FOLDERS[parts[-1]], last):
+        ftype = layout.FOLDERS[parts.pop()]
         target = Target(tuple(parts), "file", ftype, last)
     else:
         return None
@@ -53,15 +53,6 @@ def parse_target(raw_path: bytes) -> Target | None:
         if seg in RESERVED or not _SEGMENT.fullmatch(seg):
             return None
     return target
-
-
-def file_path(repo_dir: str, ftype: FileType, name: str) -> str:
-    """The local backend's layout (design.md 2): data packs fan out by their first two digits."""
-    if ftype is FileType.CONFIG:
-        return os.path.join(repo_dir, "config")
-    if ftype is FileType.DATA:
-        return os.path.join(repo_dir, ftype.value, name[:2], name)
-    return os.path.join(repo_dir, ftype.value, name)
 
 
 def parse_range(value: bytes, size: int) -> tuple[int, int] | str | None:

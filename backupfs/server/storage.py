@@ -9,18 +9,22 @@ import contextlib
 import dataclasses
 import errno
 import os
-import time
 from typing import Final
 
 import blake3
 
+from backupfs.backends import layout
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend
 from backupfs.errors import AlreadyExists
 from backupfs.server.routes import parse_range
 
 READ_CHUNK: Final = 4 << 20  # most blob reads are one piece: one thread hop
-_TMP_MARK: Final = ".tmp-"
+
+
+def file_path(repo_dir: str, ftype: FileType, name: str) -> str:
+    """Where a (validated) file lives on disk: the local backend's layout (backends/layout.py)."""
+    return os.path.join(repo_dir, layout.path(ftype, name))
 
 
 class Refused(Exception):
@@ -39,7 +43,7 @@ class Upload:
 
     def __init__(self, directory: str, name: str) -> None:
         self.directory = directory
-        self.tmp = os.path.join(directory, f".{name}{_TMP_MARK}{os.getpid()}-{time.monotonic_ns()}")
+        self.tmp = os.path.join(directory, layout.temporary_name(name))
         os.makedirs(directory, exist_ok=True)
         self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.hasher = blake3.blake3(max_threads=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import posixpath
-import secrets
 import stat as stat_mod
 import threading
 import time
@@ -26,6 +25,7 @@ from paramiko.sftp import (
     SFTP_OP_UNSUPPORTED,
 )
 
+from backupfs.backends import layout
 from backupfs.backends.base import FileType
 from backupfs.backends.sftp.connect import connect, default_user
 from backupfs.backends.sftp.pool import Connection
@@ -42,7 +42,6 @@ from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBack
 
 log = logging.getLogger(__name__)
 
-_TMP_MARK = ".tmp-"
 _DIR_BATCH = 256  # directories listed at once (each holds a server-side handle meanwhile)
 
 
@@ -160,22 +159,14 @@ class SFTPBackend:
 
     # --- paths ---
 
-    def _join(self, *parts: str) -> str:
-        return posixpath.join(self.path, *parts) if self.path else posixpath.join(*parts)
-
-    def _dir(self, ftype: FileType, name: str) -> str:
-        if ftype is FileType.CONFIG:
+    def _remote(self, rel: str) -> str:
+        """The server-side path of a path relative to the repository (layout.py)."""
+        if not rel:
             return self.path or "."
-        if ftype is FileType.DATA:
-            return self._join(ftype.value, name[:2])
-        return self._join(ftype.value)
+        return posixpath.join(self.path, rel) if self.path else rel
 
     def _file(self, ftype: FileType, name: str) -> str:
-        if ftype is FileType.CONFIG:
-            return self._join("config")
-        if not name or "/" in name or name.startswith("."):
-            raise BackendError(f"invalid file name {name!r}")
-        return posixpath.join(self._dir(ftype, name), name)
+        return self._remote(layout.path(ftype, name))
 
     @staticmethod
     def _what(ftype: FileType, name: str) -> str:
@@ -185,7 +176,7 @@ class SFTPBackend:
 
     def exists(self) -> bool:
         try:
-            self.stat(FileType.CONFIG, "config")
+            self.stat(FileType.CONFIG, layout.CONFIG_NAME)
         except NotFound:
             return False
         return True
@@ -193,8 +184,7 @@ class SFTPBackend:
     def create(self) -> None:
         if self.exists():
             raise AlreadyExists(f"a repository already exists at {self.location}")
-        dirs = [self._join(t.value) for t in FileType if t is not FileType.CONFIG]
-        dirs += [self._join("data", f"{i:02x}") for i in range(256)]
+        dirs = [self._remote(rel) for rel in layout.directories()]
         with self._session(f"create {self.location}") as s:
             if self.path:
                 self._makedirs(s, self.path)
@@ -235,7 +225,7 @@ class SFTPBackend:
     def save(self, ftype: FileType, name: str, data: bytes | memoryview) -> None:
         path = self._file(ftype, name)
         directory = posixpath.dirname(path) or "."
-        tmp = posixpath.join(directory, f".{posixpath.basename(path)}{_TMP_MARK}{secrets.token_hex(8)}")
+        tmp = posixpath.join(directory, layout.temporary_name(name))
         what = self._what(ftype, name)
         view = memoryview(data).cast("B")
         with self._session(f"save {what}") as s:
@@ -335,12 +325,12 @@ class SFTPBackend:
     def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
         if ftype is FileType.CONFIG:
             with contextlib.suppress(NotFound):
-                yield "config", self.stat(ftype, "config")
+                yield layout.CONFIG_NAME, self.stat(ftype, layout.CONFIG_NAME)
             return
-        base = self._join(ftype.value)
         if ftype is not FileType.DATA:
-            yield from self._files_in([base])
+            yield from self._files_in(ftype, [ftype.value])
             return
+        base = self._remote(ftype.value)
         with self._session(f"list {base}") as s:
             found = s.listdirs([base])[base]
         if isinstance(found, Status):
@@ -348,25 +338,26 @@ class SFTPBackend:
                 return
             raise status_error(found, f"cannot list {base}")
         subdirs = sorted(
-            posixpath.join(base, e.filename)
+            f"{ftype.value}/{e.filename}"
             for e in found
             if not e.filename.startswith(".") and stat_mod.S_ISDIR(e.st_mode or 0)  # skips . and ..
         )
         for i in range(0, len(subdirs), _DIR_BATCH):
-            yield from self._files_in(subdirs[i : i + _DIR_BATCH])
+            yield from self._files_in(ftype, subdirs[i : i + _DIR_BATCH])
 
-    def _files_in(self, dirs: Sequence[str]) -> Iterator[tuple[str, int]]:
+    def _files_in(self, ftype: FileType, rels: Sequence[str]) -> Iterator[tuple[str, int]]:
         # The whole batch is read before yielding, so a slow consumer never holds a session.
+        dirs = [self._remote(rel) for rel in rels]
         with self._session(f"list {dirs[0]}") as s:
             listed = s.listdirs(dirs)
-        for d in dirs:
+        for rel, d in zip(rels, dirs, strict=True):
             entries = listed[d]
             if isinstance(entries, Status):
                 if entries.code == SFTP_NO_SUCH_FILE:
                     continue
                 raise status_error(entries, f"cannot list {d}")
             for e in entries:
-                if not e.filename.startswith(".") and stat_mod.S_ISREG(e.st_mode or 0):
+                if layout.belongs(ftype, rel, e.filename) and stat_mod.S_ISREG(e.st_mode or 0):
                     yield e.filename, int(e.st_size)
 
     def remove(self, ftype: FileType, name: str) -> None:
@@ -377,10 +368,9 @@ class SFTPBackend:
             except Status as exc:
                 raise status_error(exc, f"cannot remove {what}") from exc
 
-    def remove_stale_temporaries(self, max_age: float = 86400.0) -> int:
+    def remove_stale_temporaries(self, max_age: float = layout.STALE_TEMPORARY_AGE) -> int:
         """Delete temporary files that killed writers left behind, once surely abandoned."""
-        dirs = [self.path or "."] + [self._join(t.value) for t in FileType if t is not FileType.CONFIG]
-        dirs += [self._join("data", f"{i:02x}") for i in range(256)]
+        dirs = [self._remote(rel) for rel in ["", *layout.directories()]]
         cutoff = time.time() - max_age
         removed = 0
         for i in range(0, len(dirs), _DIR_BATCH):
@@ -391,7 +381,7 @@ class SFTPBackend:
                     for d, entries in s.listdirs(group).items()
                     if isinstance(entries, list)
                     for e in entries
-                    if e.filename.startswith(".") and _TMP_MARK in e.filename and (e.st_mtime or 0) < cutoff
+                    if layout.is_temporary(e.filename) and (e.st_mtime or 0) < cutoff
                 ]
                 replies = s.batch((CMD_REMOVE, p.encode()) for p in stale)
                 removed += sum(1 for r in replies if not is_failure(r))
