@@ -27,8 +27,6 @@ CONFIG_NAME: Final = "config"
 FOLDERS: Final = {t.value: t for t in FileType if t is not FileType.CONFIG}
 FANOUT: Final = tuple(f"{i:02x}" for i in range(256))  # the sub-folders of data/
 TEMP_MARK: Final = ".tmp-"
-# A temporary file older than this (seconds) is surely abandoned: no save takes a day.
-STALE_TEMPORARY_AGE: Final = 86400.0
 _FILE_ID: Final = re.compile(r"[0-9a-f]{64}")
 _TEMP_UNIQUE_BYTES: Final = 8  # random, so concurrent writers on any host never collide
 

@@ -9,10 +9,11 @@ import time
 from collections.abc import Iterator
 
 from backupfs.backends import layout
-from backupfs.backends.base import FileType
+from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound
 
 _DIR_MODE = 0o700
+_INFO = BackendInfo(local=True, append_only=False, sweeps_temporaries=True)
 
 
 def _fsync_dir(path: str) -> None:
@@ -150,7 +151,10 @@ class LocalBackend:
         except OSError as exc:
             raise _oserror(exc, f"cannot remove {path}") from exc
 
-    def remove_stale_temporaries(self, max_age: float = layout.STALE_TEMPORARY_AGE) -> int:
+    def info(self) -> BackendInfo:
+        return _INFO
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
         """Delete temporary files a killed writer left behind, once they are surely abandoned."""
         removed = 0
         now = time.time()

@@ -6,8 +6,10 @@ import threading
 from collections.abc import Iterator
 
 from backupfs.backends import layout
-from backupfs.backends.base import FileType
+from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound
+
+_INFO = BackendInfo(local=True, append_only=False, sweeps_temporaries=False)
 
 
 class MemoryBackend:
@@ -62,6 +64,12 @@ class MemoryBackend:
         with self._lock:
             if self._files.pop((ftype, name), None) is None:
                 raise NotFound(f"{ftype.value}/{name} not found")
+
+    def info(self) -> BackendInfo:
+        return _INFO
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
+        return 0
 
     def close(self) -> None:
         pass

@@ -23,11 +23,14 @@ import urllib3
 import urllib3.exceptions
 
 from backupfs.backends import layout
-from backupfs.backends.base import FileType
+from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError, UsageError
 
 _ACCEPT_V2: Final = "application/vnd.x.restic.rest.v2"
 _TRANSIENT_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
+# `backupfs serve --append-only` marks every answer with this header (docs/server.md); other
+# servers (restic's rest-server) do not, and are taken to allow deletes until one is refused.
+APPEND_ONLY_HEADER: Final = "x-backupfs-append-only"
 
 
 class RestBackend:
@@ -75,8 +78,7 @@ class RestBackend:
             timeout=urllib3.Timeout(connect=15.0, read=timeout),
             **options,
         )
-        # set once any answer of a `backupfs serve --append-only` says so (prune can refuse early)
-        self.append_only = False
+        self._append_only: bool | None = None  # what the latest answer said; None before the first
 
     @property
     def location(self) -> str:
@@ -115,8 +117,7 @@ class RestBackend:
             raise TransientBackendError(f"{self._location}: {what}: timed out") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientBackendError(f"{self._location}: {what}: {_describe(exc)}") from exc
-        if response.headers.get("x-backupfs-append-only") == "1":
-            self.append_only = True
+        self._append_only = response.headers.get(APPEND_ONLY_HEADER) == "1"
         status = response.status
         if status < 300 or status in allow:
             return response
@@ -208,6 +209,16 @@ class RestBackend:
 
     def remove(self, ftype: FileType, name: str) -> None:
         self._request("DELETE", self._file_path(ftype, name), f"remove {ftype.value}/{name}")
+
+    def info(self) -> BackendInfo:
+        """Whether the server is append-only is the server's to say: every answer carries it,
+        and before the first one a HEAD of the config asks (a 404 answers as well)."""
+        if self._append_only is None:
+            self._request("HEAD", self._file_path(FileType.CONFIG, layout.CONFIG_NAME), "config", allow=(404,))
+        return BackendInfo(local=False, append_only=bool(self._append_only), sweeps_temporaries=False)
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
+        return 0  # the server's, out of a client's reach: prune on the server side sweeps them
 
     def close(self) -> None:
         self._pool.close()

@@ -26,7 +26,7 @@ import botocore.exceptions as bex
 import botocore.session
 
 from backupfs.backends import layout
-from backupfs.backends.base import FileType
+from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ _THROTTLED = {
     "RequestTimeout",
     "BadDigest",  # the body was damaged on the way: sending it again helps
 }
+_INFO = BackendInfo(local=False, append_only=False, sweeps_temporaries=False)
 _CONDITIONAL_UNSUPPORTED = {"NotImplemented", "InvalidArgument", "InvalidRequest"}
 # Endpoints that name their region, so users need not repeat it: AWS, Backblaze B2, and R2
 # (whose only region is "auto").
@@ -309,6 +310,12 @@ class S3Backend:
         key = self._key(ftype, name)
         self._call(f"remove {what}", "head_object", Key=key)
         self._call(f"remove {what}", "delete_object", Key=key)
+
+    def info(self) -> BackendInfo:
+        return _INFO
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
+        return 0  # a PUT is atomic: there are none
 
     def close(self) -> None:
         self._client.close()

@@ -83,7 +83,7 @@ def test_sftp_connection_cut_mid_upload(sshd_server: SSHDServer) -> None:
         # the same backend object reconnects on its next use
         cut.save(FileType.DATA, fid, data)
         assert direct.load(FileType.DATA, fid) == data
-        assert direct.remove_stale_temporaries(0) == 1  # type: ignore[attr-defined]
+        assert direct.remove_stale_temporaries(0) == 1
         cut.close()
     direct.close()
 

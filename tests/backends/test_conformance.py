@@ -16,7 +16,7 @@ import blake3
 import pytest
 
 from backupfs.backends import layout
-from backupfs.backends.base import Backend, FileType
+from backupfs.backends.base import Backend, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound
 
 from .backend_servers import BackendFactory
@@ -347,7 +347,31 @@ def test_remove_stale_temporaries(make_backend: BackendFactory) -> None:
     for path in old:
         os.utime(path, (1_000_000, 1_000_000))
     kept = put(backend, FileType.DATA, b"\xab" * 10)
-    assert backend.remove_stale_temporaries(3600) == 3  # type: ignore[attr-defined]
+    assert backend.remove_stale_temporaries(3600) == 3
     assert [p.exists() for p in old] == [False] * 3
     assert new.exists()
     assert backend.load(FileType.DATA, kept) == b"\xab" * 10
+
+
+INFO = {
+    "memory": BackendInfo(local=True, append_only=False, sweeps_temporaries=False),
+    "local": BackendInfo(local=True, append_only=False, sweeps_temporaries=True),
+    "sftp": BackendInfo(local=False, append_only=False, sweeps_temporaries=True),
+    "s3": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),
+    "rest": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),  # append-only: test_server.py
+}
+
+
+def test_info_declares_what_the_backend_is(make_backend: BackendFactory) -> None:
+    backend = make_backend(create=False)  # info() is the first call: a remote backend finds out by itself
+    info = backend.info()
+    assert info == INFO[make_backend.kind]
+    assert backend.inner.info() == info  # type: ignore[attr-defined]  # RetryBackend forwards
+    backend.create()
+    if not info.sweeps_temporaries and make_backend.fs_root is not None:  # rest: the server's, out of reach
+        stale = make_backend.fs_root / "keys" / ".k.tmp-1-2"
+        stale.write_bytes(b"partial")
+        os.utime(stale, (1_000_000, 1_000_000))
+        assert backend.remove_stale_temporaries(0) == 0 and stale.exists()
+    elif not info.sweeps_temporaries:
+        assert backend.remove_stale_temporaries(0) == 0

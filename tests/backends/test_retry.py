@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from backupfs.backends.base import Backend, FileType
+from backupfs.backends.base import STALE_TEMPORARY_AGE, Backend, BackendInfo, FileType
 from backupfs.backends.memory import MemoryBackend
 from backupfs.backends.retry import RetryBackend
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
@@ -70,6 +70,14 @@ class Flaky:
         self._enter("remove")
         self.inner.remove(ftype, name)
 
+    def info(self) -> BackendInfo:
+        self._enter("info")
+        return self.inner.info()
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
+        self._enter("remove_stale_temporaries")
+        return self.inner.remove_stale_temporaries(max_age)
+
     def close(self) -> None:
         self._enter("close")
 
@@ -102,7 +110,9 @@ def test_transient_failures_are_retried_until_success() -> None:
         assert 0 <= pause <= min(5.0, 1.0 * 2**attempt)
 
 
-@pytest.mark.parametrize("method", ["create", "exists", "save", "load", "stat", "remove"])
+@pytest.mark.parametrize(
+    "method", ["create", "exists", "save", "load", "stat", "remove", "info", "remove_stale_temporaries"]
+)
 def test_every_method_retries(method: str) -> None:
     flaky = Flaky()
     flaky.inner.save(FileType.KEY, KK, b"key")
@@ -115,6 +125,8 @@ def test_every_method_retries(method: str) -> None:
         "load": lambda: retry.load(FileType.KEY, KK),
         "stat": lambda: retry.stat(FileType.KEY, KK),
         "remove": lambda: retry.remove(FileType.KEY, KK),
+        "info": lambda: retry.info(),
+        "remove_stale_temporaries": lambda: retry.remove_stale_temporaries(),
     }
     calls[method]()
     assert flaky.calls[method] == 3
@@ -248,6 +260,8 @@ def test_pass_through() -> None:
     retry, _ = wrap(flaky)
     assert retry.location == "memory:flaky"
     assert retry.remove_stale_temporaries() == 0  # the inner backend has no temporaries
+    assert flaky.calls["remove_stale_temporaries"] == 1
+    assert retry.info() == flaky.inner.info()
     retry.close()
     assert flaky.calls["close"] == 1
     with pytest.raises(ValueError):

@@ -26,7 +26,7 @@ from paramiko.sftp import (
 )
 
 from backupfs.backends import layout
-from backupfs.backends.base import FileType
+from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
 from backupfs.backends.sftp.connect import connect, default_user
 from backupfs.backends.sftp.pool import Connection
 from backupfs.backends.sftp.protocol import (
@@ -42,6 +42,7 @@ from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBack
 
 log = logging.getLogger(__name__)
 
+_INFO = BackendInfo(local=False, append_only=False, sweeps_temporaries=True)
 _DIR_BATCH = 256  # directories listed at once (each holds a server-side handle meanwhile)
 
 
@@ -368,7 +369,10 @@ class SFTPBackend:
             except Status as exc:
                 raise status_error(exc, f"cannot remove {what}") from exc
 
-    def remove_stale_temporaries(self, max_age: float = layout.STALE_TEMPORARY_AGE) -> int:
+    def info(self) -> BackendInfo:
+        return _INFO
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
         """Delete temporary files that killed writers left behind, once surely abandoned."""
         dirs = [self._remote(rel) for rel in ["", *layout.directories()]]
         cutoff = time.time() - max_age
