@@ -1,4 +1,9 @@
-"""A repository on an SSH server, over SFTP (paramiko), with the same layout as a local one."""
+"""A repository on an SSH server, over SFTP, with the same layout as a local one.
+
+The Backend protocol in terms of paths and SFTP status codes: requests go through
+protocol.Session, sessions come from a pool.SessionPool, and how the connection is made is the
+connector's business (connect.py: paramiko's SSH by default).
+"""
 
 from __future__ import annotations
 
@@ -8,34 +13,20 @@ import posixpath
 import stat as stat_mod
 import threading
 import time
-from collections.abc import Iterator, Sequence
-
-import paramiko
-from paramiko.sftp import (
-    CMD_EXTENDED,
-    CMD_MKDIR,
-    CMD_REMOVE,
-    CMD_RENAME,
-    SFTP_EOF,
-    SFTP_FLAG_CREATE,
-    SFTP_FLAG_EXCL,
-    SFTP_FLAG_READ,
-    SFTP_FLAG_WRITE,
-    SFTP_NO_SUCH_FILE,
-    SFTP_OP_UNSUPPORTED,
-)
+from collections.abc import Callable, Iterator, Sequence
 
 from backupfs.backends import layout
 from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
 from backupfs.backends.sftp.connect import connect, default_user
-from backupfs.backends.sftp.pool import Connection
+from backupfs.backends.sftp.pool import SessionPool, SessionRefused
 from backupfs.backends.sftp.protocol import (
     CONNECTION_ERRORS,
+    END_OF_FILE,
+    NO_SUCH_FILE,
+    UNSUPPORTED,
     Session,
     Status,
     describe,
-    dir_attrs,
-    is_failure,
     status_error,
 )
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
@@ -51,7 +42,8 @@ class SFTPBackend:
 
     `path` may be absolute or relative to the login directory. Connects lazily and reconnects
     after a connection failure (the failed call raises TransientBackendError; the retry
-    wrapper repeats it).
+    wrapper repeats it). `connector` makes a connection: by default paramiko's SSH with the
+    settings given here; it raises BackendError (TransientBackendError if worth retrying).
     """
 
     def __init__(
@@ -66,6 +58,7 @@ class SFTPBackend:
         strict_host_keys: bool = True,
         connections: int = 8,
         timeout: float = 30.0,
+        connector: Callable[[], SessionPool] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -76,8 +69,9 @@ class SFTPBackend:
         self.strict_host_keys = strict_host_keys
         self.connections = max(1, connections)
         self.timeout = timeout
+        self._connector = connector or self._paramiko_connection
         self._lock = threading.Lock()
-        self._conn: Connection | None = None
+        self._conn: SessionPool | None = None
         self._connect_error: tuple[float, BackendError] | None = None  # when and how the latest attempt failed
         self._closed = False
         self._fsync = True  # fsync@openssh.com; cleared when the server says it is unsupported
@@ -90,7 +84,7 @@ class SFTPBackend:
 
     # --- connection management ---
 
-    def _connect(self) -> Connection:
+    def _paramiko_connection(self) -> SessionPool:
         return connect(
             self.host,
             self.port,
@@ -102,7 +96,7 @@ class SFTPBackend:
             self.timeout,
         )
 
-    def _connection(self) -> Connection:
+    def _connection(self) -> SessionPool:
         if self._closed:
             raise BackendError(f"{self.location}: backend is closed")
         waiting_since = time.monotonic()
@@ -120,7 +114,7 @@ class SFTPBackend:
                 conn.close()
                 self._conn = None
             try:
-                self._conn = self._connect()
+                self._conn = self._connector()
             except BackendError as exc:
                 self._connect_error = (time.monotonic(), exc)
                 raise
@@ -137,7 +131,7 @@ class SFTPBackend:
         conn = self._connection()
         try:
             session = conn.acquire()
-        except paramiko.ChannelException as exc:  # the connection itself is fine
+        except SessionRefused as exc:  # the connection itself is fine
             raise TransientBackendError(f"{what}: {self.host} refused an SFTP session: {describe(exc)}") from exc
         except CONNECTION_ERRORS as exc:
             conn.close()
@@ -189,12 +183,7 @@ class SFTPBackend:
         with self._session(f"create {self.location}") as s:
             if self.path:
                 self._makedirs(s, self.path)
-            failed = [
-                d
-                for d, reply in zip(dirs, s.batch((CMD_MKDIR, d.encode(), dir_attrs()) for d in dirs), strict=True)
-                if is_failure(reply)
-            ]
-            for d in failed:  # usually "already exists"; anything else shows up in the stat
+            for d in s.mkdirs(dirs):  # usually "already exists"; anything else shows up in the stat
                 try:
                     if not stat_mod.S_ISDIR(s.stat(d).st_mode or 0):
                         raise BackendError(f"cannot create {d}: a file is in the way")
@@ -208,13 +197,13 @@ class SFTPBackend:
                 return
             raise BackendError(f"{path} exists and is not a directory")
         except Status as exc:
-            if exc.code != SFTP_NO_SUCH_FILE:
+            if exc.code != NO_SUCH_FILE:
                 raise status_error(exc, f"cannot access {path}") from exc
         parent = posixpath.dirname(path)
         if parent and parent not in (path, "/", "."):
             self._makedirs(s, parent)
         try:
-            s.request(CMD_MKDIR, path.encode(), dir_attrs())
+            s.mkdir(path)
         except Status as exc:
             try:  # lost a race with another writer?
                 if stat_mod.S_ISDIR(s.stat(path).st_mode or 0):
@@ -230,15 +219,14 @@ class SFTPBackend:
         what = self._what(ftype, name)
         view = memoryview(data).cast("B")
         with self._session(f"save {what}") as s:
-            flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL
             try:
                 try:
-                    handle = s.open(tmp, flags)
+                    handle = s.create(tmp)
                 except Status as exc:
-                    if exc.code != SFTP_NO_SUCH_FILE:
+                    if exc.code != NO_SUCH_FILE:
                         raise
                     self._makedirs(s, directory)  # data/xx of a repository made by other tools
-                    handle = s.open(tmp, flags)
+                    handle = s.create(tmp)
                 try:
                     s.write_all(handle, view)
                     self._fsync_handle(s, handle)
@@ -253,9 +241,9 @@ class SFTPBackend:
         if not self._fsync:
             return
         try:
-            s.request(CMD_EXTENDED, "fsync@openssh.com", handle)
+            s.fsync(handle)
         except Status as exc:
-            if exc.code != SFTP_OP_UNSUPPORTED:
+            if exc.code != UNSUPPORTED:
                 raise
             self._fsync = False
             log.warning("%s: the SFTP server cannot fsync; a server crash may lose recent files", self.location)
@@ -264,14 +252,13 @@ class SFTPBackend:
         try:
             if replace and self._posix_rename:
                 try:
-                    s.request(CMD_EXTENDED, "posix-rename@openssh.com", tmp.encode(), path.encode())
+                    s.posix_rename(tmp, path)
                     return
                 except Status as exc:
-                    if exc.code != SFTP_OP_UNSUPPORTED:
+                    if exc.code != UNSUPPORTED:
                         raise
                     self._posix_rename = False
-            # Plain SFTP rename never replaces an existing file (OpenSSH: link + unlink).
-            s.request(CMD_RENAME, tmp.encode(), path.encode())
+            s.rename(tmp, path)  # never replaces an existing file
         except Status as exc:
             present = self._present(s, path)
             self._remove_quiet(s, tmp)
@@ -290,7 +277,7 @@ class SFTPBackend:
 
     def _remove_quiet(self, s: Session, path: str) -> None:
         with contextlib.suppress(Status):
-            s.request(CMD_REMOVE, path.encode())
+            s.remove(path)
 
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._file(ftype, name)
@@ -299,7 +286,7 @@ class SFTPBackend:
             raise BackendError(f"load {what}: negative offset or length")
         with self._session(f"load {what}") as s:
             try:
-                handle = s.open(path, SFTP_FLAG_READ)
+                handle = s.open_read(path)
             except Status as exc:
                 raise status_error(exc, what) from exc
             want = length
@@ -308,7 +295,7 @@ class SFTPBackend:
                     want = max(0, s.size(handle) - offset)
                 return s.read_range(handle, offset, want) if want else b""
             except Status as exc:
-                if exc.code == SFTP_EOF:
+                if exc.code == END_OF_FILE:
                     end = offset + (want or 0)
                     raise BackendError(f"{what}: short read (file ends before byte {end})") from exc
                 raise status_error(exc, f"cannot read {what}") from exc
@@ -335,7 +322,7 @@ class SFTPBackend:
         with self._session(f"list {base}") as s:
             found = s.listdirs([base])[base]
         if isinstance(found, Status):
-            if found.code == SFTP_NO_SUCH_FILE:
+            if found.code == NO_SUCH_FILE:
                 return
             raise status_error(found, f"cannot list {base}")
         subdirs = sorted(
@@ -354,7 +341,7 @@ class SFTPBackend:
         for rel, d in zip(rels, dirs, strict=True):
             entries = listed[d]
             if isinstance(entries, Status):
-                if entries.code == SFTP_NO_SUCH_FILE:
+                if entries.code == NO_SUCH_FILE:
                     continue
                 raise status_error(entries, f"cannot list {d}")
             for e in entries:
@@ -365,7 +352,7 @@ class SFTPBackend:
         what = self._what(ftype, name)
         with self._session(f"remove {what}") as s:
             try:
-                s.request(CMD_REMOVE, self._file(ftype, name).encode())
+                s.remove(self._file(ftype, name))
             except Status as exc:
                 raise status_error(exc, f"cannot remove {what}") from exc
 
@@ -387,8 +374,7 @@ class SFTPBackend:
                     for e in entries
                     if layout.is_temporary(e.filename) and (e.st_mtime or 0) < cutoff
                 ]
-                replies = s.batch((CMD_REMOVE, p.encode()) for p in stale)
-                removed += sum(1 for r in replies if not is_failure(r))
+                removed += s.remove_many(stale)
         return removed
 
     def close(self) -> None:

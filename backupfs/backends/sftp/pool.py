@@ -1,7 +1,9 @@
-"""A pool of SFTP sessions (channels) over one SSH connection.
+"""A pool of SFTP sessions over one connection, lent to one thread at a time.
 
-One SSH connection carries a small pool of SFTP sessions, so several threads have requests in
-flight at once.
+One SSH connection carries several SFTP sessions (channels), so several threads have requests
+in flight at once. The pool knows nothing of how a session is carried: a `Carrier` opens
+sessions over one connection (paramiko's SSH transport, connect.py; later the pipes of an
+OpenSSH client) and says whether that connection still lives.
 """
 
 from __future__ import annotations
@@ -10,25 +12,36 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any
+from typing import Protocol
 
-import paramiko
-
-from backupfs.backends.sftp.protocol import MAX_CHUNK, Session
+from backupfs.backends.sftp.protocol import Session
 from backupfs.errors import TransientBackendError
 
 log = logging.getLogger(__name__)
 
-_WINDOW = 8 * 1024 * 1024  # SSH channel receive window: larger than what is in flight
-_PACKET = MAX_CHUNK + 1024  # largest SSH packet we accept: a whole read reply
+
+class SessionRefused(Exception):
+    """The server declined a new session while the connection itself is fine."""
 
 
-class Connection:
-    """One SSH transport and a pool of SFTP sessions over it."""
+class Carrier(Protocol):
+    """One connection to an SFTP server, able to open sessions over it."""
 
-    def __init__(self, ssh: Any, size: int, timeout: float) -> None:
-        self.ssh = ssh
-        self.transport = ssh.get_transport()
+    def open_session(self) -> Session:
+        """A new session; SessionRefused if the server declines it but the connection lives.
+
+        Any other exception means the connection is broken."""
+
+    def alive(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class SessionPool:
+    """Up to `size` sessions over one carrier; fewer if the server grants fewer."""
+
+    def __init__(self, carrier: Carrier, size: int, timeout: float) -> None:
+        self.carrier = carrier
         self.timeout = timeout
         self.broken = False
         self.chunks: tuple[int, int] | None = None  # (read, write) request sizes, probed once
@@ -38,7 +51,7 @@ class Connection:
         self._cond = threading.Condition()
 
     def alive(self) -> bool:
-        return not self.broken and bool(self.transport.is_active())
+        return not self.broken and self.carrier.alive()
 
     def acquire(self) -> Session:
         deadline = time.monotonic() + self.timeout
@@ -58,19 +71,12 @@ class Connection:
                     self._cond.wait(left)
             try:
                 return self._new_session()
-            except paramiko.SSHException:
-                if not self.transport.is_active():
-                    with self._cond:
-                        self._open -= 1
-                        self._cond.notify()
-                    raise
-                # The connection is fine, so the server refused the channel. (paramiko does not
-                # always say so: concurrent opens can swap their ChannelExceptions.)
+            except SessionRefused:
                 with self._cond:
                     self._open -= 1
                     self._cond.notify_all()
                     if self._open == 0:
-                        raise paramiko.ChannelException(1, "the server refused every SFTP session") from None
+                        raise SessionRefused("the server refused every SFTP session") from None
                     # The server caps sessions per connection (OpenSSH MaxSessions): use the
                     # ones it granted, and wait for one of them.
                     self._limit = self._open
@@ -83,12 +89,8 @@ class Connection:
                 raise
 
     def _new_session(self) -> Session:
-        client = paramiko.SFTPClient.from_transport(self.transport, window_size=_WINDOW, max_packet_size=_PACKET)
-        if client is None:
-            raise paramiko.SSHException("the server refused an SFTP session")
-        session = Session(client)
+        session = self.carrier.open_session()
         try:
-            client.get_channel().settimeout(self.timeout)
             if self.chunks is None:
                 self.chunks = session.limits()
         except BaseException:
@@ -117,5 +119,4 @@ class Connection:
         for session in idle:
             session.close()
         with contextlib.suppress(Exception):
-            self.ssh.close()
-
+            self.carrier.close()

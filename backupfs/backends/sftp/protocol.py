@@ -3,8 +3,14 @@
 Reads and writes are pipelined by hand on top of paramiko's request layer instead of its
 `SFTPFile`: paramiko's pipelined writes drop the server's error replies (a disk-full write would
 go unnoticed and the short file be renamed into place) and its prefetch runs in a helper thread
-that dies with a traceback when the connection drops. Every call into paramiko's private API is
-in this module, so a paramiko upgrade is checked here.
+that dies with a traceback when the connection drops.
+
+Every call into paramiko's private API (`_async_request`, `_read_response`, the
+`_async_response` callback, `SFTPAttributes._from_msg`) is in this module, which is why
+pyproject.toml pins paramiko's major version: an upgrade is checked here. A `Session` needs only
+a `paramiko.SFTPClient`, which paramiko builds over an SSH channel or any socket-like object, so
+a transport other than paramiko's SSH (the pipes of an `ssh -s sftp` process) can carry it too.
+The layers above speak in paths and `Status` codes, never in SFTP request types.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import paramiko
 from paramiko.sftp import (
@@ -23,16 +29,22 @@ from paramiko.sftp import (
     CMD_EXTENDED_REPLY,
     CMD_FSTAT,
     CMD_HANDLE,
+    CMD_MKDIR,
     CMD_NAME,
     CMD_OPEN,
     CMD_OPENDIR,
     CMD_READ,
     CMD_READDIR,
+    CMD_REMOVE,
+    CMD_RENAME,
     CMD_STAT,
     CMD_STATUS,
     CMD_WRITE,
     SFTP_EOF,
     SFTP_FLAG_CREATE,
+    SFTP_FLAG_EXCL,
+    SFTP_FLAG_READ,
+    SFTP_FLAG_WRITE,
     SFTP_NO_SUCH_FILE,
     SFTP_OK,
     SFTP_OP_UNSUPPORTED,
@@ -42,15 +54,20 @@ from paramiko.sftp import (
 
 from backupfs.errors import BackendError, NotFound
 
-# 32 KiB is the largest request every SFTP server accepts; OpenSSH takes more, but measured
-# throughput is limited by paramiko's per-packet cost, not by the request count.
 # Request sizes: 32 KiB is what every SFTP server accepts; when the server states larger limits
 # (OpenSSH's limits@openssh.com), up to 128 KiB, which halves paramiko's per-request CPU cost.
 SAFE_CHUNK = 32768
 MAX_CHUNK = 131072
 IN_FLIGHT = 4 * 1024 * 1024  # bytes requested but not yet answered, per session
 
+# what a broken stream raises: the session (and usually its connection) is unusable
 CONNECTION_ERRORS = (OSError, EOFError, paramiko.SSHException, paramiko.SFTPError)
+# status codes the layers above act on
+NO_SUCH_FILE: Final = SFTP_NO_SUCH_FILE
+END_OF_FILE: Final = SFTP_EOF
+UNSUPPORTED: Final = SFTP_OP_UNSUPPORTED
+_FILE_MODE: Final = 0o600
+_DIR_MODE: Final = 0o700
 
 
 class Status(Exception):
@@ -125,12 +142,46 @@ class Session:
         nums = [self.send(replies, *req) for req in requests]
         return [self.wait(replies, n) for n in nums]
 
-    def open(self, path: str, flags: int) -> bytes:
+    def _open(self, path: str, flags: int) -> bytes:
         attrs = paramiko.SFTPAttributes()
         if flags & SFTP_FLAG_CREATE:
-            attrs.st_mode = 0o600
+            attrs.st_mode = _FILE_MODE
         handle: bytes = self.request(CMD_OPEN, path.encode(), flags, attrs, expect=CMD_HANDLE).get_binary()
         return handle
+
+    def open_read(self, path: str) -> bytes:
+        return self._open(path, SFTP_FLAG_READ)
+
+    def create(self, path: str) -> bytes:
+        """A handle to write a new file (owner-only); Status if `path` exists."""
+        return self._open(path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL)
+
+    def fsync(self, handle: bytes) -> None:
+        """fsync@openssh.com; Status(UNSUPPORTED) where the server lacks it."""
+        self.request(CMD_EXTENDED, "fsync@openssh.com", handle)
+
+    def mkdir(self, path: str) -> None:
+        self.request(CMD_MKDIR, path.encode(), _dir_attrs())
+
+    def mkdirs(self, paths: Sequence[str]) -> list[str]:
+        """mkdir of each path, pipelined; the paths that failed (usually: they exist)."""
+        replies = self.batch((CMD_MKDIR, p.encode(), _dir_attrs()) for p in paths)
+        return [p for p, reply in zip(paths, replies, strict=True) if _failed(reply)]
+
+    def remove(self, path: str) -> None:
+        self.request(CMD_REMOVE, path.encode())
+
+    def remove_many(self, paths: Sequence[str]) -> int:
+        """remove of each path, pipelined; how many were removed."""
+        return sum(1 for reply in self.batch((CMD_REMOVE, p.encode()) for p in paths) if not _failed(reply))
+
+    def rename(self, old: str, new: str) -> None:
+        """Plain SFTP rename, which never replaces an existing file (OpenSSH: link + unlink)."""
+        self.request(CMD_RENAME, old.encode(), new.encode())
+
+    def posix_rename(self, old: str, new: str) -> None:
+        """posix-rename@openssh.com, which replaces; Status(UNSUPPORTED) where the server lacks it."""
+        self.request(CMD_EXTENDED, "posix-rename@openssh.com", old.encode(), new.encode())
 
     def close_handle(self, handle: bytes, wait: bool = True) -> None:
         if wait:
@@ -242,13 +293,13 @@ class Session:
             self.client.close()
 
 
-def dir_attrs() -> Any:
+def _dir_attrs() -> Any:
     attrs = paramiko.SFTPAttributes()
-    attrs.st_mode = 0o700
+    attrs.st_mode = _DIR_MODE
     return attrs
 
 
-def is_failure(reply: tuple[int, Any]) -> bool:
+def _failed(reply: tuple[int, Any]) -> bool:
     try:
         check_reply(*reply)
     except Status:
@@ -257,6 +308,7 @@ def is_failure(reply: tuple[int, Any]) -> bool:
 
 
 def status_error(exc: Status, what: str) -> BackendError:
+    """The BackendError a server's refusal means for the operation `what`."""
     if exc.code == SFTP_NO_SUCH_FILE:
         return NotFound(f"{what} not found")
     if exc.code == SFTP_PERMISSION_DENIED:
@@ -268,6 +320,7 @@ def status_error(exc: Status, what: str) -> BackendError:
 
 
 def describe(exc: BaseException) -> str:
+    """The first line of an error's text, or what an empty one means."""
     if not str(exc).strip() and isinstance(exc, TimeoutError | EOFError):
         return "timed out" if isinstance(exc, TimeoutError) else "the server closed the connection"
     text = str(exc).strip() or type(exc).__name__
