@@ -37,6 +37,8 @@ Send = Callable[[Message], Awaitable[None]]
 MAX_UPLOAD: Final = (1 << 30) + (64 << 20)  # the largest pack (1 GiB, design.md 7) plus its header
 WRITE_CHUNK: Final = 1 << 20
 MAX_DRAIN: Final = 64 << 20  # a refused upload is read (and dropped) up to this size
+IO_THREADS: Final = 16  # blocking file work at once
+AUTH_THREADS: Final = 2  # bcrypt checks at once: CPU-bound, so a burst of logins cannot starve the I/O
 JSON_V2: Final = b"application/vnd.x.restic.rest.v2"
 APPEND_ONLY_HEADER: Final = b"x-backupfs-append-only"
 
@@ -55,7 +57,7 @@ class RestApp:
         append_only: bool = False,
         htpasswd: Htpasswd | None = None,
         private_repos: bool = False,
-        io_threads: int = 16,
+        io_threads: int = IO_THREADS,
         log: Callable[[str], None] | None = None,
     ) -> None:
         if private_repos and htpasswd is None:
@@ -65,7 +67,7 @@ class RestApp:
         self.htpasswd = htpasswd
         self.private_repos = private_repos
         self._io = trio.CapacityLimiter(io_threads)
-        self._auth = trio.CapacityLimiter(2)  # bcrypt is CPU-bound: keep it off the I/O threads
+        self._auth = trio.CapacityLimiter(AUTH_THREADS)  # bcrypt: kept off the I/O threads
         self._log = log or (lambda _m: None)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:

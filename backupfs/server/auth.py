@@ -15,6 +15,12 @@ import bcrypt
 
 from backupfs.errors import BackupfsError
 
+VERIFIED_SECONDS: Final = 300.0  # a successful password check is trusted this long
+RELOAD_CHECK_SECONDS: Final = 1.0  # the file's modification time is looked at at most this often
+# bcrypt cost of the check made for unknown users, so that a failed login takes time either way
+_DUMMY_ROUNDS: Final = 10
+_CACHE_KEY_BYTES: Final = 32
+
 
 class Htpasswd:
     """An Apache htpasswd file: bcrypt (`$2y$`, `htpasswd -B`), `$apr1$` (its default) or `{SHA}`.
@@ -25,22 +31,22 @@ class Htpasswd:
     added or revoked without a restart.
     """
 
-    def __init__(self, path: str, cache_seconds: float = 300.0) -> None:
+    def __init__(self, path: str, cache_seconds: float = VERIFIED_SECONDS) -> None:
         self.path = path
         self._cache_seconds = cache_seconds
         self._lock = threading.Lock()
-        self._secret = secrets.token_bytes(32)
+        self._secret = secrets.token_bytes(_CACHE_KEY_BYTES)
         self._entries: dict[str, bytes] = {}
         self._verified: dict[str, tuple[bytes, float]] = {}
         self._mtime = -1.0
         self._checked = 0.0
-        self._dummy = bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=10))
+        self._dummy = bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=_DUMMY_ROUNDS))
         self.warnings: list[str] = []
         self._reload(force=True)
 
     def _reload(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._checked < 1.0:
+        if not force and now - self._checked < RELOAD_CHECK_SECONDS:
             return
         self._checked = now
         try:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import ssl
 import sys
 from collections.abc import Callable
+from typing import Final
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -15,6 +17,13 @@ from hypercorn.trio import serve as hypercorn_serve
 from backupfs.errors import BackupfsError, UsageError
 from backupfs.server.app import RestApp
 from backupfs.server.auth import Htpasswd
+
+# Clients keep pooled connections through long CPU stretches (seconds) between requests.
+KEEP_ALIVE_SECONDS: Final = 120
+# A client silent this long in the middle of a request is gone: its upload is freed.
+READ_TIMEOUT_SECONDS: Final = 120
+# On SIGINT/SIGTERM, requests in flight get this long to finish.
+GRACEFUL_SECONDS: Final = 5
 
 
 @dataclasses.dataclass
@@ -34,9 +43,9 @@ def _hypercorn_config(opts: ServerOptions) -> HypercornConfig:
     config.accesslog = None
     config.errorlog = "-"
     config.loglevel = "WARNING"
-    config.keep_alive_timeout = 120  # clients keep pooled connections through long CPU stretches
-    config.read_timeout = 120  # a client silent this long mid-request is gone: free its upload
-    config.graceful_timeout = 5
+    config.keep_alive_timeout = KEEP_ALIVE_SECONDS
+    config.read_timeout = READ_TIMEOUT_SECONDS
+    config.graceful_timeout = GRACEFUL_SECONDS
     config.include_server_header = False
     if opts.tls_cert or opts.tls_key:
         if not (opts.tls_cert and opts.tls_key):
@@ -71,7 +80,7 @@ async def serve(opts: ServerOptions, log: Callable[[str], None] = lambda m: prin
     if opts.htpasswd is None and not opts.listen.startswith(("127.", "localhost:", "[::1]:")):
         log("warning: serving without --htpasswd: anyone who can connect can read and write")
 
-    with trio.open_signal_receiver(2, 15) as signals:  # SIGINT, SIGTERM
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
         async def shutdown_trigger() -> None:
             async for _sig in signals:
