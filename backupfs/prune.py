@@ -760,9 +760,8 @@ class PrunePlan:
                 self._remove(FileType.DATA, self.unindexed, lambda _p: None)
             # Temporary files of writers killed mid-save; prune holds the exclusive lock, and the
             # age limit keeps even a stalled concurrent writer's file safe.
-            sweep = getattr(self.repo.backend, "remove_stale_temporaries", None)
-            if sweep is not None:
-                n = sweep()
+            if self.repo.backend.info().sweeps_temporaries:
+                n = self.repo.backend.remove_stale_temporaries()
                 if n:
                     log(f"removed {n} abandoned temporary files")
             hook("garbage-deleted")

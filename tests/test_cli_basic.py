@@ -72,6 +72,22 @@ def test_prune_sweeps_abandoned_temporary_files(cli: CLI, tmp_path: Path) -> Non
     assert cli("check").returncode == 0
 
 
+def test_foreign_files_in_the_repository_are_ignored(cli: CLI, tmp_path: Path) -> None:
+    """Files no repository writes (notes, editor backups, a copy gone wrong) are not repository
+    files: commands neither stumble over them nor delete them."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    cli("backup", src)
+    foreign = [cli.repo / "data" / "ab" / "README", cli.repo / "keys" / "notes.txt", cli.repo / "snapshots" / "latest"]
+    for p in foreign:
+        p.write_bytes(b"not a repository file")
+    for args in (("check", "--read-data"), ("snapshots",), ("prune",)):
+        proc = cli(*args, check=False)
+        assert proc.returncode == 0 and b"error" not in proc.stderr, (args, proc.stderr)
+    assert all(p.exists() for p in foreign)
+
+
 def test_progress_line_on_a_terminal_only(cli: CLI, tmp_path: Path) -> None:
     """backup and restore show a progress line when stderr is a terminal, and none otherwise."""
     src = tmp_path / "src"

@@ -27,14 +27,15 @@ from conftest import CLI
 from rest_server import RestServer
 from richtree import make_rich_tree, rsync_diff
 
-from backupfs.backends.base import FileType
+from backupfs.backends.base import BackendInfo, FileType
 from backupfs.backends.local import LocalBackend
+from backupfs.backends.registry import open_backend
 from backupfs.backends.rest import RestBackend
 from backupfs.crypto import file_id
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
 from backupfs.format.snapshot import Snapshot
 from backupfs.repository.repo import Repository
-from backupfs.server import parse_range, parse_target
+from backupfs.server.routes import parse_range, parse_target
 
 FAST_KDF = (1, 8192)
 FAST_RETRY = ("-o", "retry_attempts=2", "-o", "retry_base_delay=0.05")
@@ -361,7 +362,7 @@ def test_append_only_through_the_client(tmp_path: Path) -> None:
     """A repository can be created, written and read through an append-only server; deletes fail."""
     with RestServer(tmp_path / "srv", "--append-only") as srv:
         repo = Repository.init(RestBackend(srv.url("r")), b"pw", kdf=FAST_KDF)
-        assert getattr(repo.backend, "append_only", None) is True  # announced by every answer
+        assert repo.backend.info().append_only  # announced by every answer
         lock = repo.lock()
         repo.save_blob(0, os.urandom(10_000))
         repo.flush()
@@ -373,6 +374,18 @@ def test_append_only_through_the_client(tmp_path: Path) -> None:
         lock.release()
         assert list(repo.backend.list(FileType.LOCK)) == []
         repo.close()
+
+
+def test_the_client_learns_append_only_from_the_server(tmp_path: Path) -> None:
+    """info() asks the server when nothing else has yet: a fresh client knows before any delete."""
+    for args in ((), ("--append-only",)):
+        with RestServer(tmp_path / f"srv{len(args)}", *args) as srv:
+            for repo in ("none-here", "r"):
+                if repo == "r":
+                    RestBackend(srv.url(repo)).create()
+                fresh = open_backend(srv.url(repo))  # as every command gets it: wrapped in RetryBackend
+                assert fresh.info() == BackendInfo(local=False, append_only=bool(args), sweeps_temporaries=False)
+                fresh.close()
 
 
 # ---------------------------------------------------------------------------- authentication
@@ -521,11 +534,19 @@ def test_prune_through_an_append_only_server_is_refused(tmp_path: Path, cli_env:
     before = tree_digest(local.repo)
     with RestServer(tmp_path / "srv", "--append-only") as srv:
         client = CLI(srv.url("repo"), cli_env)  # type: ignore[arg-type]
-        for args in (("prune",), ("forget", "latest")):
-            proc = client(*args, check=False)
-            lines = proc.stderr.decode().strip().splitlines()
-            assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr
-            assert "append-only" in lines[-1] and "on the server" in lines[-1], lines
+        for args in (
+            ("prune",),
+            ("forget", "latest"),
+            ("forget", "--keep-last", "1", "--prune"),
+            ("key", "passwd", "--new-password-file", "/dev/null"),
+        ):
+            # refused at once: before the password (it would be asked for here), the lock and planning
+            proc = client(*args, check=False, env={"BACKUPFS_PASSWORD": ""})
+            lines = proc.stderr.decode().splitlines()
+            assert proc.returncode == 2 and len(lines) == 1, (args, proc.stderr)
+            assert "append-only" in lines[0] and "on the server" in lines[0], lines
+            assert proc.stdout == b""
+        assert client("prune", "--dry-run").returncode == 0  # changes nothing: fine
         client("backup", src)  # what an append-only client is for still works
     after = tree_digest(local.repo)
     assert {k: v for k, v in before.items() if not k.startswith("locks/")}.items() <= after.items()

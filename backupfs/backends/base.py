@@ -6,9 +6,13 @@ restore pipelines and the trio-based mount (through worker threads) share one in
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Final, Protocol
+
+# A temporary file older than this (seconds) is surely abandoned: no save takes a day.
+STALE_TEMPORARY_AGE: Final = 86400.0
 
 
 class FileType(enum.Enum):
@@ -22,6 +26,23 @@ class FileType(enum.Enum):
     LOCK = "locks"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """What a backend is and can do, declared by it so that callers need not guess from its type.
+
+    - `local`: reads cost what a local disk's do, so a local cache of repository files would only
+      double the disk space (local directory, memory).
+    - `append_only`: the storage refuses to delete or replace anything but lock files (`backupfs
+      serve --append-only`); prune, forget and key removal cannot work through it.
+    - `sweeps_temporaries`: writers leave temporary files when killed, and
+      `remove_stale_temporaries` finds and deletes them (local, sftp).
+    """
+
+    local: bool
+    append_only: bool
+    sweeps_temporaries: bool
+
+
 class Backend(Protocol):
     """Contracts:
 
@@ -32,8 +53,11 @@ class Backend(Protocol):
       None) or raises NotFound; a short file raises BackendError. It is idempotent and may be
       retried.
     - `list` yields `(name, size)` of every complete file of a type, in no particular order;
-      temporary files are never listed.
+      only names layout.py allows, in the folder it puts them: temporary and foreign files
+      are never listed.
     - `remove` deletes a file; removing a missing file raises NotFound.
+    - Every method raises BackendError for a name no file of its type can have (layout.py),
+      before touching any storage.
     - Transient failures raise TransientBackendError; everything else BackendError.
     """
 
@@ -56,5 +80,14 @@ class Backend(Protocol):
     def list(self, ftype: FileType) -> Iterator[tuple[str, int]]: ...
 
     def remove(self, ftype: FileType, name: str) -> None: ...
+
+    def info(self) -> BackendInfo:
+        """The backend's capabilities; a remote one may ask its server (once), and can fail as any call."""
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
+        """Delete temporary files of killed writers older than `max_age` seconds; how many.
+
+        0 when `info().sweeps_temporaries` is False (no temporaries, or none this client can see).
+        """
 
     def close(self) -> None: ...

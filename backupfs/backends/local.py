@@ -8,11 +8,12 @@ import os
 import time
 from collections.abc import Iterator
 
-from backupfs.backends.base import FileType
+from backupfs.backends import layout
+from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound
 
-_TMP_MARK = ".tmp-"
 _DIR_MODE = 0o700
+_INFO = BackendInfo(local=True, append_only=False, sweeps_temporaries=True)
 
 
 def _fsync_dir(path: str) -> None:
@@ -41,22 +42,11 @@ class LocalBackend:
     def location(self) -> str:
         return self.root
 
-    def _dir(self, ftype: FileType, name: str) -> str:
-        if ftype is FileType.CONFIG:
-            return self.root
-        if ftype is FileType.DATA:
-            return os.path.join(self.root, ftype.value, name[:2])
-        return os.path.join(self.root, ftype.value)
-
     def _path(self, ftype: FileType, name: str) -> str:
-        if ftype is FileType.CONFIG:
-            return os.path.join(self.root, "config")
-        if not name or "/" in name or name.startswith("."):
-            raise BackendError(f"invalid file name {name!r}")
-        return os.path.join(self._dir(ftype, name), name)
+        return os.path.join(self.root, layout.path(ftype, name))
 
     def exists(self) -> bool:
-        return os.path.exists(os.path.join(self.root, "config"))
+        return os.path.exists(os.path.join(self.root, layout.CONFIG_NAME))
 
     def create(self) -> None:
         if self.exists():
@@ -64,18 +54,15 @@ class LocalBackend:
         try:
             # Owner-only, like the files: other local users need not even see the names and sizes.
             os.makedirs(self.root, _DIR_MODE, exist_ok=True)
-            for ftype in FileType:
-                if ftype is not FileType.CONFIG:
-                    os.makedirs(os.path.join(self.root, ftype.value), _DIR_MODE, exist_ok=True)
-            for i in range(256):
-                os.makedirs(os.path.join(self.root, "data", f"{i:02x}"), _DIR_MODE, exist_ok=True)
+            for rel in layout.directories():
+                os.makedirs(os.path.join(self.root, rel), _DIR_MODE, exist_ok=True)
         except OSError as exc:
             raise _oserror(exc, f"cannot create repository at {self.root}") from exc
 
     def save(self, ftype: FileType, name: str, data: bytes | memoryview) -> None:
         path = self._path(ftype, name)
         directory = os.path.dirname(path)
-        tmp = os.path.join(directory, f".{name}{_TMP_MARK}{os.getpid()}-{time.monotonic_ns()}")
+        tmp = os.path.join(directory, layout.temporary_name(name))
         try:
             os.makedirs(directory, _DIR_MODE, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -132,22 +119,23 @@ class LocalBackend:
     def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
         if ftype is FileType.CONFIG:
             if self.exists():
-                yield "config", self.stat(ftype, "config")
+                yield layout.CONFIG_NAME, self.stat(ftype, layout.CONFIG_NAME)
             return
-        base = os.path.join(self.root, ftype.value)
-        dirs = [base]
+        dirs = [ftype.value]
         if ftype is FileType.DATA:
             try:
-                dirs = [e.path for e in os.scandir(base) if e.is_dir()]
+                with os.scandir(os.path.join(self.root, ftype.value)) as found:
+                    dirs = [f"{ftype.value}/{e.name}" for e in found if e.is_dir()]
             except FileNotFoundError:
                 return
         for d in dirs:
             try:
-                entries = list(os.scandir(d))
+                with os.scandir(os.path.join(self.root, d)) as found:
+                    entries = list(found)
             except FileNotFoundError:
                 continue
             for entry in entries:
-                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                if not layout.belongs(ftype, d, entry.name) or not entry.is_file(follow_symlinks=False):
                     continue
                 try:
                     yield entry.name, entry.stat(follow_symlinks=False).st_size
@@ -163,20 +151,26 @@ class LocalBackend:
         except OSError as exc:
             raise _oserror(exc, f"cannot remove {path}") from exc
 
-    def remove_stale_temporaries(self, max_age: float = 86400.0) -> int:
+    def info(self) -> BackendInfo:
+        return _INFO
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
         """Delete temporary files a killed writer left behind, once they are surely abandoned."""
         removed = 0
         now = time.time()
-        for dirpath, _dirs, files in os.walk(self.root):
-            for fname in files:
-                if _TMP_MARK in fname and fname.startswith("."):
-                    path = os.path.join(dirpath, fname)
-                    try:
-                        if now - os.stat(path).st_mtime > max_age:
-                            os.unlink(path)
-                            removed += 1
-                    except OSError:
-                        pass
+        for rel in ["", *layout.directories()]:
+            try:
+                with os.scandir(os.path.join(self.root, rel)) as found:
+                    stale = [e.path for e in found if layout.is_temporary(e.name)]
+            except OSError:
+                continue
+            for path in stale:
+                try:
+                    if now - os.stat(path, follow_symlinks=False).st_mtime > max_age:
+                        os.unlink(path)
+                        removed += 1
+                except OSError:
+                    pass
         return removed
 
     def close(self) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from backupfs.backends.base import FileType
+from backupfs.backends import layout
+from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound
+
+_INFO = BackendInfo(local=True, append_only=False, sweeps_temporaries=False)
 
 
 class MemoryBackend:
@@ -21,7 +24,7 @@ class MemoryBackend:
         return self._location
 
     def exists(self) -> bool:
-        return (FileType.CONFIG, "config") in self._files
+        return (FileType.CONFIG, layout.CONFIG_NAME) in self._files
 
     def create(self) -> None:
         if self.exists():
@@ -29,14 +32,16 @@ class MemoryBackend:
         self._created = True
 
     def save(self, ftype: FileType, name: str, data: bytes | memoryview) -> None:
-        key = (ftype, "config" if ftype is FileType.CONFIG else name)
+        layout.check_name(ftype, name)
+        key = (ftype, name)
         with self._lock:
             if ftype is FileType.CONFIG and key in self._files:
                 raise AlreadyExists("config already exists")
             self._files[key] = bytes(data)
 
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
-        key = (ftype, "config" if ftype is FileType.CONFIG else name)
+        layout.check_name(ftype, name)
+        key = (ftype, name)
         with self._lock:
             data = self._files.get(key)
         if data is None:
@@ -55,9 +60,16 @@ class MemoryBackend:
         yield from items
 
     def remove(self, ftype: FileType, name: str) -> None:
+        layout.check_name(ftype, name)
         with self._lock:
             if self._files.pop((ftype, name), None) is None:
                 raise NotFound(f"{ftype.value}/{name} not found")
+
+    def info(self) -> BackendInfo:
+        return _INFO
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
+        return 0
 
     def close(self) -> None:
         pass

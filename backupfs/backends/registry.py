@@ -130,7 +130,8 @@ def _local(path: str) -> Backend:
 
 
 def _sftp(url: str, rest: str, kwargs: dict[str, Any]) -> Backend:
-    from backupfs.backends.sftp import SFTPBackend, ssh_config_for
+    from backupfs.backends.sftp.backend import SFTPBackend
+    from backupfs.backends.sftp.connect import ssh_config_for
 
     user, host, port, path = parse_sftp(url, rest)
     config = ssh_config_for(host)

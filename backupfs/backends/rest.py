@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import ssl
 import urllib.parse
 from collections.abc import Iterator
@@ -23,16 +22,19 @@ from typing import Final
 import urllib3
 import urllib3.exceptions
 
-from backupfs.backends.base import FileType
+from backupfs.backends import layout
+from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError, UsageError
 
 _ACCEPT_V2: Final = "application/vnd.x.restic.rest.v2"
-_NAME: Final = re.compile(r"[0-9a-f]{64}")
 _TRANSIENT_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
+# `backupfs serve --append-only` marks every answer with this header (docs/server.md); other
+# servers (restic's rest-server) do not, and are taken to allow deletes until one is refused.
+APPEND_ONLY_HEADER: Final = "x-backupfs-append-only"
 
 
 class RestBackend:
-    """The Backend protocol over HTTP; see backupfs/server.py for the server side."""
+    """The Backend protocol over HTTP; see backupfs/server/ for the server side."""
 
     def __init__(
         self,
@@ -76,8 +78,7 @@ class RestBackend:
             timeout=urllib3.Timeout(connect=15.0, read=timeout),
             **options,
         )
-        # set once any answer of a `backupfs serve --append-only` says so (prune can refuse early)
-        self.append_only = False
+        self._append_only: bool | None = None  # what the latest answer said; None before the first
 
     @property
     def location(self) -> str:
@@ -85,19 +86,12 @@ class RestBackend:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _file_path(self, ftype: FileType, name: str) -> str | None:
-        """None for a name no repository file can have (the server only stores file ids)."""
+    def _file_path(self, ftype: FileType, name: str) -> str:
+        """The file's URL path: restic's REST API names files /<type>/<name>, without data's fan-out."""
+        layout.check_name(ftype, name)
         if ftype is FileType.CONFIG:
-            return self._path + "config"
-        if not _NAME.fullmatch(name):
-            return None
+            return self._path + layout.CONFIG_NAME
         return f"{self._path}{ftype.value}/{name}"
-
-    def _existing(self, ftype: FileType, name: str) -> str:
-        path = self._file_path(ftype, name)
-        if path is None:
-            raise NotFound(f"{ftype.value}/{name}: not found")
-        return path
 
     def _request(
         self,
@@ -123,8 +117,7 @@ class RestBackend:
             raise TransientBackendError(f"{self._location}: {what}: timed out") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientBackendError(f"{self._location}: {what}: {_describe(exc)}") from exc
-        if response.headers.get("x-backupfs-append-only") == "1":
-            self.append_only = True
+        self._append_only = response.headers.get(APPEND_ONLY_HEADER) == "1"
         status = response.status
         if status < 300 or status in allow:
             return response
@@ -143,7 +136,7 @@ class RestBackend:
 
     def exists(self) -> bool:
         try:
-            self._request("HEAD", self._existing(FileType.CONFIG, "config"), "config")
+            self._request("HEAD", self._file_path(FileType.CONFIG, layout.CONFIG_NAME), "config")
         except NotFound:
             return False
         return True
@@ -156,8 +149,6 @@ class RestBackend:
     def save(self, ftype: FileType, name: str, data: bytes | memoryview) -> None:
         what = f"save {ftype.value}/{name}"
         path = self._file_path(ftype, name)
-        if path is None:
-            raise BackendError(f"invalid file name {name!r}")
         body = data if isinstance(data, bytes) else bytes(data)
         headers = {"content-type": "application/octet-stream"}
         allow = (409,) if ftype is FileType.CONFIG else ()
@@ -174,7 +165,7 @@ class RestBackend:
             headers = {"range": f"bytes={offset}-{offset + length - 1}"}
         elif offset:
             headers = {"range": f"bytes={offset}-"}
-        response = self._request("GET", self._existing(ftype, name), what, headers=headers, allow=(416,))
+        response = self._request("GET", self._file_path(ftype, name), what, headers=headers, allow=(416,))
         if response.status == 416:  # the range starts at or after the end of the file
             if length is None:
                 return b""  # like reading a local file from its end
@@ -189,7 +180,7 @@ class RestBackend:
         return data
 
     def stat(self, ftype: FileType, name: str) -> int:
-        response = self._request("HEAD", self._existing(ftype, name), f"{ftype.value}/{name}")
+        response = self._request("HEAD", self._file_path(ftype, name), f"{ftype.value}/{name}")
         try:
             return int(response.headers["content-length"])
         except (KeyError, ValueError) as exc:
@@ -198,7 +189,7 @@ class RestBackend:
     def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
         if ftype is FileType.CONFIG:
             try:
-                yield "config", self.stat(ftype, "config")
+                yield layout.CONFIG_NAME, self.stat(ftype, layout.CONFIG_NAME)
             except NotFound:
                 pass
             return
@@ -209,12 +200,25 @@ class RestBackend:
         try:
             entries = json.loads(response.data)
             items = [(str(e["name"]), int(e["size"])) for e in entries]
+            if any(size < 0 for _name, size in items):
+                raise ValueError("negative size")
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendError(f"list {ftype.value}: the server's answer is not a v2 listing") from exc
-        yield from items
+        # the listing is the server's word: names no repository file can have are not passed on
+        yield from ((name, size) for name, size in items if layout.is_valid_name(ftype, name))
 
     def remove(self, ftype: FileType, name: str) -> None:
-        self._request("DELETE", self._existing(ftype, name), f"remove {ftype.value}/{name}")
+        self._request("DELETE", self._file_path(ftype, name), f"remove {ftype.value}/{name}")
+
+    def info(self) -> BackendInfo:
+        """Whether the server is append-only is the server's to say: every answer carries it,
+        and before the first one a HEAD of the config asks (a 404 answers as well)."""
+        if self._append_only is None:
+            self._request("HEAD", self._file_path(FileType.CONFIG, layout.CONFIG_NAME), "config", allow=(404,))
+        return BackendInfo(local=False, append_only=bool(self._append_only), sweeps_temporaries=False)
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
+        return 0  # the server's, out of a client's reach: prune on the server side sweeps them
 
     def close(self) -> None:
         self._pool.close()

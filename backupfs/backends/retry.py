@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from backupfs.backends.base import Backend, FileType
+from backupfs.backends.base import STALE_TEMPORARY_AGE, Backend, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, NotFound, TransientBackendError
 
 log = logging.getLogger(__name__)
@@ -133,12 +133,12 @@ class RetryBackend:
 
         self._call(f"remove {ftype.value}/{name}", attempt)
 
-    def remove_stale_temporaries(self, max_age: float = 86400.0) -> int:
-        """Pass through to backends that leave temporary files behind; 0 for the others."""
-        inner = getattr(self.inner, "remove_stale_temporaries", None)
-        if inner is None:
-            return 0
-        return int(self._call("remove stale temporary files", lambda: inner(max_age)))
+    def info(self) -> BackendInfo:
+        """The wrapped backend's: retrying changes what a backend can do in no way."""
+        return self._call(f"ask {self.location} what it can do", self.inner.info)
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
+        return self._call("remove stale temporary files", lambda: self.inner.remove_stale_temporaries(max_age))
 
     def close(self) -> None:
         self.inner.close()

@@ -25,7 +25,8 @@ import botocore.config
 import botocore.exceptions as bex
 import botocore.session
 
-from backupfs.backends.base import FileType
+from backupfs.backends import layout
+from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ _THROTTLED = {
     "RequestTimeout",
     "BadDigest",  # the body was damaged on the way: sending it again helps
 }
+_INFO = BackendInfo(local=False, append_only=False, sweeps_temporaries=False)
 _CONDITIONAL_UNSUPPORTED = {"NotImplemented", "InvalidArgument", "InvalidRequest"}
 # Endpoints that name their region, so users need not repeat it: AWS, Backblaze B2, and R2
 # (whose only region is "auto").
@@ -132,12 +134,7 @@ class S3Backend:
         return f"s3:{base}/{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
 
     def _key(self, ftype: FileType, name: str) -> str:
-        if ftype is FileType.CONFIG:
-            rel = "config"
-        else:
-            if not name or "/" in name or name.startswith("."):
-                raise BackendError(f"invalid file name {name!r}")
-            rel = f"data/{name[:2]}/{name}" if ftype is FileType.DATA else f"{ftype.value}/{name}"
+        rel = layout.path(ftype, name)
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
     @staticmethod
@@ -188,7 +185,7 @@ class S3Backend:
 
     def exists(self) -> bool:
         try:
-            self.stat(FileType.CONFIG, "config")
+            self.stat(FileType.CONFIG, layout.CONFIG_NAME)
         except (NotFound, _NoBucket):
             return False
         return True
@@ -289,9 +286,10 @@ class S3Backend:
     def list(self, ftype: FileType) -> Iterator[tuple[str, int]]:
         if ftype is FileType.CONFIG:
             if self.exists():
-                yield "config", self.stat(ftype, "config")
+                yield layout.CONFIG_NAME, self.stat(ftype, layout.CONFIG_NAME)
             return
-        prefix = f"{self.prefix}/{ftype.value}/" if self.prefix else f"{ftype.value}/"
+        root = f"{self.prefix}/" if self.prefix else ""
+        prefix = f"{root}{ftype.value}/"
         pages = iter(self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix))
         while True:
             try:
@@ -301,8 +299,8 @@ class S3Backend:
             except (bex.BotoCoreError, bex.ClientError, OSError) as exc:
                 raise self._error(exc, f"list {ftype.value}") from exc
             for obj in page.get("Contents", ()):
-                name = obj["Key"].rsplit("/", 1)[-1]
-                if name and not name.startswith("."):
+                parent, _, name = str(obj["Key"])[len(root) :].rpartition("/")
+                if layout.belongs(ftype, parent, name):
                     yield name, int(obj["Size"])
 
     def remove(self, ftype: FileType, name: str) -> None:
@@ -312,6 +310,12 @@ class S3Backend:
         key = self._key(ftype, name)
         self._call(f"remove {what}", "head_object", Key=key)
         self._call(f"remove {what}", "delete_object", Key=key)
+
+    def info(self) -> BackendInfo:
+        return _INFO
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
+        return 0  # a PUT is atomic: there are none
 
     def close(self) -> None:
         self._client.close()

@@ -15,7 +15,6 @@ from typing import Any
 
 from backupfs.backends import registry
 from backupfs.backends.base import Backend
-from backupfs.backends.local import LocalBackend
 from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError
 from backupfs.repository.cache import default_cache_dir
 from backupfs.repository.repo import Repository
@@ -48,9 +47,14 @@ def open_backend(url: str, options: dict[str, str] | None = None) -> Backend:
     return registry.open_backend(url, **(options or {}))
 
 
-def is_local(backend: Backend) -> bool:
-    """A local directory needs no local cache of its files (it would only double the disk use)."""
-    return isinstance(getattr(backend, "inner", backend), LocalBackend)
+def refuse_deletes(backend: Backend, command: str) -> None:
+    """An append-only server refuses every delete: say so before the password, the lock and any
+    planning, instead of failing at the first delete half-way through."""
+    if backend.info().append_only:
+        raise UsageError(
+            f"{command} deletes files, which the append-only server {backend.location} refuses; "
+            "run it on the server against the repository directory (or use --dry-run)"
+        )
 
 
 def _read_password_source(args: argparse.Namespace) -> bytes | None:
@@ -110,13 +114,20 @@ def new_password(args: argparse.Namespace) -> bytes:
 
 @contextlib.contextmanager
 def open_repository(
-    args: argparse.Namespace, *, lock: str | None = "shared", load_index: bool = True
+    args: argparse.Namespace, *, lock: str | None = "shared", load_index: bool = True, deletes: str | None = None
 ) -> Iterator[Repository]:
-    """Opens, unlocks and locks the repository; `lock` is None, 'shared' or 'exclusive'."""
+    """Opens, unlocks and locks the repository; `lock` is None, 'shared' or 'exclusive'.
+
+    `deletes` names the command when it will delete files: refused at once on an append-only server.
+    """
     backend = open_backend(repo_url(args), backend_options(args))
     if not backend.exists():
         raise RepositoryNotFound(f"no repository at {backend.location} (create one with `backupfs init`)")
-    repo = Repository.open(backend, get_password(args), cache_dir=cache_dir(args), cache_files=not is_local(backend))
+    if deletes is not None:
+        refuse_deletes(backend, deletes)
+    # a local directory needs no local cache of its files (it would only double the disk use)
+    cache_files = not backend.info().local
+    repo = Repository.open(backend, get_password(args), cache_dir=cache_dir(args), cache_files=cache_files)
     try:
         if lock is not None and not getattr(args, "no_lock", False):
             repo.lock(exclusive=(lock == "exclusive"), retry_for=float(getattr(args, "retry_lock", 0) or 0))

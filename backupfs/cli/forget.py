@@ -106,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
         )
     prune_opts = prune_options(args) if args.prune else None
     # restic takes an exclusive lock to forget; a dry run changes nothing and may run beside backups.
-    with open_repository(args, lock="shared" if args.dry_run else "exclusive", load_index=False) as repo:
+    deletes = None if args.dry_run else "forget"
+    with open_repository(
+        args, lock="shared" if args.dry_run else "exclusive", load_index=False, deletes=deletes
+    ) as repo:
         remove = _by_id(repo, args) if args.snapshots else _by_policy(repo, args, policy)
         if prune_opts is not None:
             if not args.dry_run and not args.quiet and not args.json:

@@ -21,8 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    exclusive = args.key_command in ("remove", "passwd")
-    with open_repository(args, lock="exclusive" if exclusive else "shared", load_index=False) as repo:
+    exclusive = args.key_command in ("remove", "passwd")  # both delete a key file
+    deletes = f"key {args.key_command}" if exclusive else None
+    with open_repository(
+        args, lock="exclusive" if exclusive else "shared", load_index=False, deletes=deletes
+    ) as repo:
         if args.key_command == "list":
             keys = repo.list_keys()
             if args.json:

@@ -67,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     # A dry run changes nothing, so it may run next to backups; the real thing needs them gone.
     refuse_no_lock(args)
     opts = prune_options(args)
-    with open_repository(args, lock="shared" if args.dry_run else "exclusive", load_index=False) as repo:
+    deletes = None if args.dry_run else "prune"
+    with open_repository(
+        args, lock="shared" if args.dry_run else "exclusive", load_index=False, deletes=deletes
+    ) as repo:
         prune_repository(repo, args, opts, dry_run=args.dry_run)
     return 0
 

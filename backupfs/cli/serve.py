@@ -6,7 +6,7 @@ import argparse
 
 import trio
 
-from backupfs.server import ServerOptions, serve
+from backupfs.server.run import ServerOptions, serve
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -29,7 +29,7 @@ import pytest
 
 from backupfs.backends.base import FileType
 from backupfs.backends.s3 import S3Backend
-from backupfs.backends.sftp import SFTPBackend
+from backupfs.backends.sftp.backend import SFTPBackend
 from backupfs.errors import TransientBackendError
 
 from .backend_servers import MotoServer, SSHDServer, free_port, shutdown_all, write_ed25519_key

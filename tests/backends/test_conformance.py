@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import blake3
 import pytest
 
-from backupfs.backends.base import Backend, FileType
+from backupfs.backends import layout
+from backupfs.backends.base import Backend, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound
 
 from .backend_servers import BackendFactory
@@ -77,7 +78,8 @@ def test_roundtrip_every_type(backend: Backend, ftype: FileType) -> None:
     assert list(backend.list(ftype)) == [(name, len(data))]
     for other in FileType:
         if other is not ftype:
-            with pytest.raises(NotFound):
+            # missing, or (config vs. a file id) not even a name that type can have
+            with pytest.raises(NotFound if layout.is_valid_name(other, name) else BackendError):
                 backend.load(other, name)
 
 
@@ -250,11 +252,49 @@ def test_concurrent_saves_and_loads(backend: Backend) -> None:
     assert dict(backend.list(FileType.DATA)) == {n: len(d) for n, d in saved.items()}
 
 
-@pytest.mark.parametrize("make_backend", ["local", "sftp", "s3", "rest"], indirect=True)  # memory keeps any name
-def test_invalid_names_are_refused(backend: Backend) -> None:
-    for bad in ("", "a/b", "../x", ".hidden"):
-        with pytest.raises(BackendError):
-            backend.save(FileType.KEY, bad, b"x")
+def test_invalid_names_are_refused(backend: Backend, make_backend: BackendFactory) -> None:
+    """Every method refuses a name no file of its type can have (layout.py), before any I/O."""
+    good = file_id(b"x")
+    bad_names = [(FileType.KEY, bad) for bad in ("", "a/b", "../x", ".hidden", good[:62], good.upper(), "config")]
+    bad_names += [(FileType.DATA, "../../" + good[6:]), (FileType.CONFIG, good), (FileType.CONFIG, "../config")]
+    for ftype, bad in bad_names:
+        for method, args in (("save", (b"x",)), ("load", ()), ("load", (0, 1)), ("stat", ()), ("remove", ())):
+            with pytest.raises(BackendError, match="invalid") as info:
+                getattr(backend, method)(ftype, bad, *args)
+            assert not isinstance(info.value, NotFound), (ftype, bad)
+    assert [list(backend.list(t)) for t in FileType] == [[] for _ in FileType]
+    if make_backend.fs_root is not None:
+        assert sorted(p.name for p in make_backend.fs_root.iterdir()) == sorted(layout.FOLDERS)
+
+
+@pytest.mark.parametrize("make_backend", ["local", "sftp", "s3", "rest"], indirect=True)
+def test_foreign_files_are_not_listed(make_backend: BackendFactory) -> None:
+    """Only files the layout can name are listed: a load of anything listed can succeed, and a
+    stray or hostile file name never reaches the repository code."""
+    backend = make_backend()
+    key = put(backend, FileType.KEY, b"key")
+    pack = put(backend, FileType.DATA, data_named("ab"))
+    misplaced = file_id(b"misplaced")  # a pack outside its fan-out folder
+    folder = "ab" if not misplaced.startswith("ab") else "cd"
+    foreign = {
+        "keys/README": b"x",
+        f"keys/{key.upper()}": b"x",
+        f"index/{file_id(b'i')[:62]}": b"x",
+        f"data/{folder}/{misplaced}": b"x",
+        f"data/{misplaced}": b"x",
+        "snapshots/latest": b"x",
+    }
+    if make_backend.kind == "s3":
+        s3 = backend.inner  # type: ignore[attr-defined]
+        for rel, data in foreign.items():
+            s3._client.put_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{rel}", Body=data)
+    else:
+        assert make_backend.fs_root is not None
+        for rel, data in foreign.items():
+            (make_backend.fs_root / rel).write_bytes(data)
+    assert list(backend.list(FileType.KEY)) == [(key, 3)]
+    assert list(backend.list(FileType.DATA)) == [(pack, len(data_named("ab")))]
+    assert list(backend.list(FileType.INDEX)) == list(backend.list(FileType.SNAPSHOT)) == []
 
 
 @pytest.mark.parametrize("make_backend", ["local"], indirect=True)
@@ -307,7 +347,31 @@ def test_remove_stale_temporaries(make_backend: BackendFactory) -> None:
     for path in old:
         os.utime(path, (1_000_000, 1_000_000))
     kept = put(backend, FileType.DATA, b"\xab" * 10)
-    assert backend.remove_stale_temporaries(3600) == 3  # type: ignore[attr-defined]
+    assert backend.remove_stale_temporaries(3600) == 3
     assert [p.exists() for p in old] == [False] * 3
     assert new.exists()
     assert backend.load(FileType.DATA, kept) == b"\xab" * 10
+
+
+INFO = {
+    "memory": BackendInfo(local=True, append_only=False, sweeps_temporaries=False),
+    "local": BackendInfo(local=True, append_only=False, sweeps_temporaries=True),
+    "sftp": BackendInfo(local=False, append_only=False, sweeps_temporaries=True),
+    "s3": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),
+    "rest": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),  # append-only: test_server.py
+}
+
+
+def test_info_declares_what_the_backend_is(make_backend: BackendFactory) -> None:
+    backend = make_backend(create=False)  # info() is the first call: a remote backend finds out by itself
+    info = backend.info()
+    assert info == INFO[make_backend.kind]
+    assert backend.inner.info() == info  # type: ignore[attr-defined]  # RetryBackend forwards
+    backend.create()
+    if not info.sweeps_temporaries and make_backend.fs_root is not None:  # rest: the server's, out of reach
+        stale = make_backend.fs_root / "keys" / ".k.tmp-1-2"
+        stale.write_bytes(b"partial")
+        os.utime(stale, (1_000_000, 1_000_000))
+        assert backend.remove_stale_temporaries(0) == 0 and stale.exists()
+    elif not info.sweeps_temporaries:
+        assert backend.remove_stale_temporaries(0) == 0

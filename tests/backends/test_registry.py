@@ -12,7 +12,7 @@ from backupfs.backends.local import LocalBackend
 from backupfs.backends.registry import open_backend, parse_s3, parse_sftp
 from backupfs.backends.retry import RetryBackend
 from backupfs.backends.s3 import S3Backend
-from backupfs.backends.sftp import SFTPBackend
+from backupfs.backends.sftp.backend import SFTPBackend
 from backupfs.errors import BackendError, UsageError
 
 

@@ -7,10 +7,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from backupfs.backends.base import Backend, FileType
+from backupfs.backends.base import STALE_TEMPORARY_AGE, Backend, BackendInfo, FileType
 from backupfs.backends.memory import MemoryBackend
 from backupfs.backends.retry import RetryBackend
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
+
+# file ids (64 hex digits): every backend refuses other names (backends/layout.py)
+AA, KK, K2, L1 = "aa" * 32, "cc" * 32, "c2" * 32, "d1" * 32
+A, B, C = "0a" * 32, "0b" * 32, "0c" * 32
 
 
 class Flaky:
@@ -66,6 +70,14 @@ class Flaky:
         self._enter("remove")
         self.inner.remove(ftype, name)
 
+    def info(self) -> BackendInfo:
+        self._enter("info")
+        return self.inner.info()
+
+    def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
+        self._enter("remove_stale_temporaries")
+        return self.inner.remove_stale_temporaries(max_age)
+
     def close(self) -> None:
         self._enter("close")
 
@@ -88,29 +100,33 @@ def transient(n: int) -> list[BaseException]:
 
 def test_transient_failures_are_retried_until_success() -> None:
     flaky = Flaky()
-    flaky.inner.save(FileType.DATA, "aa", b"payload")
+    flaky.inner.save(FileType.DATA, AA, b"payload")
     retry, sleeps = wrap(flaky)
     flaky.fail("load", *transient(3))
-    assert retry.load(FileType.DATA, "aa", 1, 3) == b"ayl"
+    assert retry.load(FileType.DATA, AA, 1, 3) == b"ayl"
     assert flaky.calls["load"] == 4
     assert len(sleeps) == 3
     for attempt, pause in enumerate(sleeps):  # full jitter: anywhere in [0, cap]
         assert 0 <= pause <= min(5.0, 1.0 * 2**attempt)
 
 
-@pytest.mark.parametrize("method", ["create", "exists", "save", "load", "stat", "remove"])
+@pytest.mark.parametrize(
+    "method", ["create", "exists", "save", "load", "stat", "remove", "info", "remove_stale_temporaries"]
+)
 def test_every_method_retries(method: str) -> None:
     flaky = Flaky()
-    flaky.inner.save(FileType.KEY, "kk", b"key")
+    flaky.inner.save(FileType.KEY, KK, b"key")
     retry, _ = wrap(flaky)
     flaky.fail(method, *transient(2))
     calls: dict[str, Callable[[], object]] = {
         "create": lambda: retry.create(),
         "exists": lambda: retry.exists(),
-        "save": lambda: retry.save(FileType.KEY, "k2", b"x"),
-        "load": lambda: retry.load(FileType.KEY, "kk"),
-        "stat": lambda: retry.stat(FileType.KEY, "kk"),
-        "remove": lambda: retry.remove(FileType.KEY, "kk"),
+        "save": lambda: retry.save(FileType.KEY, K2, b"x"),
+        "load": lambda: retry.load(FileType.KEY, KK),
+        "stat": lambda: retry.stat(FileType.KEY, KK),
+        "remove": lambda: retry.remove(FileType.KEY, KK),
+        "info": lambda: retry.info(),
+        "remove_stale_temporaries": lambda: retry.remove_stale_temporaries(),
     }
     calls[method]()
     assert flaky.calls[method] == 3
@@ -122,7 +138,7 @@ def test_gives_up_after_the_last_attempt() -> None:
     errors = transient(5)
     flaky.fail("stat", *errors)
     with pytest.raises(TransientBackendError) as info:
-        retry.stat(FileType.DATA, "aa")
+        retry.stat(FileType.DATA, AA)
     assert info.value is errors[2]
     assert flaky.calls["stat"] == 3
     assert len(sleeps) == 2
@@ -138,7 +154,7 @@ def test_permanent_errors_are_not_retried(error: BackendError) -> None:
     retry, sleeps = wrap(flaky)
     flaky.fail("load", error)
     with pytest.raises(type(error)) as info:
-        retry.load(FileType.DATA, "aa")
+        retry.load(FileType.DATA, AA)
     assert info.value is error
     assert flaky.calls["load"] == 1
     assert sleeps == []
@@ -149,7 +165,7 @@ def test_other_exceptions_pass_straight_through() -> None:
     retry, sleeps = wrap(flaky)
     flaky.fail("save", KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
-        retry.save(FileType.DATA, "aa", b"x")
+        retry.save(FileType.DATA, AA, b"x")
     assert flaky.calls["save"] == 1 and sleeps == []
 
 
@@ -164,25 +180,25 @@ def test_delay_grows_exponentially_and_is_capped() -> None:
 
 def test_list_is_retried_when_it_fails_before_the_first_entry() -> None:
     flaky = Flaky()
-    for name in ("a", "b", "c"):
-        flaky.inner.save(FileType.INDEX, name, name.encode())
+    for name in (A, B, C):
+        flaky.inner.save(FileType.INDEX, name, b"x")
     retry, sleeps = wrap(flaky)
     flaky.list_fail_after = 0
-    assert sorted(retry.list(FileType.INDEX)) == [("a", 1), ("b", 1), ("c", 1)]
+    assert sorted(retry.list(FileType.INDEX)) == [(A, 1), (B, 1), (C, 1)]
     assert flaky.calls["list"] == 2 and len(sleeps) == 1
 
 
 def test_list_is_not_retried_once_entries_were_yielded() -> None:
     flaky = Flaky()
-    for name in ("a", "b", "c"):
-        flaky.inner.save(FileType.INDEX, name, name.encode())
+    for name in (A, B, C):
+        flaky.inner.save(FileType.INDEX, name, b"x")
     retry, sleeps = wrap(flaky)
     flaky.list_fail_after = 2
     seen = []
     with pytest.raises(TransientBackendError):
         for entry in retry.list(FileType.INDEX):
             seen.append(entry)
-    assert seen == [("a", 1), ("b", 1)]  # nothing twice
+    assert seen == [(A, 1), (B, 1)]  # nothing twice
     assert flaky.calls["list"] == 1 and sleeps == []
 
 
@@ -231,12 +247,12 @@ def test_remove_whose_reply_was_lost_succeeds() -> None:
                 raise TransientBackendError("connection reset after the delete")
 
     flaky = LostReply()
-    flaky.inner.save(FileType.LOCK, "l1", b"lock")
+    flaky.inner.save(FileType.LOCK, L1, b"lock")
     retry, _ = wrap(flaky)
-    retry.remove(FileType.LOCK, "l1")
+    retry.remove(FileType.LOCK, L1)
     assert list(flaky.inner.list(FileType.LOCK)) == []
     with pytest.raises(NotFound):
-        retry.remove(FileType.LOCK, "l1")  # without a failure first, missing is missing
+        retry.remove(FileType.LOCK, L1)  # without a failure first, missing is missing
 
 
 def test_pass_through() -> None:
@@ -244,6 +260,8 @@ def test_pass_through() -> None:
     retry, _ = wrap(flaky)
     assert retry.location == "memory:flaky"
     assert retry.remove_stale_temporaries() == 0  # the inner backend has no temporaries
+    assert flaky.calls["remove_stale_temporaries"] == 1
+    assert retry.info() == flaky.inner.info()
     retry.close()
     assert flaky.calls["close"] == 1
     with pytest.raises(ValueError):

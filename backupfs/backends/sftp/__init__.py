@@ -1,0 +1,1 @@
+"""SFTP: protocol (paramiko's request layer), session pool, connecting, and the backend."""
