@@ -1,8 +1,8 @@
 """The Backend contract (backupfs/backends/base.py), checked on every backend over real servers.
 
 Each test runs against memory, local (a tmp dir), sftp (a real OpenSSH sshd), s3 (a real
-moto server) and rest (a real `backupfs serve`), each opened through open_backend and so wrapped
-in RetryBackend, as in use.
+moto server), rgw (a real Ceph cluster's S3 gateway) and rest (a real `backupfs serve`), each
+opened through open_backend and so wrapped in RetryBackend, as in use.
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ def test_concurrent_saves_and_loads(backend: Backend) -> None:
     assert dict(backend.list(FileType.DATA)) == {n: len(d) for n, d in saved.items()}
 
 
-@pytest.mark.parametrize("make_backend", ["local", "sftp", "s3", "rest"], indirect=True)  # memory keeps any name
+@pytest.mark.parametrize("make_backend", ["local", "sftp", "s3", "rgw", "rest"], indirect=True)  # memory keeps any name
 def test_invalid_names_are_refused(backend: Backend) -> None:
     for bad in ("", "a/b", "../x", ".hidden"):
         with pytest.raises(BackendError):
