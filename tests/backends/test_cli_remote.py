@@ -30,6 +30,7 @@ class RemoteCli:
         self.env.update(
             env,
             BACKUPFS_PASSWORD=PASSWORD,
+            BACKUPFS_FROM_PASSWORD=PASSWORD,
             XDG_CACHE_HOME=str(base / "cache"),
             HOME=str(base / "home"),
         )
@@ -117,6 +118,14 @@ def test_every_command_on_remote_repository(remote: RemoteCli, tmp_path: Path, m
 
     remote("forget", "--keep-last", "1", "--prune")
     assert len(json.loads(remote("snapshots", "--json").stdout)) == 1
+    # copy: a snapshot of another repository comes in, with the data the remote one lacks
+    local = RemoteCli(str(tmp_path / "local"), {}, tmp_path, {})
+    local("init")
+    (src / "docs" / "added.txt").write_text("only in the copied snapshot\n")
+    local("backup", src)
+    copied = json.loads(remote("copy", "--from-repo", local.url, "--json").stdout.splitlines()[-1])
+    assert copied["snapshots_copied"] == 1
+    assert len(json.loads(remote("snapshots", "--json").stdout)) == 2
     remote("check", "--read-data")
     target2 = tmp_path / "restored2"
     remote("restore", "latest", "--target", target2)
