@@ -42,6 +42,7 @@ _THROTTLED = {
     "RequestTimeout",
     "BadDigest",  # the body was damaged on the way: sending it again helps
 }
+LIST_PAGE = 1000  # keys per ListObjectsV2 request: the most AWS and Ceph RGW return
 _CONDITIONAL_UNSUPPORTED = {"NotImplemented", "InvalidArgument", "InvalidRequest"}
 # Endpoints that name their region, so users need not repeat it: AWS, Backblaze B2, and R2
 # (whose only region is "auto").
@@ -150,7 +151,9 @@ class S3Backend:
             err = exc.response.get("Error", {})
             code = str(err.get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            message = str(err.get("Message", "")) or code
+            # Ceph RGW sends no <Message> with most errors (botocore then gives None).
+            message = str(err.get("Message") or "")
+            detail = f"{code}: {message}" if message and message != code else code or str(status)
             if code == "NoSuchBucket":
                 return _NoBucket(f"{what}: bucket {self.bucket} does not exist")
             if code in ("NoSuchKey", "404", "NotFound") or status == 404:
@@ -158,12 +161,21 @@ class S3Backend:
             if code in ("PreconditionFailed", "412") or status == 412:
                 return AlreadyExists(f"{what} already exists at {self.location}")
             if code in _THROTTLED or status == 429 or status >= 500:
-                return TransientBackendError(f"{what}: {self._server()} is unavailable ({code}: {message})")
+                return TransientBackendError(f"{what}: {self._server()} is unavailable ({detail})")
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
                 return BackendError(f"{what}: S3 credentials rejected ({code}); check AWS_ACCESS_KEY_ID etc.")
-            if code in ("AccessDenied", "403") or status == 403:
+            if code == "403":  # a HEAD: no body says whether the keys or the permissions are wrong
+                return BackendError(
+                    f"{what}: access denied by {self._server()} (wrong S3 credentials, or no permission)"
+                )
+            if code == "AccessDenied" or status == 403:
                 return BackendError(f"{what}: access denied by {self._server()}")
-            return BackendError(f"{what}: {code or status}: {message}")
+            if code == "InvalidLocationConstraint":  # Ceph RGW: only its zonegroup's api_name
+                return BackendError(
+                    f"{what}: {detail} (the server has no region {self.region!r}: "
+                    "set s3_region to one it has, or create the bucket first)"
+                )
+            return BackendError(f"{what}: {detail}")
         if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
             return BackendError(
                 f"{what}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
@@ -292,7 +304,8 @@ class S3Backend:
                 yield "config", self.stat(ftype, "config")
             return
         prefix = f"{self.prefix}/{ftype.value}/" if self.prefix else f"{ftype.value}/"
-        pages = iter(self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix))
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE}))
         while True:
             try:
                 page = next(pages)
