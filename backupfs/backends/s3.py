@@ -248,7 +248,8 @@ class S3Backend:
             raise AlreadyExists(f"config already exists at {self.location}")
         if self._conditional_put:
             try:
-                self._client.put_object(Bucket=self.bucket, IfNoneMatch="*", **kwargs)
+                resp = self._client.put_object(Bucket=self.bucket, IfNoneMatch="*", **kwargs)
+                self._first_version_wins(key, what, resp.get("VersionId"))
                 return
             except bex.ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
@@ -259,7 +260,37 @@ class S3Backend:
                 log.warning("%s: no conditional PUT support; config written with check-then-put", self.location)
             except (bex.BotoCoreError, OSError) as exc:
                 raise self._error(exc, f"save {what}") from exc
-        self._call(f"save {what}", "put_object", **kwargs)
+        resp = self._call(f"save {what}", "put_object", **kwargs)
+        self._first_version_wins(key, what, resp.get("VersionId"))
+
+    def _first_version_wins(self, key: str, what: str, version: str | None) -> None:
+        """On a versioned bucket, undo a config PUT that another one beat.
+
+        Ceph RGW (16.x) ignores If-None-Match once versioning is enabled (which Object Lock
+        needs): racing `init`s all get their PUT through, each as a new version. The versions
+        are listed newest first in the order they became visible, so every racer agrees that the
+        oldest since the last delete marker is the config; the others delete their own version
+        and report AlreadyExists. A server that did evaluate the condition leaves one version.
+        """
+        if not version or version == "null":  # versioning off or suspended: the condition held
+            return
+        try:
+            resp = self._client.list_object_versions(Bucket=self.bucket, Prefix=key)
+        except bex.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
+                log.info("%s: cannot list the config's versions; trusting If-None-Match", self.location)
+                return
+            raise self._error(exc, f"save {what}") from exc
+        except (bex.BotoCoreError, OSError) as exc:
+            raise self._error(exc, f"save {what}") from exc
+        versions = [v for v in resp.get("Versions", ()) if v.get("Key") == key]
+        markers = [m["LastModified"] for m in resp.get("DeleteMarkers", ()) if m.get("Key") == key]
+        if markers:  # a config deleted earlier: only what was written since counts
+            versions = [v for v in versions if v["LastModified"] > max(markers)]
+        if not versions or versions[-1].get("VersionId") == version:
+            return
+        self._call(f"save {what}", "delete_object", Key=key, VersionId=version)
+        raise AlreadyExists(f"config already exists at {self.location}")
 
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         key = self._key(ftype, name)

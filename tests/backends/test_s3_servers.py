@@ -5,17 +5,19 @@ compared"."""
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
 import pytest
 
 from backupfs.backends import s3
-from backupfs.backends.base import FileType
+from backupfs.backends.base import Backend, FileType
 from backupfs.backends.registry import open_backend
-from backupfs.errors import BackendError, NotFound, TransientBackendError
+from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
 
 from .backend_servers import FAST_S3, MotoServer, RGWServer
 
@@ -58,6 +60,41 @@ def test_listing_spans_pages(any_s3_server: S3Server, monkeypatch: pytest.Monkey
     listed = list(backend.list(FileType.DATA))
     assert len(listed) == len(names)
     assert dict(listed) == names
+    backend.close()
+
+
+def _config_race(backend: Backend) -> list[bool]:
+    barrier = threading.Barrier(8)
+
+    def init(i: int) -> bool:
+        barrier.wait()
+        try:
+            backend.save(FileType.CONFIG, "config", b"config %d" % i)
+        except AlreadyExists:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(init, range(8)))
+
+
+def test_config_race_on_a_versioned_bucket(any_s3_server: S3Server, client: Any) -> None:
+    """RGW (Ceph 16) ignores If-None-Match on a bucket with versioning enabled (and Object Lock
+    needs versioning): every racing `init` got its PUT through, each as a new version. The
+    oldest version must win and the others see AlreadyExists and take their versions back."""
+    bucket = _bucket()
+    client.create_bucket(Bucket=bucket)
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    backend = open_backend(any_s3_server.url("repo", bucket=bucket), **FAST_S3)
+    backend.create()
+    won = _config_race(backend)
+    assert won.count(True) == 1, won
+    assert backend.load(FileType.CONFIG, "config") == b"config %d" % won.index(True)
+    versions = client.list_object_versions(Bucket=bucket, Prefix="repo/config")
+    assert len(versions.get("Versions", [])) == 1, versions.get("Versions")
+    assert not versions.get("DeleteMarkers")
+    with pytest.raises(AlreadyExists):  # and later, one at a time
+        backend.save(FileType.CONFIG, "config", b"late")
     backend.close()
 
 
