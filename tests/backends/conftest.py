@@ -1,10 +1,12 @@
 """Server fixtures for backend tests: a real OpenSSH sshd, a real moto S3 server and a real Ceph
 cluster with its S3 gateway (RGW).
 
-`sshd_server`, `s3_server` (moto) and `rgw_server` (Ceph) are session-scoped and shared; each test takes a fresh repository
-on them with `server.url(name)` and passes `**server.options` to `open_backend`. Tests that stop
-or break a server start a private one (`private_sshd`, `private_s3`) so they never disturb the
-shared ones. The classes live in backend_servers.py for reuse outside pytest.
+`sshd_server`, `s3_server` (moto) and `rgw_server` (Ceph) are session-scoped and shared; each
+test takes a fresh repository on them with `server.url(name)` and passes `**server.options` to
+`open_backend`. Tests that stop or break a server start a private one (`private_sshd`,
+`private_s3`) so they never disturb the shared ones; a Ceph cluster is too slow to start for
+that, so the RGW kill test restarts the shared gateway on its port, the cluster untouched. The
+classes live in backend_servers.py for reuse outside pytest.
 """
 
 from __future__ import annotations
