@@ -44,6 +44,7 @@ _THROTTLED = {
     "BadDigest",  # the body was damaged on the way: sending it again helps
 }
 _INFO = BackendInfo(local=False, append_only=False, sweeps_temporaries=False)
+LIST_PAGE = 1000  # keys per ListObjectsV2 request: the most AWS and Ceph RGW return
 _CONDITIONAL_UNSUPPORTED = {"NotImplemented", "InvalidArgument", "InvalidRequest"}
 # Endpoints that name their region, so users need not repeat it: AWS, Backblaze B2, and R2
 # (whose only region is "auto").
@@ -147,7 +148,9 @@ class S3Backend:
             err = exc.response.get("Error", {})
             code = str(err.get("Code", ""))
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            message = str(err.get("Message", "")) or code
+            # Ceph RGW sends no <Message> with most errors (botocore then gives None).
+            message = str(err.get("Message") or "")
+            detail = f"{code}: {message}" if message and message != code else code or str(status)
             if code == "NoSuchBucket":
                 return _NoBucket(f"{what}: bucket {self.bucket} does not exist")
             if code in ("NoSuchKey", "404", "NotFound") or status == 404:
@@ -155,12 +158,21 @@ class S3Backend:
             if code in ("PreconditionFailed", "412") or status == 412:
                 return AlreadyExists(f"{what} already exists at {self.location}")
             if code in _THROTTLED or status == 429 or status >= 500:
-                return TransientBackendError(f"{what}: {self._server()} is unavailable ({code}: {message})")
+                return TransientBackendError(f"{what}: {self._server()} is unavailable ({detail})")
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
                 return BackendError(f"{what}: S3 credentials rejected ({code}); check AWS_ACCESS_KEY_ID etc.")
-            if code in ("AccessDenied", "403") or status == 403:
+            if code == "403":  # a HEAD: no body says whether the keys or the permissions are wrong
+                return BackendError(
+                    f"{what}: access denied by {self._server()} (wrong S3 credentials, or no permission)"
+                )
+            if code == "AccessDenied" or status == 403:
                 return BackendError(f"{what}: access denied by {self._server()}")
-            return BackendError(f"{what}: {code or status}: {message}")
+            if code == "InvalidLocationConstraint":  # Ceph RGW: only its zonegroup's api_name
+                return BackendError(
+                    f"{what}: {detail} (the server has no region {self.region!r}: "
+                    "set s3_region to one it has, or create the bucket first)"
+                )
+            return BackendError(f"{what}: {detail}")
         if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError):
             return BackendError(
                 f"{what}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
@@ -233,7 +245,8 @@ class S3Backend:
             raise AlreadyExists(f"config already exists at {self.location}")
         if self._conditional_put:
             try:
-                self._client.put_object(Bucket=self.bucket, IfNoneMatch="*", **kwargs)
+                resp = self._client.put_object(Bucket=self.bucket, IfNoneMatch="*", **kwargs)
+                self._first_version_wins(key, what, resp.get("VersionId"))
                 return
             except bex.ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
@@ -244,7 +257,37 @@ class S3Backend:
                 log.warning("%s: no conditional PUT support; config written with check-then-put", self.location)
             except (bex.BotoCoreError, OSError) as exc:
                 raise self._error(exc, f"save {what}") from exc
-        self._call(f"save {what}", "put_object", **kwargs)
+        resp = self._call(f"save {what}", "put_object", **kwargs)
+        self._first_version_wins(key, what, resp.get("VersionId"))
+
+    def _first_version_wins(self, key: str, what: str, version: str | None) -> None:
+        """On a versioned bucket, undo a config PUT that another one beat.
+
+        Ceph RGW (16.x) ignores If-None-Match once versioning is enabled (which Object Lock
+        needs): racing `init`s all get their PUT through, each as a new version. The versions
+        are listed newest first in the order they became visible, so every racer agrees that the
+        oldest since the last delete marker is the config; the others delete their own version
+        and report AlreadyExists. A server that did evaluate the condition leaves one version.
+        """
+        if not version or version == "null":  # versioning off or suspended: the condition held
+            return
+        try:
+            resp = self._client.list_object_versions(Bucket=self.bucket, Prefix=key)
+        except bex.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
+                log.info("%s: cannot list the config's versions; trusting If-None-Match", self.location)
+                return
+            raise self._error(exc, f"save {what}") from exc
+        except (bex.BotoCoreError, OSError) as exc:
+            raise self._error(exc, f"save {what}") from exc
+        versions = [v for v in resp.get("Versions", ()) if v.get("Key") == key]
+        markers = [m["LastModified"] for m in resp.get("DeleteMarkers", ()) if m.get("Key") == key]
+        if markers:  # a config deleted earlier: only what was written since counts
+            versions = [v for v in versions if v["LastModified"] > max(markers)]
+        if not versions or versions[-1].get("VersionId") == version:
+            return
+        self._call(f"save {what}", "delete_object", Key=key, VersionId=version)
+        raise AlreadyExists(f"config already exists at {self.location}")
 
     def load(self, ftype: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         key = self._key(ftype, name)
@@ -290,7 +333,8 @@ class S3Backend:
             return
         root = f"{self.prefix}/" if self.prefix else ""
         prefix = f"{root}{ftype.value}/"
-        pages = iter(self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix))
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE}))
         while True:
             try:
                 page = next(pages)

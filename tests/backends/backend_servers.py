@@ -1,5 +1,6 @@
-"""Real servers for backend tests: an OpenSSH sshd, a moto S3 server and a cuttable TCP proxy,
-plus the backend factory the conformance suite is parametrized with.
+"""Real servers for backend tests: an OpenSSH sshd, a moto S3 server, a Ceph RGW (a real
+distributed object store, tools/ceph_rgw.py) and a cuttable TCP proxy, plus the backend factory
+the conformance suite is parametrized with.
 
 Plain classes so fixtures anywhere, and throwaway benchmark scripts, can reuse them (test modules
 import from here, never from conftest: several conftest modules share that name).
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ceph_rgw import CephRGW  # tools/, on pytest's pythonpath
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rest_server import RestServer
@@ -299,6 +301,50 @@ class MotoServer:
         self.stop()
 
 
+class RGWServer:
+    """A single-node Ceph cluster with RGW (tools/ceph_rgw.py), shaped like MotoServer: same
+    credentials (so the two share the environment), `url(name)`, `options`, `env`.
+
+    Unlike moto, its objects live in the OSD, not in the gateway: `kill()` and `restart()` end
+    radosgw with SIGKILL and start it again on the same port, the repository intact."""
+
+    env = MotoServer.env
+    unset_env = MotoServer.unset_env
+
+    def __init__(self, workdir: Path) -> None:
+        self.cluster = CephRGW(
+            workdir, access_key=self.env["AWS_ACCESS_KEY_ID"], secret_key=self.env["AWS_SECRET_ACCESS_KEY"]
+        )
+
+    @property
+    def port(self) -> int:
+        return self.cluster.port
+
+    @property
+    def endpoint(self) -> str:
+        return self.cluster.endpoint
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {}
+
+    def url(self, name: str, bucket: str = "backupfs-test") -> str:
+        return f"s3:{self.endpoint}/{bucket}/{name}"
+
+    def kill(self) -> None:
+        self.cluster.kill_gateway()
+
+    def restart(self) -> None:
+        self.cluster.start_gateway()
+
+    def __enter__(self) -> RGWServer:
+        self.cluster.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cluster.stop()
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:port to an upstream port and can cut every connection on demand.
 
@@ -432,8 +478,8 @@ class BackendFactory:
             server: SSHDServer = self._request.getfixturevalue("sshd_server")
             self.fs_root = server.root / name
             backend = open_backend(server.url(name), **{**server.options, **FAST_SFTP, **options})
-        elif self.kind == "s3":
-            s3: MotoServer = self._request.getfixturevalue("s3_server")
+        elif self.kind in ("s3", "rgw"):
+            s3: MotoServer | RGWServer = self._request.getfixturevalue(f"{self.kind}_server")
             backend = open_backend(s3.url(name), **{**FAST_S3, **options})
         elif self.kind == "rest":
             rest: RestServer = self._request.getfixturevalue("rest_server")

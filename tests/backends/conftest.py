@@ -1,9 +1,12 @@
-"""Server fixtures for backend tests: a real OpenSSH sshd and a real moto S3 server.
+"""Server fixtures for backend tests: a real OpenSSH sshd, a real moto S3 server and a real Ceph
+cluster with its S3 gateway (RGW).
 
-`sshd_server` and `s3_server` are session-scoped and shared; each test takes a fresh repository
-on them with `server.url(name)` and passes `**server.options` to `open_backend`. Tests that stop
-or break a server start a private one (`private_sshd`, `private_s3`) so they never disturb the
-shared ones. The classes live in backend_servers.py for reuse outside pytest.
+`sshd_server`, `s3_server` (moto) and `rgw_server` (Ceph) are session-scoped and shared; each
+test takes a fresh repository on them with `server.url(name)` and passes `**server.options` to
+`open_backend`. Tests that stop or break a server start a private one (`private_sshd`,
+`private_s3`) so they never disturb the shared ones; a Ceph cluster is too slow to start for
+that, so the RGW kill test restarts the shared gateway on its port, the cluster untouched. The
+classes live in backend_servers.py for reuse outside pytest.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ceph_rgw import ensure_packages as ensure_ceph
 from rest_server import RestServer
 
 from backupfs.backends.base import Backend
 
-from .backend_servers import BackendFactory, MotoServer, SSHDServer, ensure_sshd, env_vars
+from .backend_servers import BackendFactory, MotoServer, RGWServer, SSHDServer, ensure_sshd, env_vars
 
 
 def _sshd(workdir: Path) -> SSHDServer:
@@ -37,6 +41,25 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     # boto3 reads credentials from the environment, as it would for a user.
     with env_vars(MotoServer.env, MotoServer.unset_env), MotoServer(tmp_path_factory.mktemp("moto")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def rgw_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RGWServer]:
+    """One Ceph cluster for the whole run (it takes ~10-15 s to start): one monitor, manager and
+    memstore OSD, and radosgw on 127.0.0.1. Installs Ceph with apt-get when missing (as root);
+    skips only if that is impossible. A cluster that is installed but fails to start is an error."""
+    reason = ensure_ceph()
+    if reason:
+        pytest.skip(reason)
+    with env_vars(RGWServer.env, RGWServer.unset_env), RGWServer(tmp_path_factory.mktemp("ceph")) as server:
+        yield server
+
+
+@pytest.fixture(params=["s3", "rgw"])
+def any_s3_server(request: pytest.FixtureRequest) -> MotoServer | RGWServer:
+    """Each S3 server in turn: moto, then Ceph RGW."""
+    server: MotoServer | RGWServer = request.getfixturevalue(f"{request.param}_server")
+    return server
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +85,7 @@ def private_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto
         yield server
 
 
-BACKENDS = ["memory", "local", "sftp", "s3", "rest"]
+BACKENDS = ["memory", "local", "sftp", "s3", "rgw", "rest"]
 
 
 @pytest.fixture(params=BACKENDS)

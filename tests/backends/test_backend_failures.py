@@ -21,7 +21,17 @@ from backupfs.backends.retry import RetryBackend
 from backupfs.backends.sftp.backend import SFTPBackend
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
 
-from .backend_servers import FAST, FAST_S3, FAST_SFTP, MotoServer, SSHDServer, TcpProxy, free_port, write_ed25519_key
+from .backend_servers import (
+    FAST,
+    FAST_S3,
+    FAST_SFTP,
+    MotoServer,
+    RGWServer,
+    SSHDServer,
+    TcpProxy,
+    free_port,
+    write_ed25519_key,
+)
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -88,13 +98,13 @@ def test_sftp_connection_cut_mid_upload(sshd_server: SSHDServer) -> None:
     direct.close()
 
 
-def test_s3_connection_cut_mid_upload(s3_server: MotoServer) -> None:
+def test_s3_connection_cut_mid_upload(any_s3_server: MotoServer | RGWServer) -> None:
     name = f"cut-{uuid.uuid4().hex[:8]}"
-    direct = open_backend(s3_server.url(name), **FAST_S3)
+    direct = open_backend(any_s3_server.url(name), **FAST_S3)
     direct.create()
     data = os.urandom(4 * MiB)
     fid = file_id(data)
-    with TcpProxy(s3_server.port) as proxy:
+    with TcpProxy(any_s3_server.port) as proxy:
         url = f"s3:http://127.0.0.1:{proxy.port}/backupfs-test/{name}"
         cut = open_backend(url, **{**FAST_S3, **NO_RETRY})
         cut.save(FileType.KEY, "cd" * 32, b"connects before the cut")
@@ -276,9 +286,9 @@ def test_sftp_nothing_listening_is_transient(tmp_path: Path) -> None:
         within(30, backend.exists)
 
 
-def test_s3_missing_bucket_is_created(s3_server: MotoServer) -> None:
+def test_s3_missing_bucket_is_created(any_s3_server: MotoServer | RGWServer) -> None:
     bucket = f"fresh-{uuid.uuid4().hex[:12]}"
-    backend = open_backend(s3_server.url("repo", bucket=bucket), **FAST_S3)
+    backend = open_backend(any_s3_server.url("repo", bucket=bucket), **FAST_S3)
     assert backend.exists() is False
     with pytest.raises(BackendError, match="does not exist"):
         backend.save(FileType.KEY, "cd" * 32, b"key")

@@ -1,4 +1,5 @@
-"""Every command through the real CLI on SFTP (real sshd) and S3 (real moto server), mount included."""
+"""Every command through the real CLI on SFTP (real sshd) and S3 (a real moto server and a real
+Ceph RGW), mount included."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from richtree import rsync_diff
 
-from backends.backend_servers import MotoServer, SSHDServer
+from backends.backend_servers import MotoServer, RGWServer, SSHDServer
 
 PASSWORD = "remote tests"
 CAN_MOUNT = os.path.exists("/dev/fuse") and os.geteuid() == 0
@@ -26,7 +27,13 @@ class RemoteCli:
         self.url = url
         self.opts = [a for k, v in options.items() for a in ("-o", f"{k}={v}")]
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUPFS_")}
-        self.env.update(env, BACKUPFS_PASSWORD=PASSWORD, XDG_CACHE_HOME=str(base / "cache"), HOME=str(base / "home"))
+        self.env.update(
+            env,
+            BACKUPFS_PASSWORD=PASSWORD,
+            BACKUPFS_FROM_PASSWORD=PASSWORD,
+            XDG_CACHE_HOME=str(base / "cache"),
+            HOME=str(base / "home"),
+        )
 
     def argv(self, *args: str | os.PathLike[str]) -> list[str]:
         return [sys.executable, "-m", "backupfs", "-r", self.url, *self.opts, *map(str, args)]
@@ -37,13 +44,13 @@ class RemoteCli:
         return proc
 
 
-@pytest.fixture(params=["sftp", "s3"])
+@pytest.fixture(params=["sftp", "s3", "rgw"])
 def remote(request: pytest.FixtureRequest, tmp_path: Path) -> RemoteCli:
     if request.param == "sftp":
         sshd: SSHDServer = request.getfixturevalue("sshd_server")
         return RemoteCli(sshd.url(tmp_path.name), sshd.options, tmp_path, {})
-    s3: MotoServer = request.getfixturevalue("s3_server")
-    return RemoteCli(s3.url(tmp_path.name), s3.options, tmp_path, dict(MotoServer.env))
+    s3: MotoServer | RGWServer = request.getfixturevalue(f"{request.param}_server")
+    return RemoteCli(s3.url(tmp_path.name), s3.options, tmp_path, dict(s3.env))
 
 
 def _tree(root: Path) -> Path:
@@ -111,6 +118,14 @@ def test_every_command_on_remote_repository(remote: RemoteCli, tmp_path: Path, m
 
     remote("forget", "--keep-last", "1", "--prune")
     assert len(json.loads(remote("snapshots", "--json").stdout)) == 1
+    # copy: a snapshot of another repository comes in, with the data the remote one lacks
+    local = RemoteCli(str(tmp_path / "local"), {}, tmp_path, {})
+    local("init")
+    (src / "docs" / "added.txt").write_text("only in the copied snapshot\n")
+    local("backup", src)
+    copied = json.loads(remote("copy", "--from-repo", local.url, "--json").stdout.splitlines()[-1])
+    assert copied["snapshots_copied"] == 1
+    assert len(json.loads(remote("snapshots", "--json").stdout)) == 2
     remote("check", "--read-data")
     target2 = tmp_path / "restored2"
     remote("restore", "latest", "--target", target2)

@@ -1,5 +1,5 @@
 """A backup whose server dies, or whose network breaks, half-way: the real CLI on SFTP (a real
-OpenSSH sshd) and S3 (a real moto server).
+OpenSSH sshd) and S3 (a real moto server, and a real Ceph cluster whose gateway is killed).
 
 The promise (issue 4, "Reliability"): the backup ends with one clear error and a documented exit
 code, within a bounded time; the repository stays consistent; the next backup completes, re-uses
@@ -32,7 +32,7 @@ from backupfs.backends.s3 import S3Backend
 from backupfs.backends.sftp.backend import SFTPBackend
 from backupfs.errors import TransientBackendError
 
-from .backend_servers import MotoServer, SSHDServer, free_port, shutdown_all, write_ed25519_key
+from .backend_servers import MotoServer, RGWServer, SSHDServer, free_port, shutdown_all, write_ed25519_key
 from .test_cli_remote import RemoteCli
 
 MiB = 1 << 20
@@ -196,7 +196,9 @@ def _s3_count(client: Any, prefix: str) -> Callable[[], int]:
     return count
 
 
-@pytest.fixture(params=["sftp-killed", "sftp-partitioned", "s3-killed", "s3-partitioned"])
+@pytest.fixture(
+    params=["sftp-killed", "sftp-partitioned", "s3-killed", "s3-partitioned", "rgw-killed", "rgw-partitioned"]
+)
 def scenario(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Scenario]:
     kind, failure = request.param.split("-")
     name = "repo"
@@ -215,6 +217,22 @@ def scenario(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Scenari
             closing.callback(link.close)
             sshd.trust_port(link.port)
             url = sshd.url(name, port=link.port)
+    elif kind == "rgw":
+        # The shared Ceph cluster. Its objects live in the OSD, so here the gateway process
+        # itself gets SIGKILL and is started again on the same port: the real thing.
+        rgw: RGWServer = request.getfixturevalue("rgw_server")
+        name = f"kill-{tmp_path.name}"
+        client = boto3.client("s3", endpoint_url=rgw.endpoint, region_name="us-east-1")  # straight to RGW
+        closing.callback(client.close)
+        packs, locks = _s3_count(client, f"{name}/data/"), _s3_count(client, f"{name}/locks/")
+        options, env, timeout_option = {}, RGWServer.env, "s3_timeout"
+        if failure == "killed":
+            url = rgw.url(name)
+            break_, repair, expect = rgw.kill, rgw.restart, r"cannot reach .*: connection refused$"
+        else:
+            link = Link(rgw.port)
+            closing.callback(link.close)
+            url = f"s3:http://127.0.0.1:{link.port}/backupfs-test/{name}"
     else:
         # The shared moto server: only the link in front of it breaks, never moto itself.
         s3: MotoServer = request.getfixturevalue("s3_server")

@@ -1,8 +1,8 @@
 """The Backend contract (backupfs/backends/base.py), checked on every backend over real servers.
 
 Each test runs against memory, local (a tmp dir), sftp (a real OpenSSH sshd), s3 (a real
-moto server) and rest (a real `backupfs serve`), each opened through open_backend and so wrapped
-in RetryBackend, as in use.
+moto server), rgw (a real Ceph cluster's S3 gateway) and rest (a real `backupfs serve`), each
+opened through open_backend and so wrapped in RetryBackend, as in use.
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def test_invalid_names_are_refused(backend: Backend, make_backend: BackendFactor
         assert sorted(p.name for p in make_backend.fs_root.iterdir()) == sorted(layout.FOLDERS)
 
 
-@pytest.mark.parametrize("make_backend", ["local", "sftp", "s3", "rest"], indirect=True)
+@pytest.mark.parametrize("make_backend", ["local", "sftp", "s3", "rgw", "rest"], indirect=True)
 def test_foreign_files_are_not_listed(make_backend: BackendFactory) -> None:
     """Only files the layout can name are listed: a load of anything listed can succeed, and a
     stray or hostile file name never reaches the repository code."""
@@ -284,7 +284,7 @@ def test_foreign_files_are_not_listed(make_backend: BackendFactory) -> None:
         f"data/{misplaced}": b"x",
         "snapshots/latest": b"x",
     }
-    if make_backend.kind == "s3":
+    if make_backend.kind in ("s3", "rgw"):
         s3 = backend.inner  # type: ignore[attr-defined]
         for rel, data in foreign.items():
             s3._client.put_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{rel}", Body=data)
