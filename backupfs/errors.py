@@ -31,6 +31,12 @@ class WrongPassword(BackupfsError):
     exit_code = 12
 
 
+class LockLost(BackupfsError):
+    """The lock went unrefreshed long enough that another process may have judged it stale."""
+
+    exit_code = 13
+
+
 class BackendError(BackupfsError):
     """A storage operation failed; `transient` says whether retrying may help."""
 

@@ -192,6 +192,9 @@ class Repository:
         return decompress(self.cipher.open(envelope, aad))
 
     def save_file(self, ftype: FileType, plaintext: bytes, aad: bytes) -> str:
+        if ftype in (FileType.INDEX, FileType.SNAPSHOT):
+            # these make packs count (design.md 12): not if a prune may have deleted them meanwhile
+            self.check_lock()
         data = self._seal(plaintext, aad)
         name = file_id(data)
         self.backend.save(ftype, name, data)
@@ -254,16 +257,27 @@ class Repository:
 
     # ---------------------------------------------------------------- locks
 
-    def lock(self, exclusive: bool = False, retry_for: float = 0.0) -> locks.Lock:
+    def lock(self, exclusive: bool = False, retry_for: float = 0.0, clock: locks.Clock | None = None) -> locks.Lock:
         lk = locks.acquire(
             self.backend,
             lambda data: self._seal(data, lock_fmt.AAD),
             self.read_lock,
             exclusive,
             retry_for,
+            clock or locks.SYSTEM_CLOCK,
         )
         self._locks.append(lk)
         return lk
+
+    def check_lock(self) -> None:
+        """Raises LockLost if a lock this process holds may have been judged stale elsewhere.
+
+        Called before every index and snapshot file is written (save_file), and by prune before
+        each phase that deletes: past that point another process may have acted on the belief
+        that we are gone. Without a lock (`--no-lock`) there is nothing to check.
+        """
+        for lk in self._locks:
+            lk.check()
 
     def read_lock(self, name: str) -> LockInfo:
         return _decode_named(LockInfo.decode, self.load_file(FileType.LOCK, name, lock_fmt.AAD), f"locks/{name}")
