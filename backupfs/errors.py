@@ -37,6 +37,16 @@ class LockLost(BackupfsError):
     exit_code = 13
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread: it unwinds exactly as Ctrl-C does (the lock
+    removed, a source command killed, nothing half-saved), so every cleanup written for Ctrl-C
+    serves it too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class BackendError(BackupfsError):
     """A storage operation failed; `transient` says whether retrying may help."""
 
