@@ -116,7 +116,14 @@ def open_repository(
     backend = open_backend(repo_url(args), backend_options(args))
     if not backend.exists():
         raise RepositoryNotFound(f"no repository at {backend.location} (create one with `backupfs init`)")
-    repo = Repository.open(backend, get_password(args), cache_dir=cache_dir(args), cache_files=not is_local(backend))
+    repo = Repository.open(
+        backend,
+        get_password(args),
+        cache_dir=cache_dir(args),
+        cache_files=not is_local(backend),
+        key_hint=getattr(args, "key_hint", None) or os.environ.get("BACKUPFS_KEY_HINT"),
+        warn=lambda msg: err(f"warning: {msg}"),
+    )
     try:
         if lock is not None and not getattr(args, "no_lock", False):
             repo.lock(exclusive=(lock == "exclusive"), retry_for=float(getattr(args, "retry_lock", 0) or 0))

@@ -49,6 +49,9 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
         "-p", "--password-file", default=d(None), help="file holding the password (env BACKUPFS_PASSWORD_FILE)"
     )
     parser.add_argument("--password-command", default=d(None), help="command printing the password")
+    parser.add_argument(
+        "--key-hint", default=d(None), metavar="ID", help="try this key file first (env BACKUPFS_KEY_HINT)"
+    )
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
     parser.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress output")
     parser.add_argument(

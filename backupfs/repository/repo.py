@@ -24,6 +24,7 @@ from backupfs.crypto import (
     MasterKey,
     default_suite,
     file_id,
+    kdf_cost,
     unwrap_master_key,
     wrap_master_key,
 )
@@ -65,6 +66,7 @@ from backupfs.repository.packer import Packer
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 INDEX_EVERY_PACKS = 10
 TREE_ZSTD_LEVEL = 3  # tree blobs, whatever the data's compression (design.md 3)
+MAX_KEY_FILE = 64 << 10  # a key file is ~300 bytes; a bigger one is not read
 READ_GAP = 256 << 10  # unused bytes a batched read goes through rather than making another request
 
 
@@ -146,9 +148,20 @@ class Repository:
 
     @classmethod
     def open(
-        cls, backend: Backend, password: bytes, cache_dir: str | None = None, cache_files: bool = False
+        cls,
+        backend: Backend,
+        password: bytes,
+        cache_dir: str | None = None,
+        cache_files: bool = False,
+        *,
+        key_hint: str | None = None,
+        warn: Callable[[str], None] = lambda _m: None,
     ) -> Repository:
-        """`cache_files` keeps snapshots and tree packs locally: worth it for remote backends only."""
+        """`cache_files` keeps snapshots and tree packs locally: worth it for remote backends only.
+
+        Key files are tried cheapest first (the hinted ones before all), so a costly key file
+        someone added delays only the password it belongs to; key files whose KDF parameters are
+        out of the accepted range are skipped with a warning (design.md 4)."""
         try:
             raw = backend.load(FileType.CONFIG, "config")
         except NotFound as exc:
@@ -161,10 +174,9 @@ class Repository:
         keys = list(backend.list(FileType.KEY))
         if not keys:
             raise IntegrityError("repository has no key files")
-        damaged: list[str] = []
-        for name, _size in sorted(keys):
+        candidates, damaged = _usable_keys(backend, keys, key_hint, warn)
+        for name, kf in candidates:
             try:
-                kf = KeyFile.decode(_load_verified(backend, FileType.KEY, name))
                 master = unwrap_master_key(kf.wrapped, password, aad)
             except WrongPassword:
                 continue
@@ -614,6 +626,36 @@ class Repository:
             lk.release()
         self._locks.clear()
         self.backend.close()
+
+
+def _usable_keys(
+    backend: Backend, keys: list[tuple[str, int]], hint: str | None, warn: Callable[[str], None]
+) -> tuple[list[tuple[str, KeyFile]], list[str]]:
+    """The key files worth a password, in the order to try them (hinted, then cheapest), and a
+    description of each one that is not. Only the parameters are read: nothing is derived."""
+    hint = (hint or "").lower() or None
+    usable: list[tuple[bool, int, str, KeyFile]] = []
+    damaged: list[str] = []
+    for name, size in keys:
+        if size > MAX_KEY_FILE:
+            damaged.append(f"keys/{name}: {size} bytes, too large for a key file")
+            continue
+        try:
+            kf = KeyFile.decode(_load_verified(backend, FileType.KEY, name))
+        except IntegrityError as exc:
+            damaged.append(f"keys/{name}: {exc}")
+            continue
+        try:
+            cost = kdf_cost(kf.wrapped)
+        except IntegrityError as exc:
+            warn(f"key file {name[:8]} skipped: {exc} (remove it with `backupfs key remove {name[:8]}`)")
+            damaged.append(f"keys/{name}: {exc}")
+            continue
+        usable.append((not (hint is not None and name.startswith(hint)), cost, name, kf))
+    if hint is not None and not any(not later for later, _c, _n, _k in usable):
+        warn(f"key hint {hint!r} matches no usable key file; trying them all")
+    usable.sort(key=lambda k: k[:3])
+    return [(name, kf) for _later, _cost, name, kf in usable], damaged
 
 
 def _load_verified(backend: Backend, ftype: FileType, name: str) -> bytes:
