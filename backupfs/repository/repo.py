@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from backupfs.backends.base import Backend, FileType
-from backupfs.chunker import DEFAULT_PARAMS, Chunker
-from backupfs.compress import LZ4, NONE, ZSTD, compress, decompress, parse_compression
+from backupfs.chunker import DEFAULT_PARAMS, MAX_CHUNK_LIMIT, Chunker
+from backupfs.compress import LZ4, NONE, ZSTD, compress, decompress, file_limit, parse_compression
 from backupfs.crypto import (
     ARGON2_MEM,
     ARGON2_OPS,
@@ -66,6 +66,7 @@ from backupfs.repository.packer import Packer
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 INDEX_EVERY_PACKS = 10
 TREE_ZSTD_LEVEL = 3  # tree blobs, whatever the data's compression (design.md 3)
+MAX_TREE_BLOB = 256 << 20  # one folder's listing (design.md 9): ~1 million entries; more is a bomb
 MAX_KEY_FILE = 64 << 10  # a key file is ~300 bytes; a bigger one is not read
 READ_GAP = 256 << 10  # unused bytes a batched read goes through rather than making another request
 
@@ -132,6 +133,8 @@ class Repository:
         parse_compression(compression)
         if not 1 << 20 <= pack_size <= 1 << 30:
             raise UsageError("pack size must be between 1 MiB and 1 GiB")
+        if not 0 < chunker[0] <= chunker[2] <= MAX_CHUNK_LIMIT:
+            raise UsageError(f"chunk sizes must satisfy 0 < min <= max <= {MAX_CHUNK_LIMIT}")
         if backend.exists():
             raise BackupfsError(f"a repository already exists at {backend.location}")
         master = master or MasterKey.generate()
@@ -185,7 +188,8 @@ class Repository:
                 continue
             try:
                 cipher = Cipher(header.aead, master.enc)
-                body = ConfigBody.decode(decompress(cipher.open(header.body, config_aad(header.repo_id))))
+                plain = cipher.open(header.body, config_aad(header.repo_id))
+                body = ConfigBody.decode(decompress(plain, file_limit(len(header.body))))
             except IntegrityError as exc:
                 raise IntegrityError(f"config: {exc}") from exc
             return cls(backend, master, header, body, name, cache_dir, cache_files)
@@ -201,7 +205,7 @@ class Repository:
         return self.cipher.seal(compress(plaintext, algorithm), aad)
 
     def _open(self, envelope: bytes, aad: bytes) -> bytes:
-        return decompress(self.cipher.open(envelope, aad))
+        return decompress(self.cipher.open(envelope, aad), file_limit(len(envelope)))
 
     def save_file(self, ftype: FileType, plaintext: bytes, aad: bytes) -> str:
         if ftype in (FileType.INDEX, FileType.SNAPSHOT):
@@ -374,13 +378,13 @@ class Repository:
         else:
             envelope = self._load_range(pack, loc.offset, loc.length, f" (needed for blob {blob_id.hex()[:16]})")
         try:
-            return self.open_blob(btype, blob_id, envelope, pack)
+            return self.open_blob(btype, blob_id, envelope, pack, loc.raw_length)
         except IntegrityError:
             if self.files is None or loc.type != TREE:
                 raise
             # the local copy may be what is damaged: drop it and ask the repository
             self.files.remove(FileType.DATA, pack)
-            return self.open_blob(btype, blob_id, self._load_tree_envelope(pack, loc), pack)
+            return self.open_blob(btype, blob_id, self._load_tree_envelope(pack, loc), pack, loc.raw_length)
 
     def load_data_blobs(self, blob_ids: list[bytes], gap: int = READ_GAP) -> list[bytes | Exception]:
         """Data blobs in as few ranged reads as possible: blobs of one pack whose envelopes lie
@@ -416,7 +420,7 @@ class Repository:
         for loc, i in group:
             try:
                 out[i] = self.open_blob(
-                    DATA, blob_ids[i], data[loc.offset - start : loc.offset - start + loc.length], pack
+                    DATA, blob_ids[i], data[loc.offset - start : loc.offset - start + loc.length], pack, loc.raw_length
                 )
             except IntegrityError as exc:
                 out[i] = exc
@@ -441,18 +445,36 @@ class Repository:
             envelope = data[loc.offset : loc.offset + loc.length]
         return envelope
 
-    def open_blob(self, btype: int, blob_id: bytes, envelope: bytes | memoryview, pack: str = "?") -> bytes:
+    def open_blob(
+        self, btype: int, blob_id: bytes, envelope: bytes | memoryview, pack: str = "?", raw_length: int | None = None
+    ) -> bytes:
+        """The plaintext of a blob, which may not inflate past what its type can hold: a data
+        blob the chunker's maximum, a tree MAX_TREE_BLOB, either its `raw_length` in the index
+        when known (a compression bomb is an IntegrityError, not gigabytes of memory)."""
+        limit = self.max_blob_size(btype)
+        if raw_length is not None:
+            limit = min(limit, raw_length)
         try:
-            data = decompress(self.cipher.open(envelope, blob_aad(btype, blob_id)))
+            data = decompress(self.cipher.open(envelope, blob_aad(btype, blob_id)), limit)
         except IntegrityError as exc:
             raise IntegrityError(f"pack {pack}: blob {blob_id.hex()[:16]}: {exc}") from exc
         return data
+
+    def max_blob_size(self, btype: int) -> int:
+        return self.config.chunker[2] if btype == DATA else MAX_TREE_BLOB
 
     def has_blob(self, blob_id: bytes) -> bool:
         return blob_id in self.index or blob_id in self._pending
 
     def save_blob(self, btype: int, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, int]:
         """Stores a blob unless the repository has it; returns (id, bytes added)."""
+        if len(data) > self.max_blob_size(btype):
+            # it could never be read back (open_blob's bound): fail now, not at restore
+            what = "a data blob" if btype == DATA else "a folder listing (tree)"
+            raise BackupfsError(
+                f"{what} of {len(data)} bytes exceeds the {self.max_blob_size(btype)} bytes this repository "
+                "allows (design.md 9)"
+            )
         if blob_id is None:
             blob_id = self.blob_id(data)
         if blob_id in self.index:
