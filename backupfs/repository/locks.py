@@ -94,10 +94,15 @@ class Lock:
 
     def refresh(self) -> None:
         """Writes a new lock file, then deletes the old one. A failure is tried again at the next
-        interval; until LOST_AFTER has passed since the last success, nothing is lost."""
+        interval; until LOST_AFTER has passed since the last success, nothing is lost.
+
+        The gap is judged before the write that ends it. A lock found lost stays lost, but is
+        still refreshed: it keeps prunes yet to start away from a mount that goes on reading, or
+        from a backup's packs while it stops."""
         with self._writing:
-            if self._stop.is_set() or self._expired() is not None:
+            if self._stop.is_set():
                 return
+            self._expired()
             try:
                 new, written = _write_lock(self._backend, self._seal, self.exclusive, self._clock)
             except BackendError:
