@@ -186,7 +186,11 @@ def test_tree_blob_zstd_bomb(bombed: tuple[CLI, Path], tmp_path: Path) -> None:
     _data, tree_id = blob_ids(cli, src / "docs" / "victim.txt")
     replace_blob(cli.repo, tree_id, TREE, bytes([ZSTD]) + zstd_bomb(GiB))
 
-    for args in (("ls", "latest", str(src / "docs")), ("restore", "latest", "--target", str(tmp_path / "t")), ("check",)):
+    for args in (
+        ("ls", "latest", str(src / "docs")),
+        ("restore", "latest", "--target", str(tmp_path / "t")),
+        ("check",),
+    ):
         proc, rss = run_measured(cli, tmp_path, *args)
         assert rss < RSS_LIMIT_KIB, (args, rss)
         err = one_line(proc)

@@ -173,7 +173,11 @@ def test_refreshes_failing_for_a_while_or_a_short_suspend_lose_nothing(
 
 
 def test_lock_lost_is_exit_13_with_one_line(
-    tmp_path: Path, src: Path, cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    src: Path,
+    cli_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """Through the real CLI (in this process, so the clock can jump when the first file is read)."""
     init_fast(tmp_path / "repo")

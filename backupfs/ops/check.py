@@ -169,7 +169,9 @@ class Checker:
             problems.append("content does not match its name (bit rot or tampering)")
         try:
             hoff, hlen = header_location(len(data), data[-TRAILER.size :])
-            header = decode_header(decompress(self.repo.cipher.open(data[hoff : hoff + hlen], HEADER_AAD), file_limit(hlen)))
+            header = decode_header(
+                decompress(self.repo.cipher.open(data[hoff : hoff + hlen], HEADER_AAD), file_limit(hlen))
+            )
             if {(e.id, e.offset, e.length) for e in header} != {(e.id, e.offset, e.length) for e in entries}:
                 problems.append("header does not match the index")
         except IntegrityError as exc:
