@@ -520,7 +520,9 @@ def test_packer_builds_parseable_packs() -> None:
     for name, (data, entries) in uploaded.items():
         assert blake3.blake3(data).hexdigest() == name  # file id = hash of bytes
         hoff, hlen = pack_fmt.header_location(len(data), data[-4:])
-        header = pack_fmt.decode_header(comp.decompress(cipher.open(data[hoff : hoff + hlen], pack_fmt.HEADER_AAD), 1 << 20))
+        header = pack_fmt.decode_header(
+            comp.decompress(cipher.open(data[hoff : hoff + hlen], pack_fmt.HEADER_AAD), 1 << 20)
+        )
         assert header == entries
         assert len({e.type for e in header}) == 1  # one blob type per pack
         for e in header:
