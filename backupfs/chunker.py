@@ -7,6 +7,9 @@ from collections.abc import Iterator
 from pyfastcdc import FastCDC
 
 DEFAULT_PARAMS = (512 * 1024, 512 * 1024, 8 * 1024 * 1024)  # min, FastCDC avg parameter, max
+# The largest maximum chunk size a repository may set: it bounds every data blob a reader will
+# inflate (design.md 5), so a config cannot lift that bound to gigabytes.
+MAX_CHUNK_LIMIT = 64 * 1024 * 1024
 
 
 class Chunker:

@@ -66,18 +66,62 @@ def compress(data: bytes | memoryview, algorithm: int, level: int = 0) -> bytes:
     return b"\x00" + bytes(data)
 
 
-def decompress(payload: bytes, max_size: int = 1 << 30) -> bytes:
+def file_limit(stored: int) -> int:
+    """The most a repository file (index, snapshot, lock, pack header, config, key metadata) may
+    inflate to: FILE_FLOOR, or FILE_RATIO times what is stored. Their bulk is random ids that
+    barely compress; more would be a bomb, and an honest file that big is simply stored bigger."""
+    return max(FILE_FLOOR, stored * FILE_RATIO)
+
+
+FILE_FLOOR: Final = 16 * 1024 * 1024
+FILE_RATIO: Final = 8
+_ZSTD_PIECE = 1 << 20
+
+
+def decompress(payload: bytes | memoryview, max_size: int) -> bytes:
+    """The plaintext of a payload, refused (IntegrityError) if it declares or inflates to more than
+    `max_size` bytes, before that memory is taken: a 4 MiB lz4 blob can claim 1 GiB, a zstd frame
+    any size. Callers bound by what the object can hold (a chunk, a tree, a file's size)."""
     if not payload:
         raise IntegrityError("empty payload")
     algorithm = payload[0]
     body = memoryview(payload)[1:]
     try:
         if algorithm == NONE:
+            _check_size(len(body), max_size, "holds")
             return bytes(body)
         if algorithm == LZ4:
+            if len(body) < 4:
+                raise IntegrityError("lz4 body is truncated")
+            _check_size(int.from_bytes(body[:4], "little"), max_size, "declares")
             return lz4.block.decompress(body)  # type: ignore[no-any-return]
         if algorithm == ZSTD:
-            return bytes(_zstd_decompressor().decompress(body, max_output_size=max_size))
+            declared = zstandard.frame_content_size(body)
+            if declared >= 0:
+                _check_size(declared, max_size, "declares")
+                return bytes(_zstd_decompressor().decompress(body))  # allocates `declared`
+            return _zstd_bounded(body, max_size)
     except (lz4.block.LZ4BlockError, zstandard.ZstdError, ValueError) as exc:
         raise IntegrityError(f"cannot decompress: {exc}") from exc
     raise IntegrityError(f"unknown compression algorithm {algorithm}")
+
+
+def _check_size(size: int, max_size: int, verb: str) -> None:
+    if size > max_size:
+        raise IntegrityError(f"compressed data {verb} {size} bytes, more than the {max_size} it may hold")
+
+
+def _zstd_bounded(body: memoryview, max_size: int) -> bytes:
+    """A frame without its content size: streamed, a piece at a time, never past max_size + 1
+    (python-zstandard would allocate all of max_output_size up front)."""
+    pieces: list[bytes] = []
+    total = 0
+    with _zstd_decompressor().stream_reader(body, read_across_frames=False) as reader:
+        while True:
+            piece = reader.read(min(_ZSTD_PIECE, max_size + 1 - total))
+            if not piece:
+                return b"".join(pieces)
+            pieces.append(piece)
+            total += len(piece)
+            if total > max_size:
+                raise IntegrityError(f"compressed data inflates to more than the {max_size} bytes it may hold")

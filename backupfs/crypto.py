@@ -19,6 +19,11 @@ SUITES: Final = (AEGIS256, XCHACHA)
 
 ARGON2_OPS: Final = 3
 ARGON2_MEM: Final = 64 * 1024 * 1024
+# What a key file may ask for (design.md 4). Anyone who can write to the storage can add a key
+# file, and every command pays its cost before it tries the next one: the ceiling keeps one
+# hostile file to ~10 s and 1 GiB, not the minutes and 8 GiB libsodium would accept.
+ARGON2_OPS_RANGE: Final = (1, 10)
+ARGON2_MEM_RANGE: Final = (8 * 1024, 1024 * 1024 * 1024)  # libsodium's minimum, bytes
 
 
 def default_suite() -> str:
@@ -117,9 +122,30 @@ def derive_wrapping_key(password: bytes, salt: bytes, ops: int, mem: int) -> byt
     return nb.crypto_pwhash_alg(32, password, salt, ops, mem, nb.crypto_pwhash_ALG_ARGON2ID13)
 
 
+def _kdf_in_range(ops: int, mem: int) -> bool:
+    return ARGON2_OPS_RANGE[0] <= ops <= ARGON2_OPS_RANGE[1] and ARGON2_MEM_RANGE[0] <= mem <= ARGON2_MEM_RANGE[1]
+
+
+def kdf_cost(fields: dict[str, object]) -> int:
+    """What trying this key file costs (passes x memory), checked before anything is derived:
+    an unknown KDF or parameters outside the accepted range are an IntegrityError."""
+    ops, mem = fields.get("ops"), fields.get("mem")
+    if fields.get("kdf") != "argon2id" or type(ops) is not int or type(mem) is not int:
+        raise IntegrityError("key file has an unsupported KDF")
+    if not _kdf_in_range(ops, mem):
+        raise IntegrityError(
+            f"key file asks for Argon2id with {ops} passes over {mem} bytes, outside the accepted "
+            f"{ARGON2_OPS_RANGE[0]}-{ARGON2_OPS_RANGE[1]} passes and "
+            f"{ARGON2_MEM_RANGE[0] >> 10} KiB-{ARGON2_MEM_RANGE[1] >> 30} GiB"
+        )
+    return ops * mem
+
+
 def wrap_master_key(
     master: MasterKey, password: bytes, aad: bytes, ops: int = ARGON2_OPS, mem: int = ARGON2_MEM
 ) -> dict[str, object]:
+    if not _kdf_in_range(ops, mem):
+        raise ValueError(f"Argon2id parameters {ops}, {mem} are outside the range a reader accepts")
     salt = os.urandom(16)
     wrapping = Cipher(XCHACHA, derive_wrapping_key(password, salt, ops, mem))
     sealed = wrapping.seal(master.to_bytes(), aad)
@@ -136,19 +162,17 @@ def wrap_master_key(
 def unwrap_master_key(fields: dict[str, object], password: bytes, aad: bytes) -> MasterKey:
     """Key files are plaintext anyone with write access can edit: every field is checked first."""
     salt, nonce, data = fields.get("salt"), fields.get("nonce"), fields.get("data")
-    ops, mem = fields.get("ops"), fields.get("mem")
     if (
         not isinstance(salt, bytes)
         or len(salt) != 16
         or not isinstance(nonce, bytes)
         or len(nonce) != nb.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
         or not isinstance(data, bytes)
-        or type(ops) is not int
-        or type(mem) is not int
     ):
         raise IntegrityError("key file is malformed")
-    if fields.get("kdf") != "argon2id" or not (1 <= ops <= 64) or not (8192 <= mem <= 1 << 33):
-        raise IntegrityError("key file has unsupported KDF parameters")
+    kdf_cost(fields)
+    ops, mem = fields["ops"], fields["mem"]
+    assert isinstance(ops, int) and isinstance(mem, int)
     wrapping = Cipher(XCHACHA, derive_wrapping_key(password, salt, ops, mem))
     try:
         plain = wrapping.open(nonce + data, aad)

@@ -31,6 +31,22 @@ class WrongPassword(BackupfsError):
     exit_code = 12
 
 
+class LockLost(BackupfsError):
+    """The lock went unrefreshed long enough that another process may have judged it stale."""
+
+    exit_code = 13
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread: it unwinds exactly as Ctrl-C does (the lock
+    removed, a source command killed, nothing half-saved), so every cleanup written for Ctrl-C
+    serves it too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class BackendError(BackupfsError):
     """A storage operation failed; `transient` says whether retrying may help."""
 

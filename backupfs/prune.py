@@ -849,6 +849,7 @@ class PrunePlan:
         """Deletes files (several at a time: remote backends have latency); gone already is fine."""
         if not names:
             return
+        self.repo.check_lock()  # each deleting phase: with the lock lost, a backup may need these
 
         def rm(name: str) -> None:
             try:

@@ -126,20 +126,30 @@ def test_interrupted_backup(cli: CLI, tmp_path: Path) -> None:
 
 
 def test_stdin_backup_killed_leaves_no_snapshot(cli: CLI) -> None:
-    feeder = subprocess.Popen(
+    """SIGKILL mid-stream: packs of the stream are uploaded, no snapshot, and check is happy."""
+    backup = subprocess.Popen(
         [sys.executable, "-m", "backupfs", "-r", str(cli.repo), "backup", "-q", "--stdin"],
         env=cli.env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert feeder.stdin is not None
-    feeder.stdin.write(b"partial dump\n" * 1000)
-    feeder.stdin.flush()
-    feeder.kill()
-    feeder.communicate()
+    assert backup.stdin is not None
+    fed = 0
+    # Feed until a pack is stored: backupfs has read, chunked and uploaded part of the stream
+    # (far more than a pipe holds), and it is still waiting for the rest.
+    while pack_bytes(cli.repo) == 0:
+        assert backup.poll() is None, backup.communicate()
+        assert fed < 400 * MiB, "no pack was stored"
+        backup.stdin.write(blake3.blake3(fed.to_bytes(8, "little")).digest(length=MiB))
+        fed += MiB
+    backup.kill()
+    backup.communicate()
+    assert backup.returncode == -signal.SIGKILL, "backupfs ended before the kill"
+    assert fed >= 16 * MiB  # at least one whole pack of the stream came through
     assert not list((cli.repo / "snapshots").iterdir())
-    cli("check")
+    checked = cli("check")
+    assert b"error" not in checked.stderr.replace(b"no errors", b"")
 
 
 @root_only

@@ -18,6 +18,7 @@ import blake3
 import msgpack
 import nacl.bindings as nb
 import pytest
+import zstandard
 
 from backupfs import compress as comp
 from backupfs.backends.base import FileType
@@ -152,7 +153,7 @@ def test_compression_round_trip(algorithm: int, level: int) -> None:
     text = b"backupfs compresses text like this line\n" * 5000
     for data in (b"", b"x", text, rand(100_000)):
         payload = comp.compress(data, algorithm, level)
-        assert comp.decompress(payload) == data
+        assert comp.decompress(payload, len(data)) == data
     if algorithm != comp.NONE:
         assert comp.compress(text, algorithm, level)[0] == algorithm
         assert len(comp.compress(text, algorithm, level)) < len(text) // 10
@@ -162,7 +163,7 @@ def test_compression_round_trip(algorithm: int, level: int) -> None:
 
 def test_compression_accepts_memoryview() -> None:
     data = b"abc" * 10000
-    assert comp.decompress(comp.compress(memoryview(data), comp.LZ4)) == data
+    assert comp.decompress(comp.compress(memoryview(data), comp.LZ4), len(data)) == data
 
 
 @pytest.mark.parametrize(
@@ -171,7 +172,7 @@ def test_compression_accepts_memoryview() -> None:
 )
 def test_decompress_garbage_is_integrity_error(payload: bytes) -> None:
     with pytest.raises(IntegrityError):
-        comp.decompress(payload)
+        comp.decompress(payload, 1 << 20)
 
 
 def test_decompress_truncated_frames() -> None:
@@ -180,7 +181,39 @@ def test_decompress_truncated_frames() -> None:
         payload = comp.compress(text, algorithm, 3)
         for cut in (2, len(payload) // 2, len(payload) - 1):
             with pytest.raises(IntegrityError):
-                comp.decompress(payload[:cut])
+                comp.decompress(payload[:cut], len(text))
+
+
+@pytest.mark.parametrize("algorithm", [comp.LZ4, comp.ZSTD, comp.NONE])
+def test_decompress_refuses_more_than_its_bound(algorithm: int) -> None:
+    """A bomb is refused from what it declares, before the memory is taken; the bound itself is fine."""
+    data = bytes(1 << 20) if algorithm != comp.NONE else rand(1 << 20)
+    payload = comp.compress(data, algorithm, 3)
+    assert payload[0] == algorithm
+    assert comp.decompress(payload, len(data)) == data
+    with pytest.raises(IntegrityError, match="more than the 1048575"):
+        comp.decompress(payload, len(data) - 1)
+
+
+def test_decompress_refuses_declared_sizes_it_would_have_to_allocate() -> None:
+    # an lz4 block claiming 2 GiB and a zstd frame header claiming 1 TiB: refused unread
+    with pytest.raises(IntegrityError, match="declares 2147483647 bytes"):
+        comp.decompress(b"\x01" + (2**31 - 1).to_bytes(4, "little") + b"\x00" * 16, 8 << 20)
+    frame = bytearray(zstandard.ZstdCompressor(write_content_size=True).compress(b"x"))
+    huge = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(1 << 20))
+    assert zstandard.frame_content_size(bytes(huge)) == 1 << 20
+    with pytest.raises(IntegrityError, match="declares 1048576 bytes"):
+        comp.decompress(b"\x02" + huge, 8 << 10)
+    assert comp.decompress(b"\x02" + bytes(frame), 1) == b"x"
+
+
+def test_decompress_bounds_zstd_frames_without_a_size() -> None:
+    """Such a frame (not written by backupfs, but an attacker's) is streamed up to the bound."""
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(4 << 20))
+    assert zstandard.frame_content_size(frame) == -1
+    assert comp.decompress(b"\x02" + frame, 4 << 20) == bytes(4 << 20)
+    with pytest.raises(IntegrityError, match="inflates to more than"):
+        comp.decompress(b"\x02" + frame, (4 << 20) - 1)
 
 
 @pytest.mark.parametrize("spec", ["gzip", "zstd:0", "zstd:23", "zstd:x", "lz4:3", "none:1", ""])
@@ -487,7 +520,9 @@ def test_packer_builds_parseable_packs() -> None:
     for name, (data, entries) in uploaded.items():
         assert blake3.blake3(data).hexdigest() == name  # file id = hash of bytes
         hoff, hlen = pack_fmt.header_location(len(data), data[-4:])
-        header = pack_fmt.decode_header(comp.decompress(cipher.open(data[hoff : hoff + hlen], pack_fmt.HEADER_AAD)))
+        header = pack_fmt.decode_header(
+            comp.decompress(cipher.open(data[hoff : hoff + hlen], pack_fmt.HEADER_AAD), 1 << 20)
+        )
         assert header == entries
         assert len({e.type for e in header}) == 1  # one blob type per pack
         for e in header:

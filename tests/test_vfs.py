@@ -393,9 +393,11 @@ async def test_reads_answered_out_of_order_decrypt_each_chunk_once(repo_path: Pa
     opened: list[bytes] = []
     real_open_blob = repo.open_blob
 
-    def counting_open_blob(btype: int, blob_id: bytes, envelope: bytes | memoryview, pack: str = "?") -> bytes:
+    def counting_open_blob(
+        btype: int, blob_id: bytes, envelope: bytes | memoryview, pack: str = "?", raw_length: int | None = None
+    ) -> bytes:
         opened.append(blob_id)
-        return real_open_blob(btype, blob_id, envelope, pack)
+        return real_open_blob(btype, blob_id, envelope, pack, raw_length)
 
     repo.open_blob = counting_open_blob  # type: ignore[method-assign]
     async with running(repo) as vfs:

@@ -125,9 +125,15 @@ def open_repository(
         raise RepositoryNotFound(f"no repository at {backend.location} (create one with `backupfs init`)")
     if deletes is not None:
         refuse_deletes(backend, deletes)
-    # a local directory needs no local cache of its files (it would only double the disk use)
-    cache_files = not backend.info().local
-    repo = Repository.open(backend, get_password(args), cache_dir=cache_dir(args), cache_files=cache_files)
+    repo = Repository.open(
+        backend,
+        get_password(args),
+        cache_dir=cache_dir(args),
+        # a local directory needs no local cache of its files (it would only double the disk use)
+        cache_files=not backend.info().local,
+        key_hint=getattr(args, "key_hint", None) or os.environ.get("BACKUPFS_KEY_HINT"),
+        warn=lambda msg: err(f"warning: {msg}"),
+    )
     try:
         if lock is not None and not getattr(args, "no_lock", False):
             repo.lock(exclusive=(lock == "exclusive"), retry_for=float(getattr(args, "retry_lock", 0) or 0))

@@ -84,8 +84,17 @@ def run(args: argparse.Namespace) -> int:
         err(f"error: {path}: {msg}")
     for msg in stats.warnings:
         err(f"warning: {msg}")
+    for path in stats.changed_during_read:
+        err(f"warning: {path}: file changed while reading (saved as read)")
     if args.json:
-        print_json({"message_type": "summary", **stats.as_dict(), "snapshot_id": snap_id})
+        print_json(
+            {
+                "message_type": "summary",
+                **stats.as_dict(),
+                "changed_during_backup": stats.changed_during_read,
+                "snapshot_id": snap_id,
+            }
+        )
     elif not args.quiet:
         print(f"Files:  {stats.files_new:6} new, {stats.files_changed:6} changed, {stats.files_unchanged:6} unmodified")
         print(f"Dirs:   {stats.dirs_new:6} new, {stats.dirs_changed:6} changed, {stats.dirs_unchanged:6} unmodified")
@@ -94,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
             f"processed {stats.total_files} files, {human_size(stats.total_bytes)} in {stats.duration:.2f}s "
             f"({human_size(stats.bytes_read)} read)"
         )
+        if stats.changed_during_read:
+            print(f"{len(stats.changed_during_read)} files changed while being read: saved as read, not as one moment")
         print(f"snapshot {snap_id[:8]} saved")
     if stats.skipped:
         err(f"Warning: {len(stats.skipped)} files could not be read and are missing from snapshot {snap_id[:8]}")

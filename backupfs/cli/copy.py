@@ -81,7 +81,9 @@ def open_from_repository(
     if not backend.exists():
         raise RepositoryNotFound(f"no source repository at {backend.location}")
     try:
-        repo = Repository.open(backend, _from_password(args))
+        repo = Repository.open(
+            backend, _from_password(args), warn=lambda msg: err(f"warning: source repository: {msg}")
+        )
     except WrongPassword as exc:
         raise WrongPassword(f"source repository {backend.location}: wrong password or no key found") from exc
     try:

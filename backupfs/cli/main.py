@@ -8,10 +8,12 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
 
 from backupfs import __version__
-from backupfs.errors import BackupfsError
+from backupfs.errors import BackupfsError, Terminated
 from backupfs.malloc_arenas import cap_malloc_arenas
 
 # name -> (module, one-line help). Only the module of the command being run is imported: the
@@ -47,6 +49,9 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
         "-p", "--password-file", default=d(None), help="file holding the password (env BACKUPFS_PASSWORD_FILE)"
     )
     parser.add_argument("--password-command", default=d(None), help="command printing the password")
+    parser.add_argument(
+        "--key-hint", default=d(None), metavar="ID", help="try this key file first (env BACKUPFS_KEY_HINT)"
+    )
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
     parser.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress output")
     parser.add_argument(
@@ -95,15 +100,45 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# systemd stops a service with SIGTERM, a closed terminal sends SIGHUP: both end a command as
+# Ctrl-C does. `serve` answers them itself inside trio (a handler raising there would tear
+# through trio's internals); the mount's trio loop takes them over while it runs.
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+OWN_SIGNALS = {"serve"}
+
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    for sig in TERMINATING:  # once: a second signal must not cut the cleanup the first started
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     cap_malloc_arenas()
     args = build_parser(_command_in(argv) or "").parse_args(argv)
+    previous: dict[int, _Handler] = {}
+    if args.command not in OWN_SIGNALS:
+        previous = {sig: signal.signal(sig, _terminate) for sig in TERMINATING}
+    try:
+        return _run(args)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Runs the command; every error becomes one line on stderr and its exit code."""
     try:
         code: int = args.func(args)
     except BackupfsError as exc:
         sys.stderr.write(f"backupfs: {exc}\n")
         code = exc.exit_code
+    except Terminated as exc:
+        sys.stderr.write(f"backupfs: terminated by {signal.Signals(exc.signum).name}\n")
+        code = 128 + exc.signum
     except KeyboardInterrupt:
         sys.stderr.write("backupfs: interrupted\n")
         code = 130

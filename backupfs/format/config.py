@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
+from backupfs.chunker import MAX_CHUNK_LIMIT
 from backupfs.errors import IntegrityError
 from backupfs.format._msgpack import field, pack, unpack_map
 
@@ -53,8 +54,10 @@ class ConfigBody:
         what = "repository config body"
         obj = unpack_map(data, what)
         chunker = field(obj, "chunker", list, what)
-        if len(chunker) != 3 or not all(isinstance(v, int) and v > 0 for v in chunker):
+        if len(chunker) != 3 or not all(type(v) is int and v > 0 for v in chunker):
             raise IntegrityError("repository config: malformed chunker parameters")
+        if not chunker[0] <= chunker[2] <= MAX_CHUNK_LIMIT:
+            raise IntegrityError(f"repository config: chunk sizes {chunker[0]}-{chunker[2]} out of range")
         return cls(
             (chunker[0], chunker[1], chunker[2]),
             field(obj, "pack_size", int, what),

@@ -34,6 +34,7 @@ from backupfs.ops.excludes import Excluder, is_cache_dir
 from backupfs.repository.repo import Repository
 
 SMALL_FILE = 8 * 1024 * 1024  # read whole and chunked in memory, in the file's own thread
+READ_PIECE = 64 * 1024  # further reads of a file that was not at its end after `stat`'s size
 
 
 @dataclasses.dataclass
@@ -65,6 +66,7 @@ class BackupStats:
     data_blobs: int = 0
     tree_blobs: int = 0
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    changed_during_read: list[str] = dataclasses.field(default_factory=list)  # saved as read
     warnings: list[str] = dataclasses.field(default_factory=list)
     duration: float = 0.0
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
@@ -87,19 +89,27 @@ class BackupStats:
             "bytes_read": self.bytes_read,
             "data_added": self.data_added,
             "skipped": len(self.skipped),
+            "files_changed_during_backup": len(self.changed_during_read),
             "duration_seconds": round(self.duration, 3),
         }
 
 
 class _LimitedReader:
-    """readinto() over [offset, offset+length) of a file: feeds one data extent to the chunker."""
+    """readinto() over [offset, offset+length) of a file (to its end if length is None): feeds one
+    data extent, or what follows bytes already read, to the chunker."""
 
-    def __init__(self, fd: int, offset: int, length: int | None) -> None:
+    def __init__(self, fd: int, offset: int, length: int | None, prefix: bytes = b"") -> None:
         self._fd = fd
         self._pos = offset
         self._left = length
+        self._prefix = memoryview(prefix)
 
     def readinto(self, buf: memoryview) -> int:
+        if self._prefix:
+            n = min(len(buf), len(self._prefix))
+            buf[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
         n = len(buf) if self._left is None else min(len(buf), self._left)
         if n <= 0:
             return 0
@@ -411,9 +421,11 @@ class Archiver:
             if st.st_size == 0 or extents == [(0, st.st_size)]:
                 node.size = self._save_whole(fd, st.st_size, content)
             else:  # sparse: only the data extents, the holes stay holes
-                for off, length in extents:
-                    self._save_chunks(_LimitedReader(fd, off, length), off, content, inline=length <= SMALL_FILE)
-                node.size = st.st_size
+                node.size = self._save_sparse(fd, st.st_size, extents, content)
+            after = os.fstat(fd)
+            if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                with self.stats._lock:
+                    self.stats.changed_during_read.append(os.fsdecode(path))
             node.content = content
         except OSError as exc:
             self._skip(path, exc)
@@ -425,18 +437,44 @@ class Archiver:
         return node
 
     def _save_whole(self, fd: int, size: int, content: list[tuple[int, bytes]]) -> int:
-        """A file read to its end (it may have grown or shrunk since stat); returns its size.
+        """Reads a file to its end, whatever `stat` said (/proc files say 0, a log grows while it is
+        read); returns the size read.
 
-        Small files are read in one call and cut in memory: the streaming chunker allocates a
-        max-chunk-size buffer per file, which dominated the cost of small files."""
-        if size <= SMALL_FILE:
-            data = os.pread(fd, size + 1, 0)
-            if len(data) <= SMALL_FILE:
-                for view, off in _with_offsets(self._chunker.cut(data)):
-                    content.append((off, self.repo.save_blob(DATA, view)[0]))
-                self.stats.add(bytes_read=len(data))
-                return len(data)
-        return self._save_chunks(_LimitedReader(fd, 0, None), 0, content, inline=False)
+        Only a read of nothing is the end: a short read is not (procfs returns a page at a time).
+        What stays small is read whole and cut in memory, in this thread: the streaming chunker
+        allocates a max-chunk-size buffer per file, which dominated the cost of small files. A file
+        that outgrows SMALL_FILE goes on streaming after the bytes already read."""
+        if size > SMALL_FILE:
+            return self._save_chunks(_LimitedReader(fd, 0, None), 0, content, inline=False)
+        pieces: list[bytes] = []
+        total = 0
+        want = size + 1  # one read usually holds the whole file; the next one confirms the end
+        while True:
+            piece = os.pread(fd, want, total)
+            if not piece:
+                break
+            pieces.append(piece)
+            total += len(piece)
+            want = READ_PIECE
+            if total > SMALL_FILE:  # large after all: stream the rest after what is read
+                reader = _LimitedReader(fd, total, None, prefix=b"".join(pieces))
+                return self._save_chunks(reader, 0, content, inline=False)
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        for view, off in _with_offsets(self._chunker.cut(data)):
+            content.append((off, self.repo.save_blob(DATA, view)[0]))
+        self.stats.add(bytes_read=len(data))
+        return len(data)
+
+    def _save_sparse(self, fd: int, size: int, extents: list[tuple[int, int]], content: list[tuple[int, bytes]]) -> int:
+        """The data extents of a sparse file, then whatever was appended past `size` since stat;
+        returns the file's size as read (a trailing hole counts, bytes read past `size` too)."""
+        end = 0
+        for off, length in extents:
+            got = self._save_chunks(_LimitedReader(fd, off, length), off, content, inline=length <= SMALL_FILE)
+            end = max(end, off + got)
+        if os.pread(fd, 1, size):  # it grew: the tail is data (one byte probed, not a chunker buffer)
+            return size + self._save_chunks(_LimitedReader(fd, size, None), size, content, inline=False)
+        return max(end, min(size, os.fstat(fd).st_size))
 
     def _cdc(self) -> FastCDC:
         cdc: FastCDC | None = getattr(self._tls, "cdc", None)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from backupfs.backends.base import FileType
-from backupfs.compress import decompress
+from backupfs.compress import decompress, file_limit
 from backupfs.crypto import file_id
 from backupfs.errors import BackendError, BackupfsError, IntegrityError, UsageError
 from backupfs.format.pack import HEADER_AAD, TRAILER, PackEntry, decode_header, header_location
@@ -169,7 +169,9 @@ class Checker:
             problems.append("content does not match its name (bit rot or tampering)")
         try:
             hoff, hlen = header_location(len(data), data[-TRAILER.size :])
-            header = decode_header(decompress(self.repo.cipher.open(data[hoff : hoff + hlen], HEADER_AAD)))
+            header = decode_header(
+                decompress(self.repo.cipher.open(data[hoff : hoff + hlen], HEADER_AAD), file_limit(hlen))
+            )
             if {(e.id, e.offset, e.length) for e in header} != {(e.id, e.offset, e.length) for e in entries}:
                 problems.append("header does not match the index")
         except IntegrityError as exc:
@@ -180,7 +182,7 @@ class Checker:
             try:
                 if len(envelope) != e.length:
                     raise IntegrityError(f"blob {e.id.hex()[:16]} lies beyond the end of the pack")
-                plain = self.repo.open_blob(e.type, e.id, envelope, name)
+                plain = self.repo.open_blob(e.type, e.id, envelope, name, e.raw_length)
                 if len(plain) != e.raw_length or self.repo.blob_id(plain) != e.id:
                     raise IntegrityError(f"blob {e.id.hex()[:16]} does not hash to its id")
             except IntegrityError as exc:

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from backupfs.backends.base import Backend, FileType
-from backupfs.chunker import DEFAULT_PARAMS, Chunker
-from backupfs.compress import LZ4, NONE, ZSTD, compress, decompress, parse_compression
+from backupfs.chunker import DEFAULT_PARAMS, MAX_CHUNK_LIMIT, Chunker
+from backupfs.compress import LZ4, NONE, ZSTD, compress, decompress, file_limit, parse_compression
 from backupfs.crypto import (
     ARGON2_MEM,
     ARGON2_OPS,
@@ -24,6 +24,7 @@ from backupfs.crypto import (
     MasterKey,
     default_suite,
     file_id,
+    kdf_cost,
     unwrap_master_key,
     wrap_master_key,
 )
@@ -65,6 +66,8 @@ from backupfs.repository.packer import Packer
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 INDEX_EVERY_PACKS = 10
 TREE_ZSTD_LEVEL = 3  # tree blobs, whatever the data's compression (design.md 3)
+MAX_TREE_BLOB = 256 << 20  # one folder's listing (design.md 9): ~1 million entries; more is a bomb
+MAX_KEY_FILE = 64 << 10  # a key file is ~300 bytes; a bigger one is not read
 READ_GAP = 256 << 10  # unused bytes a batched read goes through rather than making another request
 
 
@@ -130,6 +133,8 @@ class Repository:
         parse_compression(compression)
         if not 1 << 20 <= pack_size <= 1 << 30:
             raise UsageError("pack size must be between 1 MiB and 1 GiB")
+        if not 0 < chunker[0] <= chunker[2] <= MAX_CHUNK_LIMIT:
+            raise UsageError(f"chunk sizes must satisfy 0 < min <= max <= {MAX_CHUNK_LIMIT}")
         if backend.exists():
             raise BackupfsError(f"a repository already exists at {backend.location}")
         master = master or MasterKey.generate()
@@ -146,9 +151,20 @@ class Repository:
 
     @classmethod
     def open(
-        cls, backend: Backend, password: bytes, cache_dir: str | None = None, cache_files: bool = False
+        cls,
+        backend: Backend,
+        password: bytes,
+        cache_dir: str | None = None,
+        cache_files: bool = False,
+        *,
+        key_hint: str | None = None,
+        warn: Callable[[str], None] = lambda _m: None,
     ) -> Repository:
-        """`cache_files` keeps snapshots and tree packs locally: worth it for remote backends only."""
+        """`cache_files` keeps snapshots and tree packs locally: worth it for remote backends only.
+
+        Key files are tried cheapest first (the hinted ones before all), so a costly key file
+        someone added delays only the password it belongs to; key files whose KDF parameters are
+        out of the accepted range are skipped with a warning (design.md 4)."""
         try:
             raw = backend.load(FileType.CONFIG, "config")
         except NotFound as exc:
@@ -161,10 +177,9 @@ class Repository:
         keys = list(backend.list(FileType.KEY))
         if not keys:
             raise IntegrityError("repository has no key files")
-        damaged: list[str] = []
-        for name, _size in sorted(keys):
+        candidates, damaged = _usable_keys(backend, keys, key_hint, warn)
+        for name, kf in candidates:
             try:
-                kf = KeyFile.decode(_load_verified(backend, FileType.KEY, name))
                 master = unwrap_master_key(kf.wrapped, password, aad)
             except WrongPassword:
                 continue
@@ -173,7 +188,8 @@ class Repository:
                 continue
             try:
                 cipher = Cipher(header.aead, master.enc)
-                body = ConfigBody.decode(decompress(cipher.open(header.body, config_aad(header.repo_id))))
+                plain = cipher.open(header.body, config_aad(header.repo_id))
+                body = ConfigBody.decode(decompress(plain, file_limit(len(header.body))))
             except IntegrityError as exc:
                 raise IntegrityError(f"config: {exc}") from exc
             return cls(backend, master, header, body, name, cache_dir, cache_files)
@@ -189,9 +205,12 @@ class Repository:
         return self.cipher.seal(compress(plaintext, algorithm), aad)
 
     def _open(self, envelope: bytes, aad: bytes) -> bytes:
-        return decompress(self.cipher.open(envelope, aad))
+        return decompress(self.cipher.open(envelope, aad), file_limit(len(envelope)))
 
     def save_file(self, ftype: FileType, plaintext: bytes, aad: bytes) -> str:
+        if ftype in (FileType.INDEX, FileType.SNAPSHOT):
+            # these make packs count (design.md 12): not if a prune may have deleted them meanwhile
+            self.check_lock()
         data = self._seal(plaintext, aad)
         name = file_id(data)
         self.backend.save(ftype, name, data)
@@ -254,16 +273,27 @@ class Repository:
 
     # ---------------------------------------------------------------- locks
 
-    def lock(self, exclusive: bool = False, retry_for: float = 0.0) -> locks.Lock:
+    def lock(self, exclusive: bool = False, retry_for: float = 0.0, clock: locks.Clock | None = None) -> locks.Lock:
         lk = locks.acquire(
             self.backend,
             lambda data: self._seal(data, lock_fmt.AAD),
             self.read_lock,
             exclusive,
             retry_for,
+            clock or locks.SYSTEM_CLOCK,
         )
         self._locks.append(lk)
         return lk
+
+    def check_lock(self) -> None:
+        """Raises LockLost if a lock this process holds may have been judged stale elsewhere.
+
+        Called before every index and snapshot file is written (save_file), and by prune before
+        each phase that deletes: past that point another process may have acted on the belief
+        that we are gone. Without a lock (`--no-lock`) there is nothing to check.
+        """
+        for lk in self._locks:
+            lk.check()
 
     def read_lock(self, name: str) -> LockInfo:
         return _decode_named(LockInfo.decode, self.load_file(FileType.LOCK, name, lock_fmt.AAD), f"locks/{name}")
@@ -348,13 +378,13 @@ class Repository:
         else:
             envelope = self._load_range(pack, loc.offset, loc.length, f" (needed for blob {blob_id.hex()[:16]})")
         try:
-            return self.open_blob(btype, blob_id, envelope, pack)
+            return self.open_blob(btype, blob_id, envelope, pack, loc.raw_length)
         except IntegrityError:
             if self.files is None or loc.type != TREE:
                 raise
             # the local copy may be what is damaged: drop it and ask the repository
             self.files.remove(FileType.DATA, pack)
-            return self.open_blob(btype, blob_id, self._load_tree_envelope(pack, loc), pack)
+            return self.open_blob(btype, blob_id, self._load_tree_envelope(pack, loc), pack, loc.raw_length)
 
     def load_data_blobs(self, blob_ids: list[bytes], gap: int = READ_GAP) -> list[bytes | Exception]:
         """Data blobs in as few ranged reads as possible: blobs of one pack whose envelopes lie
@@ -390,7 +420,7 @@ class Repository:
         for loc, i in group:
             try:
                 out[i] = self.open_blob(
-                    DATA, blob_ids[i], data[loc.offset - start : loc.offset - start + loc.length], pack
+                    DATA, blob_ids[i], data[loc.offset - start : loc.offset - start + loc.length], pack, loc.raw_length
                 )
             except IntegrityError as exc:
                 out[i] = exc
@@ -415,18 +445,36 @@ class Repository:
             envelope = data[loc.offset : loc.offset + loc.length]
         return envelope
 
-    def open_blob(self, btype: int, blob_id: bytes, envelope: bytes | memoryview, pack: str = "?") -> bytes:
+    def open_blob(
+        self, btype: int, blob_id: bytes, envelope: bytes | memoryview, pack: str = "?", raw_length: int | None = None
+    ) -> bytes:
+        """The plaintext of a blob, which may not inflate past what its type can hold: a data
+        blob the chunker's maximum, a tree MAX_TREE_BLOB, either its `raw_length` in the index
+        when known (a compression bomb is an IntegrityError, not gigabytes of memory)."""
+        limit = self.max_blob_size(btype)
+        if raw_length is not None:
+            limit = min(limit, raw_length)
         try:
-            data = decompress(self.cipher.open(envelope, blob_aad(btype, blob_id)))
+            data = decompress(self.cipher.open(envelope, blob_aad(btype, blob_id)), limit)
         except IntegrityError as exc:
             raise IntegrityError(f"pack {pack}: blob {blob_id.hex()[:16]}: {exc}") from exc
         return data
+
+    def max_blob_size(self, btype: int) -> int:
+        return self.config.chunker[2] if btype == DATA else MAX_TREE_BLOB
 
     def has_blob(self, blob_id: bytes) -> bool:
         return blob_id in self.index or blob_id in self._pending
 
     def save_blob(self, btype: int, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, int]:
         """Stores a blob unless the repository has it; returns (id, bytes added)."""
+        if len(data) > self.max_blob_size(btype):
+            # it could never be read back (open_blob's bound): fail now, not at restore
+            what = "a data blob" if btype == DATA else "a folder listing (tree)"
+            raise BackupfsError(
+                f"{what} of {len(data)} bytes exceeds the {self.max_blob_size(btype)} bytes this repository "
+                "allows (design.md 9)"
+            )
         if blob_id is None:
             blob_id = self.blob_id(data)
         if blob_id in self.index:
@@ -600,6 +648,36 @@ class Repository:
             lk.release()
         self._locks.clear()
         self.backend.close()
+
+
+def _usable_keys(
+    backend: Backend, keys: list[tuple[str, int]], hint: str | None, warn: Callable[[str], None]
+) -> tuple[list[tuple[str, KeyFile]], list[str]]:
+    """The key files worth a password, in the order to try them (hinted, then cheapest), and a
+    description of each one that is not. Only the parameters are read: nothing is derived."""
+    hint = (hint or "").lower() or None
+    usable: list[tuple[bool, int, str, KeyFile]] = []
+    damaged: list[str] = []
+    for name, size in keys:
+        if size > MAX_KEY_FILE:
+            damaged.append(f"keys/{name}: {size} bytes, too large for a key file")
+            continue
+        try:
+            kf = KeyFile.decode(_load_verified(backend, FileType.KEY, name))
+        except IntegrityError as exc:
+            damaged.append(f"keys/{name}: {exc}")
+            continue
+        try:
+            cost = kdf_cost(kf.wrapped)
+        except IntegrityError as exc:
+            warn(f"key file {name[:8]} skipped: {exc} (remove it with `backupfs key remove {name[:8]}`)")
+            damaged.append(f"keys/{name}: {exc}")
+            continue
+        usable.append((not (hint is not None and name.startswith(hint)), cost, name, kf))
+    if hint is not None and not any(not later for later, _c, _n, _k in usable):
+        warn(f"key hint {hint!r} matches no usable key file; trying them all")
+    usable.sort(key=lambda k: k[:3])
+    return [(name, kf) for _later, _cost, name, kf in usable], damaged
 
 
 def _load_verified(backend: Backend, ftype: FileType, name: str) -> bytes:
