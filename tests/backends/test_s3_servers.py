@@ -126,7 +126,7 @@ def test_wrong_credentials_are_named(rgw_server: RGWServer, monkeypatch: pytest.
     with pytest.raises(BackendError, match=r"^config: access denied by .*\(wrong S3 credentials, or no permission\)$"):
         backend.exists()
     with pytest.raises(BackendError, match=r"S3 credentials rejected \(SignatureDoesNotMatch\)"):
-        backend.load(FileType.KEY, "k" * 64)
+        backend.load(FileType.KEY, "a" * 64)
     backend.close()
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
     backend = open_backend(rgw_server.url("repo"), **FAST_S3)
@@ -147,6 +147,6 @@ def test_a_new_bucket_needs_a_region_the_server_has(rgw_server: RGWServer) -> No
     elsewhere.close()
     home = open_backend(rgw_server.url("repo", bucket=bucket), s3_region="default", **FAST_S3)
     home.create()
-    home.save(FileType.KEY, "k" * 64, b"key")
-    assert home.load(FileType.KEY, "k" * 64) == b"key"
+    home.save(FileType.KEY, "a" * 64, b"key")
+    assert home.load(FileType.KEY, "a" * 64) == b"key"
     home.close()
