@@ -36,19 +36,10 @@ from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, Node
 from backupfs.ops.check import Checker
 from backupfs.ops.restore import Restorer
-from backupfs.prune import (
-    PHASES,
-    MaxUnused,
-    PruneOptions,
-    PruneRefused,
-    _BlobTable,
-    decode_index_into,
-    encode_index,
-    parse_max_unused,
-    parse_repack_threshold,
-    parse_size,
-    plan_prune,
-)
+from backupfs.prune.execute import PHASES, execute
+from backupfs.prune.options import MaxUnused, PruneOptions, parse_max_unused, parse_repack_threshold, parse_size
+from backupfs.prune.plan import PruneRefused, plan_prune
+from backupfs.prune.table import BlobTable, decode_index_into, encode_index
 from backupfs.repository.repo import Repository
 
 PW = PASSWORD.encode()
@@ -617,7 +608,7 @@ class MemRepo:
         try:
             repo.lock(exclusive=True)
             plan = plan_prune(repo, opts or PruneOptions())
-            return plan.execute(hook=hook or (lambda _p: None)).as_dict()
+            return execute(plan, hook=hook or (lambda _p: None)).as_dict()
         finally:
             repo.close()
 
@@ -735,7 +726,7 @@ def test_repack_reads_each_pack_in_one_request_across_dead_blobs() -> None:
             return load(ftype, name, offset, length)
 
         m.backend.load = counting_load  # type: ignore[method-assign]
-        plan.execute(hook=lambda _p: None)
+        execute(plan, hook=lambda _p: None)
     finally:
         m.backend.load = load  # type: ignore[method-assign]
         repo.close()
@@ -863,7 +854,7 @@ def test_blob_table_finds_every_id_and_records_duplicates() -> None:
     a = [PackEntry(DATA, bid, i, 10, 10) for i, bid in enumerate(ids)]
     b = [PackEntry(TREE, bid, i, 20, 20) for i, bid in enumerate(ids[:10])]
     plain = IndexFile({b"a" * 32: a, b"b" * 32: b}, [b"s" * 32]).encode()
-    t = _BlobTable()
+    t = BlobTable()
     sup, packs = decode_index_into(plain, t)
     assert sup == [b"s" * 32] and packs == [(b"a" * 32, 0, 5000), (b"b" * 32, 5000, 10)]
     t.build_hash([(0, 5000), (5000, 10)])
@@ -881,7 +872,7 @@ def test_blob_table_finds_every_id_and_records_duplicates() -> None:
 
 def test_damaged_index_plaintext_is_refused() -> None:
     good = IndexFile({b"p" * 32: [PackEntry(DATA, b"i" * 32, 0, 5, 5)]}).encode()
-    assert decode_index_into(good, _BlobTable())[1] == [(b"p" * 32, 0, 1)]
+    assert decode_index_into(good, BlobTable())[1] == [(b"p" * 32, 0, 1)]
     bad = [
         good[:-1],
         good + b"\x00",
@@ -893,4 +884,4 @@ def test_damaged_index_plaintext_is_refused() -> None:
     ]
     for data in bad:
         with pytest.raises(IntegrityError):
-            decode_index_into(data, _BlobTable())
+            decode_index_into(data, BlobTable())

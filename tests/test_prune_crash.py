@@ -19,7 +19,8 @@ import pytest
 from test_prune import Scenario, opened, prune_json, scenario, scenario_base, verify_in_process
 
 from backupfs.backends.base import FileType
-from backupfs.prune import CRASH_ENV, CRASH_EXIT, PHASES, plan_prune
+from backupfs.prune.execute import CRASH_ENV, CRASH_EXIT, PHASES, execute
+from backupfs.prune.plan import plan_prune
 
 __all__ = ["scenario", "scenario_base"]  # fixtures shared with test_prune
 
@@ -40,7 +41,7 @@ def _finish_and_verify(sc: Scenario, tmp_path: Path, *, cli: bool) -> None:
     else:
         with opened(sc.cli.repo, load_index=False) as repo:
             repo.lock(exclusive=True)
-            out = dict(plan_prune(repo).execute(hook=lambda _p: None).as_dict())
+            out = dict(execute(plan_prune(repo), hook=lambda _p: None).as_dict())
     assert out["unused_after"] <= 0.05 * (out["used_bytes"] + out["unused_after"])
     verify_in_process(sc.cli.repo, sc.kept, tmp_path)
     with opened(sc.cli.repo, load_index=False) as repo:

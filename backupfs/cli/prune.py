@@ -7,16 +7,9 @@ from collections.abc import Iterable
 
 from backupfs.cli._common import err, human_size, open_repository, print_json
 from backupfs.errors import UsageError
-from backupfs.prune import (
-    PackInfo,
-    PruneOptions,
-    PrunePlan,
-    PruneStats,
-    parse_max_unused,
-    parse_repack_threshold,
-    parse_size,
-    plan_prune,
-)
+from backupfs.prune.execute import execute
+from backupfs.prune.options import PruneOptions, parse_max_unused, parse_repack_threshold, parse_size
+from backupfs.prune.plan import PackInfo, PrunePlan, PruneStats, plan_prune
 from backupfs.repository.repo import Repository
 
 
@@ -87,7 +80,7 @@ def prune_repository(
     if dry_run or args.verbose:
         _print_packs(plan, args)
     if not dry_run:  # also when the plan is empty: execute sweeps abandoned temporary files
-        plan.execute(log=log)
+        execute(plan, log=log)
     _print_summary(plan, args, dry_run)
     return plan.stats
 
