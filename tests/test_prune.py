@@ -608,7 +608,7 @@ class MemRepo:
         try:
             repo.lock(exclusive=True)
             plan = plan_prune(repo, opts or PruneOptions())
-            return execute(plan, hook=hook or (lambda _p: None)).as_dict()
+            return (execute(plan, hook=hook) if hook else execute(plan)).as_dict()
         finally:
             repo.close()
 
@@ -726,7 +726,7 @@ def test_repack_reads_each_pack_in_one_request_across_dead_blobs() -> None:
             return load(ftype, name, offset, length)
 
         m.backend.load = counting_load  # type: ignore[method-assign]
-        execute(plan, hook=lambda _p: None)
+        execute(plan)
     finally:
         m.backend.load = load  # type: ignore[method-assign]
         repo.close()

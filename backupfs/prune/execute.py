@@ -7,7 +7,6 @@ before anything is repacked, so a full disk gets space back first (design.md "Pr
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,12 +20,10 @@ from backupfs.prune.table import REC, REC_SIZE, encode_index
 from backupfs.repository.packer import Packer
 from backupfs.repository.repo import Repository
 
-__all__ = ["CRASH_ENV", "CRASH_EXIT", "PHASES", "Hook", "execute"]
+__all__ = ["PHASES", "Hook", "execute"]
 
-# Test-only: `BACKUPFS_TEST_CRASH_AT=<phase>` makes the process exit at once (os._exit, no cleanup)
-# when execution reaches that phase boundary; the crash tests kill prune at every one of them.
-CRASH_ENV = "BACKUPFS_TEST_CRASH_AT"
-CRASH_EXIT = 99
+# The phase boundaries execute() tells its hook about, in order: the crash tests stop prune at
+# every one of them.
 PHASES = (
     "planned",
     "garbage-deleted",
@@ -50,16 +47,16 @@ _READ_GAP = 1 << 20  # unused bytes a repack reads through rather than making an
 Hook = Callable[[str], None]
 
 
-def _env_hook(phase: str) -> None:
-    if os.environ.get(CRASH_ENV) == phase:
-        os._exit(CRASH_EXIT)
+def _no_hook(_phase: str) -> None:
+    pass
 
 
-def execute(plan: PrunePlan, *, log: Log = lambda _m: None, hook: Hook = _env_hook) -> PruneStats:
+def execute(plan: PrunePlan, *, log: Log = lambda _m: None, hook: Hook = _no_hook) -> PruneStats:
     """Carries out the plan; safe to kill at any point (design.md "Prune").
 
     A storage error (a full disk) stops it with the repository consistent: new packs not yet
-    in force are removed again, and running prune later finishes the job.
+    in force are removed again, and running prune later finishes the job. `hook` is called with
+    each of PHASES as it is reached: the crash tests stop the process there.
     """
     return _Execution(plan).run(log, hook)
 
