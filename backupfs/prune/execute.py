@@ -16,7 +16,7 @@ from backupfs.errors import BackendError, BackupfsError, IntegrityError, NotFoun
 from backupfs.format import index as index_fmt
 from backupfs.format.pack import PackEntry, read_ranges
 from backupfs.prune.plan import Log, PackInfo, PrunePlan, PruneStats
-from backupfs.prune.table import REC, REC_SIZE, encode_index
+from backupfs.prune.table import REC, REC_SIZE, entries_of
 from backupfs.repository.packer import Packer
 from backupfs.repository.repo import Repository
 
@@ -147,7 +147,8 @@ class _Execution:
             yield from new
 
         def save(chunk: list[tuple[bytes, bytes]], sup: list[bytes]) -> str:
-            return self.repo.save_file(FileType.INDEX, encode_index(chunk, sup), index_fmt.AAD)
+            plain = index_fmt.encode_index(((pid, entries_of(recs)) for pid, recs in chunk), sup)
+            return self.repo.save_file(FileType.INDEX, plain, index_fmt.AAD)
 
         written: list[str] = []
         try:

@@ -23,7 +23,7 @@ from backupfs.format.pack import TREE
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, Node, decode_tree
 from backupfs.prune.options import PruneOptions
-from backupfs.prune.table import BlobTable, decode_index_into
+from backupfs.prune.table import BlobTable
 from backupfs.repository.masterindex import BlobLocation
 from backupfs.repository.repo import Repository
 
@@ -221,7 +221,7 @@ class _Planner:
 
         for name, plain in _bounded_map(load, names, 4):
             try:
-                supersedes, per_file[name] = decode_index_into(plain, self.table)
+                supersedes, per_file[name] = self.table.add_index_file(plain)
             except IntegrityError as exc:
                 raise PruneRefused(
                     f"refusing to prune: index file {name} is damaged ({exc}); nothing was deleted. Run `backupfs check`"

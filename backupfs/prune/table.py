@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
-import msgpack
+from backupfs.format.index import decode_index
+from backupfs.format.pack import Entry, PackEntry
 
-from backupfs.errors import IntegrityError
-from backupfs.format.pack import DATA, TREE, PackEntry
-
-__all__ = ["REC", "REC_SIZE", "BlobTable", "decode_index_into", "encode_index"]
+__all__ = ["REC", "REC_SIZE", "BlobTable", "entries_of"]
 
 REC = struct.Struct("<32sBIII")  # blob id, type, offset, length, raw length
 REC_SIZE = REC.size
@@ -101,61 +99,25 @@ class BlobTable:
     def copies(self, g: int) -> list[int]:
         return [g, *self.dups.get(g, ())]
 
+    def add_index_file(self, plain: bytes) -> tuple[list[bytes], list[tuple[bytes, int, int]]]:
+        """Appends an index file's entries (design.md 8) as records, one pack at a time and
+        without a PackEntry per blob: a backup's index file can list a million small blobs, and
+        this table is prune's peak memory. Decoding and its checks are format.index's.
 
-def decode_index_into(plain: bytes, table: BlobTable) -> tuple[list[bytes], list[tuple[bytes, int, int]]]:
-    """Reads an index file's plaintext (design.md 8) straight into the table's records.
+        Returns (superseded file ids, [(pack id, first record, record count)]).
+        """
+        packs: list[tuple[bytes, int, int]] = []
+        pack = REC.pack
 
-    Returns (superseded file ids, [(pack id, first record, record count)]). The same checks as
-    format.index.IndexFile.decode, but streamed one pack at a time and without a PackEntry per
-    blob: a backup's index file can list a million small blobs, and this is prune's peak memory.
-    """
-    unpacker = msgpack.Unpacker(raw=False, use_list=False, max_buffer_size=max(len(plain), 1))
-    unpacker.feed(plain)
-    sup: object = ()
-    packs: list[tuple[bytes, int, int]] = []
-    seen_packs = False
-    pack = REC.pack
-    try:
-        for _ in range(unpacker.read_map_header()):
-            key = unpacker.unpack()
-            if key != "packs":
-                value = unpacker.unpack()
-                if key == "supersedes":
-                    sup = value
-                continue
-            seen_packs = True
-            for _ in range(unpacker.read_array_header()):
-                item = unpacker.unpack()
-                if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], bytes)):
-                    raise IntegrityError("index pack entry malformed")
-                if len(item[0]) != 32 or not isinstance(item[1], tuple):
-                    raise IntegrityError("index pack entry malformed")
-                recs = []
-                for btype, bid, off, length, raw in item[1]:
-                    if btype not in (DATA, TREE) or not isinstance(bid, bytes) or len(bid) != 32:
-                        raise IntegrityError("pack entry malformed")
-                    recs.append(pack(bid, btype, off, length, raw))  # struct rejects negatives and non-ints
-                start = len(table)
-                table.recs += b"".join(recs)
-                packs.append((item[0], start, len(recs)))
-        if unpacker.tell() != len(plain):
-            raise IntegrityError("index file has trailing data")
-    except (ValueError, TypeError, struct.error, msgpack.OutOfData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise IntegrityError("index file malformed") from exc
-    if not seen_packs or not isinstance(sup, tuple) or not all(isinstance(x, bytes) and len(x) == 32 for x in sup):
-        raise IntegrityError("index file malformed")
-    return list(sup), packs
+        def add(pack_id: bytes, entries: Sequence[Entry]) -> None:
+            start = len(self)
+            self.recs += b"".join([pack(bid, btype, off, length, raw) for btype, bid, off, length, raw in entries])
+            packs.append((pack_id, start, len(entries)))
+
+        return decode_index(plain, add), packs
 
 
-def encode_index(packs: Sequence[tuple[bytes, bytes]], supersedes: list[bytes]) -> bytes:
-    """The plaintext of an index file listing `packs` as (pack id, records); byte for byte what
-    format.index.IndexFile.encode makes, streamed so no object per blob is built."""
-    packer = msgpack.Packer(use_bin_type=True)
-    out = bytearray(packer.pack_map_header(2))
-    out += packer.pack("supersedes") + packer.pack(supersedes)
-    out += packer.pack("packs") + packer.pack_array_header(len(packs))
-    for pid, recs in packs:
-        out += packer.pack_array_header(2) + packer.pack(pid) + packer.pack_array_header(len(recs) // REC_SIZE)
-        for bid, btype, off, length, raw in REC.iter_unpack(recs):
-            out += packer.pack((btype, bid, off, length, raw))
-    return bytes(out)
+def entries_of(recs: bytes | bytearray | memoryview) -> Iterator[Entry]:
+    """Records as index entries `(type, id, offset, length, raw_length)`, for format.index's encoder."""
+    for bid, btype, off, length, raw in REC.iter_unpack(recs):
+        yield btype, bid, off, length, raw
