@@ -20,7 +20,8 @@ TRAILER = struct.Struct("<I")
 ID_SIZE: Final = 32
 # Offsets and lengths are below 2^32: the trailer stores a uint32, and so do the master index's
 # records (design.md 15). Checked at decode, so a hostile value is a damaged file, not a crash later.
-U32_LIMIT: Final = 1 << 32
+_U32_BITS: Final = 32
+U32_LIMIT: Final = 1 << _U32_BITS
 
 Entry = tuple[int, bytes, int, int, int]  # type, id, offset, length, raw_length: as stored
 _SHOWN_MAX = 40
@@ -75,27 +76,28 @@ def check_entries(entries: object, where: str) -> Sequence[Entry]:
     """`entries` if it is an array of good blob entries; else IntegrityError naming `where`."""
     if type(entries) is not tuple and type(entries) is not list:
         raise IntegrityError(f"{where}: the blob list is not an array")
-    for i, item in enumerate(entries):
+    for item in entries:
         # A good entry passes these few C-level tests (they accept nothing entry_problem rejects:
-        # tests/test_units.py checks); for any other, entry_problem says whether and what is wrong.
-        if (
-            type(item) is tuple
-            and len(item) == 5
-            and type(item[0]) is int
-            and 0 <= item[0] <= TREE
-            and type(item[1]) is bytes
-            and len(item[1]) == ID_SIZE
-            and type(item[2]) is int
-            and 0 <= item[2] < U32_LIMIT
-            and type(item[3]) is int
-            and 0 <= item[3] < U32_LIMIT
-            and type(item[4]) is int
-            and 0 <= item[4] < U32_LIMIT
-        ):
-            continue
-        problem = entry_problem(item)
-        if problem:
-            raise IntegrityError(f"{where}: entry {i}: {problem}")
+        # tests/test_index_codec.py checks; `not (o | n | r) >> 32` is 0 <= each < 2^32 for ints).
+        # Prune decodes millions of entries, so this loop is kept lean; a bad entry is named below.
+        if type(item) is tuple and len(item) == 5:
+            t, b, o, n, r = item
+            if (
+                type(t) is int
+                and t in TYPE_BYTES
+                and type(b) is bytes
+                and len(b) == ID_SIZE
+                and type(o) is int
+                and type(n) is int
+                and type(r) is int
+                and not (o | n | r) >> _U32_BITS
+            ):
+                continue
+        for i, bad in enumerate(entries):
+            problem = entry_problem(bad)
+            if problem:
+                raise IntegrityError(f"{where}: entry {i}: {problem}")
+        break  # it was a list, or some other form entry_problem accepts: all good
     return entries
 
 
