@@ -24,7 +24,9 @@ from backupfs.backends.local import LocalBackend
 from backupfs.cli.main import main
 from backupfs.errors import BackendError, LockLost
 from backupfs.ops.backup import Archiver, BackupOptions, BackupStats
-from backupfs.prune import MaxUnused, PruneOptions, plan_prune
+from backupfs.prune.execute import execute
+from backupfs.prune.options import MaxUnused, PruneOptions
+from backupfs.prune.plan import plan_prune
 from backupfs.repository import locks
 from backupfs.repository.repo import Repository
 
@@ -265,7 +267,7 @@ def test_prune_deletes_nothing_once_its_lock_was_lost(backend: LockTrouble, src:
             clock.advance(31 * MINUTE, suspended=True)
 
     with pytest.raises(LockLost) as info:
-        plan.execute(hook=phase)
+        execute(plan, hook=phase)
     assert info.value.exit_code == 13 and "prune stopped" in str(info.value)
     assert names(backend, FileType.DATA) == packs
     assert set(indexes) <= set(names(backend, FileType.INDEX))  # a new index may supersede them

@@ -1,4 +1,4 @@
-"""Tests of the forget retention policy (backupfs.policy), modelled on restic's documented semantics.
+"""Tests of the forget retention policy (backupfs.prune.policy), modelled on restic's documented semantics.
 
 Golden files live in tests/golden/policy/; regenerate them with
 `BACKUPFS_UPDATE_GOLDEN=1 python -m pytest tests/test_policy.py` and review the diff by hand:
@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from backupfs.errors import BackupfsError, UsageError
-from backupfs.policy import (
+from backupfs.prune.policy import (
     DEFAULT_GROUP_BY,
     UNLIMITED,
     Decision,

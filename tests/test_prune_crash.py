@@ -8,6 +8,7 @@ The index-partial phases need index files split in parts; tests/test_prune.py co
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -19,7 +20,9 @@ import pytest
 from test_prune import Scenario, opened, prune_json, scenario, scenario_base, verify_in_process
 
 from backupfs.backends.base import FileType
-from backupfs.prune import CRASH_ENV, CRASH_EXIT, PHASES, plan_prune
+from backupfs.cli.prune import CRASH_ENV, CRASH_EXIT
+from backupfs.prune.execute import PHASES, execute
+from backupfs.prune.plan import plan_prune
 
 __all__ = ["scenario", "scenario_base"]  # fixtures shared with test_prune
 
@@ -40,7 +43,7 @@ def _finish_and_verify(sc: Scenario, tmp_path: Path, *, cli: bool) -> None:
     else:
         with opened(sc.cli.repo, load_index=False) as repo:
             repo.lock(exclusive=True)
-            out = dict(plan_prune(repo).execute(hook=lambda _p: None).as_dict())
+            out = dict(execute(plan_prune(repo)).as_dict())
     assert out["unused_after"] <= 0.05 * (out["used_bytes"] + out["unused_after"])
     verify_in_process(sc.cli.repo, sc.kept, tmp_path)
     with opened(sc.cli.repo, load_index=False) as repo:
@@ -85,3 +88,26 @@ def test_sigkill_at_random_points(scenario: Scenario, tmp_path: Path, seed: int)
         proc.stderr.close()
     assert proc.returncode in (-signal.SIGKILL, 0)
     _finish_and_verify(scenario, tmp_path, cli=True)
+
+
+def test_only_the_cli_reads_the_crash_variable() -> None:
+    """A program that calls the library is never stopped by BACKUPFS_TEST_CRASH_AT: the CLI reads it
+    and passes a hook (test_exit_at_phase_boundary shows that it does)."""
+    script = (
+        "import test_prune as t\n"
+        "from backupfs.prune.execute import execute\n"
+        "from backupfs.prune.plan import plan_prune\n"
+        "m = t._mem_scenario()\n"
+        "repo = m.open(load_index=False)\n"
+        "repo.lock(exclusive=True)\n"
+        "stats = execute(plan_prune(repo))\n"
+        "repo.close()\n"
+        "m.verify()\n"
+        "print(stats.delete_packs, stats.executed)\n"
+    )
+    tests = Path(__file__).parent
+    env = {**os.environ, CRASH_ENV: "planned", "PYTHONPATH": str(tests)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=tests, capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    deleted, executed = proc.stdout.decode().split()
+    assert int(deleted) > 0 and executed == "True"

@@ -34,6 +34,7 @@ from backupfs.format import pack as pack_fmt
 from backupfs.format import snapshot as snapshot_fmt
 from backupfs.format import tree as tree_fmt
 from backupfs.format.pack import DATA, TREE, PackEntry, blob_aad
+from backupfs.prune.table import BlobTable
 from backupfs.repository.masterindex import MasterIndex
 from backupfs.repository.packer import Packer
 from backupfs.repository.repo import Repository
@@ -309,6 +310,7 @@ def _decoders() -> dict[str, Callable[[bytes], object]]:
         "tree": tree_fmt.decode_tree,
         "snapshot": snapshot_fmt.Snapshot.decode,
         "index": index_fmt.IndexFile.decode,
+        "index (prune's streaming form)": lambda data: BlobTable().add_index_file(data),
         "pack header": pack_fmt.decode_header,
         "lock": lock_fmt.LockInfo.decode,
         "key file": keyfile_fmt.KeyFile.decode,
@@ -331,6 +333,7 @@ def _valid_encodings() -> dict[str, bytes]:
             1, "host", "user", ["/a"], b"t" * 32, tags=["x"], parent=b"p" * 32, summary={"n": 1}
         ).encode(),
         "index": index_fmt.IndexFile({b"p" * 32: [entry]}, [b"s" * 32]).encode(),
+        "index (prune's streaming form)": index_fmt.IndexFile({b"p" * 32: [entry]}, [b"s" * 32]).encode(),
         "pack header": pack_fmt.encode_header([entry]),
         "lock": lock_fmt.LockInfo(1, False, "h", "u", 2).encode(),
         "key file": keyfile_fmt.KeyFile(

@@ -1,4 +1,4 @@
-"""`backupfs forget`: remove snapshots by id or by a retention policy (rules in backupfs.policy)."""
+"""`backupfs forget`: remove snapshots by id or by a retention policy (rules in backupfs.prune.policy)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from backupfs.cli.prune import add_prune_args, prune_options, prune_repository, 
 from backupfs.cli.snapshots import add_filter_args, snapshot_json
 from backupfs.errors import NotFound, UsageError
 from backupfs.format.snapshot import Snapshot
-from backupfs.policy import (
+from backupfs.prune.policy import (
     DEFAULT_GROUP_BY,
     GroupPlan,
     Policy,

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterable
 
 from backupfs.cli._common import err, human_size, open_repository, print_json
 from backupfs.errors import UsageError
-from backupfs.prune import (
-    PackInfo,
-    PruneOptions,
-    PrunePlan,
-    PruneStats,
-    parse_max_unused,
-    parse_repack_threshold,
-    parse_size,
-    plan_prune,
-)
+from backupfs.prune.execute import Hook, execute
+from backupfs.prune.options import PruneOptions, parse_max_unused, parse_repack_threshold, parse_size
+from backupfs.prune.plan import PackInfo, PrunePlan, PruneStats, plan_prune
 from backupfs.repository.repo import Repository
+
+# Test-only: `BACKUPFS_TEST_CRASH_AT=<phase>` (one of prune.execute.PHASES) makes the process exit
+# at once (os._exit, no cleanup, as SIGKILL would) when prune reaches that phase boundary; the
+# crash tests stop prune at every one of them. Read here, so the library never looks at the
+# environment.
+CRASH_ENV = "BACKUPFS_TEST_CRASH_AT"
+CRASH_EXIT = 99
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -90,9 +91,20 @@ def prune_repository(
     if dry_run or args.verbose:
         _print_packs(plan, args)
     if not dry_run:  # also when the plan is empty: execute sweeps abandoned temporary files
-        plan.execute(log=log)
+        execute(plan, log=log, hook=crash_hook())
     _print_summary(plan, args, dry_run)
     return plan.stats
+
+
+def crash_hook() -> Hook:
+    """The test-only hook CRASH_ENV asks for: exit at that phase boundary; else do nothing."""
+    crash_at = os.environ.get(CRASH_ENV)
+
+    def hook(phase: str) -> None:
+        if phase == crash_at:
+            os._exit(CRASH_EXIT)
+
+    return hook
 
 
 def _print_packs(plan: PrunePlan, args: argparse.Namespace) -> None:

@@ -65,6 +65,9 @@ from backupfs.repository.packer import Packer
 
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 INDEX_EVERY_PACKS = 10
+# The local index cache is rewritten when more index files than this were read beside it: fewer
+# are cheap to read and overlay each time, and rewriting the cache costs a full compaction.
+INDEX_CACHE_REFRESH_FILES = 16
 TREE_ZSTD_LEVEL = 3  # tree blobs, whatever the data's compression (design.md 3)
 MAX_TREE_BLOB = 256 << 20  # one folder's listing (design.md 9): ~1 million entries; more is a bomb
 MAX_KEY_FILE = 64 << 10  # a key file is ~300 bytes; a bigger one is not read
@@ -306,7 +309,12 @@ class Repository:
     def load_index(self) -> set[str]:
         """Loads the master index: from the local cache where it is current, else from the
         repository's index files (in parallel: remote backends have latency). Returns the
-        names of the index files it covers."""
+        names of the index files it covers.
+
+        The new index is built and compacted completely, then published in one assignment: a
+        mount's worker threads read `self.index` without a lock while this reloads it, and must
+        see either the old index or the new one, never one half made.
+        """
         names = [name for name, _ in self.backend.list(FileType.INDEX)]
         cache = IndexCache(self.cache_dir, self.header.repo_id, self.master.id) if self.cache_dir else None
         cached = cache.load() if cache is not None else None
@@ -327,16 +335,12 @@ class Repository:
             if bytes.fromhex(name) not in superseded
             for pack_id, entries in f.packs.items()
         ]
-        if base is None:
-            self.index = MasterIndex.build(live)
-        else:
-            self.index = MasterIndex.from_table(base)
-            for pack_id, entries in live:
-                self.index.add_pack(pack_id, entries)
-        if cache is not None and (base is None or len(files) > 16):
-            cache.store(sorted(covered | set(files)), self.index.to_table())
+        index = MasterIndex.build(live) if base is None else MasterIndex.from_table(base, live)
+        if cache is not None and (base is None or len(files) > INDEX_CACHE_REFRESH_FILES):
+            cache.store(sorted(covered | set(files)), index.to_table())  # compacts it first
+        self.index = index
         if self.files is not None:
-            self.files.forget_except(FileType.DATA, {p.hex() for p in self.index.pack_ids()})
+            self.files.forget_except(FileType.DATA, {p.hex() for p in index.pack_ids()})
         return set(names)
 
     def load_index_file(self, name: str) -> IndexFile:
