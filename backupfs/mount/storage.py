@@ -135,11 +135,14 @@ class Storage:
                 for name in sorted(names - self._index_names):
                     for pack_id, entries in self.repo.load_index_file(name).packs.items():
                         self.repo.index.add_pack(pack_id, entries)
-            self._index_names = names
+                self._index_names = names
 
     def _reload_index_locked(self) -> None:
+        """Every index file again; `_index_names` becomes what this load covers, so the next
+        update neither reloads all for files it already dropped nor adds files twice."""
         log.info("reloading the repository index")
-        self.repo.load_index()  # builds a new index and swaps it in: readers never see it half-made
+        # builds a new index and swaps it in: readers never see it half-made
+        self._index_names = self.repo.load_index()
         self._index_gen += 1
         self._last_reload = time.monotonic()
 
