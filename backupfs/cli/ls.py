@@ -1,13 +1,17 @@
-"""`backupfs ls SNAPSHOT [PATH]`: list the files of a snapshot."""
+"""`backupfs ls SNAPSHOT [PATH]`: list the files of a snapshot.
+
+Names are escaped (`_quote.escape`), so a stored name cannot forge an output line or drive the
+terminal; `--json` keeps them exact (`_quote.json_name`).
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import stat
 import sys
 
 from backupfs.cli._common import format_time, iso_time, open_repository, print_json
+from backupfs.cli._quote import escape, json_name
 from backupfs.cli.snapshots import snapshot_json
 from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, FMT_OF_TYPE, SYMLINK, Node
 from backupfs.ops.treeview import iter_tree, lookup, split_path
@@ -26,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def node_json(path: bytes, node: Node) -> dict[str, object]:
     return {
-        "name": os.fsdecode(node.name),
+        **json_name("name", node.name),
         "type": _TYPE_NAMES[node.type],
-        "path": os.fsdecode(path),
+        **json_name("path", path),
         "uid": node.uid,
         "gid": node.gid,
         "user": node.user,
@@ -42,6 +46,13 @@ def node_json(path: bytes, node: Node) -> dict[str, object]:
         "inode": node.inode,
         "struct_type": "node",
     }
+
+
+def long_line(path: bytes, node: Node) -> str:
+    mode = stat.filemode(FMT_OF_TYPE[node.type] | node.mode)
+    owner = escape(f"{node.user or node.uid}/{node.group or node.gid}")
+    target = f" -> {escape(node.link_target)}" if node.link_target and node.type == SYMLINK else ""
+    return f"{mode} {owner:>16} {node.size:>12} {format_time(node.mtime_ns)} {escape(path)}{target}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,12 +74,8 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(node_json(path, node))
             elif args.long:
-                mode = stat.filemode(FMT_OF_TYPE[node.type] | node.mode)
-                owner = f"{node.user or node.uid}/{node.group or node.gid}"
-                target = b" -> " + node.link_target if node.link_target else b""
-                line = f"{mode} {owner:>16} {node.size:>12} {format_time(node.mtime_ns)} ".encode()
-                out.write(line + path + target + b"\n")
+                out.write(long_line(path, node).encode("utf-8", "backslashreplace") + b"\n")
             else:
-                out.write(path + b"\n")
+                out.write(escape(path).encode("utf-8", "backslashreplace") + b"\n")
     out.flush()
     return 0

@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Sequence
 
 from backupfs import __version__
+from backupfs.cli._quote import escape
 from backupfs.errors import BackupfsError
 from backupfs.malloc_arenas import cap_malloc_arenas
 
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except BackupfsError as exc:
-        sys.stderr.write(f"backupfs: {exc}\n")
+        sys.stderr.write(f"backupfs: {escape(str(exc))}\n")
         code = exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("backupfs: interrupted\n")
@@ -113,13 +114,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         code = 128 + signal.SIGPIPE
     except OSError as exc:
-        where = f" {exc.filename!r}" if exc.filename else ""
-        sys.stderr.write(f"backupfs: {exc.strerror or exc}{where}\n")
+        name = exc.filename
+        where = f" '{escape(name if isinstance(name, str | bytes) else str(name))}'" if name else ""
+        sys.stderr.write(f"backupfs: {escape(str(exc.strerror or exc))}{where}\n")
         code = 1
     except Exception as exc:  # a bug: one line, the traceback only on request
         if os.environ.get("BACKUPFS_DEBUG"):
             traceback.print_exc()
-        sys.stderr.write(f"backupfs: internal error: {type(exc).__name__}: {exc} (set BACKUPFS_DEBUG=1 for details)\n")
+        sys.stderr.write(
+            f"backupfs: internal error: {type(exc).__name__}: {escape(str(exc))} (set BACKUPFS_DEBUG=1 for details)\n"
+        )
         code = 1
     return code
 
