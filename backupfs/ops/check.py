@@ -15,7 +15,7 @@ from backupfs.backends.base import FileType
 from backupfs.compress import decompress
 from backupfs.crypto import file_id
 from backupfs.errors import BackendError, BackupfsError, IntegrityError, UsageError
-from backupfs.format.pack import HEADER_AAD, TRAILER, PackEntry, decode_header, header_location
+from backupfs.format.pack import DATA, HEADER_AAD, TRAILER, TREE, PackEntry, decode_header, header_location
 from backupfs.format.tree import DIR, FILE, Node
 from backupfs.repository.repo import Repository
 
@@ -125,13 +125,26 @@ class Checker:
                     if node.type == DIR:
                         if node.subtree is None:
                             self.error(f"snapshot {name[:8]}: directory {child} has no subtree")
-                        else:
+                        elif self._blob_type_ok(name, child, node.subtree, TREE):
                             stack.append((node.subtree, child))
                     elif node.type == FILE:
                         for _off, bid in node.content or ():
-                            if bid not in self.repo.index:
-                                self.error(f"snapshot {name[:8]}: {child}: blob {bid.hex()[:16]} is not indexed")
+                            if not self._blob_type_ok(name, child, bid, DATA):
                                 break
+
+    def _blob_type_ok(self, snap: str, path: str, blob_id: bytes, btype: int) -> bool:
+        """Whether the index lists `blob_id` as a blob of the type the tree needs there (with
+        --read-data every pack's blobs are opened as the type the index says, so that is true)."""
+        loc = self.repo.index.lookup(blob_id)
+        what = "listing" if btype == TREE else "chunk"
+        if loc is None:
+            self.error(f"snapshot {snap[:8]}: {path}: {what} {blob_id.hex()[:16]} is not indexed")
+            return False
+        if loc.type != btype:
+            found = "file data" if loc.type == DATA else "a folder listing"
+            self.error(f"snapshot {snap[:8]}: {path}: {what} {blob_id.hex()[:16]} is {found}, not a {what}")
+            return False
+        return True
 
     # ---------------------------------------------------------------- data
 
