@@ -13,6 +13,7 @@ from backupfs.errors import IntegrityError
 from backupfs.format._msgpack import is_int, unpack
 
 FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV = "f", "d", "l", "p", "c", "b"
+NAME_MAX = 255  # bytes in one file name (Linux)
 NODE_TYPES = frozenset({FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV})
 # node type -> the S_IFMT bits of st_mode, for everything that shows nodes as files (ls, mount)
 FMT_OF_TYPE = {
