@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 
 from backupfs.errors import BackupfsError
-from backupfs.format.tree import Node
+from backupfs.format.tree import REPAIRED, Listing, Node
 from backupfs.mount.api import FsError
 from backupfs.mount.keys import hash_ino
 from backupfs.mount.model import VersionSet
@@ -178,6 +178,19 @@ class DamageLog:
             self._reported.clear()
         self._reported.add(key)
         log.error("%s: %s", self._table.path(rec), msg)
+
+    def report_listing(self, rec: Inode, tree_id: bytes, listing: Listing) -> None:
+        """Logs once per folder what the reader rules did to its entries (design.md 9): each
+        entry left out or unreadable as an error, each value shown repaired as a warning."""
+        key = (rec.ino, b"entries" + tree_id)
+        if not listing.problems or key in self._reported:
+            return
+        if len(self._reported) > _MAX_REPORTED:
+            self._reported.clear()
+        self._reported.add(key)
+        folder = self._table.path(rec)
+        for problem in listing.problems:
+            log.log(logging.WARNING if problem.kind == REPAIRED else logging.ERROR, "%s", problem.text(folder))
 
 
 def describe(exc: Exception) -> str:
