@@ -31,6 +31,7 @@ ROOT_INO = 1
 SNAPSHOTS_INO, IDS_INO, HOSTS_INO, TAGS_INO, VERSIONS_INO = 2, 3, 4, 5, 6
 LAST_FIXED_INO = 6
 _MAX_REPORTED = 10_000  # (inode, object) pairs remembered as logged; then the log may repeat
+_MAX_LOGGED_PER_FOLDER = 100  # entries of one hostile listing named in the log; then a count
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -189,8 +190,11 @@ class DamageLog:
             self._reported.clear()
         self._reported.add(key)
         folder = self._table.path(rec)
-        for problem in listing.problems:
+        for problem in listing.problems[:_MAX_LOGGED_PER_FOLDER]:
             log.log(logging.WARNING if problem.kind == REPAIRED else logging.ERROR, "%s", problem.text(folder))
+        if len(listing.problems) > _MAX_LOGGED_PER_FOLDER:
+            more = len(listing.problems) - _MAX_LOGGED_PER_FOLDER
+            log.error("%s: %d more entries left out, repaired or unreadable (`backupfs check` lists all)", folder, more)
 
 
 def describe(exc: Exception) -> str:
