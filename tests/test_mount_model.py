@@ -116,6 +116,16 @@ def test_safe_names() -> None:
     assert safe_name("caf\udce9") == b"caf\xe9"  # a host name that was not UTF-8 keeps its bytes
 
 
+def test_host_and_tag_names_longer_than_a_file_name_are_cut_and_stay_distinct() -> None:
+    """The kernel refuses to look up a name over 255 bytes: it would be listed, but not open."""
+    assert safe_name("h" * 255) == b"h" * 255
+    long = [safe_name("h" * 300), safe_name("h" * 301), safe_name("\u00e9" * 200)]
+    assert [len(n) for n in long] == [255, 255, 255]
+    assert long[0] != long[1] and long[0].startswith(b"h" * 200) and long[0][-17:-16] == b"~"
+    long[2].decode()  # not cut inside a UTF-8 character
+    assert long[2][:-17].decode() == "\u00e9" * 119
+
+
 def file(chunks: list[bytes], size: int, **meta: int) -> Node:
     offsets = [i * 10 for i in range(len(chunks))]
     return Node(name=b"f", type=FILE, size=size, content=list(zip(offsets, chunks, strict=True)), **meta)  # type: ignore[arg-type]

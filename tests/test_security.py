@@ -21,6 +21,7 @@ from backupfs.backends.local import LocalBackend
 from backupfs.format.pack import DATA
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, SYMLINK, Node
+from backupfs.ops.treeview import lookup
 from backupfs.repository.repo import Repository
 
 MARKER = "Zq7xNeedleQv3k"
@@ -62,20 +63,43 @@ def test_marker_appears_in_no_repository_file(cli: CLI, tmp_path: Path) -> None:
     assert f"file-{MARKER}".encode() in cli("ls", "latest").stdout
 
 
+def _chunks(repo_path: Path, path: Path) -> list[tuple[int, bytes]]:
+    """(offset, blob id) of the chunks of `path` in the latest snapshot."""
+    repo = Repository.open(LocalBackend(str(repo_path)), PASSWORD.encode())
+    try:
+        repo.load_index()
+        _sid, snap = repo.find_snapshot("latest")
+        return lookup(repo, snap.tree, str(path)).content or []
+    finally:
+        repo.close()
+
+
 def test_no_known_plaintext_ids(cli: CLI, tmp_path: Path) -> None:
-    """Pack names and sizes do not reveal a known file: two repositories store it differently."""
+    """The same files in two repositories (two master keys) are cut at different places and
+    stored under different ids: the storage provider cannot recognise a file it knows by the
+    ids, sizes or names it sees. A constant id key, or a constant chunker seed, fails this."""
     src = tmp_path / "src"
     src.mkdir()
-    (src / "known.bin").write_bytes(blake3.blake3(b"known").digest(length=3 * 1024 * 1024))
+    small = blake3.blake3(b"small").digest(length=100_000)  # one chunk, wherever the cuts fall
+    known = blake3.blake3(b"known").digest(length=6 * 1024 * 1024)  # several chunks
+    (src / "small.bin").write_bytes(small)
+    (src / "known.bin").write_bytes(known)
+    init_fast(tmp_path / "repo2")
     other = CLI(tmp_path / "repo2", cli.env)
-    other("init")
     for c in (cli, other):
         c("backup", src)
+
+    small_ids = [_chunks(c.repo, src / "small.bin") for c in (cli, other)]
+    assert [len(ids) for ids in small_ids] == [1, 1]
+    assert small_ids[0][0][1] != small_ids[1][0][1]  # keyed ids: the id key differs
+    assert blake3.blake3(small).digest() not in (small_ids[0][0][1], small_ids[1][0][1])
+    cuts = [[off for off, _bid in _chunks(c.repo, src / "known.bin")] for c in (cli, other)]
+    assert len(cuts[0]) > 2 and len(cuts[1]) > 2
+    assert cuts[0] != cuts[1]  # seeded chunker: the boundaries differ
     names = [{p.name for p in (c.repo / "data").rglob("*") if p.is_file()} for c in (cli, other)]
     assert names[0] and not names[0] & names[1]
-    content = (src / "known.bin").read_bytes()
     data = all_repo_bytes(cli.repo)
-    assert blake3.blake3(content).digest() not in data and blake3.blake3(content).hexdigest().encode() not in data
+    assert blake3.blake3(known).digest() not in data and blake3.blake3(known).hexdigest().encode() not in data
 
 
 def test_repository_file_modes(cli: CLI, tmp_path: Path) -> None:
@@ -161,8 +185,9 @@ def test_hostile_tree_cannot_escape_the_target(cli: CLI, tmp_path: Path) -> None
     err = proc.stderr.decode(errors="replace")
     assert proc.returncode == 4, err
     assert "Traceback" not in err and "internal error" not in err
-    for name in (b"../escape", b"a/b", b"..", b"."):
-        assert f"unsafe name {name!r}" in err, err
+    for name in ("../escape", "a/b", "..", ".", "", "nul\\x00byte"):
+        assert f"/x: entry '{name}' left out: its name" in err, err
+    assert "/x/dotdot: entry '..' left out" in err and "entry 'link' left out: another entry" in err
     # nothing outside the target changed
     assert _listing(outside) == before[1] == set()
     assert {p for p in _listing(work) if not p.startswith("target")} == before[0] - {"target"}
@@ -201,11 +226,16 @@ def test_hostile_metadata_costs_only_its_entry(cli: CLI, tmp_path: Path) -> None
     for name in ("nul_link", "huge_rdev", "nul_xattr", "huge_uid", "huge_size"):
         assert f"/x/{name}:" in err, err
     assert (target / "x" / "fine.txt").read_bytes() == b"written by a hostile tree\n"
-    for cmd in (["ls", "-l", "latest"], ["ls", "--json", "latest"], ["snapshots"]):
-        listed = cli(*cmd, check=False)
-        assert listed.returncode == 0 and b"Traceback" not in listed.stderr, listed.stderr
+    assert (target / "x" / "dir_without_listing").is_dir()  # restored empty, and said so
+    assert "/x/dir_without_listing: restored empty: it is a folder without a listing" in err
+    for cmd in (["ls", "-l", "latest"], ["ls", "--json", "latest"]):
+        listed = cli(*cmd, check=False)  # every entry listed, the repaired ones named on stderr
+        assert listed.returncode == 4 and b"Traceback" not in listed.stderr, listed.stderr
+        assert listed.stdout.count(b"/x/") == 10 and b"/x/huge_uid: uid 1099511627776" in listed.stderr
+    assert cli("snapshots").returncode == 0
     checked = cli("check", check=False)
-    assert checked.returncode == 4 and b"dir_without_listing has no subtree" in checked.stderr
+    assert checked.returncode == 4
+    assert b"/x/dir_without_listing: cannot be read: it is a folder without a listing" in checked.stderr
 
 
 def _with(node: Node, **changes: object) -> Node:

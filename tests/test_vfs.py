@@ -466,3 +466,52 @@ async def test_small_files_read_in_order_are_pushed_to_the_page_cache(repo_path:
         # a pushed file can still be read through the filesystem (the kernel may evict pages)
         assert await read_file(vfs, listing[b"f10"].ino) == contents[b"f10"]
         nursery.cancel_scope.cancel()
+
+
+async def test_index_reload_after_a_miss_is_remembered_by_the_next_refresh(repo_path: Path, tmp_path: Path) -> None:
+    """A blob miss reloads every index file; the next snapshot refresh must know which files that
+    load covered: neither reload everything again (for files it no longer has) nor read again
+    a file the reload already read."""
+    src = tmp_path / "src"
+    src.mkdir()
+    payload = os.urandom(300_000)
+    (src / "f.bin").write_bytes(payload)
+    backup(repo_path, src)
+    async with running(open_repo(repo_path), refresh_interval=3600) as vfs:
+        snap = b"snapshots/" + (await snapshot_names(vfs))[0]
+        attr = await walk(vfs, snap + os.fsencode(src / "f.bin"))
+        # prune repacks f.bin's pack (new pack, superseding index, old files gone) ...
+        repo = open_repo(repo_path)
+        _blob, pack_path = _data_blob(repo, src / "f.bin")
+        old_pack = bytes.fromhex(pack_path.name)
+        files = repo.index_files()
+        entries = next(f.packs[old_pack] for f in files.values() if old_pack in f.packs)
+        moved = pack_path.read_bytes() + b"repacked"
+        repo.backend.save(FileType.DATA, file_id(moved), moved)
+        repo.save_index({bytes.fromhex(file_id(moved)): entries}, supersedes=[bytes.fromhex(n) for n in files])
+        for name in files:
+            repo.backend.remove(FileType.INDEX, name)
+        pack_path.unlink()
+        # ... and a new backup adds a snapshot and its index file, which the mount has not seen
+        (src / "g.bin").write_bytes(os.urandom(1000))
+        backup(repo_path, src)
+
+        calls: Counter[str] = Counter()
+        load_index, load_index_file = vfs.repo.load_index, vfs.repo.load_index_file
+
+        def counted_load_index() -> set[str]:
+            calls["load_index"] += 1
+            return load_index()
+
+        def counted_load_index_file(name: str) -> object:
+            calls["load_index_file " + name] += 1
+            return load_index_file(name)
+
+        vfs.repo.load_index = counted_load_index  # type: ignore[method-assign]
+        vfs.repo.load_index_file = counted_load_index_file  # type: ignore[method-assign,assignment]
+        assert await read_file(vfs, attr.ino) == payload  # the miss: one full reload, of every file
+        assert calls["load_index"] == 1
+        calls.clear()
+        assert await vfs.refresh()  # the new snapshot appears ...
+        assert not calls  # ... without reading any index file again
+        assert len(await snapshot_names(vfs)) == 2

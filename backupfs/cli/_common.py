@@ -15,6 +15,7 @@ from typing import Any
 
 from backupfs.backends import registry
 from backupfs.backends.base import Backend
+from backupfs.cli._quote import escape
 from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError
 from backupfs.repository.cache import default_cache_dir
 from backupfs.repository.repo import Repository
@@ -162,7 +163,8 @@ def _json_default(obj: Any) -> Any:
 
 
 def err(msg: str) -> None:
-    sys.stderr.write(msg + "\n")
+    """One line on stderr; stored names in it are escaped (they may hold newlines or escapes)."""
+    sys.stderr.write(escape(msg) + "\n")
 
 
 def human_size(n: float) -> str:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from backupfs.cli._common import open_repository
-from backupfs.errors import UsageError
+from backupfs.errors import IntegrityError, UsageError
 from backupfs.format.pack import DATA
 from backupfs.format.tree import FILE
 from backupfs.ops.treeview import lookup
@@ -26,13 +26,18 @@ def run(args: argparse.Namespace) -> int:
         node = lookup(repo, snap.tree, args.path)
         if node.type != FILE:
             raise UsageError(f"{args.path} is not a regular file")
+        if node.defect is not None:
+            raise IntegrityError(f"{args.path}: cannot be read: {node.defect}")
+        content = node.content or []
         pos = 0
-        for offset, blob_id in node.content or ():
+        for j, (offset, blob_id) in enumerate(content):
             if offset > pos:
                 _zeros(out, offset - pos)  # a hole
             data = repo.load_blob(DATA, blob_id)
-            out.write(data)
-            pos = offset + len(data)
+            # a chunk gives the bytes up to the next one's offset, or the size (design.md 9)
+            end = min(offset + len(data), content[j + 1][0] if j + 1 < len(content) else node.size)
+            out.write(memoryview(data)[: end - offset])
+            pos = end
         if node.size > pos:
             _zeros(out, node.size - pos)
     out.flush()

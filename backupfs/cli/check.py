@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from backupfs.cli._common import err, open_repository, print_json
+from backupfs.cli._quote import escape
 from backupfs.errors import IntegrityError
 from backupfs.ops.check import Checker
 
@@ -26,10 +27,10 @@ def run(args: argparse.Namespace) -> int:
             {
                 "message_type": "summary",
                 "ok": result.ok,
-                "errors": result.errors,
-                "warnings": result.warnings,
+                "errors": [escape(e) for e in result.errors],  # they name stored paths
+                "warnings": [escape(w) for w in result.warnings],
                 "damaged_packs": result.damaged_packs,
-                "affected": result.affected,
+                "affected": [escape(a) for a in result.affected],
                 "snapshots": result.snapshots,
                 "trees": result.trees,
                 "packs_read": result.packs_read,

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from backupfs.backends.base import FileType
 from backupfs.cli._common import format_time, open_repository, print_json
+from backupfs.cli._quote import escape
 from backupfs.cli.prune import add_prune_args, prune_options, prune_repository, refuse_no_lock
 from backupfs.cli.snapshots import add_filter_args, snapshot_json
 from backupfs.errors import NotFound, UsageError
@@ -192,16 +193,16 @@ def _print_plans(
     total_keep = total_remove = 0
     for plan in plans:
         print()
-        print(f"snapshots for {plan.key}:")
+        print(f"snapshots for {escape(str(plan.key))}:")
         rows = [
             (
                 sn.id[:8],
                 format_time(snaps[sn.id].time_ns),
-                sn.host,
-                ",".join(sn.tags),
+                escape(sn.host),
+                escape(",".join(sn.tags)),
                 "keep" if d.keep else "remove",
                 ", ".join(d.reasons),
-                ", ".join(sn.paths),
+                escape(", ".join(sn.paths)),
             )
             for d in reversed(plan.decisions)  # oldest first, as `snapshots` lists them
             for sn in (d.snapshot,)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from backupfs.cli._common import err, format_time, new_password, open_repository, print_json
+from backupfs.cli._quote import escape
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
                 print(" ID        User        Host                 Created")
                 for k in keys:
                     mark = "*" if k.current else " "
-                    print(f"{mark}{k.name[:8]}  {k.user:<10}  {k.host:<20} {format_time(k.created_ns)}")
+                    print(f"{mark}{k.name[:8]}  {escape(k.user):<10}  {escape(k.host):<20} {format_time(k.created_ns)}")
         elif args.key_command == "add":
             name = repo.add_key(new_password(args))
             err(f"saved new key {name[:8]}")

@@ -1,4 +1,10 @@
-"""`backupfs ls SNAPSHOT [PATH]`: list the files of a snapshot."""
+"""`backupfs ls SNAPSHOT [PATH]`: list the files of a snapshot.
+
+Names are escaped (`_quote.escape`), so a stored name cannot forge an output line or drive the
+terminal; `--json` keeps them exact (`_quote.json_name`). An entry the reader rules left out or
+showed repaired (design.md 9) is named in a warning on stderr, the rest is listed, and the exit
+code is then 4.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,11 @@ import os
 import stat
 import sys
 
-from backupfs.cli._common import format_time, iso_time, open_repository, print_json
+from backupfs.cli._common import err, format_time, iso_time, open_repository, print_json
+from backupfs.cli._quote import escape, json_name
 from backupfs.cli.snapshots import snapshot_json
-from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, FMT_OF_TYPE, SYMLINK, Node
+from backupfs.errors import IntegrityError
+from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, FMT_OF_TYPE, SYMLINK, EntryProblem, Node
 from backupfs.ops.treeview import iter_tree, lookup, split_path
 
 _TYPE_NAMES = {FILE: "file", DIR: "dir", SYMLINK: "symlink", FIFO: "fifo", CHARDEV: "chardev", BLOCKDEV: "blockdev"}
@@ -26,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def node_json(path: bytes, node: Node) -> dict[str, object]:
     return {
-        "name": os.fsdecode(node.name),
+        **json_name("name", node.name),
         "type": _TYPE_NAMES[node.type],
-        "path": os.fsdecode(path),
+        **json_name("path", path),
         "uid": node.uid,
         "gid": node.gid,
         "user": node.user,
@@ -44,8 +52,22 @@ def node_json(path: bytes, node: Node) -> dict[str, object]:
     }
 
 
+def long_line(path: bytes, node: Node) -> str:
+    mode = stat.filemode(FMT_OF_TYPE[node.type] | node.mode)
+    owner = escape(f"{node.user or node.uid}/{node.group or node.gid}")
+    target = f" -> {escape(node.link_target)}" if node.link_target and node.type == SYMLINK else ""
+    return f"{mode} {owner:>16} {node.size:>12} {format_time(node.mtime_ns)} {escape(path)}{target}"
+
+
 def run(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
+    problems = 0
+
+    def warn(folder: bytes, problem: EntryProblem) -> None:
+        nonlocal problems
+        problems += 1
+        err(f"warning: {problem.text(os.fsdecode(folder))}")
+
     with open_repository(args, lock="shared") as repo:
         sid, snap = repo.find_snapshot(args.snapshot)
         start = lookup(repo, snap.tree, args.path)
@@ -55,20 +77,23 @@ def run(args: argparse.Namespace) -> int:
         entries: list[tuple[bytes, Node]]
         if start.type != DIR:
             entries = [(base, start)]
+        elif start.subtree is None:
+            entries = []
         elif args.no_recursive:
-            entries = [(base + b"/" + n.name, n) for n in repo.load_tree(start.subtree)] if start.subtree else []
+            listing = repo.load_tree(start.subtree)
+            for problem in listing.problems:
+                warn(base or b"/", problem)
+            entries = [(base + b"/" + n.name, n) for n in listing]
         else:
-            entries = iter_tree(repo, start.subtree, base) if start.subtree else []  # type: ignore[assignment]
+            entries = iter_tree(repo, start.subtree, base, warn)  # type: ignore[assignment]
         for path, node in entries:
             if args.json:
                 print_json(node_json(path, node))
             elif args.long:
-                mode = stat.filemode(FMT_OF_TYPE[node.type] | node.mode)
-                owner = f"{node.user or node.uid}/{node.group or node.gid}"
-                target = b" -> " + node.link_target if node.link_target else b""
-                line = f"{mode} {owner:>16} {node.size:>12} {format_time(node.mtime_ns)} ".encode()
-                out.write(line + path + target + b"\n")
+                out.write(long_line(path, node).encode("utf-8", "backslashreplace") + b"\n")
             else:
-                out.write(path + b"\n")
+                out.write(escape(path).encode("utf-8", "backslashreplace") + b"\n")
     out.flush()
+    if problems:
+        raise IntegrityError(f"{problems} entries were left out or shown repaired (see the warnings above)")
     return 0

@@ -13,6 +13,7 @@ from types import FrameType
 from typing import Any
 
 from backupfs import __version__
+from backupfs.cli._quote import escape
 from backupfs.errors import BackupfsError, Terminated
 from backupfs.malloc_arenas import cap_malloc_arenas
 
@@ -134,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         code: int = args.func(args)
     except BackupfsError as exc:
-        sys.stderr.write(f"backupfs: {exc}\n")
+        sys.stderr.write(f"backupfs: {escape(str(exc))}\n")
         code = exc.exit_code
     except Terminated as exc:
         sys.stderr.write(f"backupfs: terminated by {signal.Signals(exc.signum).name}\n")
@@ -148,13 +149,16 @@ def _run(args: argparse.Namespace) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         code = 128 + signal.SIGPIPE
     except OSError as exc:
-        where = f" {exc.filename!r}" if exc.filename else ""
-        sys.stderr.write(f"backupfs: {exc.strerror or exc}{where}\n")
+        name = exc.filename
+        where = f" '{escape(name if isinstance(name, str | bytes) else str(name))}'" if name else ""
+        sys.stderr.write(f"backupfs: {escape(str(exc.strerror or exc))}{where}\n")
         code = 1
     except Exception as exc:  # a bug: one line, the traceback only on request
         if os.environ.get("BACKUPFS_DEBUG"):
             traceback.print_exc()
-        sys.stderr.write(f"backupfs: internal error: {type(exc).__name__}: {exc} (set BACKUPFS_DEBUG=1 for details)\n")
+        sys.stderr.write(
+            f"backupfs: internal error: {type(exc).__name__}: {escape(str(exc))} (set BACKUPFS_DEBUG=1 for details)\n"
+        )
         code = 1
     return code
 

@@ -13,6 +13,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from backupfs.cli._common import err, open_repository
+from backupfs.cli._quote import EscapingFilter
 from backupfs.errors import BackupfsError, UsageError
 
 
@@ -39,8 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(EscapingFilter())  # the mount logs stored paths
     logging.basicConfig(
-        stream=sys.stderr,
+        handlers=[handler],
         format="backupfs: %(relativeCreated)d ms: %(message)s" if args.verbose else "backupfs: %(message)s",
         level=logging.INFO if args.verbose else logging.WARNING,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from backupfs.cli._common import err, format_time, human_size, iso_time, open_repository, print_json
+from backupfs.cli._quote import escape
 from backupfs.errors import IntegrityError
 from backupfs.format.snapshot import Snapshot
 
@@ -70,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
         (
             sid[:8],
             format_time(s.time_ns),
-            s.host,
-            ",".join(s.tags),
-            ", ".join(s.paths),
+            escape(s.host),
+            escape(",".join(s.tags)),
+            escape(", ".join(s.paths)),
             human_size(int(s.summary.get("total_bytes_processed", 0))),
         )
         for sid, s in snaps

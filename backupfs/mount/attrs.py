@@ -49,7 +49,7 @@ class Attributes:
                 node.uid,
                 node.gid,
                 size,
-                self._blocks(node) if node.type == FILE else 0,
+                self._blocks(node) if node.type == FILE and node.defect is None else 0,
                 node.atime_ns,
                 node.mtime_ns,
                 node.ctime_ns,

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 
 from backupfs.errors import BackupfsError
-from backupfs.format.tree import Node
+from backupfs.format.tree import REPAIRED, Listing, Node
 from backupfs.mount.api import FsError
 from backupfs.mount.keys import hash_ino
 from backupfs.mount.model import VersionSet
@@ -31,6 +31,7 @@ ROOT_INO = 1
 SNAPSHOTS_INO, IDS_INO, HOSTS_INO, TAGS_INO, VERSIONS_INO = 2, 3, 4, 5, 6
 LAST_FIXED_INO = 6
 _MAX_REPORTED = 10_000  # (inode, object) pairs remembered as logged; then the log may repeat
+_MAX_LOGGED_PER_FOLDER = 100  # entries of one hostile listing named in the log; then a count
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -178,6 +179,22 @@ class DamageLog:
             self._reported.clear()
         self._reported.add(key)
         log.error("%s: %s", self._table.path(rec), msg)
+
+    def report_listing(self, rec: Inode, tree_id: bytes, listing: Listing) -> None:
+        """Logs once per folder what the reader rules did to its entries (design.md 9): each
+        entry left out or unreadable as an error, each value shown repaired as a warning."""
+        key = (rec.ino, b"entries" + tree_id)
+        if not listing.problems or key in self._reported:
+            return
+        if len(self._reported) > _MAX_REPORTED:
+            self._reported.clear()
+        self._reported.add(key)
+        folder = self._table.path(rec)
+        for problem in listing.problems[:_MAX_LOGGED_PER_FOLDER]:
+            log.log(logging.WARNING if problem.kind == REPAIRED else logging.ERROR, "%s", problem.text(folder))
+        if len(listing.problems) > _MAX_LOGGED_PER_FOLDER:
+            more = len(listing.problems) - _MAX_LOGGED_PER_FOLDER
+            log.error("%s: %d more entries left out, repaired or unreadable (`backupfs check` lists all)", folder, more)
 
 
 def describe(exc: Exception) -> str:

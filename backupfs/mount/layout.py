@@ -20,7 +20,7 @@ from collections.abc import Callable
 import trio
 
 from backupfs.format.snapshot import Snapshot
-from backupfs.format.tree import DIR, Node
+from backupfs.format.tree import DIR, Node, clamp_id
 from backupfs.mount.inodes import (
     HOSTS_INO,
     IDS_INO,
@@ -173,8 +173,8 @@ class Layout:
             name=name,
             type=DIR,
             mode=SNAPSHOT_ROOT_MODE,
-            uid=snap.uid,
-            gid=snap.gid,
+            uid=clamp_id(snap.uid),  # a snapshot's ids are not checked when it is read
+            gid=clamp_id(snap.gid),
             mtime_ns=snap.time_ns,
             atime_ns=snap.time_ns,
             ctime_ns=snap.time_ns,

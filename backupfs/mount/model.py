@@ -9,15 +9,18 @@ it exists.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 
 from backupfs.format.snapshot import Snapshot
-from backupfs.format.tree import DIR, Node
+from backupfs.format.tree import DIR, NAME_MAX, Node
 from backupfs.mount.keys import content_key
 
 SHORT_ID_DIGITS = 8  # ids/<short id>: as restic shows them, longer only where two ids share them
 TIME_NAME_FORMAT = "%Y-%m-%dT%H:%M:%S"  # snapshots/<local time>
+_LONG_NAME_MARK = b"~"  # a host or tag name cut to NAME_MAX: then its hash follows
+_LONG_NAME_HASH_BYTES = 8
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,9 +73,20 @@ def time_name(ns: int) -> bytes:
 
 
 def safe_name(text: str) -> bytes:
-    """A host or tag as a file name: no '/', NUL, or dot-only names."""
+    """A host or tag as a file name: no '/', NUL, or dot-only names, and at most NAME_MAX bytes
+    (the kernel refuses to look up a longer name: it would be listed but could not be opened).
+    A longer one is cut, and ends in `~` and 16 hex digits of its hash, so that two hosts that
+    differ only past the cut still get folders of their own."""
     raw = os.fsencode(text).replace(b"/", b"_").replace(b"\0", b"_")
-    return raw if raw not in (b"", b".", b"..") else b"_" + raw
+    if raw in (b"", b".", b".."):
+        return b"_" + raw
+    if len(raw) <= NAME_MAX:
+        return raw
+    cut = NAME_MAX - len(_LONG_NAME_MARK) - 2 * _LONG_NAME_HASH_BYTES
+    while cut and raw[cut] & 0xC0 == 0x80:  # not inside a UTF-8 character
+        cut -= 1
+    digest = hashlib.blake2b(raw, digest_size=_LONG_NAME_HASH_BYTES).hexdigest()
+    return raw[:cut] + _LONG_NAME_MARK + digest.encode()
 
 
 def short_ids(snaps: list[Snap]) -> dict[bytes, Snap]:

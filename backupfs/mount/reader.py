@@ -79,6 +79,8 @@ class Reader:
             raise FsError(errno.EISDIR)
         if node.type != FILE:
             raise FsError(errno.EINVAL)
+        if node.defect is not None:  # cannot be read as stored: logged with its folder's listing
+            raise FsError(errno.EIO)
         if node.content and not self._storage.index_ready.is_set():
             await self._storage.index_ready.wait()
         self._prefetch_siblings(rec, node)

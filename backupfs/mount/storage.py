@@ -22,7 +22,7 @@ from backupfs.backends.base import FileType
 from backupfs.errors import BackupfsError, IntegrityError, NotFound
 from backupfs.format.pack import DATA, TREE
 from backupfs.format.snapshot import Snapshot
-from backupfs.format.tree import Node, decode_tree
+from backupfs.format.tree import Listing, read_listing
 from backupfs.mount.api import VfsOptions
 from backupfs.mount.loader import Loader
 from backupfs.repository.repo import Repository
@@ -57,8 +57,8 @@ class Storage:
             trio.CapacityLimiter(options.workers),
             self._load_data_blobs,
         )
-        self.trees: Loader[list[Node]] = Loader(
-            lambda tid: _compact(decode_tree(self._load_blob(TREE, tid))),
+        self.trees: Loader[Listing] = Loader(
+            lambda tid: _compact(read_listing(self._load_blob(TREE, tid))),
             lambda nodes: len(nodes) + 1,
             options.tree_cache_nodes,
             trio.CapacityLimiter(TREE_WORKERS),
@@ -70,11 +70,11 @@ class Storage:
         self.trees.attach(nursery)
 
     def chunk_len(self, content: list[tuple[int, bytes]], j: int, size: int) -> int:
-        """The plaintext length of a file's `j`th chunk (`size` is the file's)."""
+        """How many bytes of a file (`size` bytes) its `j`th chunk gives: its plaintext length,
+        but never past the next chunk's offset or the end (design.md 9, reader rules)."""
+        room = (content[j + 1][0] if j + 1 < len(content) else size) - content[j][0]
         n = self.repo.index.raw_length(content[j][1])
-        if n is None:  # not (yet) indexed: assume it runs to the next chunk
-            n = (content[j + 1][0] if j + 1 < len(content) else size) - content[j][0]
-        return n
+        return room if n is None else min(n, room)  # not (yet) indexed: assume it fills its room
 
     # ------------------------------------------------------------------ on the trio loop
 
@@ -135,11 +135,14 @@ class Storage:
                 for name in sorted(names - self._index_names):
                     for pack_id, entries in self.repo.load_index_file(name).packs.items():
                         self.repo.index.add_pack(pack_id, entries)
-            self._index_names = names
+                self._index_names = names
 
     def _reload_index_locked(self) -> None:
+        """Every index file again; `_index_names` becomes what this load covers, so the next
+        update neither reloads all for files it already dropped nor adds files twice."""
         log.info("reloading the repository index")
-        self.repo.load_index()  # builds a new index and swaps it in: readers never see it half-made
+        # builds a new index and swaps it in: readers never see it half-made
+        self._index_names = self.repo.load_index()
         self._index_gen += 1
         self._last_reload = time.monotonic()
 
@@ -174,7 +177,7 @@ class Storage:
         return results
 
 
-def _compact(nodes: list[Node]) -> list[Node]:
+def _compact(nodes: Listing) -> Listing:
     """Shares the owner names among nodes: live inodes keep their nodes, ~10% less memory."""
     for n in nodes:
         if n.user is not None:

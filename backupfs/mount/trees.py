@@ -3,7 +3,8 @@
 A folder's entry keeps its node; any other entry keeps only the id of the listing that holds it
 and finds its node there again when asked (files are most of a tree, and a node costs ~600 bytes:
 memory stays ~300 bytes per inode the kernel holds, and the listing is usually still cached).
-Listings are sorted by name, so a name is found by bisection.
+Listings are read under the reader rules (design.md 9): sorted by name, each name once, each a
+valid file name, so a name is found by bisection and one bad entry costs that entry only.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ import errno
 
 from backupfs.format.tree import DIR, FILE, Node
 from backupfs.mount.api import FsError
-from backupfs.mount.inodes import DamageLog, Inode, InodeTable, TreeDir, TreeEntry, VersionEntry, describe
+from backupfs.mount.inodes import (
+    DamageLog,
+    Inode,
+    InodeTable,
+    TreeDir,
+    TreeEntry,
+    VersionEntry,
+    VersionsDir,
+    describe,
+)
 from backupfs.mount.keys import child_key, hardlink_key
 from backupfs.mount.storage import Storage
 
@@ -48,7 +58,7 @@ class Trees:
 
     async def listing(self, rec: TreeDir) -> list[Node]:
         if rec.node.subtree is None:
-            return []
+            return []  # a folder without a listing: its parent's listing has logged it
         if not self._storage.index_ready.is_set():
             await self._storage.index_ready.wait()
         return await self.load(rec, rec.node.subtree)
@@ -58,12 +68,17 @@ class Trees:
         return None if rec.node.subtree is None else self._storage.trees.cached(rec.node.subtree)
 
     async def load(self, rec: Inode, tree_id: bytes) -> list[Node]:
-        """A listing that `rec` needs; a damaged or missing one fails that folder, nothing else."""
+        """A listing that `rec` needs; a damaged or missing one fails that folder, nothing else.
+        When `rec` is the folder shown (not an entry finding its node), what the reader rules
+        left out or repaired in it is logged, once."""
         try:
-            return await self._storage.trees.get(tree_id)
+            listing = await self._storage.trees.get(tree_id)
         except Exception as exc:
             self._damage.report(rec, tree_id, f"cannot read the folder listing: {describe(exc)}")
             raise FsError(errno.EIO) from exc
+        if listing.problems and isinstance(rec, TreeDir | VersionsDir):
+            self._damage.report_listing(rec, tree_id, listing)
+        return listing
 
     async def node(self, rec: Inode) -> Node | None:
         """The node of an entry of a snapshot tree or of versions/; None for the layout's own."""

@@ -194,9 +194,11 @@ class Vfs:
         if isinstance(rec, LatestLink):
             return rec.target
         node = await self._trees.node(rec)
-        if node is not None and node.type == SYMLINK:
-            return node.link_target or b""
-        raise FsError(errno.EINVAL)
+        if node is None or node.type != SYMLINK:
+            raise FsError(errno.EINVAL)
+        if node.defect is not None or node.link_target is None:  # logged with its folder's listing
+            raise FsError(errno.EIO)
+        return node.link_target
 
     async def listxattr(self, ino: int) -> list[bytes]:
         node = await self._trees.node(self._table.get(ino))

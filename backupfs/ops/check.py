@@ -7,6 +7,7 @@ because "pack 3fa2… is corrupt" alone does not tell a user what they lost.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from backupfs.backends.base import FileType
 from backupfs.compress import decompress, file_limit
 from backupfs.crypto import file_id
 from backupfs.errors import BackendError, BackupfsError, IntegrityError, UsageError
-from backupfs.format.pack import HEADER_AAD, TRAILER, PackEntry, decode_header, header_location
+from backupfs.format.pack import DATA, HEADER_AAD, TRAILER, TREE, PackEntry, decode_header, header_location
 from backupfs.format.tree import DIR, FILE, Node
 from backupfs.repository.repo import Repository
 
@@ -118,20 +119,45 @@ class Checker:
                     self.error(f"snapshot {name[:8]}: tree {tree_id.hex()[:16]} at {path}: {exc}")
                     continue
                 self.result.trees += 1
+                for problem in nodes.problems:
+                    self.error(f"snapshot {name[:8]}: {problem.text(path)}")
+                if nodes.unsorted:
+                    self.result.warnings.append(
+                        f"snapshot {name[:8]}: the entries of {path} are not sorted by name (readers sort them)"
+                    )
                 for node in nodes:
-                    child = path.rstrip("/") + "/" + node.name.decode("utf-8", "backslashreplace")
-                    if not node.is_safe_name():
-                        self.error(f"snapshot {name[:8]}: unsafe entry name {node.name!r} in {path}")
-                    if node.type == DIR:
-                        if node.subtree is None:
-                            self.error(f"snapshot {name[:8]}: directory {child} has no subtree")
-                        else:
+                    child = path.rstrip("/") + "/" + os.fsdecode(node.name)
+                    if node.type == DIR and node.subtree is not None:
+                        if self._blob_type_ok(name, child, node.subtree, TREE):
                             stack.append((node.subtree, child))
-                    elif node.type == FILE:
-                        for _off, bid in node.content or ():
-                            if bid not in self.repo.index:
-                                self.error(f"snapshot {name[:8]}: {child}: blob {bid.hex()[:16]} is not indexed")
-                                break
+                    elif node.type == FILE and node.defect is None:  # a defect is a problem above
+                        self._check_content(name, child, node)
+
+    def _blob_type_ok(self, snap: str, path: str, blob_id: bytes, btype: int) -> bool:
+        """Whether the index lists `blob_id` as a blob of the type the tree needs there (with
+        --read-data every pack's blobs are opened as the type the index says, so that is true)."""
+        loc = self.repo.index.lookup(blob_id)
+        what = "listing" if btype == TREE else "chunk"
+        if loc is None:
+            self.error(f"snapshot {snap[:8]}: {path}: {what} {blob_id.hex()[:16]} is not indexed")
+            return False
+        if loc.type != btype:
+            found = "file data" if loc.type == DATA else "a folder listing"
+            self.error(f"snapshot {snap[:8]}: {path}: {what} {blob_id.hex()[:16]} is {found}, not a {what}")
+            return False
+        return True
+
+    def _check_content(self, snap: str, path: str, node: Node) -> None:
+        """A file's chunks: indexed, data blobs, and none running into the next one (readers cut
+        a chunk at the next offset, so such a file does not read back as it was written)."""
+        content = node.content or []
+        for j, (off, bid) in enumerate(content):
+            if not self._blob_type_ok(snap, path, bid, DATA):
+                return
+            length = self.repo.index.raw_length(bid) or 0
+            if j + 1 < len(content) and off + length > content[j + 1][0]:
+                self.error(f"snapshot {snap[:8]}: {path}: the chunk at offset {off} runs into the next one")
+                return
 
     # ---------------------------------------------------------------- data
 
@@ -214,7 +240,7 @@ def _walk(repo: Repository, tree_id: bytes, path: str) -> Iterator[tuple[str, No
     except BackupfsError:
         return
     for node in nodes:
-        child = path.rstrip("/") + "/" + node.name.decode("utf-8", "backslashreplace")
+        child = path.rstrip("/") + "/" + os.fsdecode(node.name)
         yield child, node
         if node.type == DIR and node.subtree is not None:
             yield from _walk(repo, node.subtree, child)

@@ -145,7 +145,7 @@ class Copier:
         if ref is not None and ref.src == tree_id:
             self._trees[tree_id] = ref.dst  # unchanged since the earlier copy: nothing to read
             return ref.dst
-        nodes = self.src.load_tree(tree_id)
+        nodes = self.src.load_tree_as_stored(tree_id)  # a copy keeps every entry as it is
         pairs: dict[bytes, tuple[Node, Node]] = {}
         if ref is not None:
             ref_dst = {n.name: n for n in self.dst.load_tree(ref.dst)}

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from backupfs.errors import BackupfsError, IntegrityError
 from backupfs.format.pack import DATA
-from backupfs.format.tree import DIR, FILE, Node
+from backupfs.format.tree import DIR, FILE, SKIPPED, Node
 from backupfs.ops import fsmeta
 from backupfs.ops.excludes import Excluder
 from backupfs.repository.repo import Repository
@@ -113,18 +113,28 @@ class Restorer:
                 pending.append(self._pool.submit(self._write_batch, os.dup(dir_fd), batch))
                 batch, batch_bytes = [], 0
 
+        folder = os.fsdecode(prefix) or "/"
+        for problem in nodes.problems:
+            if problem.kind == SKIPPED and (problem.name is None or any(self._wanted(prefix + b"/" + problem.name, True))):
+                self.stats.error(problem.text(folder))
         for node in nodes:
             path = prefix + b"/" + node.name
-            if not node.is_safe_name():
-                self.stats.error(f"{os.fsdecode(prefix) or '/'}: refusing entry with unsafe name {node.name!r}")
+            if not node.is_safe_name():  # the reader rules leave such entries out: never reached
+                self.stats.error(f"{folder}: refusing entry with unsafe name")
                 continue
             take, descend = self._wanted(path, node.type == DIR)
             if not (take or descend):
                 continue
+            repairs = nodes.repairs_of(node.name)
+            if node.type != DIR and (repairs or node.defect is not None):
+                if take:
+                    why = [*repairs, *([f"cannot be read: {node.defect}"] if node.defect is not None else [])]
+                    self.stats.error(f"{os.fsdecode(path)}: not restored: {'; '.join(why)}")
+                continue
             try:
                 if node.type == DIR:
                     flush()  # what waits for content must not wait for the whole subtree too
-                    restored += self._restore_subdir(dir_fd, node, path, take)
+                    restored += self._restore_subdir(dir_fd, node, path, take, repairs)
                 elif not take:
                     continue
                 elif node.type == FILE and _batchable(node):
@@ -176,7 +186,10 @@ class Restorer:
                 self._slots.release()
             os.close(dir_fd)
 
-    def _restore_subdir(self, dir_fd: int, node: Node, path: bytes, take: bool) -> int:
+    def _restore_subdir(self, dir_fd: int, node: Node, path: bytes, take: bool, repairs: list[str]) -> int:
+        """A folder and what it holds. One whose stored values the reader rules had to repair
+        is restored with its content but keeps the metadata it was created with (one bad value
+        must not cost a whole tree); one without a listing is restored empty."""
         fsmeta.create_node(dir_fd, node, exist_ok=True)
         sub_fd = fsmeta.open_dir(dir_fd, node.name)
         try:
@@ -189,7 +202,12 @@ class Restorer:
             except OSError:
                 pass
             return 0
-        self._apply(dir_fd, node, path)
+        if repairs:
+            self.stats.error(f"{os.fsdecode(path)}: metadata not restored: {'; '.join(repairs)}")
+        else:
+            self._apply(dir_fd, node, path)
+        if node.defect is not None:
+            self.stats.error(f"{os.fsdecode(path)}: restored empty: {node.defect}")
         self.stats.add(dirs=1)
         return inner + 1
 
@@ -292,15 +310,17 @@ class Restorer:
 
     def _write_content(self, fd: int, node: Node, path: bytes, chunks: Iterable[tuple[int, bytes]]) -> bool:
         written = 0
+        # a chunk gives the bytes up to the next one's offset, or the size (design.md 9)
+        ends = [*(off for off, _bid in (node.content or [])[1:]), node.size]
         try:
-            for offset, data in chunks:
-                view = memoryview(data)
+            for (offset, data), end in zip(chunks, ends, strict=False):
+                view = memoryview(data)[: max(end - offset, 0)]
                 pos = offset
                 while view:
                     n = os.pwrite(fd, view, pos)
                     view = view[n:]
                     pos += n
-                written += len(data)
+                written += pos - offset
             os.ftruncate(fd, node.size)
             if self._verify:
                 self._verify_content(fd, node)

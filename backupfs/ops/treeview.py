@@ -1,13 +1,22 @@
-"""Reading stored trees by path: shared by ls, cat, restore and the mount."""
+"""Reading stored trees by path: shared by ls, cat and restore.
+
+Listings come through `Repository.load_tree`, under the reader rules of design.md 9: what an
+entry could not show as stored is reported through `on_problem` with the folder it is in, so
+each command says it once, with the path, and shows the rest.
+"""
 
 from __future__ import annotations
 
+import bisect
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from backupfs.errors import UsageError
-from backupfs.format.tree import DIR, Node
+from backupfs.errors import BackupfsError, UsageError
+from backupfs.format.tree import DIR, UNREADABLE, EntryProblem, Listing, Node
 from backupfs.repository.repo import Repository
+
+# Told of each entry a listing left out or repaired: (the folder's path, what happened).
+ProblemSink = Callable[[bytes, EntryProblem], None]
 
 
 def split_path(path: str | bytes) -> list[bytes]:
@@ -15,25 +24,55 @@ def split_path(path: str | bytes) -> list[bytes]:
     return [c for c in raw.split(b"/") if c and c != b"."]
 
 
+def find(nodes: list[Node], name: bytes) -> Node | None:
+    """The entry called `name` of a listing (sorted by the reader rules), or None."""
+    i = bisect.bisect_left(nodes, name, key=_node_name)
+    return nodes[i] if i < len(nodes) and nodes[i].name == name else None
+
+
 def lookup(repo: Repository, root: bytes, path: str | bytes) -> Node:
     """The node at `path` in the tree `root`; `/` gives a synthetic directory node for the root."""
     node = Node(name=b"/", type=DIR, mode=0o755, subtree=root)
     for part in split_path(path):
         if part == b"..":
-            raise UsageError(f"path {os.fsdecode(path)!r} must not contain '..'")
+            raise UsageError(f"path {os.fsdecode(path)} must not contain '..'")
         if node.type != DIR or node.subtree is None:
             raise UsageError(f"{os.fsdecode(path)}: not a directory in the snapshot")
-        found = next((n for n in repo.load_tree(node.subtree) if n.name == part), None)
+        found = find(repo.load_tree(node.subtree), part)
         if found is None:
             raise UsageError(f"{os.fsdecode(path)}: no such file or directory in the snapshot")
         node = found
     return node
 
 
-def iter_tree(repo: Repository, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Node]]:
-    """Depth-first (path, node) pairs, each directory before its contents."""
-    for node in repo.load_tree(tree_id):
+def iter_tree(
+    repo: Repository, tree_id: bytes, prefix: bytes = b"", on_problem: ProblemSink | None = None
+) -> Iterator[tuple[bytes, Node]]:
+    """Depth-first (path, node) pairs, each directory before its contents. A sub-folder whose
+    listing cannot be read is reported (as an UNREADABLE entry of its parent) and skipped;
+    only the first listing's failure raises."""
+    yield from _walk(repo, repo.load_tree(tree_id), prefix, on_problem)
+
+
+def _walk(
+    repo: Repository, listing: Listing, prefix: bytes, on_problem: ProblemSink | None
+) -> Iterator[tuple[bytes, Node]]:
+    if on_problem is not None:
+        for problem in listing.problems:
+            on_problem(prefix or b"/", problem)
+    for node in listing:
         path = prefix + b"/" + node.name
         yield path, node
         if node.type == DIR and node.subtree is not None:
-            yield from iter_tree(repo, node.subtree, path)
+            try:
+                sub = repo.load_tree(node.subtree)
+            except BackupfsError as exc:
+                if on_problem is None:
+                    raise
+                on_problem(prefix or b"/", EntryProblem(node.name, -1, f"its listing: {exc}", UNREADABLE))
+                continue
+            yield from _walk(repo, sub, path, on_problem)
+
+
+def _node_name(node: Node) -> bytes:
+    return node.name

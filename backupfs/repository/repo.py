@@ -56,7 +56,7 @@ from backupfs.format.pack import (
     read_ranges,
 )
 from backupfs.format.snapshot import Snapshot
-from backupfs.format.tree import Node, decode_tree, encode_tree
+from backupfs.format.tree import Listing, Node, decode_tree, encode_tree, read_listing
 from backupfs.repository import locks
 from backupfs.repository.cache import IndexCache
 from backupfs.repository.filecache import FileCache
@@ -112,7 +112,7 @@ class Repository:
         self._unindexed: dict[bytes, list[PackEntry]] = {}
         self._index_lock = threading.Lock()
         self._packer: Packer | None = None
-        self._tree_cache: OrderedDict[bytes, list[Node]] = OrderedDict()
+        self._tree_cache: OrderedDict[bytes, Listing] = OrderedDict()
         self._tree_cache_lock = threading.Lock()
         self._locks: list[locks.Lock] = []
         self.stats_added_bytes = 0
@@ -572,18 +572,25 @@ class Repository:
 
     # ---------------------------------------------------------------- trees
 
-    def load_tree(self, tree_id: bytes) -> list[Node]:
+    def load_tree(self, tree_id: bytes) -> Listing:
+        """A folder under the reader rules (design.md 9): what cannot be shown is left out or
+        repaired, and said so in `Listing.problems`."""
         with self._tree_cache_lock:
             nodes = self._tree_cache.get(tree_id)
             if nodes is not None:
                 self._tree_cache.move_to_end(tree_id)
                 return nodes
-        nodes = _decode_named(decode_tree, self.load_blob(TREE, tree_id), f"tree {tree_id.hex()[:16]}")
+        nodes = _decode_named(read_listing, self.load_blob(TREE, tree_id), f"tree {tree_id.hex()[:16]}")
         with self._tree_cache_lock:
             self._tree_cache[tree_id] = nodes
             if len(self._tree_cache) > 256:
                 self._tree_cache.popitem(last=False)
         return nodes
+
+    def load_tree_as_stored(self, tree_id: bytes) -> list[Node]:
+        """Every entry as stored, not under the reader rules; raises on a malformed one. For
+        code that must reproduce a tree or account for every blob it names (copy)."""
+        return _decode_named(decode_tree, self.load_blob(TREE, tree_id), f"tree {tree_id.hex()[:16]}")
 
     def save_tree(self, nodes: list[Node]) -> bytes:
         return self.save_blob(TREE, encode_tree(nodes))[0]
