@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import Corpus, MiB, TreeInfo, change_files, evolve_step, tree_stats
+from benchlib.corpus import Corpus, MiB, TreeInfo, change_files, evolve_step, tree_stats
 
 TOOLS = ("backupfs", "restic", "borg")
 SECTIONS = ("backup", "restore", "check", "mount", "prune")

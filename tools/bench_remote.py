@@ -5,7 +5,7 @@ Starts a moto S3 server on 127.0.0.1 (tests/backends/backend_servers.py's MotoSe
 bucket per tool, and runs both tools on the same generated data, one phase at a time with the
 tools interleaved:
 
-  prune  N snapshots (default 20) of the evolving tree of tools/corpus.py (~100 MiB in 2,660 files
+  prune  N snapshots (default 20) of the evolving tree of tools/benchlib/corpus.py (~100 MiB in 2,660 files
          at scale 1, ~5 % changed per step), then `forget --keep-last 5 --prune`; wall time, CPU,
          peak RSS (GNU time %M), bucket size before and after (sum of the object sizes under the
          repository's prefix), `check` afterwards, snapshots left. The first and the incremental
@@ -73,11 +73,11 @@ from bench import (
 from bench import (
     parse_args as bench_parse_args,
 )
-from corpus import Corpus, MiB, TreeInfo, evolve_step
+from benchlib.corpus import Corpus, MiB, TreeInfo, evolve_step
 
 TOOLS = ("backupfs", "restic")
 SECTIONS = ("prune", "mount")
-# Tree sizes at --scale 1, as factors of tools/corpus.py's sizes (see the module docstring).
+# Tree sizes at --scale 1, as factors of tools/benchlib/corpus.py's sizes (see the module docstring).
 CORPUS_SCALE = {"evolve": 0.25, "mixed": 0.125, "small": 0.025}
 REQUEST_RE = re.compile(r'"([A-Z]+) /([^/ ?]+)')  # werkzeug's log line: "GET /bucket/key HTTP/1.1"
 LARGE_REL = Path("big") / "large-1g.bin"  # corpus.gen_mixed's large file (128 MiB x scale here)
