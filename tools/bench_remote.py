@@ -57,23 +57,13 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(2, str(Path(__file__).resolve().parent.parent / "tests" / "backends"))
 import boto3
 from backend_servers import MotoServer
-from bench import (
-    Backupfs,
-    Bench,
-    Restic,
-    Run,
-    Section,
-    Tool,
-    add_common_arguments,
-    check_common_arguments,
-    log,
-    run_cmd,
-    section_markdown,
-)
-from bench import (
-    parse_args as bench_parse_args,
-)
+from benchlib.adapters import Backupfs, Restic, Tool
+from benchlib.core import Bench
 from benchlib.corpus import Corpus, MiB, TreeInfo, evolve_step
+from benchlib.options import add_common_arguments, check_common_arguments
+from benchlib.options import parse_args as bench_parse_args
+from benchlib.report import Section, section_markdown
+from benchlib.runner import Run, log, run_cmd
 
 TOOLS = ("backupfs", "restic")
 SECTIONS = ("prune", "mount")
