@@ -16,7 +16,7 @@ tools interleaved:
          the cache that mount filled. Each mount: time from starting it until the first `ls` of a
          snapshot folder answers, `cp` of the large file to /dev/null, `tar cf - DIR | cat` of the
          small-file tree and of the mixed tree, and the mount process's peak RSS (VmHWM) before
-         unmounting (tools/bench.py's Bench.mount_one does all that).
+         unmounting (tools/benchlib/mounting.py's mount_session does all that).
 
 For every measured command the S3 requests to the tool's bucket (counted in moto's request log) and
 the moto process's CPU time are reported as well: they show which figures are bound by the server.
@@ -60,6 +60,7 @@ from backend_servers import MotoServer
 from benchlib.adapters import Backupfs, Restic, Tool
 from benchlib.core import Bench
 from benchlib.corpus import Corpus, MiB, TreeInfo, evolve_step
+from benchlib.mounting import Step, mount_session
 from benchlib.options import add_common_arguments, check_common_arguments
 from benchlib.options import parse_args as bench_parse_args
 from benchlib.report import Section, section_markdown
@@ -363,7 +364,7 @@ class RemoteBench(Bench):
                 clear_mountpoint(mnt)
                 mark = self.server_mark()
                 try:
-                    res = self.mount_one(tool, mnt, snaps[tool.name], mixed, small, LARGE_REL)
+                    res = self.mount_one(tool, mnt, snaps[tool.name], mixed, small)
                 except Exception as e:  # keep going with the other tool
                     sec.notes.append(f"{tool.name}, {label}: mount benchmark FAILED: {e}")
                     continue
@@ -408,6 +409,18 @@ class RemoteBench(Bench):
             "neither tool caches file contents locally, so cp and tar fetch from S3 in both mounts; page caches "
             "dropped before each"
         )
+
+    def mount_one(self, tool: Tool, mnt: Path, snaps: dict[str, str], mixed: Path, small: Path) -> dict[str, Any]:
+        """One mount session: first ls of the small tree, cp of the large file, tar of both trees."""
+        small_in = tool.path_in_mount(mnt, snaps["small"], small)
+        mixed_in = tool.path_in_mount(mnt, snaps["mixed"], mixed)
+        tar = 'tar cf - -C "$1" . | cat >/dev/null'
+        steps = [
+            Step("cp", ["cp", str(mixed_in / LARGE_REL), "/dev/null"]),
+            Step("tar_small", ["bash", "-c", tar, "tar", str(small_in)]),
+            Step("tar_mixed", ["bash", "-c", tar, "tar", str(mixed_in)]),
+        ]
+        return mount_session(self, tool, self.repo(tool), mnt, small_in, steps)
 
     # -- driver
 
@@ -499,6 +512,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Bench's constructor reads bench.py's options: start from their defaults
     full = bench_parse_args([])
     vars(full).update(vars(args))
+    full.repeat = 1  # one run of each measurement here
     check_common_arguments(p, args, sections=SECTIONS, tools=TOOLS, max_scale=8)
     return full
 

@@ -7,8 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchlib.adapters import TOOLS
+from benchlib.realtree import DEFAULT_SOURCES
+from benchlib.trees import TREES
 
 SECTIONS = ("backup", "restore", "check", "mount", "prune")
+DEFAULT_REPEAT = 3
+
+
+def _list(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
 
 
 def add_common_arguments(
@@ -27,13 +34,13 @@ def add_common_arguments(
     p.add_argument(
         "--only",
         default=",".join(sections),
-        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        type=_list,
         help=f"comma-separated sections to run (default: all of {','.join(sections)})",
     )
     p.add_argument(
         "--tools",
         default=",".join(tools),
-        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+        type=_list,
         help="comma-separated tools (default: %(default)s)",
     )
     p.add_argument("--backupfs", help="backupfs executable (default: next to this Python, else on PATH)")
@@ -59,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_arguments(
         p,
         work=Path("/var/tmp/backupfs-bench"),
-        scale_help="corpus size factor: 1 = 2 GiB mixed + 100k small files; 0.05 for a quick run",
+        scale_help="size factor of the generated trees: 1 = 2 GiB mixed, 100k small files, 400k tiny files; "
+        "0.05 for a quick run, 0.001 for a smoke test",
         sections=SECTIONS,
         tools=TOOLS,
         timeout=3600,
@@ -75,8 +83,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep the prune repositories (the main ones are always kept for --only reruns)",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=DEFAULT_REPEAT,
+        metavar="N",
+        help="run every measurement N times, the tools taking turns, and report median, min and max "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--trees",
+        default=",".join(TREES),
+        type=_list,
+        help="comma-separated corpus trees the backup, restore, check and mount sections use "
+        "(default: all of %(default)s)",
+    )
+    p.add_argument(
+        "--real-tree-scale",
+        type=float,
+        metavar="F",
+        help="share of the real tree's folders to copy, a deterministic subset by sorted path "
+        "(default: --scale, at most 1)",
+    )
+    p.add_argument(
+        "--real-tree-from",
+        default=",".join(DEFAULT_SOURCES),
+        type=_list,
+        metavar="DIR,DIR",
+        help="the folders the real tree copies (default %(default)s)",
+    )
     args = p.parse_args(argv)
     check_common_arguments(p, args, sections=SECTIONS, tools=TOOLS, max_scale=4)
+    bad = [t for t in args.trees if t not in TREES]
+    if bad or not args.trees:
+        p.error(f"unknown tree(s) {bad}; choose from {TREES}")
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    if args.real_tree_scale is not None and not 0 < args.real_tree_scale <= 1:
+        p.error("--real-tree-scale must be in (0, 1]")
+    bad = [d for d in args.real_tree_from if not Path(d).is_absolute()]
+    if bad:
+        p.error(f"--real-tree-from: not an absolute path: {', '.join(bad)}")
     return args
 
 

@@ -11,10 +11,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def log(msg: str) -> None:
@@ -162,3 +164,11 @@ def json_lines(text: str) -> Iterator[Any]:
         if line.startswith(("{", "[")):
             with contextlib.suppress(ValueError):
                 yield json.loads(line)
+
+
+def interleave(repeat: int, items: Sequence[T]) -> Iterator[tuple[int, T]]:
+    """(repeat, item) with the items taking turns: a, b, c, a, b, c, ... rather than a, a, a, b, ...,
+    so that a change in the machine's load during the run hits every item alike."""
+    for rep in range(repeat):
+        for item in items:
+            yield rep, item
