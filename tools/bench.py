@@ -33,9 +33,9 @@ Results: a table per section on stdout (ratios are backupfs/other; for speeds hi
 for seconds, sizes and memory lower is better), plus RESULTS/bench-<time>.json (schema
 "backupfs-bench", see tools/benchlib/report.py) and .md.
 
-Runtime grows with --repeat and the trees: on a 2-core machine --scale 0.05 --real-tree-scale 0.1
-takes roughly 20-40 minutes with three tools; a full run (--scale 1, the whole real tree,
---repeat 3) several hours. Needs ~4x the corpus size of free disk under --work (corpora,
+Runtime grows with --repeat and the trees: on a busy 2-core machine --scale 0.05
+--real-tree-scale 0.15 took 33 minutes with three tools; a full run (--scale 1, the whole real
+tree, --repeat 3) takes hours. Needs ~4x the corpus size of free disk under --work (corpora,
 repositories, one restore at a time).
 """
 
