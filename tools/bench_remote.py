@@ -5,7 +5,7 @@ Starts a moto S3 server on 127.0.0.1 (tests/backends/backend_servers.py's MotoSe
 bucket per tool, and runs both tools on the same generated data, one phase at a time with the
 tools interleaved:
 
-  prune  N snapshots (default 20) of the evolving tree of tools/corpus.py (~100 MiB in 2,660 files
+  prune  N snapshots (default 20) of the evolving tree of tools/benchlib/corpus.py (~100 MiB in 2,660 files
          at scale 1, ~5 % changed per step), then `forget --keep-last 5 --prune`; wall time, CPU,
          peak RSS (GNU time %M), bucket size before and after (sum of the object sizes under the
          repository's prefix), `check` afterwards, snapshots left. The first and the incremental
@@ -16,7 +16,7 @@ tools interleaved:
          the cache that mount filled. Each mount: time from starting it until the first `ls` of a
          snapshot folder answers, `cp` of the large file to /dev/null, `tar cf - DIR | cat` of the
          small-file tree and of the mixed tree, and the mount process's peak RSS (VmHWM) before
-         unmounting (tools/bench.py's Bench.mount_one does all that).
+         unmounting (tools/benchlib/mounting.py's mount_session does all that).
 
 For every measured command the S3 requests to the tool's bucket (counted in moto's request log) and
 the moto process's CPU time are reported as well: they show which figures are bound by the server.
@@ -57,27 +57,18 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(2, str(Path(__file__).resolve().parent.parent / "tests" / "backends"))
 import boto3
 from backend_servers import MotoServer
-from bench import (
-    Backupfs,
-    Bench,
-    Restic,
-    Run,
-    Section,
-    Tool,
-    add_common_arguments,
-    check_common_arguments,
-    log,
-    run_cmd,
-    section_markdown,
-)
-from bench import (
-    parse_args as bench_parse_args,
-)
-from corpus import Corpus, MiB, TreeInfo, evolve_step
+from benchlib.adapters import Backupfs, Restic, Tool
+from benchlib.core import Bench
+from benchlib.corpus import Corpus, MiB, TreeInfo, evolve_step
+from benchlib.mounting import Step, mount_session
+from benchlib.options import add_common_arguments, check_common_arguments
+from benchlib.options import parse_args as bench_parse_args
+from benchlib.report import Section, section_markdown
+from benchlib.runner import Run, log, run_cmd
 
 TOOLS = ("backupfs", "restic")
 SECTIONS = ("prune", "mount")
-# Tree sizes at --scale 1, as factors of tools/corpus.py's sizes (see the module docstring).
+# Tree sizes at --scale 1, as factors of tools/benchlib/corpus.py's sizes (see the module docstring).
 CORPUS_SCALE = {"evolve": 0.25, "mixed": 0.125, "small": 0.025}
 REQUEST_RE = re.compile(r'"([A-Z]+) /([^/ ?]+)')  # werkzeug's log line: "GET /bucket/key HTTP/1.1"
 LARGE_REL = Path("big") / "large-1g.bin"  # corpus.gen_mixed's large file (128 MiB x scale here)
@@ -373,7 +364,7 @@ class RemoteBench(Bench):
                 clear_mountpoint(mnt)
                 mark = self.server_mark()
                 try:
-                    res = self.mount_one(tool, mnt, snaps[tool.name], mixed, small, LARGE_REL)
+                    res = self.mount_one(tool, mnt, snaps[tool.name], mixed, small)
                 except Exception as e:  # keep going with the other tool
                     sec.notes.append(f"{tool.name}, {label}: mount benchmark FAILED: {e}")
                     continue
@@ -418,6 +409,18 @@ class RemoteBench(Bench):
             "neither tool caches file contents locally, so cp and tar fetch from S3 in both mounts; page caches "
             "dropped before each"
         )
+
+    def mount_one(self, tool: Tool, mnt: Path, snaps: dict[str, str], mixed: Path, small: Path) -> dict[str, Any]:
+        """One mount session: first ls of the small tree, cp of the large file, tar of both trees."""
+        small_in = tool.path_in_mount(mnt, snaps["small"], small)
+        mixed_in = tool.path_in_mount(mnt, snaps["mixed"], mixed)
+        tar = 'tar cf - -C "$1" . | cat >/dev/null'
+        steps = [
+            Step("cp", ["cp", str(mixed_in / LARGE_REL), "/dev/null"]),
+            Step("tar_small", ["bash", "-c", tar, "tar", str(small_in)]),
+            Step("tar_mixed", ["bash", "-c", tar, "tar", str(mixed_in)]),
+        ]
+        return mount_session(self, tool, self.repo(tool), mnt, small_in, steps)
 
     # -- driver
 
@@ -509,6 +512,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Bench's constructor reads bench.py's options: start from their defaults
     full = bench_parse_args([])
     vars(full).update(vars(args))
+    full.repeat = 1  # one run of each measurement here
     check_common_arguments(p, args, sections=SECTIONS, tools=TOOLS, max_scale=8)
     return full
 

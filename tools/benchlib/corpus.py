@@ -1,11 +1,14 @@
-"""Reproducible benchmark corpora for tools/bench.py.
+"""Benchmark corpora for tools/bench.py: reproducible synthetic trees and a copy of a real one.
 
-Three trees, all derived from one integer seed so two runs (or two machines) back up the same bytes:
+Four synthetic trees, all derived from one integer seed so two runs (or two machines) back up the
+same bytes:
 
 - ``mixed``: about 2 GiB x scale of compressible text-like data, incompressible random data, zero
   runs, files duplicated whole, files sharing shifted regions, one large file of 1 GiB x scale (the
   mount benchmark copies it out), a few tiny/empty files and symlinks.
 - ``small``: 100,000 x scale files of 1-16 KiB in a three-level tree of folders (~830 MiB x scale).
+- ``tiny``: 400,000 x scale files of ~90 bytes (40-140), 100 per folder in 4,000 x scale folders
+  (the shape of mail folders, source trees, package caches; issue 11).
 - ``evolve``: about 300 MiB x scale of medium files plus 10,000 x scale small files; the prune
   benchmark changes ~5 % of it between each of its twenty snapshots.
 
@@ -13,6 +16,9 @@ Random bytes come from the BLAKE3 extendable output keyed by the seed (~0.5-1 GB
 reproducible, unlike ``os.urandom``); text comes from slices of a Zipf-distributed word pool built
 once, so it compresses like prose or logs (lz4 ~2x) without repeating at chunk scale. Nothing loops
 per byte in Python.
+
+And ``real``, a copy of parts of this machine's /usr (see realtree.py): not derived from the seed,
+but as deterministic as the installed packages are.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import stat
 import string
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from random import Random
 from typing import Any
+
+from benchlib.realtree import REAL_VERSION, RealTreeSpec, copy_real_tree
 
 _blake3: Any
 try:
@@ -97,6 +105,36 @@ class TreeInfo:
     files: int
     bytes: int
     gen_s: float
+    folders: int = 0
+    symlinks: int = 0
+    details: dict[str, Any] = field(default_factory=dict)  # the tree's stamp: how it was made
+
+
+@dataclass
+class TreeCounts:
+    files: int  # regular files
+    folders: int  # below the root
+    symlinks: int
+    bytes: int  # of the regular files
+
+
+def tree_counts(root: Path) -> TreeCounts:
+    """What is under `root`, symlinks not followed."""
+    c = TreeCounts(0, 0, 0, 0)
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    c.folders += 1
+                    stack.append(e.path)
+                elif stat.S_ISLNK(st.st_mode):
+                    c.symlinks += 1
+                elif stat.S_ISREG(st.st_mode):
+                    c.files += 1
+                    c.bytes += st.st_size
+    return c
 
 
 def tree_stats(root: Path) -> tuple[int, int]:
@@ -246,6 +284,25 @@ def gen_small(root: Path, scale: float, src: ByteSource) -> None:
                 f.write(data)
 
 
+TINY_PER_DIR = 100
+# The part of the tiny tree the mount benchmark reads (10,000 x scale files): reading all 400,000
+# through three tools' mounts would take most of an hour and add nothing.
+TINY_MOUNT_SUBSET = "t00"
+
+
+def gen_tiny(root: Path, scale: float, src: ByteSource) -> None:
+    """400,000 x scale files of 40-140 bytes of text, 100 per folder, in t<NN>/f<NN>/m<NNN>."""
+    n = max(TINY_PER_DIR, round(400_000 * scale))
+    rng = random.Random(f"{src.seed}:tiny")
+    for start in range(0, n, TINY_PER_DIR):
+        leaf = start // TINY_PER_DIR
+        folder = root / f"t{leaf // 100:02d}" / f"f{leaf % 100:02d}"
+        folder.mkdir(parents=True)
+        for j in range(min(TINY_PER_DIR, n - start)):
+            with open(folder / f"m{j:03d}", "wb") as f:
+                f.write(src.text(rng, rng.randint(40, 140)))
+
+
 def gen_evolve(root: Path, scale: float, src: ByteSource) -> None:
     """The prune benchmark's tree: 300 MiB x scale of 4 KiB-4 MiB files plus 10,000 x scale small files."""
     rng = random.Random(f"{src.seed}:evolve")
@@ -274,15 +331,46 @@ def _files(root: Path) -> list[Path]:
     return out
 
 
-def change_files(root: Path, fraction: float, src: ByteSource, label: str) -> dict[str, int]:
+@dataclass
+class Undo:
+    """The bytes, times and modes `change_files` overwrote, to put the tree back as it was."""
+
+    patches: list[tuple[Path, int, bytes]] = field(default_factory=list)
+    stats: dict[Path, os.stat_result] = field(default_factory=dict)
+
+    def remember(self, path: Path, offset: int, length: int) -> None:
+        if path not in self.stats:
+            st = path.stat()
+            self.stats[path] = st
+            if not os.access(path, os.W_OK):  # the real tree has read-only files
+                path.chmod(stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            self.patches.append((path, offset, f.read(length)))
+
+    def apply(self) -> None:
+        """Write back the original bytes (last change first), then the original modes and times."""
+        for path, offset, data in reversed(self.patches):
+            with open(path, "r+b") as f:
+                f.seek(offset)
+                f.write(data)
+        for path, st in self.stats.items():
+            path.chmod(stat.S_IMODE(st.st_mode))
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        self.patches.clear()
+        self.stats.clear()
+
+
+def change_files(root: Path, fraction: float, src: ByteSource, label: str, undo: Undo | None = None) -> dict[str, int]:
     """Modify about `fraction` of the files and of the bytes under `root`, deterministically.
 
     - `fraction` of the files (at least one) get 4 KiB overwritten in place at a random offset
       (files under 8 KiB are rewritten whole with new content of the same size);
     - files of 4 MiB or more additionally get `fraction` of their bytes overwritten in 64 KiB
       patches spread over the file (like a database or VM image changing).
-    Returns counters of what was changed.
+    Returns counters of what was changed; `undo`, when given, records how to change it back.
     """
+    remember = undo.remember if undo is not None else (lambda path, offset, length: None)
     rng = random.Random(f"{src.seed}:{label}")
     files = _files(root)
     picked = rng.sample(files, max(1, round(len(files) * fraction))) if files else []
@@ -291,10 +379,12 @@ def change_files(root: Path, fraction: float, src: ByteSource, label: str) -> di
         size = p.stat().st_size
         if size < 8 * KiB:
             data = src.random(f"{label}:rw:{i}", size) if rng.random() < 0.5 else src.text(rng, size)
+            remember(p, 0, size)
             p.write_bytes(data)
             changed_bytes += size
         else:
             off = rng.randrange(size - 4 * KiB)
+            remember(p, off, 4 * KiB)
             with open(p, "r+b") as f:
                 f.seek(off)
                 f.write(src.random(f"{label}:ow:{i}", 4 * KiB))
@@ -306,6 +396,7 @@ def change_files(root: Path, fraction: float, src: ByteSource, label: str) -> di
         with open(p, "r+b") as f:
             for k in range(patches):
                 off = rng.randrange(size - 64 * KiB)
+                remember(p, off, 64 * KiB)
                 f.seek(off)
                 f.write(src.random(f"{label}:big:{j}:{k}", 64 * KiB))
         changed_bytes += patches * 64 * KiB
@@ -342,32 +433,35 @@ def evolve_step(root: Path, step: int, fraction: float, src: ByteSource) -> dict
 GENERATORS: dict[str, Callable[[Path, float, ByteSource], None]] = {
     "mixed": gen_mixed,
     "small": gen_small,
+    "tiny": gen_tiny,
     "evolve": gen_evolve,
 }
+REAL = "real"
 
 
 class Corpus:
     """The trees under ``WORK/corpus``, regenerated only when missing, changed, or made with other
-    parameters (a stamp file records seed, scale, generator version and whether a tree was modified)."""
+    parameters (a stamp file records how each was made, what it holds, and whether it was modified)."""
 
-    def __init__(self, work: Path, seed: int, scale: float) -> None:
+    def __init__(self, work: Path, seed: int, scale: float, real: RealTreeSpec | None = None) -> None:
         self.dir = work / "corpus"
         self.seed = seed
         self.scale = scale
+        self.real = real or RealTreeSpec(fraction=min(1.0, scale))
         self.src = ByteSource(seed)
         self._stamp_path = self.dir / "stamp.json"
 
     def path(self, name: str) -> Path:
         return self.dir / name
 
-    def _stamp(self) -> dict[str, dict[str, object]]:
+    def _stamp(self) -> dict[str, dict[str, Any]]:
         try:
             data = json.loads(self._stamp_path.read_text())
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
 
-    def _set_stamp(self, name: str, value: dict[str, object] | None) -> None:
+    def _set_stamp(self, name: str, value: dict[str, Any] | None) -> None:
         stamp = self._stamp()
         if value is None:
             stamp.pop(name, None)
@@ -376,26 +470,63 @@ class Corpus:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._stamp_path.write_text(json.dumps(stamp, indent=1))
 
+    def stamp(self, name: str) -> dict[str, Any] | None:
+        """How tree `name` on disk was made and what it holds (None: not made completely)."""
+        return self._stamp().get(name)
+
+    def _want(self, name: str) -> dict[str, Any]:
+        if name == REAL:
+            return {"version": REAL_VERSION, **self.real.stamp(), "state": "pristine"}
+        return {"version": GEN_VERSION, "seed": self.seed, "scale": self.scale, "state": "pristine"}
+
     def ensure(self, name: str, log: Callable[[str], None]) -> TreeInfo:
         """Make tree `name` pristine (generate it unless an identical pristine copy exists)."""
         root = self.path(name)
-        want = {"version": GEN_VERSION, "seed": self.seed, "scale": self.scale, "state": "pristine"}
+        want = self._want(name)
         have = self._stamp().get(name)
         if root.is_dir() and have is not None and {k: have.get(k) for k in want} == want:
-            files, total = int(str(have["files"])), int(str(have["bytes"]))
-            return TreeInfo(root, files, total, 0.0)
+            if "folders" not in have:  # stamped before folders and symlinks were counted
+                have = {**have, **asdict(tree_counts(root))}
+                self._set_stamp(name, have)
+            return self._info(name, have, 0.0)
         self._set_stamp(name, None)
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
         t0 = time.perf_counter()
-        GENERATORS[name](root, self.scale, self.src)
+        details: dict[str, Any] = {}
+        if name == REAL:
+            details = copy_real_tree(root, self.real, log)
+        else:
+            GENERATORS[name](root, self.scale, self.src)
         os.sync()
         gen_s = time.perf_counter() - t0
-        files, total = tree_stats(root)
-        self._set_stamp(name, {**want, "files": files, "bytes": total})
-        log(f"generated {name}: {files} files, {total / MiB:.1f} MiB in {gen_s:.1f} s")
-        return TreeInfo(root, files, total, gen_s)
+        counts = tree_counts(root)
+        stamp = {**want, **asdict(counts), **details}
+        self._set_stamp(name, stamp)
+        log(
+            f"{'copied' if name == REAL else 'generated'} {name}: {counts.files} files, {counts.folders} folders, "
+            f"{counts.symlinks} symlinks, {counts.bytes / MiB:.1f} MiB in {gen_s:.1f} s"
+        )
+        return self._info(name, stamp, gen_s)
+
+    def info(self, name: str) -> TreeInfo:
+        """Tree `name` as it is on disk now (counted again if it was changed since it was made)."""
+        have = self._stamp().get(name)
+        if have is None or have.get("state") != "pristine" or "folders" not in have:
+            have = {**(have or {}), **asdict(tree_counts(self.path(name)))}
+        return self._info(name, have, 0.0)
+
+    def _info(self, name: str, stamp: dict[str, Any], gen_s: float) -> TreeInfo:
+        return TreeInfo(
+            self.path(name),
+            int(stamp["files"]),
+            int(stamp["bytes"]),
+            gen_s,
+            int(stamp["folders"]),
+            int(stamp["symlinks"]),
+            {k: v for k, v in stamp.items() if k != "state"},
+        )
 
     def exists(self, name: str) -> bool:
         """Whether tree `name` was generated completely (pristine or changed since)."""
@@ -405,3 +536,9 @@ class Corpus:
         stamp = self._stamp().get(name)
         if stamp is not None:
             self._set_stamp(name, {**stamp, "state": "changed"})
+
+    def mark_pristine(self, name: str) -> None:
+        """After an `Undo` put the tree back: it holds the bytes it was made with again."""
+        stamp = self._stamp().get(name)
+        if stamp is not None:
+            self._set_stamp(name, {**stamp, "state": "pristine"})

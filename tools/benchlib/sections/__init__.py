@@ -1,0 +1,1 @@
+"""The benchmark's sections, in the order they run: each a `run(bench, section)` function."""
