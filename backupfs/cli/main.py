@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snapshots": ("backupfs.cli.snapshots", "list snapshots"),
     "ls": ("backupfs.cli.ls", "list files in a snapshot"),
     "cat": ("backupfs.cli.cat", "print one file of a snapshot to standard output"),
+    "diff": ("backupfs.cli.diff", "show differences between two snapshots"),
     "restore": ("backupfs.cli.restore", "restore a snapshot into a directory"),
     "mount": ("backupfs.cli.mount", "mount the repository as a read-only filesystem"),
     "check": ("backupfs.cli.check", "check the repository for errors"),
