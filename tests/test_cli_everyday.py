@@ -14,7 +14,7 @@ from backupfs import __version__
 from backupfs.cli._args import parse_duration, parse_time
 from backupfs.cli.main import build_parser
 
-EVERYDAY = ("diff", "version", "help")
+EVERYDAY = ("diff", "find", "version", "help")
 
 
 def backupfs(*args: str) -> subprocess.CompletedProcess[str]:
