@@ -14,7 +14,7 @@ from backupfs import __version__
 from backupfs.cli._args import parse_duration, parse_time
 from backupfs.cli.main import build_parser
 
-EVERYDAY = ("diff", "find", "version", "help")
+EVERYDAY = ("diff", "find", "stats", "version", "help")
 
 
 def backupfs(*args: str) -> subprocess.CompletedProcess[str]:
@@ -30,7 +30,7 @@ def test_version_text_and_json() -> None:
 
 
 def test_help_command_is_the_command_help() -> None:
-    assert backupfs("help", "snapshots").stdout == backupfs("snapshots", "--help").stdout
+    assert backupfs("help", "diff").stdout == backupfs("diff", "--help").stdout
     assert "COMMAND" in backupfs("help").stdout
     proc = backupfs("help", "snapshot")
     assert proc.returncode == 2 and proc.stderr == "backupfs: unknown command 'snapshot'; did you mean snapshots?\n"
@@ -43,6 +43,7 @@ def test_help_command_is_the_command_help() -> None:
         (["-r", "/x", "snapshots", "--hots", "h"], "--hots: did you mean --host?"),
         (["-r", "/x", "backup", "--exlude=*.o", "/tmp"], "--exlude=*.o: did you mean --exclude"),
         (["key", "lsit"], "invalid choice: 'lsit'; did you mean 'list'?"),
+        (["-r", "/x", "stats", "--mode", "raw"], "did you mean 'raw-data'?"),
     ],
 )
 def test_did_you_mean(argv: list[str], hint: str) -> None:

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cat": ("backupfs.cli.cat", "print one file of a snapshot to standard output"),
     "diff": ("backupfs.cli.diff", "show differences between two snapshots"),
     "find": ("backupfs.cli.find", "find files and folders (or blob and tree ids) in snapshots"),
+    "stats": ("backupfs.cli.stats", "show sizes, deduplication and compression of snapshots"),
     "restore": ("backupfs.cli.restore", "restore a snapshot into a directory"),
     "mount": ("backupfs.cli.mount", "mount the repository as a read-only filesystem"),
     "check": ("backupfs.cli.check", "check the repository for errors"),
