@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snapshots": ("backupfs.cli.snapshots", "list snapshots"),
     "ls": ("backupfs.cli.ls", "list files in a snapshot"),
     "cat": ("backupfs.cli.cat", "print one file of a snapshot to standard output"),
+    "dump": ("backupfs.cli.dump", "write a file, or a folder as a tar or zip archive, from a snapshot"),
     "diff": ("backupfs.cli.diff", "show differences between two snapshots"),
     "find": ("backupfs.cli.find", "find files and folders (or blob and tree ids) in snapshots"),
     "stats": ("backupfs.cli.stats", "show sizes, deduplication and compression of snapshots"),
