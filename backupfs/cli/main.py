@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("backupfs.cli.restore", "restore a snapshot into a directory"),
     "mount": ("backupfs.cli.mount", "mount the repository as a read-only filesystem"),
     "check": ("backupfs.cli.check", "check the repository for errors"),
+    "tag": ("backupfs.cli.tag", "add, remove or set the tags of snapshots"),
     "forget": ("backupfs.cli.forget", "remove snapshots, by id or by a retention policy"),
     "prune": ("backupfs.cli.prune", "remove data that no snapshot uses"),
     "copy": ("backupfs.cli.copy", "copy snapshots from another repository into this one"),

@@ -594,13 +594,15 @@ class Repository:
         return _decode_named(Snapshot.decode, data, f"snapshots/{name}")
 
     def list_snapshots(
-        self, on_damaged: Callable[[str, IntegrityError], None] | None = None
+        self, on_damaged: Callable[[str, IntegrityError], None] | None = None, *, include_replaced: bool = False
     ) -> list[tuple[str, Snapshot]]:
         """All snapshots, oldest first; loaded in parallel for remote backends.
 
         A snapshot file that cannot be read raises, unless `on_damaged` is given: it is then told,
         and the snapshot left out (right for listing and for finding a backup's parent; wrong for
-        prune, which must never decide what is unused from a partial list).
+        prune, which must never decide what is unused from a partial list). A snapshot that a
+        readable one names in `replaces` (an older version of it: `tag` through an append-only
+        server, design.md 10) is left out unless `include_replaced`.
         """
         names = [n for n, _ in self.backend.list(FileType.SNAPSHOT)]
         if self.files is not None:
@@ -618,7 +620,19 @@ class Repository:
         with ThreadPoolExecutor(8, thread_name_prefix="bfs-snap") as pool:
             snaps = list(pool.map(load, names))
         found = [(n, s) for n, s in zip(names, snaps, strict=True) if s is not None]
+        if not include_replaced:
+            replaced = {r.hex() for _n, s in found for r in s.replaces}
+            found = [(n, s) for n, s in found if n not in replaced]
         return sorted(found, key=lambda p: (p[1].time_ns, p[0]))
+
+    def remove_snapshot(self, sid: str, snap: Snapshot) -> None:
+        """Removes a snapshot file and the earlier versions of it that it replaces (design.md 10):
+        left behind, they would reappear once it is gone."""
+        for name in (sid, *(r.hex() for r in snap.replaces)):
+            try:
+                self.backend.remove(FileType.SNAPSHOT, name)
+            except NotFound:
+                pass
 
     def find_snapshot(self, ref: str, snapshots: list[tuple[str, Snapshot]] | None = None) -> tuple[str, Snapshot]:
         """`latest`, a full id or a unique id prefix."""
