@@ -10,8 +10,9 @@ export DEBIAN_FRONTEND=noninteractive
 apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv)
 pip_extra=""
 if [[ "${1:-}" == "--test" ]]; then
-    # ceph-*, radosgw: a single-node Ceph cluster with its S3 gateway (tools/ceph_rgw.py)
-    apt_pkgs+=(rsync acl attr restic borgbackup python3-llfuse openssh-server openssh-client
+    # ceph-*, radosgw: a single-node Ceph cluster with its S3 gateway (tools/ceph_rgw.py);
+    # zbar-tools: zbarimg decodes the QR code of `key export --qr-html`
+    apt_pkgs+=(rsync acl attr restic borgbackup python3-llfuse openssh-server openssh-client zbar-tools
               ceph-mon ceph-mgr ceph-osd radosgw ceph-common)
     pip_extra="[test]"
 fi

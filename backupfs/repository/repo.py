@@ -42,6 +42,7 @@ from backupfs.format import lock as lock_fmt
 from backupfs.format import snapshot as snapshot_fmt
 from backupfs.format.config import ConfigBody, ConfigHeader, config_aad
 from backupfs.format.index import IndexFile
+from backupfs.format.keyexport import KeyExport
 from backupfs.format.keyfile import META_AAD, KeyFile, decode_meta, encode_meta, key_aad
 from backupfs.format.lock import LockInfo
 from backupfs.format.pack import (
@@ -165,14 +166,7 @@ class Repository:
         Key files are tried cheapest first (the hinted ones before all), so a costly key file
         someone added delays only the password it belongs to; key files whose KDF parameters are
         out of the accepted range are skipped with a warning (design.md 4)."""
-        try:
-            raw = backend.load(FileType.CONFIG, "config")
-        except NotFound as exc:
-            raise RepositoryNotFound(f"no repository at {backend.location}") from exc
-        try:
-            header = ConfigHeader.decode(raw)
-        except IntegrityError as exc:
-            raise IntegrityError(f"config: {exc}") from exc
+        header = _load_config(backend)
         aad = key_aad(header.repo_id)
         keys = list(backend.list(FileType.KEY))
         if not keys:
@@ -186,18 +180,30 @@ class Repository:
             except IntegrityError as exc:
                 damaged.append(f"keys/{name}: {exc}")
                 continue
-            try:
-                cipher = Cipher(header.aead, master.enc)
-                plain = cipher.open(header.body, config_aad(header.repo_id))
-                body = ConfigBody.decode(decompress(plain, file_limit(len(header.body))))
-            except IntegrityError as exc:
-                raise IntegrityError(f"config: {exc}") from exc
-            return cls(backend, master, header, body, name, cache_dir, cache_files)
+            return cls(backend, master, header, _config_body(header, master), name, cache_dir, cache_files)
         if len(damaged) == len(keys):
             # No key could even be tried: "wrong password" would send the user the wrong way.
             raise IntegrityError(f"no usable key file: {'; '.join(damaged)}")
         note = f" ({len(damaged)} damaged key files skipped: {damaged[0]})" if damaged else ""
         raise WrongPassword(f"wrong password or no key found{note}")
+
+    @classmethod
+    def import_key(cls, backend: Backend, export: KeyExport, password: bytes, new_password: bytes) -> str:
+        """Writes a key file for `new_password` from a key export, whose own `password` unwraps it:
+        the way back in when every key file is lost or damaged. Returns the new key file's name."""
+        header = _load_config(backend)
+        if export.repo_id != header.repo_id:
+            raise UsageError(
+                f"the key export is of repository {export.repo_id.hex()[:10]}, not of this one ({header.repo_id.hex()[:10]})"
+            )
+        master = unwrap_master_key(export.wrapped, password, key_aad(header.repo_id))
+        body = _config_body(header, master)  # the key opens this repository's config: it is the key
+        return cls(backend, master, header, body, "")._write_key(new_password)
+
+    def export_key(self) -> KeyExport:
+        """The master key as the key file in use wraps it: its password protects the export."""
+        kf = KeyFile.decode(_load_verified(self.backend, FileType.KEY, self.key_name))
+        return KeyExport(self.header.repo_id, kf.wrapped)
 
     # ---------------------------------------------------------------- whole files
 
@@ -692,6 +698,26 @@ def _usable_keys(
         warn(f"key hint {hint!r} matches no usable key file; trying them all")
     usable.sort(key=lambda k: k[:3])
     return [(name, kf) for _later, _cost, name, kf in usable], damaged
+
+
+def _load_config(backend: Backend) -> ConfigHeader:
+    try:
+        raw = backend.load(FileType.CONFIG, "config")
+    except NotFound as exc:
+        raise RepositoryNotFound(f"no repository at {backend.location}") from exc
+    try:
+        return ConfigHeader.decode(raw)
+    except IntegrityError as exc:
+        raise IntegrityError(f"config: {exc}") from exc
+
+
+def _config_body(header: ConfigHeader, master: MasterKey) -> ConfigBody:
+    try:
+        cipher = Cipher(header.aead, master.enc)
+        plain = cipher.open(header.body, config_aad(header.repo_id))
+        return ConfigBody.decode(decompress(plain, file_limit(len(header.body))))
+    except IntegrityError as exc:
+        raise IntegrityError(f"config: {exc}") from exc
 
 
 def _load_verified(backend: Backend, ftype: FileType, name: str) -> bytes:
