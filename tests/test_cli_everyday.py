@@ -14,7 +14,7 @@ from backupfs import __version__
 from backupfs.cli._args import parse_duration, parse_time
 from backupfs.cli.main import build_parser
 
-EVERYDAY = ("diff", "dump", "find", "stats", "tag", "version", "help")
+EVERYDAY = ("cache", "diff", "dump", "find", "stats", "tag", "version", "help")
 
 
 def backupfs(*args: str) -> subprocess.CompletedProcess[str]:

@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "copy": ("backupfs.cli.copy", "copy snapshots from another repository into this one"),
     "key": ("backupfs.cli.key", "manage passwords (key files)"),
     "unlock": ("backupfs.cli.unlock", "remove stale locks"),
+    "cache": ("backupfs.cli.cache", "list or clean up the local caches of repositories"),
     "serve": ("backupfs.cli.serve", "serve repositories over HTTP (for rest: clients)"),
     "version": ("backupfs.cli.version", "print version information"),
     "help": ("backupfs.cli.help", "show the help of a command"),

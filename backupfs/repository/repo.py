@@ -59,7 +59,7 @@ from backupfs.format.pack import (
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import Node, decode_tree, encode_tree
 from backupfs.repository import locks
-from backupfs.repository.cache import IndexCache
+from backupfs.repository.cache import IndexCache, prepare_cache
 from backupfs.repository.filecache import FileCache
 from backupfs.repository.masterindex import BlobLocation, MasterIndex
 from backupfs.repository.packer import Packer
@@ -180,6 +180,8 @@ class Repository:
             except IntegrityError as exc:
                 damaged.append(f"keys/{name}: {exc}")
                 continue
+            if cache_dir is not None:
+                prepare_cache(cache_dir, header.repo_id)
             return cls(backend, master, header, _config_body(header, master), name, cache_dir, cache_files)
         if len(damaged) == len(keys):
             # No key could even be tried: "wrong password" would send the user the wrong way.
