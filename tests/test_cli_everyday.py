@@ -14,7 +14,7 @@ from backupfs import __version__
 from backupfs.cli._args import parse_duration, parse_time
 from backupfs.cli.main import build_parser
 
-EVERYDAY = ("cache", "diff", "dump", "find", "stats", "tag", "version", "help")
+EVERYDAY = ("cache", "diff", "dump", "find", "generate", "key", "stats", "tag", "version", "help")
 
 
 def backupfs(*args: str) -> subprocess.CompletedProcess[str]:
@@ -87,9 +87,15 @@ def test_times_as_restic_find_takes_them() -> None:
 def test_every_option_and_argument_has_help(name: str) -> None:
     parser = build_parser(name)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = [(name, sub.choices[name])]
+    for label, p in parsers:  # and the actions of `key`, ...
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                parsers.extend((f"{label} {n}", c) for n, c in a.choices.items())
     missing = [
-        a.dest
-        for a in sub.choices[name]._actions
-        if a.help is None and not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS
+        f"{label}: {a.dest}"
+        for label, p in parsers
+        for a in p._actions
+        if not a.help and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
     ]
     assert missing == []

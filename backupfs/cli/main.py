@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "unlock": ("backupfs.cli.unlock", "remove stale locks"),
     "cache": ("backupfs.cli.cache", "list or clean up the local caches of repositories"),
     "serve": ("backupfs.cli.serve", "serve repositories over HTTP (for rest: clients)"),
+    "generate": ("backupfs.cli.generate", "write shell completion scripts and man pages"),
     "version": ("backupfs.cli.version", "print version information"),
     "help": ("backupfs.cli.help", "show the help of a command"),
 }
