@@ -4,6 +4,7 @@ script zsh parses, and man pages groff renders without a warning, all from the o
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -103,14 +104,42 @@ def test_fish_completes_with_descriptions_and_snapshot_ids(generated: tuple[CLI,
     ]
 
 
-def test_zsh_script_parses(generated: tuple[CLI, Path, list[str]]) -> None:
+ZSH_HARNESS = """
+zmodload zsh/zpty
+zpty z zsh -f -i
+zpty -w z "fpath=($1 \\$fpath); autoload -Uz compinit; compinit -u -D; PS1='%% '"
+zpty -w -n z "$2"$'\\t'
+sleep 3
+out=""
+while zpty -rt z chunk; do out+=$chunk; done
+zpty -d z
+print -r -- "$out"
+"""
+
+
+def test_zsh_completes_in_a_real_zsh(generated: tuple[CLI, Path, list[str]]) -> None:
+    """An interactive zsh (in a pty, zsh/zpty) loads the script with compinit and completes."""
     if shutil.which("zsh") is None:
         pytest.skip("zsh missing (tools/install-deps.sh --test installs it)")
-    _cli, out, _ids = generated
-    proc = subprocess.run(["zsh", "-n", out / "_backupfs"], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr
-    text = (out / "_backupfs").read_text()
-    assert text.startswith("#compdef backupfs") and "'stats:show sizes" in text and "_backupfs_ids" in text
+    cli, out, ids = generated
+    assert subprocess.run(["zsh", "-n", out / "_backupfs"], check=False).returncode == 0
+
+    def complete(line: str) -> str:
+        proc = subprocess.run(
+            ["zsh", "-f", "-c", ZSH_HARNESS, "harness", out, line],
+            capture_output=True,
+            text=True,
+            env=cli.env,
+            timeout=60,
+            check=True,
+        )
+        return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]|[\x00-\x09\x0b-\x1f]", "", proc.stdout)
+
+    assert "backupfs stats" in complete("backupfs sta")
+    listed = complete(f"backupfs -r {cli.repo} diff latest ")
+    assert all(i[:8] in listed for i in ids) and "latest" in listed
+    assert "files-by-contents" in complete("backupfs stats --mode ")
+    assert "write the master key" in complete("backupfs key ")  # actions with their help
 
 
 def test_man_pages_render_cleanly(generated: tuple[CLI, Path, list[str]]) -> None:
