@@ -45,6 +45,10 @@ def rich(tmp_path: Path, cli_env: dict[str, str]) -> tuple[CLI, Path]:
     src = tmp_path / "src"
     make_rich_tree(src)
     shutil.rmtree(src / "sparse")  # 90 MiB of holes would be 90 MiB of zeros in a tar: slow, not new
+    with open(src / "holes", "wb") as f:  # a small sparse file instead: a hole, data, a hole
+        f.seek(100_000)
+        f.write(os.urandom(5000))
+        f.truncate(300_000)
     os.utime(src, ns=(1_600_000_000 * 10**9, 1_650_000_000 * 10**9))
     cli("backup", src)
     return cli, src
@@ -75,6 +79,7 @@ def test_single_file_and_stdout(rich: tuple[CLI, Path]) -> None:
     cli, src = rich
     assert cli("dump", "latest", src / "random.bin").stdout == (src / "random.bin").read_bytes()
     assert cli("dump", "latest", src / "empty").stdout == b""
+    assert cli("dump", "latest", src / "holes").stdout == (src / "holes").read_bytes()  # holes as zeros
     data = cli("dump", "latest", src / "dir").stdout  # a folder to a pipe: tar
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         leaf = tar.extractfile(str(src / "dir" / "sub" / "subsub" / "leaf.txt").lstrip("/"))
