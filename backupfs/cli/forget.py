@@ -7,12 +7,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from backupfs.backends.base import FileType
 from backupfs.cli._common import format_time, open_repository, print_json
 from backupfs.cli._quote import escape
 from backupfs.cli.prune import add_prune_args, prune_options, prune_repository, refuse_no_lock
 from backupfs.cli.snapshots import add_filter_args, snapshot_json
-from backupfs.errors import NotFound, UsageError
+from backupfs.errors import UsageError
 from backupfs.format.snapshot import Snapshot
 from backupfs.prune.policy import (
     DEFAULT_GROUP_BY,
@@ -121,9 +120,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _by_id(repo: Repository, args: argparse.Namespace) -> list[str]:
     snapshots = repo.list_snapshots()
-    ids = list(dict.fromkeys(repo.find_snapshot(ref, snapshots)[0] for ref in args.snapshots))
+    found = dict(repo.find_snapshot(ref, snapshots) for ref in args.snapshots)
+    ids = list(found)
     if not args.dry_run:
-        _remove(repo, ids)
+        _remove(repo, ids, found)
     if args.json:
         print_json({"message_type": "forget", "dry_run": args.dry_run, "removed": ids})
     elif not args.quiet:
@@ -144,7 +144,7 @@ def _by_policy(repo: Repository, args: argparse.Namespace, policy: Policy) -> li
     plans = plan_forget(candidates, policy, args.group_by, now=datetime.now(UTC))
     remove = [sn.id for plan in plans for sn in plan.remove]
     if not args.dry_run:
-        _remove(repo, remove)
+        _remove(repo, remove, snaps)
     if args.json:
         print_json(
             {
@@ -160,12 +160,9 @@ def _by_policy(repo: Repository, args: argparse.Namespace, policy: Policy) -> li
     return remove
 
 
-def _remove(repo: Repository, ids: list[str]) -> None:
+def _remove(repo: Repository, ids: list[str], snaps: dict[str, Snapshot]) -> None:
     for sid in ids:
-        try:
-            repo.backend.remove(FileType.SNAPSHOT, sid)
-        except NotFound:
-            pass
+        repo.remove_snapshot(sid, snaps[sid])  # with the older versions it hides (`tag`)
 
 
 def _adapt(sid: str, snap: Snapshot) -> PolicySnapshot:

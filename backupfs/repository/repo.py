@@ -42,6 +42,7 @@ from backupfs.format import lock as lock_fmt
 from backupfs.format import snapshot as snapshot_fmt
 from backupfs.format.config import ConfigBody, ConfigHeader, config_aad
 from backupfs.format.index import IndexFile
+from backupfs.format.keyexport import KeyExport
 from backupfs.format.keyfile import META_AAD, KeyFile, decode_meta, encode_meta, key_aad
 from backupfs.format.lock import LockInfo
 from backupfs.format.pack import (
@@ -58,7 +59,7 @@ from backupfs.format.pack import (
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import Listing, Node, decode_tree, encode_tree, read_listing
 from backupfs.repository import locks
-from backupfs.repository.cache import IndexCache
+from backupfs.repository.cache import IndexCache, prepare_cache
 from backupfs.repository.filecache import FileCache
 from backupfs.repository.masterindex import BlobLocation, MasterIndex
 from backupfs.repository.packer import Packer
@@ -168,14 +169,7 @@ class Repository:
         Key files are tried cheapest first (the hinted ones before all), so a costly key file
         someone added delays only the password it belongs to; key files whose KDF parameters are
         out of the accepted range are skipped with a warning (design.md 4)."""
-        try:
-            raw = backend.load(FileType.CONFIG, "config")
-        except NotFound as exc:
-            raise RepositoryNotFound(f"no repository at {backend.location}") from exc
-        try:
-            header = ConfigHeader.decode(raw)
-        except IntegrityError as exc:
-            raise IntegrityError(f"config: {exc}") from exc
+        header = _load_config(backend)
         aad = key_aad(header.repo_id)
         keys = list(backend.list(FileType.KEY))
         if not keys:
@@ -189,18 +183,32 @@ class Repository:
             except IntegrityError as exc:
                 damaged.append(f"keys/{name}: {exc}")
                 continue
-            try:
-                cipher = Cipher(header.aead, master.enc)
-                plain = cipher.open(header.body, config_aad(header.repo_id))
-                body = ConfigBody.decode(decompress(plain, file_limit(len(header.body))))
-            except IntegrityError as exc:
-                raise IntegrityError(f"config: {exc}") from exc
-            return cls(backend, master, header, body, name, cache_dir, cache_files)
+            if cache_dir is not None:
+                prepare_cache(cache_dir, header.repo_id)
+            return cls(backend, master, header, _config_body(header, master), name, cache_dir, cache_files)
         if len(damaged) == len(keys):
             # No key could even be tried: "wrong password" would send the user the wrong way.
             raise IntegrityError(f"no usable key file: {'; '.join(damaged)}")
         note = f" ({len(damaged)} damaged key files skipped: {damaged[0]})" if damaged else ""
         raise WrongPassword(f"wrong password or no key found{note}")
+
+    @classmethod
+    def import_key(cls, backend: Backend, export: KeyExport, password: bytes, new_password: bytes) -> str:
+        """Writes a key file for `new_password` from a key export, whose own `password` unwraps it:
+        the way back in when every key file is lost or damaged. Returns the new key file's name."""
+        header = _load_config(backend)
+        if export.repo_id != header.repo_id:
+            raise UsageError(
+                f"the key export is of repository {export.repo_id.hex()[:10]}, not of this one ({header.repo_id.hex()[:10]})"
+            )
+        master = unwrap_master_key(export.wrapped, password, key_aad(header.repo_id))
+        body = _config_body(header, master)  # the key opens this repository's config: it is the key
+        return cls(backend, master, header, body, "")._write_key(new_password)
+
+    def export_key(self) -> KeyExport:
+        """The master key as the key file in use wraps it: its password protects the export."""
+        kf = KeyFile.decode(_load_verified(self.backend, FileType.KEY, self.key_name))
+        return KeyExport(self.header.repo_id, kf.wrapped)
 
     # ---------------------------------------------------------------- whole files
 
@@ -605,13 +613,15 @@ class Repository:
         return _decode_named(Snapshot.decode, data, f"snapshots/{name}")
 
     def list_snapshots(
-        self, on_damaged: Callable[[str, IntegrityError], None] | None = None
+        self, on_damaged: Callable[[str, IntegrityError], None] | None = None, *, include_replaced: bool = False
     ) -> list[tuple[str, Snapshot]]:
         """All snapshots, oldest first; loaded in parallel for remote backends.
 
         A snapshot file that cannot be read raises, unless `on_damaged` is given: it is then told,
         and the snapshot left out (right for listing and for finding a backup's parent; wrong for
-        prune, which must never decide what is unused from a partial list).
+        prune, which must never decide what is unused from a partial list). A snapshot that a
+        readable one names in `replaces` (an older version of it: `tag` through an append-only
+        server, design.md 10) is left out unless `include_replaced`.
         """
         names = [n for n, _ in self.backend.list(FileType.SNAPSHOT)]
         if self.files is not None:
@@ -629,7 +639,19 @@ class Repository:
         with ThreadPoolExecutor(8, thread_name_prefix="bfs-snap") as pool:
             snaps = list(pool.map(load, names))
         found = [(n, s) for n, s in zip(names, snaps, strict=True) if s is not None]
+        if not include_replaced:
+            replaced = {r.hex() for _n, s in found for r in s.replaces}
+            found = [(n, s) for n, s in found if n not in replaced]
         return sorted(found, key=lambda p: (p[1].time_ns, p[0]))
+
+    def remove_snapshot(self, sid: str, snap: Snapshot) -> None:
+        """Removes a snapshot file and the earlier versions of it that it replaces (design.md 10):
+        left behind, they would reappear once it is gone."""
+        for name in (sid, *(r.hex() for r in snap.replaces)):
+            try:
+                self.backend.remove(FileType.SNAPSHOT, name)
+            except NotFound:
+                pass
 
     def find_snapshot(self, ref: str, snapshots: list[tuple[str, Snapshot]] | None = None) -> tuple[str, Snapshot]:
         """`latest`, a full id or a unique id prefix."""
@@ -689,6 +711,26 @@ def _usable_keys(
         warn(f"key hint {hint!r} matches no usable key file; trying them all")
     usable.sort(key=lambda k: k[:3])
     return [(name, kf) for _later, _cost, name, kf in usable], damaged
+
+
+def _load_config(backend: Backend) -> ConfigHeader:
+    try:
+        raw = backend.load(FileType.CONFIG, "config")
+    except NotFound as exc:
+        raise RepositoryNotFound(f"no repository at {backend.location}") from exc
+    try:
+        return ConfigHeader.decode(raw)
+    except IntegrityError as exc:
+        raise IntegrityError(f"config: {exc}") from exc
+
+
+def _config_body(header: ConfigHeader, master: MasterKey) -> ConfigBody:
+    try:
+        cipher = Cipher(header.aead, master.enc)
+        plain = cipher.open(header.body, config_aad(header.repo_id))
+        return ConfigBody.decode(decompress(plain, file_limit(len(header.body))))
+    except IntegrityError as exc:
+        raise IntegrityError(f"config: {exc}") from exc
 
 
 def _load_verified(backend: Backend, ftype: FileType, name: str) -> bytes:

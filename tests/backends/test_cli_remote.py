@@ -86,7 +86,7 @@ def test_every_command_on_remote_repository(remote: RemoteCli, tmp_path: Path, m
     snaps = json.loads(remote("snapshots", "--json").stdout)
     assert len(snaps) == 2 and snaps[0]["id"] == first["snapshot_id"]
     # metadata is cached locally after the first listing: the second one works from the cache
-    cache = next((tmp_path / "cache" / "backupfs").iterdir())
+    cache = next(p for p in (tmp_path / "cache" / "backupfs").iterdir() if p.is_dir())  # beside CACHEDIR.TAG
     assert {p.name for p in (cache / "snapshots").iterdir()} == {s["id"] for s in snaps}
     assert (cache / "index.cache").exists()
 
