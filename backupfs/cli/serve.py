@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-import trio
-
-from backupfs.server.run import ServerOptions, serve
+from backupfs.server.run import ServerOptions
+from backupfs.server.run import run as run_server
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -35,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
         htpasswd=args.htpasswd,
         private_repos=args.private_repos,
     )
-    trio.run(serve, opts)
+    run_server(opts)
     return 0

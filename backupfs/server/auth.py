@@ -13,13 +13,17 @@ from typing import Final
 
 import bcrypt
 
-from backupfs.errors import BackupfsError
+from backupfs.errors import UsageError
 
 VERIFIED_SECONDS: Final = 300.0  # a successful password check is trusted this long
 RELOAD_CHECK_SECONDS: Final = 1.0  # the file's modification time is looked at at most this often
 # bcrypt cost of the check made for unknown users, so that a failed login takes time either way
 _DUMMY_ROUNDS: Final = 10
 _CACHE_KEY_BYTES: Final = 32
+
+
+class HtpasswdError(UsageError):
+    """The --htpasswd file cannot be used at start-up: unreadable, or no entry in it is usable."""
 
 
 class Htpasswd:
@@ -43,6 +47,10 @@ class Htpasswd:
         self._dummy = bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=_DUMMY_ROUNDS))
         self.warnings: list[str] = []
         self._reload(force=True)
+        if not self._entries:
+            raise HtpasswdError(
+                f"--htpasswd {path}: no usable entry (lines must be USER:HASH, hashes bcrypt, $apr1$ or {{SHA}})"
+            )
 
     def _reload(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -57,7 +65,7 @@ class Htpasswd:
                 text = f.read().decode("utf-8", "replace")
         except OSError as exc:
             if force:
-                raise BackupfsError(f"cannot read htpasswd file {self.path}: {exc.strerror}") from exc
+                raise HtpasswdError(f"cannot read --htpasswd {self.path}: {exc.strerror or exc}") from exc
             return  # keep the last good user list while the file is being replaced
         entries: dict[str, bytes] = {}
         warnings = []

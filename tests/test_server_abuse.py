@@ -1,0 +1,185 @@
+"""`backupfs serve` under abuse: password guessing, oversized and stalled uploads, floods of
+headers, bad start-up options and stop signals. Every test talks to a real server on 127.0.0.1.
+
+The authentication tests run the server in this process (the same `serve()` the command runs,
+on a real socket), so that they can watch its bcrypt queue instead of timing it: bcrypt is
+wrapped to record each check and, where a test needs it, to hold the wrong passwords' checks
+until the test lets them go. Linux routes all of 127.0.0.0/8 to loopback, so clients bind
+127.0.x.y source addresses to play many attackers.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+import trio
+
+from backupfs.errors import BackupfsError
+from backupfs.server.app import RestApp
+from backupfs.server.run import Prepared, ServerOptions, bind, hypercorn_config, prepare, serve
+
+GOOD = b"alices-pw"
+HANG_GUARD = 30.0  # seconds; only ever reached when the behaviour under test is broken
+
+
+def _htpasswd(path: Path, users: dict[str, bytes], cost: int = 5) -> Path:
+    path.write_text("".join(f"{u}:{bcrypt.hashpw(p, bcrypt.gensalt(rounds=cost)).decode()}\n" for u, p in users.items()))
+    return path
+
+
+def _cost(hashed: bytes) -> int:
+    return int(hashed.split(b"$")[2])
+
+
+class Client:
+    """One HTTP/1.1 connection from a chosen source address, with basic credentials."""
+
+    def __init__(self, port: int, source: str = "127.0.0.1", user: str = "alice", password: bytes = GOOD) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD, source_address=(source, 0))
+        token = base64.b64encode(user.encode() + b":" + password).decode()
+        self.headers = {"Authorization": f"Basic {token}"}
+
+    def request(self, method: str, path: str, body: bytes = b"") -> http.client.HTTPResponse:
+        self.conn.request(method, path, body=body, headers=self.headers)
+        response = self.conn.getresponse()
+        response.read()
+        if response.will_close:
+            self.conn.close()
+        return response
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def ask(
+    port: int,
+    method: str,
+    path: str,
+    source: str = "127.0.0.1",
+    user: str = "alice",
+    password: bytes = GOOD,
+    body: bytes = b"",
+) -> int:
+    """One request on a connection of its own: the status."""
+    client = Client(port, source, user, password)
+    try:
+        return client.request(method, path, body).status
+    finally:
+        client.close()
+
+
+@contextlib.asynccontextmanager
+async def in_process(app: RestApp) -> AsyncIterator[int]:
+    """The real server (run.serve, hypercorn, a real socket) in this trio loop; yields its port."""
+    prepared = Prepared(app, hypercorn_config(ServerOptions(path=app.root)), bind("127.0.0.1:0"))
+    stop = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, prepared, stop.wait, lambda _m: None)
+            try:
+                yield prepared.listener.getsockname()[1]
+            finally:
+                stop.set()
+    finally:
+        prepared.listener.close()
+
+
+class Bcrypt:
+    """bcrypt.checkpw, recording (password, cost) of every check; wrong passwords can be held."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, hold_wrong: bool = False) -> None:
+        self.calls: list[tuple[bytes, int]] = []
+        self.gate = threading.Event()
+        if not hold_wrong:
+            self.gate.set()
+        real = bcrypt.checkpw
+
+        def checkpw(password: bytes, hashed: bytes) -> bool:
+            self.calls.append((password, _cost(hashed)))
+            if password != GOOD:
+                self.gate.wait(HANG_GUARD)
+            return real(password, hashed)
+
+        monkeypatch.setattr(bcrypt, "checkpw", checkpw)
+
+    def count(self, password: bytes) -> int:
+        return sum(1 for p, _ in self.calls if p == password)
+
+
+# ---------------------------------------------------------------------------- start-up errors
+
+
+def _serve(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "backupfs", "serve", *args], stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A read-only filesystem: not writable even by root, as the tests run."""
+    path = tmp_path / "ro"
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)], check=False).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_bad_start_up_options_are_one_line_and_a_documented_exit_code(tmp_path: Path, read_only_dir: Path) -> None:
+    """Exit 2 for a value to fix, 1 for an address that cannot be listened on (it may free up)."""
+    root = str(tmp_path / "srv")
+    os.mkdir(root)
+    (tmp_path / "file").write_text("")
+    (tmp_path / "garbage").write_bytes(b"\x00\xff no entries here\nalice\n")
+    missing, file = str(tmp_path / "missing"), str(tmp_path / "file")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    in_use = f"127.0.0.1:{busy.getsockname()[1]}"
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"listen": "127.0.0.1:99999"}, 2, "port must be a number"),
+        ({"listen": "127.0.0.1:http"}, 2, "port must be a number"),
+        ({"listen": "8000"}, 2, "expected HOST:PORT"),
+        ({"listen": "::1:8000"}, 2, "in brackets"),
+        ({"listen": "nosuchhost.invalid:8000"}, 1, "cannot listen on nosuchhost.invalid:8000"),
+        ({"listen": in_use}, 1, f"cannot listen on {in_use}: Address already in use"),
+        ({"path": missing}, 2, "no such directory"),
+        ({"path": file}, 2, "not a directory"),
+        ({"path": str(read_only_dir)}, 2, "not writable"),
+        ({"htpasswd": missing}, 2, "cannot read --htpasswd"),
+        ({"htpasswd": str(tmp_path / "garbage")}, 2, "no usable entry"),
+        ({"tls_cert": missing, "tls_key": missing}, 2, "cannot load --tls-cert"),
+        ({"tls_cert": file}, 2, "go together"),
+        ({"private_repos": True}, 2, "needs --htpasswd"),
+    ]
+    logged: list[str] = []
+    try:
+        for options, code, message in cases:
+            with pytest.raises(BackupfsError) as info:
+                prepare(ServerOptions(**{"path": root, "listen": "127.0.0.1:0", **options}), logged.append)
+            assert (info.value.exit_code, message in str(info.value), logged) == (code, True, []), (options, info)
+            assert "\n" not in str(info.value)
+        # through the command: one line, that exit code (these four were tracebacks or exit 1)
+        cli_cases = [("--listen", "127.0.0.1:99999"), ("--listen", "nosuchhost.invalid:8000"), ("--listen", in_use)]
+        cli_cases.append(("--listen", "127.0.0.1:0", "--htpasswd", missing))
+        started = [_serve("--path", root, *args) for args in cli_cases]
+        for proc, args, code in zip(started, cli_cases, (2, 1, 1, 2), strict=True):
+            _out, err = proc.communicate(timeout=HANG_GUARD)
+            lines = err.decode().splitlines()
+            assert (proc.returncode, len(lines)) == (code, 1), (args, proc.returncode, lines)
+            assert lines[0].startswith("backupfs: ") and "internal error" not in lines[0], lines
+    finally:
+        busy.close()
