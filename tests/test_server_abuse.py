@@ -14,17 +14,21 @@ import base64
 import contextlib
 import http.client
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import bcrypt
+import blake3
 import pytest
 import trio
+from rest_server import RestServer
 
 from backupfs.errors import BackupfsError
 from backupfs.server.app import RestApp
@@ -118,6 +122,31 @@ class Bcrypt:
         return sum(1 for p, _ in self.calls if p == password)
 
 
+# ---------------------------------------------------------------------------- oversized and broken uploads
+
+
+def _raw(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD)
+
+
+def _read_to_eof(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def _temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and ".tmp-" in p.name]
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + HANG_GUARD
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
 # ---------------------------------------------------------------------------- start-up errors
 
 
@@ -183,3 +212,55 @@ def test_bad_start_up_options_are_one_line_and_a_documented_exit_code(tmp_path: 
             assert lines[0].startswith("backupfs: ") and "internal error" not in lines[0], lines
     finally:
         busy.close()
+
+
+# ---------------------------------------------------------------------------- stop signals
+
+
+def _start_upload(port: int, data: bytes, name: str) -> socket.socket:
+    sock = _raw(port)
+    sock.sendall(f"POST /r/data/{name} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode())
+    sock.sendall(data[: len(data) // 2])
+    return sock
+
+
+def test_stop_signals_end_serve_cleanly(tmp_path: Path) -> None:
+    """SIGTERM, SIGHUP and SIGINT, each landing mid-upload: an upload completed within the grace
+    period is stored, one that stalls is cancelled and its temporary removed; exit 143/129/130."""
+    servers = {sig: RestServer(tmp_path / sig.name) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        uploads = {}
+        for sig, srv in servers.items():
+            srv.start()
+            assert ask(srv.port, "POST", "/r/?create=true") == 200
+            finished, stalled = os.urandom(200_000), os.urandom(200_000)
+            names = blake3.blake3(finished).hexdigest(), blake3.blake3(stalled).hexdigest()
+            socks = _start_upload(srv.port, finished, names[0]), _start_upload(srv.port, stalled, names[1])
+            uploads[sig] = (finished, names, socks)
+            _wait_for(lambda srv=srv: len(_temporaries(srv.path)) == 2)  # both uploads under way
+        for sig, srv in servers.items():
+            assert srv.proc is not None
+            srv.proc.send_signal(sig)
+        for sig in servers:  # within the grace period: the rest of one upload, after the signal
+            finished, _names, (done, _stalled) = uploads[sig]
+            done.sendall(finished[len(finished) // 2 :])
+            assert _read_to_eof(done).startswith(b"HTTP/1.1 200")
+        for sig, srv in servers.items():
+            finished, names, socks = uploads[sig]
+            proc, srv.proc = srv.proc, None
+            assert proc is not None
+            code = proc.wait(HANG_GUARD)
+            for sock in socks:
+                sock.close()
+            assert code == 128 + sig, (sig, code)
+            expected = b"backupfs: interrupted" if sig == signal.SIGINT else f"terminated by {sig.name}".encode()
+            _wait_for(lambda srv=srv, expected=expected: expected in srv.output)
+            assert proc.stderr is not None
+            proc.stderr.close()
+            data_dir = srv.path / "r" / "data"
+            assert (data_dir / names[0][:2] / names[0]).read_bytes() == finished
+            assert not (data_dir / names[1][:2] / names[1]).exists()
+            assert _temporaries(srv.path) == []
+    finally:
+        for srv in servers.values():
+            srv.stop(signal.SIGKILL)

@@ -40,8 +40,8 @@ READ_TIMEOUT_SECONDS: Final = 120
 GRACEFUL_SECONDS: Final = 5
 BACKLOG: Final = 128
 MAX_PORT: Final = 65535
-# SIGINT (Ctrl-C), SIGTERM (systemd's stop)
-STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+# SIGINT (Ctrl-C), SIGTERM (systemd's stop), SIGHUP (a closed terminal): all stop it cleanly
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclasses.dataclass
@@ -180,7 +180,7 @@ async def serve(
 
 
 async def serve_until_signal(prepared: Prepared, log: Callable[[str], None]) -> int:
-    """Serves until SIGINT or SIGTERM; returns that signal's number."""
+    """Serves until SIGINT, SIGTERM or SIGHUP; returns that signal's number."""
     received = 0
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
 
