@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import http.client
 import os
 import signal
@@ -32,6 +33,8 @@ from rest_server import RestServer
 
 from backupfs.errors import BackupfsError
 from backupfs.server.app import RestApp
+from backupfs.server.auth import Htpasswd
+from backupfs.server.ratelimit import LoginLimiter
 from backupfs.server.run import Prepared, ServerOptions, bind, hypercorn_config, prepare, serve
 
 GOOD = b"alices-pw"
@@ -120,6 +123,121 @@ class Bcrypt:
 
     def count(self, password: bytes) -> int:
         return sum(1 for p, _ in self.calls if p == password)
+
+
+# ---------------------------------------------------------------------------- logins
+
+
+async def test_a_logged_in_client_never_waits_behind_bcrypt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """60 wrong-password clients (60 addresses) fill the bcrypt threads and their queue; the
+    logged-in client's requests are answered meanwhile, without a single further bcrypt check."""
+    app = RestApp(str(tmp_path), htpasswd=Htpasswd(str(_htpasswd(tmp_path / "htpasswd", {"alice": GOOD}))))
+    checks = Bcrypt(monkeypatch, hold_wrong=True)
+    threads = trio.CapacityLimiter(100)
+    attackers = 60
+    async with in_process(app) as port:
+        good = Client(port)
+        response = await trio.to_thread.run_sync(good.request, "POST", "/r/?create=true")
+        assert response.status == 200
+        assert checks.count(GOOD) == 1
+
+        results: list[int] = []
+
+        def attack(i: int) -> None:
+            results.append(ask(port, "GET", "/r/keys/", f"127.0.1.{i + 1}", password=b"guess-%d" % i))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(attackers):
+                nursery.start_soon(functools.partial(trio.to_thread.run_sync, attack, i, limiter=threads))
+            with trio.fail_after(HANG_GUARD):  # both bcrypt threads held, every other guess queued
+                while (app._auth.statistics().borrowed_tokens, app._auth.statistics().tasks_waiting) != (
+                    2,
+                    attackers - 2,
+                ):
+                    await trio.sleep(0.01)
+            for _ in range(20):
+                response = await trio.to_thread.run_sync(good.request, "GET", "/r/keys/", limiter=threads)
+                assert response.status == 200
+            assert app._auth.statistics().tasks_waiting == attackers - 2  # the queue never moved
+            checks.gate.set()
+        good.close()
+    assert checks.count(GOOD) == 1
+    assert results == [401] * attackers
+
+
+async def test_failed_logins_are_rate_limited_per_address_in_bounded_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logins = LoginLimiter(burst=3, refill_seconds=60, max_addresses=8, clock=lambda: 0.0)  # the clock stands still
+    htpasswd = Htpasswd(str(_htpasswd(tmp_path / "htpasswd", {"alice": GOOD})))
+    app = RestApp(str(tmp_path), htpasswd=htpasswd, logins=logins)
+    checks = Bcrypt(monkeypatch)
+    async with in_process(app) as port:
+
+        def run() -> None:
+            guesser = Client(port, "127.0.0.2", password=b"guess")
+            answers = [guesser.request("GET", "/r/keys/") for _ in range(6)]
+            assert [a.status for a in answers] == [401, 401, 401, 429, 429, 429]
+            assert all(int(a.headers["retry-after"]) >= 1 for a in answers[3:])
+            assert checks.count(b"guess") == 3  # the refused guesses cost no bcrypt
+            guesser.close()
+
+            assert ask(port, "POST", "/r/?create=true", "127.0.0.3") == 200
+            # a verified login is never rate-limited, even from an address out of tokens
+            assert ask(port, "GET", "/r/keys/", "127.0.0.2") == 200
+            assert checks.count(GOOD) == 1
+
+            # 30 more addresses: 6 get buckets of their own (8 tracked), then all share one
+            statuses = []
+            for i in range(30):
+                statuses.append(ask(port, "GET", "/r/keys/", f"127.0.2.{i + 1}", password=b"spray"))
+                assert len(logins) <= 8 + 1
+            assert statuses == [401] * (6 + 3) + [429] * 21
+            assert checks.count(b"spray") == 6 + 3
+
+        await trio.to_thread.run_sync(run)
+
+
+def test_login_limiter_refills_forgets_and_groups_ipv6() -> None:
+    now = [0.0]
+    limiter = LoginLimiter(burst=2, refill_seconds=10, max_addresses=4, clock=lambda: now[0])
+    assert [limiter.take("2001:db8::1"), limiter.take("2001:db8::2")] == [0, 0]
+    assert limiter.take("2001:db8::ffff") == 10  # the same /64: one host
+    assert limiter.take("2001:db8:0:1::1") == 0  # another /64
+    assert limiter.take("::ffff:192.0.2.1") == 0 and limiter.take("192.0.2.1") == 0
+    assert limiter.take("192.0.2.1") == 10  # an IPv4-mapped address is that IPv4 address
+    limiter.give_back("192.0.2.1")
+    assert limiter.take("192.0.2.1") == 0
+    now[0] = 15
+    assert limiter.take("2001:db8::7") == 0 and limiter.take("2001:db8::7") == 5
+    assert len(limiter) == 3
+    now[0] = 1000  # every bucket has refilled: they are forgotten as new addresses come
+    assert [limiter.take(f"198.51.100.{i}") for i in range(4)] == [0] * 4
+    assert len(limiter) == 4
+    # the table is full of buckets in use: further addresses share one overflow bucket
+    assert [limiter.take(f"203.0.113.{i}") for i in range(4)] == [0, 0, 10, 10]
+    assert len(limiter) == 4 + 1
+
+
+async def test_a_changed_htpasswd_file_ends_remembered_logins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _htpasswd(tmp_path / "htpasswd", {"alice": GOOD, "bob": b"bobs-pw"})
+    checks = Bcrypt(monkeypatch)
+    app = RestApp(str(tmp_path), htpasswd=Htpasswd(str(path), reload_seconds=0))
+    async with in_process(app) as port:
+
+        def run() -> None:
+            alice, bob = Client(port), Client(port, user="bob", password=b"bobs-pw")
+            assert alice.request("POST", "/r/?create=true").status == 200
+            assert alice.request("GET", "/r/keys/").status == 200 and bob.request("GET", "/r/keys/").status == 200
+            assert checks.count(GOOD) == 1  # remembered
+            _htpasswd(path, {"alice": b"new-pw"})  # alice's password changed, bob revoked
+            assert alice.request("GET", "/r/keys/").status == 401
+            assert bob.request("GET", "/r/keys/").status == 401
+            assert ask(port, "GET", "/r/keys/", password=b"new-pw") == 200
+            alice.close()
+            bob.close()
+
+        await trio.to_thread.run_sync(run)
 
 
 # ---------------------------------------------------------------------------- oversized and broken uploads

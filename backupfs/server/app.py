@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -15,6 +16,7 @@ import trio
 from backupfs.backends.base import FileType
 from backupfs.errors import UsageError
 from backupfs.server.auth import Htpasswd, basic_credentials
+from backupfs.server.ratelimit import LoginLimiter
 from backupfs.server.routes import parse_target
 from backupfs.server.storage import (
     READ_CHUNK,
@@ -58,6 +60,7 @@ class RestApp:
         htpasswd: Htpasswd | None = None,
         private_repos: bool = False,
         io_threads: int = IO_THREADS,
+        logins: LoginLimiter | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         if private_repos and htpasswd is None:
@@ -68,6 +71,7 @@ class RestApp:
         self.private_repos = private_repos
         self._io = trio.CapacityLimiter(io_threads)
         self._auth = trio.CapacityLimiter(AUTH_THREADS)  # bcrypt: kept off the I/O threads
+        self.logins = logins if logins is not None else LoginLimiter()
         self._log = log or (lambda _m: None)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -122,7 +126,7 @@ class RestApp:
 
     async def _handle(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
         method: str = scope["method"]
-        user = await self._authenticate(headers)
+        user = await self._authenticate(scope, headers)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
         raw_path = raw_path.split(b"?", 1)[0]
         target = parse_target(raw_path)
@@ -156,17 +160,36 @@ class RestApp:
         else:
             raise Refused(405, f"method {method} is not supported", _allow(b"GET, HEAD, POST, DELETE"))
 
-    async def _authenticate(self, headers: dict[bytes, bytes]) -> str:
-        if self.htpasswd is None:
+    async def _authenticate(self, scope: Scope, headers: dict[bytes, bytes]) -> str:
+        """The user, once the credentials are verified.
+
+        A login verified before is answered from the cache, here on the event loop, never
+        queued behind the bcrypt checks of others; only the others take a failed-login token
+        of their address (given back on success) and then a bcrypt thread.
+        """
+        htpasswd = self.htpasswd
+        if htpasswd is None:
             return ""
         creds = basic_credentials(headers)
         challenge = [(b"www-authenticate", b'Basic realm="backupfs"')]
         if creds is None:
             raise Refused(401, "authentication required", challenge)
-        ok = await trio.to_thread.run_sync(self.htpasswd.check, creds[0], creds[1], limiter=self._auth)
-        if not ok:
+        user, password = creds
+        if htpasswd.reload_due() and await self._run(htpasswd.refresh):
+            for warning in htpasswd.warnings:
+                self._log(f"warning: {warning}")
+        if htpasswd.verified(user, password):
+            return user
+        client = scope.get("client")
+        address = str(client[0]) if client else None
+        wait = self.logins.take(address)
+        if wait > 0:
+            retry = str(max(1, math.ceil(wait))).encode()
+            raise Refused(429, "too many failed logins from this address; try again later", [(b"retry-after", retry)])
+        if not await trio.to_thread.run_sync(htpasswd.check, user, password, limiter=self._auth):
             raise Refused(401, "wrong user name or password", challenge)
-        return creds[0]
+        self.logins.give_back(address)
+        return user
 
     async def _load(self, path: str, headers: dict[bytes, bytes], send: Send, head: bool) -> None:
         read: Read = await self._run(open_read, path, headers.get(b"range"), head)

@@ -9,6 +9,8 @@ import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
 import bcrypt
@@ -16,9 +18,11 @@ import bcrypt
 from backupfs.errors import UsageError
 
 VERIFIED_SECONDS: Final = 300.0  # a successful password check is trusted this long
+MAX_VERIFIED: Final = 1024  # remembered successful logins; the oldest is forgotten first
 RELOAD_CHECK_SECONDS: Final = 1.0  # the file's modification time is looked at at most this often
 # bcrypt cost of the check made for unknown users, so that a failed login takes time either way
 _DUMMY_ROUNDS: Final = 10
+_BCRYPT_PREFIXES: Final = ("$2y$", "$2b$", "$2a$")
 _CACHE_KEY_BYTES: Final = 32
 
 
@@ -29,44 +33,59 @@ class HtpasswdError(UsageError):
 class Htpasswd:
     """An Apache htpasswd file: bcrypt (`$2y$`, `htpasswd -B`), `$apr1$` (its default) or `{SHA}`.
 
-    bcrypt costs ~0.1 s per check by design, far too slow for every request of a backup, so a
-    successful check is remembered (as an HMAC under a per-process key, never the password) for
-    `cache_seconds`. The file is re-read when its modification time changes, so users can be
-    added or revoked without a restart.
+    bcrypt costs up to ~0.1 s per check by design, far too slow for every request of a backup,
+    so a successful check is remembered for `cache_seconds`, keyed by an HMAC of user and
+    password under a per-process key: never the password itself. `verified()` answers from that
+    cache without any hashing worth the name, so a logged-in client never waits for the bcrypt
+    checks of others. The file is re-read when it changes (`reload`), which forgets every
+    remembered login, so users can be added or revoked without a restart.
     """
 
-    def __init__(self, path: str, cache_seconds: float = VERIFIED_SECONDS) -> None:
+    def __init__(
+        self,
+        path: str,
+        cache_seconds: float = VERIFIED_SECONDS,
+        reload_seconds: float = RELOAD_CHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
         self._cache_seconds = cache_seconds
+        self._reload_seconds = reload_seconds
+        self._clock = clock
         self._lock = threading.Lock()
         self._secret = secrets.token_bytes(_CACHE_KEY_BYTES)
         self._entries: dict[str, bytes] = {}
-        self._verified: dict[str, tuple[bytes, float]] = {}
-        self._mtime = -1.0
-        self._checked = 0.0
+        # HMAC(user, password) -> (user, the file's hash it was checked against, expiry)
+        self._verified: OrderedDict[bytes, tuple[str, bytes, float]] = OrderedDict()
+        self._signature: tuple[int, int, int] | None = None
+        self._checked = clock()
         self._dummy = bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=_DUMMY_ROUNDS))
         self.warnings: list[str] = []
-        self._reload(force=True)
+        try:
+            self.reload()
+        except OSError as exc:
+            raise HtpasswdError(f"cannot read --htpasswd {path}: {exc.strerror or exc}") from exc
         if not self._entries:
             raise HtpasswdError(
                 f"--htpasswd {path}: no usable entry (lines must be USER:HASH, hashes bcrypt, $apr1$ or {{SHA}})"
             )
 
-    def _reload(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked < RELOAD_CHECK_SECONDS:
-            return
+    def reload_due(self) -> bool:
+        """Whether to look at the file again; True once per interval (call from the event loop)."""
+        now = self._clock()
+        if now - self._checked < self._reload_seconds:
+            return False
         self._checked = now
-        try:
-            st = os.stat(self.path)
-            if not force and st.st_mtime == self._mtime:
-                return
-            with open(self.path, "rb") as f:
-                text = f.read().decode("utf-8", "replace")
-        except OSError as exc:
-            if force:
-                raise HtpasswdError(f"cannot read --htpasswd {self.path}: {exc.strerror or exc}") from exc
-            return  # keep the last good user list while the file is being replaced
+        return True
+
+    def reload(self) -> bool:
+        """Re-reads the file if it changed (True then). Blocking: call from a worker thread."""
+        with open(self.path, "rb") as f:
+            st = os.fstat(f.fileno())
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if signature == self._signature:
+                return False
+            text = f.read().decode("utf-8", "replace")
         entries: dict[str, bytes] = {}
         warnings = []
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -76,43 +95,69 @@ class Htpasswd:
             user, sep, hashed = line.partition(":")
             if not sep or not user:
                 warnings.append(f"{self.path}:{lineno}: malformed line ignored")
-            elif hashed.startswith(("$2y$", "$2b$", "$2a$", "$apr1$", "{SHA}")):
+            elif hashed.startswith((*_BCRYPT_PREFIXES, "$apr1$", "{SHA}")):
                 entries[user] = hashed.encode()
             else:
                 warnings.append(f"{self.path}:{lineno}: unsupported hash for user {user!r} (use htpasswd -B)")
         with self._lock:
             self._entries = entries
             self._verified.clear()
-            self._mtime = st.st_mtime
+            self._signature = signature
             self.warnings = warnings
+        return True
+
+    def refresh(self) -> bool:
+        """`reload`, keeping the last good user list while the file cannot be read (it is being
+        replaced, say). Blocking."""
+        try:
+            return self.reload()
+        except OSError:
+            return False
+
+    def _tag(self, user: str, password: bytes) -> bytes:
+        return hmac.new(self._secret, user.encode() + b"\0" + password, hashlib.sha256).digest()
+
+    def verified(self, user: str, password: bytes) -> bool:
+        """Whether this login succeeded recently (and the file has not changed since). Cheap: one
+        HMAC-SHA256, no I/O, so it is called on the event loop, ahead of the bcrypt queue."""
+        tag = self._tag(user, password)
+        with self._lock:
+            cached = self._verified.get(tag)
+            if cached is None:
+                return False
+            cached_user, hashed, expiry = cached
+            if cached_user == user and expiry > self._clock() and self._entries.get(user) == hashed:
+                return True
+            del self._verified[tag]
+            return False
 
     def check(self, user: str, password: bytes) -> bool:
-        """Blocking (bcrypt): call from a worker thread."""
-        self._reload()
-        tag = hmac.new(self._secret, user.encode() + b"\0" + password, hashlib.sha256).digest()
-        now = time.monotonic()
+        """The full check (bcrypt): blocking and slow, call from a worker thread."""
         with self._lock:
             hashed = self._entries.get(user)
-            cached = self._verified.get(user)
         if hashed is None:
             bcrypt.checkpw(password, self._dummy)  # same cost as a real check: do not reveal user names
             return False
-        if cached is not None and cached[1] > now and hmac.compare_digest(cached[0], tag):
-            return True
-        if hashed.startswith(b"{SHA}"):
-            ok = hmac.compare_digest(base64.b64encode(hashlib.sha1(password).digest()), hashed[5:])
-        elif hashed.startswith(b"$apr1$"):
-            ok = hmac.compare_digest(apr1_md5(password, hashed.split(b"$")[2]), hashed)
-        else:
-            try:
-                ok = bcrypt.checkpw(password, hashed)
-            except ValueError:
-                ok = False
+        ok = verify_hash(password, hashed)
         if ok:
             with self._lock:
-                if self._entries.get(user) == hashed:
-                    self._verified[user] = (tag, now + self._cache_seconds)
+                if self._entries.get(user) == hashed:  # not replaced by a reload meanwhile
+                    self._verified[self._tag(user, password)] = (user, hashed, self._clock() + self._cache_seconds)
+                    while len(self._verified) > MAX_VERIFIED:
+                        self._verified.popitem(last=False)
         return ok
+
+
+def verify_hash(password: bytes, hashed: bytes) -> bool:
+    """Whether `password` matches one htpasswd hash (bcrypt, $apr1$ or {SHA}). Blocking."""
+    if hashed.startswith(b"{SHA}"):
+        return hmac.compare_digest(base64.b64encode(hashlib.sha1(password).digest()), hashed[5:])
+    if hashed.startswith(b"$apr1$"):
+        return hmac.compare_digest(apr1_md5(password, hashed.split(b"$")[2]), hashed)
+    try:
+        return bcrypt.checkpw(password, hashed)
+    except ValueError:  # a malformed hash in the file
+        return False
 
 
 _ITOA64: Final = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
