@@ -219,6 +219,49 @@ def test_login_limiter_refills_forgets_and_groups_ipv6() -> None:
     assert len(limiter) == 4 + 1
 
 
+async def test_unknown_users_cost_what_the_files_entries_cost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check made for an unknown user uses the file's own kind of hash and bcrypt cost, so a
+    failed login takes as long for an unknown user as for a known one."""
+    checks = Bcrypt(monkeypatch)
+    for cost, users in ((5, {"alice": GOOD, "bob": b"x"}), (7, {"alice": GOOD, "bob": b"x", "carol": b"y"})):
+        path = _htpasswd(tmp_path / f"htpasswd{cost}", users, cost)
+        async with in_process(RestApp(str(tmp_path), htpasswd=Htpasswd(str(path)))) as port:
+
+            def probe(port: int = port) -> tuple[int, int]:
+                return (
+                    ask(port, "GET", "/r/keys/", user="mallory", password=b"m"),
+                    ask(port, "GET", "/r/keys/", user="mallory", password=b"m" * 100),
+                )
+
+            checks.calls.clear()
+            assert await trio.to_thread.run_sync(probe) == (401, 401)  # over 72 bytes: 401, not an error
+            assert [c for _p, c in checks.calls] == [cost, cost]
+
+    # a file of $apr1$ entries (htpasswd's default): an unknown user costs an apr1 hash, not bcrypt
+    apr1 = subprocess.run(["openssl", "passwd", "-apr1", "pw"], capture_output=True, check=True).stdout.decode()
+    (tmp_path / "apr1").write_text(f"dave:{apr1.strip()}\n")
+    async with in_process(RestApp(str(tmp_path), htpasswd=Htpasswd(str(tmp_path / "apr1")))) as port:
+        checks.calls.clear()
+        assert await trio.to_thread.run_sync(lambda: ask(port, "GET", "/r/keys/", user="mallory", password=b"m")) == 401
+        assert checks.calls == []
+
+
+async def test_long_passwords_are_cut_at_72_bytes_as_bcrypt_does(tmp_path: Path) -> None:
+    """Apache's bcrypt (and the original) uses a password's first 72 bytes; the bcrypt module
+    refuses longer ones, which made such users unable to log in."""
+    long_pw = bytes(range(65, 65 + 50)) * 2  # 100 bytes
+    path = tmp_path / "htpasswd"
+    path.write_text(f"alice:{bcrypt.hashpw(long_pw[:72], bcrypt.gensalt(rounds=5)).decode()}\n")
+    async with in_process(RestApp(str(tmp_path), htpasswd=Htpasswd(str(path)))) as port:
+
+        def run() -> None:
+            assert ask(port, "POST", "/r/?create=true", password=long_pw) == 200
+            assert ask(port, "GET", "/r/keys/", password=long_pw[:72] + b"anything") == 200
+            assert ask(port, "GET", "/r/keys/", password=long_pw[:71]) == 401
+
+        await trio.to_thread.run_sync(run)
+
+
 async def test_a_changed_htpasswd_file_ends_remembered_logins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _htpasswd(tmp_path / "htpasswd", {"alice": GOOD, "bob": b"bobs-pw"})
     checks = Bcrypt(monkeypatch)

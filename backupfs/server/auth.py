@@ -9,8 +9,8 @@ import os
 import secrets
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import bcrypt
@@ -20,9 +20,15 @@ from backupfs.errors import UsageError
 VERIFIED_SECONDS: Final = 300.0  # a successful password check is trusted this long
 MAX_VERIFIED: Final = 1024  # remembered successful logins; the oldest is forgotten first
 RELOAD_CHECK_SECONDS: Final = 1.0  # the file's modification time is looked at at most this often
-# bcrypt cost of the check made for unknown users, so that a failed login takes time either way
-_DUMMY_ROUNDS: Final = 10
+# bcrypt uses only a password's first 72 bytes (Apache's htpasswd -B too); the bcrypt module
+# refuses longer ones instead of truncating
+BCRYPT_MAX_PASSWORD: Final = 72
+# what `htpasswd -B` writes without -C: the cost of the unknown-user check in a file without bcrypt
+DEFAULT_BCRYPT_COST: Final = 5
+BCRYPT_MIN_COST: Final = 4  # the range bcrypt itself accepts
+BCRYPT_MAX_COST: Final = 31
 _BCRYPT_PREFIXES: Final = ("$2y$", "$2b$", "$2a$")
+_BCRYPT_CHECKSUM_CHARS: Final = 31
 _CACHE_KEY_BYTES: Final = 32
 
 
@@ -59,7 +65,7 @@ class Htpasswd:
         self._verified: OrderedDict[bytes, tuple[str, bytes, float]] = OrderedDict()
         self._signature: tuple[int, int, int] | None = None
         self._checked = clock()
-        self._dummy = bcrypt.hashpw(b"dummy", bcrypt.gensalt(rounds=_DUMMY_ROUNDS))
+        self._dummy: Callable[[bytes], object] = _bcrypt_dummy(DEFAULT_BCRYPT_COST)
         self.warnings: list[str] = []
         try:
             self.reload()
@@ -99,10 +105,12 @@ class Htpasswd:
                 entries[user] = hashed.encode()
             else:
                 warnings.append(f"{self.path}:{lineno}: unsupported hash for user {user!r} (use htpasswd -B)")
+        dummy = _dummy_check(entries.values())
         with self._lock:
             self._entries = entries
             self._verified.clear()
             self._signature = signature
+            self._dummy = dummy
             self.warnings = warnings
         return True
 
@@ -132,11 +140,16 @@ class Htpasswd:
             return False
 
     def check(self, user: str, password: bytes) -> bool:
-        """The full check (bcrypt): blocking and slow, call from a worker thread."""
+        """The full check (bcrypt): blocking and slow, call from a worker thread.
+
+        An unknown user costs the same work as a known one: the dummy check uses the scheme and
+        bcrypt cost of the file's own entries, so timing does not tell which user names exist.
+        """
         with self._lock:
             hashed = self._entries.get(user)
+            dummy = self._dummy
         if hashed is None:
-            bcrypt.checkpw(password, self._dummy)  # same cost as a real check: do not reveal user names
+            dummy(password)
             return False
         ok = verify_hash(password, hashed)
         if ok:
@@ -155,9 +168,52 @@ def verify_hash(password: bytes, hashed: bytes) -> bool:
     if hashed.startswith(b"$apr1$"):
         return hmac.compare_digest(apr1_md5(password, hashed.split(b"$")[2]), hashed)
     try:
-        return bcrypt.checkpw(password, hashed)
+        return bcrypt.checkpw(password[:BCRYPT_MAX_PASSWORD], hashed)
     except ValueError:  # a malformed hash in the file
         return False
+
+
+def bcrypt_cost(hashed: bytes) -> int | None:
+    """The cost (log2 rounds) of a bcrypt hash, None if it is not one."""
+    parts = hashed.split(b"$")
+    if len(parts) < 4 or not hashed.startswith(tuple(p.encode() for p in _BCRYPT_PREFIXES)):
+        return None
+    if not (parts[2].isdigit() and len(parts[2]) == 2):
+        return None
+    cost = int(parts[2])
+    return cost if BCRYPT_MIN_COST <= cost <= BCRYPT_MAX_COST else None
+
+
+def _dummy_check(hashes: Iterable[bytes]) -> Callable[[bytes], object]:
+    """The work an unknown user's login costs: that of the file's most common kind of entry
+    (for bcrypt, its most common cost; the higher one on a tie)."""
+    kinds: Counter[tuple[str, int]] = Counter()
+    for hashed in hashes:
+        cost = bcrypt_cost(hashed)
+        if cost is not None:
+            kinds["bcrypt", cost] += 1
+        elif hashed.startswith(b"$apr1$"):
+            kinds["apr1", 0] += 1
+        else:
+            kinds["sha", 0] += 1
+    if not kinds:
+        return _bcrypt_dummy(DEFAULT_BCRYPT_COST)
+    (kind, cost), _n = max(kinds.items(), key=lambda item: (item[1], item[0][1]))
+    if kind == "bcrypt":
+        return _bcrypt_dummy(cost)
+    if kind == "apr1":
+        salt = secrets.token_hex(4).encode()
+        return lambda password: apr1_md5(password, salt)
+    return lambda password: hashlib.sha1(password).digest()
+
+
+def _bcrypt_dummy(cost: int) -> Callable[[bytes], object]:
+    """A bcrypt check of this cost that no password passes. gensalt() does no hashing, so even a
+    high cost costs nothing here; the checksum is random, so nothing can match it."""
+    alphabet = _ITOA64.decode()
+    checksum = "".join(secrets.choice(alphabet) for _ in range(_BCRYPT_CHECKSUM_CHARS)).encode()
+    hashed = bcrypt.gensalt(rounds=cost) + checksum
+    return lambda password: verify_hash(password, hashed)
 
 
 _ITOA64: Final = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
