@@ -32,7 +32,7 @@ import trio
 from rest_server import RestServer
 
 from backupfs.errors import BackupfsError
-from backupfs.server.app import RestApp
+from backupfs.server.app import MAX_UPLOAD, RestApp
 from backupfs.server.auth import Htpasswd
 from backupfs.server.ratelimit import LoginLimiter
 from backupfs.server.run import Prepared, ServerOptions, bind, hypercorn_config, prepare, serve
@@ -286,6 +286,13 @@ async def test_a_changed_htpasswd_file_ends_remembered_logins(tmp_path: Path, mo
 # ---------------------------------------------------------------------------- oversized and broken uploads
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestServer]:
+    with RestServer(tmp_path_factory.mktemp("srv")) as srv:
+        assert ask(srv.port, "POST", "/r/?create=true") == 200
+        yield srv
+
+
 def _raw(port: int) -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=HANG_GUARD)
 
@@ -295,6 +302,19 @@ def _read_to_eof(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return data
+
+
+def test_an_oversized_declared_upload_is_refused_before_its_body(server: RestServer) -> None:
+    """Headers only, declaring more than the limit: 413 arrives with no byte of body sent, and
+    the server closes the connection (it will not read gigabytes to refuse them)."""
+    name = "ab" * 32
+    with _raw(server.port) as sock:
+        sock.sendall(
+            f"POST /r/data/{name} HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_UPLOAD + 1}\r\n\r\n".encode()
+        )
+        answer = _read_to_eof(sock)  # EOF: the server closed the connection
+    head = answer.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 413") and b"connection: close" in head
 
 
 def _temporaries(root: Path) -> list[Path]:

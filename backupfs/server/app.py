@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import math
@@ -38,7 +37,10 @@ Send = Callable[[Message], Awaitable[None]]
 
 MAX_UPLOAD: Final = (1 << 30) + (64 << 20)  # the largest pack (1 GiB, design.md 7) plus its header
 WRITE_CHUNK: Final = 1 << 20
-MAX_DRAIN: Final = 64 << 20  # a refused upload is read (and dropped) up to this size
+# A refused upload is read (and dropped) up to this size, so the client sees the answer rather
+# than a reset and its kept-alive connection stays usable. Larger ones are answered at once and
+# the connection closed: reading gigabytes to refuse them is what an attacker would want.
+MAX_DRAIN: Final = 64 << 20
 IO_THREADS: Final = 16  # blocking file work at once
 AUTH_THREADS: Final = 2  # bcrypt checks at once: CPU-bound, so a burst of logins cannot starve the I/O
 JSON_V2: Final = b"application/vnd.x.restic.rest.v2"
@@ -106,23 +108,30 @@ class RestApp:
         except (Refused, OSError) as exc:
             if started:  # too late for a status: dropping the connection tells the client
                 raise
+            close = False
             if not body_done:
-                # Read what the client is still sending, so it sees our answer rather than a reset
-                # and the kept-alive connection stays usable. Beyond a limit, let it close instead.
-                with contextlib.suppress(_ClientGone, Refused):
-                    await _drain(tracking_receive, MAX_DRAIN)
-            await self._error_response(scope, exc, tracking_send)
+                close = not _worth_draining(exc, headers)
+                if not close:
+                    try:
+                        await _drain(tracking_receive, MAX_DRAIN)
+                    except Refused:
+                        close = True
+                    except _ClientGone:
+                        pass
+            await self._error_response(scope, exc, tracking_send, close)
         except _ClientGone:
             pass
 
-    async def _error_response(self, scope: Scope, exc: Exception, send: Send) -> None:
+    async def _error_response(self, scope: Scope, exc: Exception, send: Send, close: bool) -> None:
+        # the body left unread makes the connection unusable: say so, and hypercorn closes it
+        extra = [(b"connection", b"close")] if close else []
         if isinstance(exc, Refused):
-            await _respond(send, exc.status, exc.reason.encode() + b"\n", exc.headers)
+            await _respond(send, exc.status, exc.reason.encode() + b"\n", [*exc.headers, *extra])
             return
         assert isinstance(exc, OSError)
         self._log(f"{scope['method']} {scope.get('path')}: {exc}")
         status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 500  # 507: not worth retrying
-        await _respond(send, status, f"server storage error: {exc.strerror or exc}\n".encode())
+        await _respond(send, status, f"server storage error: {exc.strerror or exc}\n".encode(), extra)
 
     async def _handle(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
         method: str = scope["method"]
@@ -267,6 +276,14 @@ class RestApp:
             raise Refused(403, f"append-only: deleting {ftype.value} files is not allowed (run prune on the server)")
         await self._run(remove_file, path)
         await _respond(send, 200)
+
+
+def _worth_draining(exc: Exception, headers: dict[bytes, bytes]) -> bool:
+    """Whether to read an unread request body before answering (else the connection closes)."""
+    if isinstance(exc, Refused) and exc.status == 413:
+        return False
+    declared = headers.get(b"content-length")
+    return declared is None or (declared.isdigit() and int(declared) <= MAX_DRAIN)
 
 
 def _allow(methods: bytes) -> list[tuple[bytes, bytes]]:
