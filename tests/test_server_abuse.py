@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import hashlib
 import http.client
 import os
 import signal
@@ -326,6 +327,64 @@ def _wait_for(condition: Callable[[], bool]) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.02)
+
+
+def test_a_client_gone_mid_upload_leaves_nothing(server: RestServer) -> None:
+    data = os.urandom(1 << 20)
+    name = hashlib.sha256(data).hexdigest()  # any 64-hex name: it is never committed
+    with _raw(server.port) as sock:
+        sock.sendall(f"POST /r/data/{name} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode())
+        sock.sendall(data[: len(data) // 2])
+        _wait_for(lambda: bool(_temporaries(server.path)))
+    _wait_for(lambda: not _temporaries(server.path))
+    assert not (server.path / "r" / "data" / name[:2] / name).exists()
+
+
+def test_a_flood_of_headers_is_refused_and_the_server_goes_on(server: RestServer) -> None:
+    with _raw(server.port) as sock:
+        sock.sendall(b"GET /r/keys/ HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 100_000 + b"\r\n")
+        answer = _read_to_eof(sock)
+    assert answer.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400")), answer[:100]
+    assert ask(server.port, "GET", "/r/keys/") == 200
+
+
+def test_repository_names_cannot_climb_out_of_the_served_folder(server: RestServer) -> None:
+    """Request targets sent byte for byte (no client-side normalisation): each is refused with
+    400 and nothing is created outside --path (nor a repository named by a dot segment)."""
+    for target in (
+        b"/../evil/?create=true",
+        b"/r/../../evil/?create=true",
+        b"/%2e%2e/evil/?create=true",
+        b"/r/..%2f..%2fevil/?create=true",
+        b"/r/..\\..\\evil/?create=true",
+        b"/./evil/?create=true",
+        b"/evil%00/?create=true",
+        b"http://x/../evil/?create=true",
+        b"/../../etc/passwd",
+        b"/r/../../../etc/passwd/config",
+    ):
+        with _raw(server.port) as sock:
+            sock.sendall(b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            assert _read_to_eof(sock).startswith(b"HTTP/1.1 400"), target
+    assert not list(server.path.parent.rglob("evil*"))
+
+
+def test_concurrent_uploads_of_one_name_store_it_once(server: RestServer) -> None:
+    data = os.urandom(300_000)
+    name = blake3.blake3(data).hexdigest()
+    statuses: list[int] = []
+
+    def upload() -> None:
+        statuses.append(ask(server.port, "POST", f"/r/data/{name}", body=data))
+
+    threads = [threading.Thread(target=upload) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 8
+    assert (server.path / "r" / "data" / name[:2] / name).read_bytes() == data
+    assert not _temporaries(server.path)
 
 
 # ---------------------------------------------------------------------------- start-up errors
