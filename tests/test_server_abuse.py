@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import http.client
+import json
 import os
 import signal
 import socket
@@ -32,6 +33,7 @@ import pytest
 import trio
 from rest_server import RestServer
 
+from backupfs.backends.local import LocalBackend
 from backupfs.errors import BackupfsError
 from backupfs.server.app import MAX_UPLOAD, RestApp
 from backupfs.server.auth import Htpasswd
@@ -385,6 +387,36 @@ def test_concurrent_uploads_of_one_name_store_it_once(server: RestServer) -> Non
     assert statuses == [200] * 8
     assert (server.path / "r" / "data" / name[:2] / name).read_bytes() == data
     assert not _temporaries(server.path)
+
+
+async def test_a_listing_is_streamed_in_pieces(tmp_path: Path) -> None:
+    """A folder's listing is sent in pieces (chunked, no length), never built whole in memory: a
+    huge folder (even lock files, which an append-only client may create at will) costs the
+    server one piece at a time."""
+    LocalBackend(str(tmp_path / "r")).create()
+    names = sorted(f"{i:064x}" for i in range(10))
+    for i, name in enumerate(names):
+        (tmp_path / "r" / "locks" / name).write_bytes(b"x" * i)
+    (tmp_path / "r" / "locks" / ("a" * 64 + ".tmp-1")).write_bytes(b"")  # never listed
+    async with in_process(RestApp(str(tmp_path), list_batch=3)) as port:
+
+        def run() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=HANG_GUARD)
+            for method in ("GET", "HEAD"):
+                conn.request(method, "/r/locks/")
+                response = conn.getresponse()
+                body = response.read()
+                assert response.status == 200 and response.headers["content-length"] is None
+                if method == "GET":
+                    assert response.headers["transfer-encoding"] == "chunked"
+                    assert sorted((e["name"], e["size"]) for e in json.loads(body)) == [
+                        (n, i) for i, n in enumerate(names)
+                    ]
+                else:
+                    assert body == b""
+            conn.close()
+
+        await trio.to_thread.run_sync(run)
 
 
 # ---------------------------------------------------------------------------- start-up errors

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import errno
-import json
 import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Final
 
 import blake3
@@ -24,7 +23,7 @@ from backupfs.server.storage import (
     Upload,
     create_repository,
     file_path,
-    list_files,
+    open_listing,
     open_read,
     pread,
     remove_file,
@@ -42,6 +41,7 @@ WRITE_CHUNK: Final = 1 << 20
 # the connection closed: reading gigabytes to refuse them is what an attacker would want.
 MAX_DRAIN: Final = 64 << 20
 IO_THREADS: Final = 16  # blocking file work at once
+LIST_BATCH: Final = 10_000  # listing entries per piece sent (~0.9 MB of JSON)
 AUTH_THREADS: Final = 2  # bcrypt checks at once: CPU-bound, so a burst of logins cannot starve the I/O
 JSON_V2: Final = b"application/vnd.x.restic.rest.v2"
 APPEND_ONLY_HEADER: Final = b"x-backupfs-append-only"
@@ -62,6 +62,7 @@ class RestApp:
         htpasswd: Htpasswd | None = None,
         private_repos: bool = False,
         io_threads: int = IO_THREADS,
+        list_batch: int = LIST_BATCH,
         logins: LoginLimiter | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
@@ -72,6 +73,7 @@ class RestApp:
         self.htpasswd = htpasswd
         self.private_repos = private_repos
         self._io = trio.CapacityLimiter(io_threads)
+        self._list_batch = list_batch
         self._auth = trio.CapacityLimiter(AUTH_THREADS)  # bcrypt: kept off the I/O threads
         self.logins = logins if logins is not None else LoginLimiter()
         self._log = log or (lambda _m: None)
@@ -155,8 +157,7 @@ class RestApp:
             if method not in ("GET", "HEAD"):
                 raise Refused(405, "a folder can only be listed", _allow(b"GET, HEAD"))
             assert target.ftype is not None
-            body = json.dumps(await self._run(list_files, repo_dir, target.ftype)).encode()
-            await _respond(send, 200, body, [(b"content-type", JSON_V2)], head=method == "HEAD")
+            await self._list(repo_dir, target.ftype, send, head=method == "HEAD")
             return
         assert target.ftype is not None
         path = file_path(repo_dir, target.ftype, target.name)
@@ -199,6 +200,17 @@ class RestApp:
             raise Refused(401, "wrong user name or password", challenge)
         self.logins.give_back(address)
         return user
+
+    async def _list(self, repo_dir: str, ftype: FileType, send: Send, head: bool) -> None:
+        """Streams the listing (chunked, no length): memory bounded by one piece, not the folder."""
+        pieces: Generator[bytes, None, None] = await self._run(open_listing, repo_dir, ftype, self._list_batch)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", JSON_V2)]})
+            while not head and (piece := await self._run(next, pieces, None)) is not None:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            pieces.close()  # gives back the folder's descriptor if the client left mid-way
 
     async def _load(self, path: str, headers: dict[bytes, bytes], send: Send, head: bool) -> None:
         read: Read = await self._run(open_read, path, headers.get(b"range"), head)
