@@ -344,9 +344,11 @@ def test_a_client_gone_mid_upload_leaves_nothing(server: RestServer) -> None:
 
 def test_a_flood_of_headers_is_refused_and_the_server_goes_on(server: RestServer) -> None:
     with _raw(server.port) as sock:
-        sock.sendall(b"GET /r/keys/ HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 100_000 + b"\r\n")
+        # headers that never end, past 16 KiB: 20 KB, small enough to be read in one go, so
+        # the server's close after its answer is not a reset (which could discard the answer)
+        sock.sendall(b"GET /r/keys/ HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 2_500)
         answer = _read_to_eof(sock)
-    assert answer.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400")), answer[:100]
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
     assert ask(server.port, "GET", "/r/keys/") == 200
 
 
