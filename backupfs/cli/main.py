@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "copy": ("backupfs.cli.copy", "copy snapshots from another repository into this one"),
     "key": ("backupfs.cli.key", "manage passwords (key files)"),
     "unlock": ("backupfs.cli.unlock", "remove stale locks"),
+    "repair": ("backupfs.cli.repair", "repair a damaged repository (index, snapshots, packs)"),
     "serve": ("backupfs.cli.serve", "serve repositories over HTTP (for rest: clients)"),
 }
 

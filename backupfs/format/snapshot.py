@@ -26,6 +26,7 @@ class Snapshot:
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
     program: str = ""
     original: bytes | None = None
+    repaired: bytes | None = None  # the snapshot this one replaces (`repair snapshots`)
 
     def encode(self) -> bytes:
         return pack(
@@ -43,6 +44,7 @@ class Snapshot:
                 "summary": self.summary,
                 "program": self.program,
                 "original": self.original,
+                **({"repaired": self.repaired} if self.repaired is not None else {}),
             }
         )
 
@@ -60,8 +62,9 @@ class Snapshot:
             raise IntegrityError("snapshot: malformed paths, tags or excludes")
         parent = _optional(obj, "parent", bytes, None)
         original = _optional(obj, "original", bytes, None)
-        if (parent is not None and len(parent) != 32) or (original is not None and len(original) != 32):
-            raise IntegrityError("snapshot: malformed parent or original id")
+        repaired = _optional(obj, "repaired", bytes, None)
+        if any(v is not None and len(v) != 32 for v in (parent, original, repaired)):
+            raise IntegrityError("snapshot: malformed parent, original or repaired id")
         return cls(
             time_ns=field(obj, "time", int, what),
             host=field(obj, "host", str, what),
@@ -76,6 +79,7 @@ class Snapshot:
             summary=_optional(obj, "summary", dict, {}),
             program=_optional(obj, "program", str, ""),
             original=original,
+            repaired=repaired,
         )
 
 
