@@ -11,15 +11,17 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import CLI, PASSWORD
 from hostile import assert_clean, supersede_with_garbage
+from mounting import CAN_MOUNT, SKIP_REASON, Cli, Mount
 from mounting import PASSWORD as MOUNT_PASSWORD
-from mounting import Cli
 from rest_server import RestServer
 from richtree import make_rich_tree, rsync_diff
+from test_mount import mount  # noqa: F401 - the fixture, shared with the other mount tests
 
 from backupfs.backends.local import LocalBackend
 from backupfs.backends.rest import RestBackend
@@ -121,3 +123,38 @@ def test_index_listing_real_packs_with_made_up_blobs(tmp_path: Path) -> None:
     cli("check", "--read-data")
     cli("restore", "latest", "--target", tmp_path / "t")
     assert rsync_diff(src, tmp_path / "t" / str(src).lstrip("/")) == ""
+
+
+@pytest.mark.fuse
+@pytest.mark.skipif(not CAN_MOUNT, reason=SKIP_REASON)
+def test_mount_reads_through_garbage_copies_and_a_damaged_index(
+    tmp_path: Path,
+    mount: Callable[..., Mount],  # noqa: F811
+) -> None:
+    """The mount after the attack, and a later backup whose index file is then damaged: every
+    file reads back right (other copies, packs found by their own headers), and the damaged
+    index file is logged once."""
+    cli = Cli(tmp_path)
+    src = tmp_path / "src"
+    make_rich_tree(src)
+    cli("backup", src)
+    forger = Repository.open(LocalBackend(str(cli.repo)), MOUNT_PASSWORD.encode())
+    try:
+        supersede_with_garbage(forger, "forged", trees=True)
+    finally:
+        forger.close()
+    later = tmp_path / "later"
+    later.mkdir()
+    (later / "new.bin").write_bytes(os.urandom(200_000))
+    before = set((cli.repo / "index").iterdir())
+    cli("backup", later)
+    (written,) = set((cli.repo / "index").iterdir()) - before
+    written.chmod(0o600)
+    written.write_bytes(b"")
+    m = mount(cli)
+    snaps = sorted(os.listdir(m.path / "snapshots"))
+    assert len(snaps) == 2
+    assert rsync_diff(src, m.path / "snapshots" / snaps[0] / str(src).lstrip("/")) == ""
+    assert rsync_diff(later, m.path / "snapshots" / snaps[1] / str(later).lstrip("/")) == ""
+    log = m.stderr()
+    assert log.count(f"index file {written.name[:8]} is damaged") == 1, log
