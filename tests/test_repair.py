@@ -275,7 +275,7 @@ def test_damaged_chunk_is_stored_again_by_the_next_backup(repo: tuple[CLI, Path,
     assert proc.returncode == 4
     assert any(pack.name in e and f"(fix: `backupfs repair packs {pack.name[:16]}`" in e for e in errors(err)), err
     summary = json.loads(cli("backup", src, "--json").stdout.splitlines()[-1])
-    assert summary["data_added"] > 0, summary  # the damaged chunk, stored anew
+    assert summary["data_added"] >= 512 * 1024, summary  # the damaged chunk (>= the minimum chunk), stored anew
     restores(cli, "latest", src, tmp_path / "t1")
     proc = cli("repair", "packs", pack.name[:16], "--json")
     result = json.loads(proc.stdout)
