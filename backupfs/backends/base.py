@@ -56,6 +56,9 @@ class Backend(Protocol):
       only names layout.py allows, in the folder it puts them: temporary and foreign files
       are never listed.
     - `remove` deletes a file; removing a missing file raises NotFound.
+    - `list_foreign` yields the relative paths of files in the layout's folders that are not
+      repository files (layout.is_foreign), for `check` to report; nothing else ever sees them.
+      A backend that cannot see them (a REST server hides them) yields nothing.
     - Every method raises BackendError for a name no file of its type can have (layout.py),
       before touching any storage.
     - Transient failures raise TransientBackendError; everything else BackendError.
@@ -80,6 +83,8 @@ class Backend(Protocol):
     def list(self, ftype: FileType) -> Iterator[tuple[str, int]]: ...
 
     def remove(self, ftype: FileType, name: str) -> None: ...
+
+    def list_foreign(self) -> Iterator[str]: ...
 
     def info(self) -> BackendInfo:
         """The backend's capabilities; a remote one may ask its server (once), and can fail as any call."""

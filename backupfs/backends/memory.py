@@ -59,6 +59,9 @@ class MemoryBackend:
             items = [(n, len(d)) for (t, n), d in self._files.items() if t is ftype]
         yield from items
 
+    def list_foreign(self) -> Iterator[str]:
+        yield from ()  # it stores only what the layout can name
+
     def remove(self, ftype: FileType, name: str) -> None:
         layout.check_name(ftype, name)
         with self._lock:

@@ -115,6 +115,10 @@ class RetryBackend:
                 if close is not None:
                     close()
 
+    def list_foreign(self) -> Iterator[str]:
+        """Read whole before the first path is out, so that a retry never yields one twice."""
+        yield from self._call("list foreign files", lambda: list(self.inner.list_foreign()))
+
     def remove(self, ftype: FileType, name: str) -> None:
         failed = False
 

@@ -125,6 +125,8 @@ def _print_packs(plan: PrunePlan, args: argparse.Namespace) -> None:
         line("repack", p, f"  ({p.reason})")
     for name in plan.unindexed:
         print(f"delete  {name}  (in no index)")
+    for p in plan.reindexed:
+        print(f"reindex {p.id.hex()}  (in no index, but holds data in use: listed again)")
 
 
 def _pack_json(p: PackInfo) -> dict[str, object]:
@@ -168,6 +170,7 @@ def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> 
                 "delete": [_pack_json(p) for p in plan.delete],
                 "repack": [_pack_json(p) for p in plan.repack],
                 "unindexed": plan.unindexed,
+                "reindexed": [p.id.hex() for p in plan.reindexed],
             }
         )
         return
@@ -189,8 +192,12 @@ def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> 
     ]
     if s.unindexed_packs:
         rows.append(("unindexed", f"{s.unindexed_packs} packs, {human_size(s.unindexed_bytes)} (left by killed runs)"))
+    if s.reindexed_packs:
+        rows.append(("reindexed", f"{s.reindexed_packs} packs in no index hold data in use: listed again"))
     if s.duplicate_blobs:
-        rows.append(("duplicates", f"{s.duplicate_blobs} extra copies of blobs"))
+        checked = f"; {s.verified_copies} read to keep a good one" if s.verified_copies else ""
+        damaged = f", {s.damaged_copies} of them damaged" if s.damaged_copies else ""
+        rows.append(("duplicates", f"{s.duplicate_blobs} extra copies of blobs{checked}{damaged}"))
     if s.missing_packs:
         rows.append(("missing", f"{s.missing_packs} indexed packs are gone (nothing in use): dropped from the index"))
     rows.append(

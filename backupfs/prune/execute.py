@@ -73,6 +73,7 @@ class _Execution:
         self.repack = plan.repack
         self.unindexed = plan.unindexed
         self.obsolete_index_files = plan.obsolete_index_files
+        self.reindexed = plan.reindexed
         self._current_index = list(plan.index_files) + list(plan.obsolete_index_files)
 
     def run(self, log: Log, hook: Hook) -> PruneStats:
@@ -97,6 +98,11 @@ class _Execution:
                 new = self._repack(hook)
                 hook("repack:packs-written")
                 self._commit("repack", self.keep, new, [p.id.hex() for p in self.repack], log, hook)
+            elif not self.delete and self.reindexed:
+                # packs no live index listed hold blobs in use: step 2 with nothing to delete
+                # writes the index that lists them again (and supersedes the rest)
+                log(f"listing {len(self.reindexed)} packs in the index again")
+                self._commit("delete", self.keep, [], [], log, hook)
             elif not self.delete and self.obsolete_index_files:
                 self._remove(FileType.INDEX, self.obsolete_index_files, lambda _p: None)
         except BackupfsError as exc:

@@ -61,6 +61,7 @@ from backupfs.format.tree import Listing, Node, decode_tree, encode_tree, read_l
 from backupfs.repository import locks
 from backupfs.repository.cache import IndexCache, prepare_cache
 from backupfs.repository.filecache import FileCache
+from backupfs.repository.headers import DamagedBlobs, HeaderCache
 from backupfs.repository.masterindex import BlobLocation, MasterIndex
 from backupfs.repository.packer import Packer
 
@@ -73,6 +74,10 @@ TREE_ZSTD_LEVEL = 3  # tree blobs, whatever the data's compression (design.md 3)
 MAX_TREE_BLOB = 256 << 20  # one folder's listing (design.md 9): ~1 million entries; more is a bomb
 MAX_KEY_FILE = 64 << 10  # a key file is ~300 bytes; a bigger one is not read
 READ_GAP = 256 << 10  # unused bytes a batched read goes through rather than making another request
+# Bytes read from a pack's end to find its header without knowing the header's length: one
+# request holds the header of a pack of up to ~1,000 blobs; a larger header takes a second one.
+HEADER_PROBE = 64 << 10
+HEADER_READERS = 8  # pack headers read at once (remote backends have latency)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -96,8 +101,12 @@ class Repository:
         key_name: str,
         cache_dir: str | None = None,
         cache_files: bool = False,
+        warn: Callable[[str], None] = lambda _m: None,
     ):
         self.backend = backend
+        # one line per problem a command should hear of but can work around (a damaged index
+        # or snapshot file skipped): the CLI prints it as a warning
+        self.warn = warn
         self.cache_dir = cache_dir
         self.files = FileCache(cache_dir, header.repo_id) if cache_dir and cache_files else None
         self.master = master
@@ -118,6 +127,18 @@ class Repository:
         self._locks: list[locks.Lock] = []
         self.stats_added_bytes = 0
         self.stats_added_blobs = 0
+        # Damage worked around (design.md 15): index files skipped as damaged (name -> reason),
+        # packs whose blobs came from their own headers because no readable index file lists
+        # them, packs in which a blob failed (their copies are tried last), and the blobs a
+        # local `check --read-data` found damaged (blob id -> packs holding a damaged copy).
+        self.damaged_index_files: dict[str, str] = {}
+        self.header_only_packs: set[bytes] = set()
+        self._suspect_packs: set[bytes] = set()
+        self._damaged: dict[bytes, set[bytes]] = {}
+        self._headers = HeaderCache(cache_dir, header.repo_id)
+        self._scan_lock = threading.Lock()
+        self._scanned = False  # the packs no index lists were looked for since the index loaded
+        self._warned: set[str] = set()
 
     # ---------------------------------------------------------------- open / init
 
@@ -185,7 +206,7 @@ class Repository:
                 continue
             if cache_dir is not None:
                 prepare_cache(cache_dir, header.repo_id)
-            return cls(backend, master, header, _config_body(header, master), name, cache_dir, cache_files)
+            return cls(backend, master, header, _config_body(header, master), name, cache_dir, cache_files, warn)
         if len(damaged) == len(keys):
             # No key could even be tried: "wrong password" would send the user the wrong way.
             raise IntegrityError(f"no usable key file: {'; '.join(damaged)}")
@@ -322,6 +343,11 @@ class Repository:
         The new index is built and compacted completely, then published in one assignment: a
         mount's worker threads read `self.index` without a lock while this reloads it, and must
         see either the old index or the new one, never one half made.
+
+        An index file that cannot be read is skipped with one warning naming it (design.md 8,
+        "Damaged files"): one bad file must not stop every restore. The packs it listed are then
+        found from their own headers (`scan_unlisted_packs`); prune still refuses to run until
+        `repair index` has replaced it.
         """
         names = [name for name, _ in self.backend.list(FileType.INDEX)]
         cache = IndexCache(self.cache_dir, self.header.repo_id, self.master.id) if self.cache_dir else None
@@ -330,12 +356,12 @@ class Repository:
         base = None
         if cached is not None and cached[0] <= set(names):
             covered, base = cached
-        files = self._load_index_files([n for n in names if n not in covered])
+        files, damaged = self.load_index_files([n for n in names if n not in covered])
         superseded = {s for f in files.values() for s in f.supersedes}
         if base is not None and any(bytes.fromhex(n) in superseded for n in covered):
             # a prune replaced index files the cache was built from: start over
             covered, base = set(), None
-            files = self._load_index_files(names)
+            files, damaged = self.load_index_files(names)
             superseded = {s for f in files.values() for s in f.supersedes}
         live = [
             (pack_id, entries)
@@ -346,39 +372,235 @@ class Repository:
         index = MasterIndex.build(live) if base is None else MasterIndex.from_table(base, live)
         if cache is not None and (base is None or len(files) > INDEX_CACHE_REFRESH_FILES):
             cache.store(sorted(covered | set(files)), index.to_table())  # compacts it first
-        self.index = index
+        damaged = {n: why for n, why in damaged.items() if bytes.fromhex(n) not in superseded}
+        with self._scan_lock:
+            self.index = index
+            self.header_only_packs = set()
+            self._scanned = False
+        self.damaged_index_files = damaged
+        for name, why in damaged.items():
+            self._warn_once(
+                f"index/{name}",
+                f"index file {name[:8]} is damaged and was skipped ({why}); the packs it listed are read "
+                "from their own headers. Run `backupfs repair index` to replace it",
+            )
+        if damaged:
+            self.scan_unlisted_packs()
+        known = index.pack_ids()
+        self._damaged = {
+            b: packs & known for b, packs in DamagedBlobs(self.cache_dir, self.header.repo_id).load().items()
+        }
+        self._damaged = {b: packs for b, packs in self._damaged.items() if packs}
         if self.files is not None:
-            self.files.forget_except(FileType.DATA, {p.hex() for p in index.pack_ids()})
+            self.files.forget_except(FileType.DATA, {p.hex() for p in index.pack_ids() | self.header_only_packs})
         return set(names)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.warn(message)
 
     def load_index_file(self, name: str) -> IndexFile:
         return _decode_named(IndexFile.decode, self.load_file(FileType.INDEX, name, index_fmt.AAD), f"index/{name}")
 
-    def _load_index_files(self, names: list[str]) -> dict[str, IndexFile]:
-        def load(name: str) -> tuple[str, IndexFile]:
-            return name, self.load_index_file(name)
+    def load_index_files(self, names: list[str]) -> tuple[dict[str, IndexFile], dict[str, str]]:
+        """(the files that could be read, name -> why for those that could not). A file gone
+        meanwhile (a prune replaced it) is neither."""
+
+        def load(name: str) -> tuple[str, IndexFile | str | None]:
+            try:
+                return name, self.load_index_file(name)
+            except NotFound:
+                return name, None
+            except IntegrityError as exc:
+                return name, str(exc).removeprefix(f"index/{name}: ")
 
         if len(names) <= 1:
-            return dict(load(n) for n in names)
-        with ThreadPoolExecutor(8, thread_name_prefix="bfs-index") as pool:
-            return dict(pool.map(load, names))
+            results = [load(n) for n in names]
+        else:
+            with ThreadPoolExecutor(8, thread_name_prefix="bfs-index") as pool:
+                results = list(pool.map(load, names))
+        files = {n: f for n, f in results if isinstance(f, IndexFile)}
+        damaged = {n: f for n, f in results if isinstance(f, str)}
+        return files, damaged
 
     def index_files(self) -> dict[str, IndexFile]:
+        """Every index file; raises IntegrityError naming the first one that cannot be read."""
         names = [name for name, _ in self.backend.list(FileType.INDEX)]
-        return self._load_index_files(names)
+        files, damaged = self.load_index_files(names)
+        for name, why in damaged.items():
+            raise IntegrityError(f"index/{name}: {why}")
+        return files
+
+    # ---------------------------------------------------------------- packs no index lists
+
+    def pack_header(self, name: str, size: int) -> list[PackEntry]:
+        """A pack's blob list from its own authenticated header: one ranged read of its end (two
+        for a header past HEADER_PROBE), kept locally (a pack never changes). IntegrityError if
+        the pack is gone or its header is damaged; BackendError if the storage fails."""
+        cached = self._headers.get(name)
+        if cached is not None and cached[0] == size:
+            try:
+                return self._decode_pack_header(cached[1], size - TRAILER.size - len(cached[1]))
+            except IntegrityError:
+                self._headers.remove(name)
+        probe = min(size, HEADER_PROBE)
+        try:
+            tail = self.backend.load(FileType.DATA, name, size - probe, probe)
+        except NotFound as exc:
+            raise IntegrityError(f"pack {name} is missing") from exc
+        try:
+            hoff, hlen = header_location(size, tail[-TRAILER.size :])
+        except IntegrityError as exc:
+            raise IntegrityError(f"pack {name}: {exc}") from exc
+        start = size - probe
+        envelope = tail[hoff - start : hoff - start + hlen] if hoff >= start else self._load_range(name, hoff, hlen)
+        entries = self._decode_pack_header(envelope, hoff, name)
+        self._headers.put(name, size, envelope)
+        return entries
+
+    def _decode_pack_header(self, envelope: bytes, hoff: int, name: str = "?") -> list[PackEntry]:
+        try:
+            entries = decode_header(self._open(envelope, HEADER_AAD))
+        except IntegrityError as exc:
+            raise IntegrityError(f"pack {name}: header: {exc}") from exc
+        if any(e.offset + e.length > hoff for e in entries):
+            raise IntegrityError(f"pack {name}: header points beyond the blobs")
+        return entries
+
+    def unlisted_packs(self) -> list[tuple[str, int]]:
+        """(name, size) of the pack files that the master index does not know."""
+        known = self.index.pack_ids()
+        return [(n, size) for n, size in self.backend.list(FileType.DATA) if bytes.fromhex(n) not in known]
+
+    def read_headers(self, packs: list[tuple[str, int]]) -> list[tuple[str, int, list[PackEntry] | IntegrityError]]:
+        """The headers of many packs, several at a time; a pack whose header cannot be read
+        gets its error instead (a storage failure that is not damage still raises)."""
+
+        def one(item: tuple[str, int]) -> tuple[str, int, list[PackEntry] | IntegrityError]:
+            name, size = item
+            try:
+                return name, size, self.pack_header(name, size)
+            except IntegrityError as exc:
+                return name, size, exc
+
+        if len(packs) <= 1:
+            return [one(p) for p in packs]
+        with ThreadPoolExecutor(HEADER_READERS, thread_name_prefix="bfs-header") as pool:
+            return list(pool.map(one, packs))
+
+    def scan_unlisted_packs(self) -> int:
+        """Adds to the master index the blobs of every pack that no readable index file lists,
+        from the packs' own headers; once per loaded index. Returns how many packs were added.
+
+        Such packs hold what a damaged index file listed, or what a forged index that
+        supersedes the real ones hides (an append-only client holding the password can write
+        one): their blobs are authentic, so readers may use them. The cost is one listing of
+        `data/` and one ranged read per such pack, its result kept locally."""
+        with self._scan_lock:
+            if self._scanned:
+                return 0
+            index = self.index
+            found = self.read_headers(self.unlisted_packs())
+            added = 0
+            for name, _size, entries in found:
+                if isinstance(entries, IntegrityError) or not entries:
+                    continue
+                pack_id = bytes.fromhex(name)
+                index.add_pack(pack_id, entries)
+                self.header_only_packs.add(pack_id)
+                added += 1
+            self._scanned = True
+        if added:
+            self._warn_once(
+                "unlisted-packs",
+                f"{added} packs that no readable index file lists were read from their own headers "
+                "(run `backupfs check`; `backupfs repair index` lists them again)",
+            )
+        return added
 
     def save_index(self, packs: dict[bytes, list[PackEntry]], supersedes: Iterable[bytes] = ()) -> str:
         return self.save_file(FileType.INDEX, IndexFile(dict(packs), list(supersedes)).encode(), index_fmt.AAD)
 
+    def save_index_files(
+        self,
+        packs: Iterable[tuple[bytes, list[PackEntry]]],
+        supersedes: list[bytes],
+        max_entries: int,
+        hook: Callable[[str], None] = lambda _p: None,
+        phase: str = "index",
+    ) -> list[str]:
+        """Index files of at most `max_entries` entries (a pack is never split), of which only
+        the last supersedes `supersedes`: until it exists the old files stay in force, and the
+        earlier new files only repeat packs that exist (design.md 16). `packs` may be a
+        generator, read once. Files written before a failure are removed again."""
+        written: list[str] = []
+        chunk: dict[bytes, list[PackEntry]] = {}
+        entries = 0
+        try:
+            for pid, es in packs:
+                if chunk and entries + len(es) > max_entries:
+                    written.append(self.save_index(chunk))
+                    if len(written) == 1:
+                        hook(f"{phase}:index-partial")
+                    chunk, entries = {}, 0
+                chunk[pid] = es
+                entries += len(es)
+            written.append(self.save_index(chunk, supersedes))
+        except BackupfsError:
+            for name in written:
+                try:
+                    self.backend.remove(FileType.INDEX, name)
+                except BackendError:
+                    pass
+            raise
+        return written
+
     # ---------------------------------------------------------------- blobs
 
     def load_blob(self, btype: int, blob_id: bytes) -> bytes:
-        loc = self.index.lookup(blob_id)
-        if loc is None:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
-        return self.load_blob_at(btype, blob_id, loc)
+        """A blob's plaintext, from any of its copies (design.md 15, "Several copies").
+
+        Each copy is authenticated and must hash to its id (an index may be forged by someone
+        holding the key, who can also write an envelope that authenticates but holds other
+        bytes). A copy that fails makes its pack suspect, tried last from then on, and the next
+        copy is tried; when none is left, the packs no index lists are searched once (their
+        headers) before giving up. The error raised is the first copy's, or one caused by a
+        missing pack (NotFound: the mount reloads the index on it)."""
+        return self._load_any(btype, blob_id, set(), [])
+
+    def _load_any(self, btype: int, blob_id: bytes, tried: set[bytes], errors: list[IntegrityError]) -> bytes:
+        """`load_blob`, after the copies in the packs `tried` already failed with `errors`."""
+        for attempt in range(2):
+            for loc in self._ordered(blob_id, self.index.locations(blob_id)):
+                if loc.pack_id in tried:
+                    continue
+                tried.add(loc.pack_id)
+                try:
+                    return self.load_blob_at(btype, blob_id, loc)
+                except IntegrityError as exc:
+                    errors.append(exc)
+                    self._suspect_packs.add(loc.pack_id)
+            if attempt == 0:
+                self.scan_unlisted_packs()  # once per index; another thread may have done it
+        if errors:
+            raise next((e for e in errors if isinstance(e.__cause__, NotFound)), errors[0])
+        raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
+
+    def _ordered(self, blob_id: bytes, locs: list[BlobLocation]) -> list[BlobLocation]:
+        """Copies in the order to try them: those known damaged or in suspect packs last."""
+        if len(locs) < 2:
+            return locs
+        bad = self._damaged.get(blob_id, set())
+        return sorted(locs, key=lambda loc: (loc.pack_id in bad, loc.pack_id in self._suspect_packs))
+
+    def preferred_location(self, blob_id: bytes) -> BlobLocation | None:
+        """The copy of a blob to read first."""
+        locs = self._ordered(blob_id, self.index.locations(blob_id))
+        return locs[0] if locs else None
 
     def load_blob_at(self, btype: int, blob_id: bytes, loc: BlobLocation) -> bytes:
+        """The blob at one place; it must authenticate and hash to its id."""
         pack = loc.pack_id.hex()
         if self.files is not None and loc.type == TREE:
             try:
@@ -390,23 +612,26 @@ class Repository:
         else:
             envelope = self._load_range(pack, loc.offset, loc.length, f" (needed for blob {blob_id.hex()[:16]})")
         try:
-            return self.open_blob(btype, blob_id, envelope, pack, loc.raw_length)
+            return self.open_verified(btype, blob_id, envelope, pack, loc.raw_length)
         except IntegrityError:
             if self.files is None or loc.type != TREE:
                 raise
             # the local copy may be what is damaged: drop it and ask the repository
             self.files.remove(FileType.DATA, pack)
-            return self.open_blob(btype, blob_id, self._load_tree_envelope(pack, loc), pack, loc.raw_length)
+            return self.open_verified(btype, blob_id, self._load_tree_envelope(pack, loc), pack, loc.raw_length)
 
     def load_data_blobs(self, blob_ids: list[bytes], gap: int = READ_GAP) -> list[bytes | Exception]:
         """Data blobs in as few ranged reads as possible: blobs of one pack whose envelopes lie
         within `gap` bytes of each other are read with one request (a folder's small files are
         usually adjacent in one pack). Each result is the blob or the error loading it alone
-        would have raised, in the order of `blob_ids`."""
+        would have raised, in the order of `blob_ids`: a blob whose first copy fails is loaded
+        through `load_blob`, which tries its other copies."""
         out: list[bytes | Exception] = [IntegrityError("not loaded")] * len(blob_ids)
         by_pack: dict[bytes, list[tuple[BlobLocation, int]]] = {}
+        first: list[BlobLocation | None] = []
         for i, blob_id in enumerate(blob_ids):
-            loc = self.index.lookup(blob_id)
+            loc = self.preferred_location(blob_id)
+            first.append(loc)
             if loc is None:
                 out[i] = IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
             else:
@@ -415,6 +640,15 @@ class Repository:
             items.sort(key=lambda item: item[0].offset)
             for group in read_ranges(items, lambda item: (item[0].offset, item[0].length), gap):
                 self._load_group(pack_id.hex(), group, blob_ids, out)
+        for i, result in enumerate(out):
+            if isinstance(result, IntegrityError):
+                tried = first[i]
+                if tried is not None:
+                    self._suspect_packs.add(tried.pack_id)
+                try:
+                    out[i] = self._load_any(DATA, blob_ids[i], {tried.pack_id} if tried else set(), [result])
+                except IntegrityError as exc:
+                    out[i] = exc
         return out
 
     def _load_group(
@@ -431,7 +665,7 @@ class Repository:
             return
         for loc, i in group:
             try:
-                out[i] = self.open_blob(
+                out[i] = self.open_verified(
                     DATA, blob_ids[i], data[loc.offset - start : loc.offset - start + loc.length], pack, loc.raw_length
                 )
             except IntegrityError as exc:
@@ -472,11 +706,33 @@ class Repository:
             raise IntegrityError(f"pack {pack}: blob {blob_id.hex()[:16]}: {exc}") from exc
         return data
 
+    def open_verified(
+        self, btype: int, blob_id: bytes, envelope: bytes | memoryview, pack: str = "?", raw_length: int | None = None
+    ) -> bytes:
+        """`open_blob`, and the plaintext must hash to the blob's id: an envelope written with the
+        key under another blob's id authenticates, but cannot hold that blob's bytes."""
+        data = self.open_blob(btype, blob_id, envelope, pack, raw_length)
+        if self.blob_id(data) != blob_id:
+            raise IntegrityError(f"pack {pack}: blob {blob_id.hex()[:16]} does not hash to its id")
+        return data
+
     def max_blob_size(self, btype: int) -> int:
         return self.config.chunker[2] if btype == DATA else MAX_TREE_BLOB
 
     def has_blob(self, blob_id: bytes) -> bool:
-        return blob_id in self.index or blob_id in self._pending
+        return self._has_good_copy(blob_id) or blob_id in self._pending
+
+    def damaged_copies(self, blob_id: bytes) -> set[bytes]:
+        """The packs whose copy of a blob a local `check --read-data` found damaged."""
+        return self._damaged.get(blob_id, set())
+
+    def _has_good_copy(self, blob_id: bytes) -> bool:
+        """Indexed, and not only in packs where a local check found it damaged: a backup then
+        stores the chunk again instead of building on the damaged copy (design.md 15)."""
+        bad = self._damaged.get(blob_id)
+        if bad is None:
+            return blob_id in self.index
+        return any(loc.pack_id not in bad for loc in self.index.locations(blob_id))
 
     def save_blob(self, btype: int, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, int]:
         """Stores a blob unless the repository has it; returns (id, bytes added)."""
@@ -489,7 +745,7 @@ class Repository:
             )
         if blob_id is None:
             blob_id = self.blob_id(data)
-        if blob_id in self.index:
+        if self._has_good_copy(blob_id):
             return blob_id, 0
         with self._pending_lock:
             if blob_id in self._pending:
@@ -535,23 +791,18 @@ class Repository:
         """Adopts complete packs that no index lists, so their blobs are re-used, not uploaded again.
 
         A backup killed between a pack and the index naming it (SIGKILL, power loss) leaves such
-        packs (design.md 12); so does a backup still running. Each is read whole and must hash to
-        its name and carry an authentic header before it is trusted; the next index this process
-        writes lists it. Returns how many packs were adopted.
+        packs (design.md 12); so does a backup still running, a damaged index file, or a forged
+        index that supersedes the real ones. Each is trusted only through its own authenticated
+        header (one ranged read of its end); the next index this process writes lists it.
+        Returns how many packs were adopted.
         """
-        known = self.index.pack_ids()
+        known = self.index.pack_ids() - self.header_only_packs
+        unlisted = [(n, size) for n, size in self.backend.list(FileType.DATA) if bytes.fromhex(n) not in known]
         adopted = 0
-        for name, _size in list(self.backend.list(FileType.DATA)):
-            try:
-                pack_id = bytes.fromhex(name)
-            except ValueError:
-                continue
-            if len(pack_id) != 32 or pack_id in known:
-                continue
-            try:
-                entries = self.read_pack_header(_load_verified(self.backend, FileType.DATA, name))
-            except (IntegrityError, BackendError):
+        for name, _size, entries in self.read_headers(unlisted):
+            if isinstance(entries, IntegrityError) or not entries:
                 continue  # damaged or vanished: check reports it, prune reclaims it
+            pack_id = bytes.fromhex(name)
             with self._index_lock:
                 self._unindexed[pack_id] = entries
                 self.index.add_pack(pack_id, entries)
@@ -561,10 +812,7 @@ class Repository:
     def read_pack_header(self, data: bytes) -> list[PackEntry]:
         """The blob list of a whole pack, checked to lie inside it."""
         hoff, hlen = header_location(len(data), data[-TRAILER.size :])
-        entries = decode_header(self._open(data[hoff : hoff + hlen], HEADER_AAD))
-        if any(e.offset + e.length > hoff for e in entries):
-            raise IntegrityError("pack header points beyond the blobs")
-        return entries
+        return self._decode_pack_header(data[hoff : hoff + hlen], hoff)
 
     def _write_unindexed(self) -> None:
         if self._unindexed:
@@ -654,9 +902,18 @@ class Repository:
                 pass
 
     def find_snapshot(self, ref: str, snapshots: list[tuple[str, Snapshot]] | None = None) -> tuple[str, Snapshot]:
-        """`latest`, a full id or a unique id prefix."""
+        """`latest` (the newest snapshot that can be read: a damaged file is skipped with a
+        warning), a full id or a unique id prefix."""
         if ref == "latest" or ref.startswith("latest:"):
-            snaps = self.list_snapshots() if snapshots is None else snapshots
+            skipped: list[str] = []
+
+            def skip(name: str, exc: IntegrityError) -> None:
+                skipped.append(name)
+                self._skip_snapshot(name, exc)
+
+            snaps = self.list_snapshots(on_damaged=skip) if snapshots is None else snapshots
+            if not snaps and skipped:
+                raise IntegrityError(f"no snapshot can be read ({len(skipped)} damaged, e.g. {skipped[0][:8]})")
             if not snaps:
                 raise UsageError("the repository has no snapshots")
             return snaps[-1]
@@ -668,6 +925,12 @@ class Repository:
         if len(names) > 1:
             raise UsageError(f"snapshot id {ref!r} is ambiguous ({len(names)} matches)")
         return names[0], self.load_snapshot(names[0])
+
+    def _skip_snapshot(self, name: str, exc: IntegrityError) -> None:
+        self._warn_once(
+            f"snapshots/{name}",
+            f"snapshot {name[:8]} cannot be read and was skipped ({exc}); `backupfs forget {name[:8]}` removes it",
+        )
 
     # ---------------------------------------------------------------- misc
 

@@ -348,6 +348,29 @@ class SFTPBackend:
                 if layout.belongs(ftype, rel, e.filename) and stat_mod.S_ISREG(e.st_mode or 0):
                     yield e.filename, int(e.st_size)
 
+    def list_foreign(self) -> Iterator[str]:
+        base = self._remote(FileType.DATA.value)
+        with self._session(f"list {base}") as s:
+            found = s.listdirs([base])[base]
+        subs = (
+            []
+            if isinstance(found, Status)
+            else [e.filename for e in found if not e.filename.startswith(".") and stat_mod.S_ISDIR(e.st_mode or 0)]
+        )
+        rels = layout.foreign_folders(subs)
+        for i in range(0, len(rels), _DIR_BATCH):
+            group = rels[i : i + _DIR_BATCH]
+            with self._session("list foreign files") as s:
+                listed = s.listdirs([self._remote(rel) for rel in group])
+            for rel in group:
+                entries = listed[self._remote(rel)]
+                if isinstance(entries, Status):
+                    continue
+                for e in entries:
+                    is_dir = e.filename in (".", "..") or stat_mod.S_ISDIR(e.st_mode or 0)
+                    if not is_dir and layout.is_foreign(rel, e.filename):
+                        yield f"{rel}/{e.filename}" if rel else e.filename
+
     def remove(self, ftype: FileType, name: str) -> None:
         what = self._what(ftype, name)
         with self._session(f"remove {what}") as s:
@@ -383,4 +406,3 @@ class SFTPBackend:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-
