@@ -1,0 +1,266 @@
+"""S3 Object Lock on real servers: Ceph RGW, and moto where it implements the rule tested.
+
+A client holding the bucket's keys must be unable to delete or replace what a locked repository
+stored, through the backend or through raw S3 calls; what the lock allows (lock files, files
+whose retention has passed) must really go, every version of it, so the space is freed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import botocore.config
+import pytest
+from botocore.exceptions import ClientError
+
+from backupfs.backends.base import Backend, FileType, ObjectLock
+from backupfs.backends.registry import open_backend
+from backupfs.errors import AlreadyExists, BackendError, NotFound, UnderRetention
+
+from .backend_servers import FAST_S3, MotoServer, RGWServer
+from .test_s3_servers import _config_race
+
+S3Server = MotoServer | RGWServer
+ID = "ab" * 32
+HOUR = 3600.0
+
+
+@pytest.fixture
+def client(any_s3_server: S3Server) -> Iterator[Any]:
+    """A plain boto3 client straight to the server: what a thief of the keys would use."""
+    c = _client(any_s3_server)
+    yield c
+    c.close()
+
+
+def _client(server: S3Server) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        config=botocore.config.Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+def _bucket() -> str:
+    return f"lock-{uuid.uuid4().hex[:16]}"
+
+
+def _locked_backend(server: S3Server, bucket: str, mode: str = "compliance", seconds: float = HOUR) -> Any:
+    """A backend writing with retention, on a new bucket that create() makes with Object Lock."""
+    backend = open_backend(server.url("repo", bucket=bucket), **FAST_S3)
+    assert isinstance(backend, ObjectLock)
+    backend.set_retention(mode, seconds)
+    backend.create()
+    return backend
+
+
+def _md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def _versions(client: Any, bucket: str, key: str) -> tuple[list[str], list[str]]:
+    resp = client.list_object_versions(Bucket=bucket, Prefix=key)
+    versions = [v["VersionId"] for v in resp.get("Versions", ()) if v["Key"] == key]
+    markers = [m["VersionId"] for m in resp.get("DeleteMarkers", ()) if m["Key"] == key]
+    return versions, markers
+
+
+def _status(exc: pytest.ExceptionInfo[ClientError]) -> int:
+    return int(exc.value.response["ResponseMetadata"]["HTTPStatusCode"])
+
+
+def test_create_makes_the_bucket_with_object_lock(any_s3_server: S3Server, client: Any) -> None:
+    bucket = _bucket()
+    backend = _locked_backend(any_s3_server, bucket)
+    config = client.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
+    assert config["ObjectLockEnabled"] == "Enabled"
+    assert client.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    support = backend.retention_support()
+    assert support.enabled is True and support.default_retention is None
+    backend.close()
+
+
+def test_retention_support_tells_a_plain_bucket_and_a_default_rule(any_s3_server: S3Server, client: Any) -> None:
+    plain = open_backend(any_s3_server.url("repo", bucket=_bucket()), **FAST_S3)
+    plain.create()  # no retention set: an ordinary bucket
+    assert isinstance(plain, ObjectLock)
+    assert plain.retention_support().enabled is False
+    bucket = _bucket()
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    client.put_object_lock_configuration(
+        Bucket=bucket,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 3}},
+        },
+    )
+    ruled = open_backend(any_s3_server.url("repo", bucket=bucket), **FAST_S3)
+    assert isinstance(ruled, ObjectLock)
+    assert ruled.retention_support().enabled is True
+    assert ruled.retention_support().default_retention == "governance, 3 days"
+    plain.close()
+    ruled.close()
+
+
+def test_every_file_but_locks_is_written_with_a_retention(any_s3_server: S3Server, client: Any) -> None:
+    bucket = _bucket()
+    backend = _locked_backend(any_s3_server, bucket, "governance", 2 * HOUR)
+    before = time.time()
+    for ftype in (FileType.DATA, FileType.INDEX, FileType.SNAPSHOT, FileType.KEY, FileType.LOCK):
+        backend.save(ftype, ID, b"content of " + ftype.value.encode())
+    backend.save(FileType.CONFIG, "config", b"config")
+    for ftype in (FileType.DATA, FileType.INDEX, FileType.SNAPSHOT, FileType.KEY, FileType.CONFIG):
+        name = "config" if ftype is FileType.CONFIG else ID
+        until = backend.retention(ftype, name)
+        assert until is not None and before + 2 * HOUR - 1 <= until <= time.time() + 2 * HOUR + 1, ftype
+        head = client.head_object(Bucket=bucket, Key="repo/" + ("config" if name == "config" else f"{ftype.value}/" + ("ab/" if ftype is FileType.DATA else "") + ID))
+        assert head["ObjectLockMode"] == "GOVERNANCE"
+    assert backend.retention(FileType.LOCK, ID) is None
+    backend.remove(FileType.LOCK, ID)  # lock files come and go
+    assert _versions(client, bucket, f"repo/locks/{ID}") == ([], [])  # gone, not hidden
+    backend.close()
+
+
+def test_a_locked_file_cannot_be_removed_by_the_backend(any_s3_server: S3Server) -> None:
+    backend = _locked_backend(any_s3_server, _bucket())
+    backend.save(FileType.DATA, ID, b"pack")
+    with pytest.raises(UnderRetention) as info:
+        backend.remove(FileType.DATA, ID)
+    assert info.value.until is not None and info.value.until > time.time() + HOUR - 60
+    assert "under Object Lock retention until" in str(info.value)
+    assert backend.load(FileType.DATA, ID) == b"pack"
+    assert dict(backend.list(FileType.DATA)) == {ID: 4}
+    backend.close()
+
+
+def test_a_thief_of_the_keys_cannot_delete_or_replace_a_locked_file(any_s3_server: S3Server, client: Any) -> None:
+    """Raw S3 calls, with the keys the repository uses: deleting the version is refused; a PUT
+    over it or a plain DELETE only adds a version or a delete marker, and the locked bytes stay
+    readable by their version id."""
+    bucket = _bucket()
+    backend = _locked_backend(any_s3_server, bucket)
+    backend.save(FileType.INDEX, ID, b"the real index")
+    key = f"repo/index/{ID}"
+    (original,), _ = _versions(client, bucket, key)
+    with pytest.raises(ClientError) as refused:
+        client.delete_object(Bucket=bucket, Key=key, VersionId=original)
+    assert _status(refused) == 403
+    client.put_object(Bucket=bucket, Key=key, Body=b"garbage", ContentMD5=_md5(b"garbage"))
+    client.delete_object(Bucket=bucket, Key=key)  # a delete marker on top
+    with pytest.raises(NotFound):  # hidden objects are not shown ...
+        backend.stat(FileType.INDEX, ID)
+    assert list(backend.list(FileType.INDEX)) == []
+    versions, markers = _versions(client, bucket, key)
+    assert original in versions and len(versions) == 2 and len(markers) == 1
+    body = client.get_object(Bucket=bucket, Key=key, VersionId=original)["Body"].read()
+    assert body == b"the real index"  # ... and the locked bytes are all there
+    with pytest.raises(ClientError) as again:
+        client.delete_object(Bucket=bucket, Key=key, VersionId=original)
+    assert _status(again) == 403
+    backend.close()
+
+
+def test_a_retention_cannot_be_shortened(rgw_server: RGWServer) -> None:
+    """RGW only: moto 5 lets a COMPLIANCE retention be shortened (and turned into GOVERNANCE)."""
+    bucket = _bucket()
+    backend = _locked_backend(rgw_server, bucket)
+    backend.save(FileType.SNAPSHOT, ID, b"snapshot")
+    until = backend.retention(FileType.SNAPSHOT, ID)
+    assert until is not None
+    client = _client(rgw_server)
+    key = f"repo/snapshots/{ID}"
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    for mode in ("COMPLIANCE", "GOVERNANCE"):
+        with pytest.raises(ClientError) as refused:
+            client.put_object_retention(Bucket=bucket, Key=key, Retention={"Mode": mode, "RetainUntilDate": soon})
+        assert _status(refused) == 403
+    assert backend.retention(FileType.SNAPSHOT, ID) == until
+    # the backend asked to "extend" to an earlier date keeps the later one, without an error
+    backend.extend_retention(FileType.SNAPSHOT, ID, until - 600)
+    assert backend.retention(FileType.SNAPSHOT, ID) == until
+    backend.extend_retention(FileType.SNAPSHOT, ID, until + 600)
+    extended = backend.retention(FileType.SNAPSHOT, ID)
+    assert extended is not None and until + 599 <= extended <= until + 601
+    client.close()
+    backend.close()
+
+
+def test_a_file_is_removed_with_all_its_versions_once_its_retention_passed(
+    any_s3_server: S3Server, client: Any
+) -> None:
+    """A retention of 2 s, waited out: remove deletes every version by its id (a plain DELETE
+    would leave them stored under a delete marker, for ever)."""
+    bucket = _bucket()
+    backend = _locked_backend(any_s3_server, bucket, "compliance", 2)
+    backend.save(FileType.DATA, ID, b"pack")
+    backend.save(FileType.DATA, ID, b"pack")  # saved twice (a retried upload): two versions
+    key = f"repo/data/ab/{ID}"
+    assert len(_versions(client, bucket, key)[0]) == 2
+    until = backend.retention(FileType.DATA, ID)
+    assert until is not None
+    while time.time() <= until + 1:
+        time.sleep(0.2)
+    backend.remove(FileType.DATA, ID)
+    assert _versions(client, bucket, key) == ([], [])
+    with pytest.raises(NotFound):
+        backend.remove(FileType.DATA, ID)
+    backend.close()
+
+
+def test_an_unlocked_repository_keeps_plain_deletes(any_s3_server: S3Server, client: Any) -> None:
+    """Without Object Lock a versioned bucket is its owner's safety net: remove leaves the old
+    versions to the bucket's lifecycle rules, as before."""
+    bucket = _bucket()
+    client.create_bucket(Bucket=bucket)
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    backend = open_backend(any_s3_server.url("repo", bucket=bucket), **FAST_S3)
+    backend.create()
+    backend.save(FileType.DATA, ID, b"pack")
+    backend.remove(FileType.DATA, ID)
+    versions, markers = _versions(client, bucket, f"repo/data/ab/{ID}")
+    assert len(versions) == 1 and len(markers) == 1
+    backend.close()
+
+
+def test_config_race_on_a_locked_bucket(any_s3_server: S3Server, client: Any) -> None:
+    """Racing `init`s on an Object Lock bucket (RGW ignores If-None-Match there): the losers must
+    still be able to take their versions back, so the config gets its retention only after its
+    PUT has won, and only on the winning version."""
+    bucket = _bucket()
+    backend = _locked_backend(any_s3_server, bucket)
+    won = _config_race(backend)
+    assert won.count(True) == 1, won
+    assert backend.load(FileType.CONFIG, "config") == b"config %d" % won.index(True)
+    versions, markers = _versions(client, bucket, "repo/config")
+    assert len(versions) == 1 and not markers, (versions, markers)
+    assert client.head_object(Bucket=bucket, Key="repo/config")["ObjectLockMode"] == "COMPLIANCE"
+    with pytest.raises(UnderRetention):
+        backend.remove(FileType.CONFIG, "config")
+    with pytest.raises(AlreadyExists):
+        backend.save(FileType.CONFIG, "config", b"late")
+    backend.close()
+
+
+def test_a_repository_asking_for_retention_in_a_plain_bucket_fails_clearly(any_s3_server: S3Server) -> None:
+    bucket = _bucket()
+    plain = open_backend(any_s3_server.url("repo", bucket=bucket), **FAST_S3)
+    plain.create()
+    plain.close()
+    backend: Backend = open_backend(any_s3_server.url("repo", bucket=bucket), **FAST_S3)
+    assert isinstance(backend, ObjectLock)
+    backend.set_retention("compliance", HOUR)
+    with pytest.raises(BackendError, match=r"refuses a retention date: it has no Object Lock"):
+        backend.save(FileType.DATA, ID, b"pack")
+    backend.close()
