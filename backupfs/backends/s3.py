@@ -300,6 +300,7 @@ class S3Backend:
         if version and version != "null":
             kwargs["VersionId"] = version
         self._call(f"save {what}", "put_object_retention", **kwargs)
+
     def _first_version_wins(self, key: str, what: str, version: str | None) -> None:
         """On a versioned bucket, undo a config PUT that another one beat.
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from backupfs.backends.base import Backend, FileType
+from backupfs.backends.base import Backend, FileType, ObjectLock
 from backupfs.chunker import DEFAULT_PARAMS, MAX_CHUNK_LIMIT, Chunker
 from backupfs.compress import LZ4, NONE, ZSTD, compress, decompress, file_limit, parse_compression
 from backupfs.crypto import (
@@ -40,7 +40,7 @@ from backupfs.errors import (
 from backupfs.format import index as index_fmt
 from backupfs.format import lock as lock_fmt
 from backupfs.format import snapshot as snapshot_fmt
-from backupfs.format.config import ConfigBody, ConfigHeader, config_aad
+from backupfs.format.config import LOCKED_VERSION, VERSION, ConfigBody, ConfigHeader, ObjectLockConfig, config_aad
 from backupfs.format.index import IndexFile
 from backupfs.format.keyfile import META_AAD, KeyFile, decode_meta, encode_meta, key_aad
 from backupfs.format.lock import LockInfo
@@ -57,7 +57,7 @@ from backupfs.format.pack import (
 )
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import Listing, Node, decode_tree, encode_tree, read_listing
-from backupfs.repository import locks
+from backupfs.repository import locks, retention
 from backupfs.repository.cache import IndexCache
 from backupfs.repository.filecache import FileCache
 from backupfs.repository.masterindex import BlobLocation, MasterIndex
@@ -117,6 +117,10 @@ class Repository:
         self._locks: list[locks.Lock] = []
         self.stats_added_bytes = 0
         self.stats_added_blobs = 0
+        self.warn: Callable[[str], None] = lambda _m: None
+        # Object Lock asked for by the config but not offered by this storage (a copy of the
+        # repository in a directory): said once, at the first snapshot written
+        self.lock_unavailable: str | None = None
 
     # ---------------------------------------------------------------- open / init
 
@@ -132,7 +136,11 @@ class Repository:
         compression: str = "lz4",
         master: MasterKey | None = None,
         kdf: tuple[int, int] = (ARGON2_OPS, ARGON2_MEM),
+        object_lock: ObjectLockConfig | None = None,
     ) -> Repository:
+        """`object_lock`: every file but the lock files is written under S3 Object Lock retention
+        (design.md "Object Lock"); the storage must have it (a bucket created with it), else
+        UsageError before anything is written. A missing bucket is created with it."""
         parse_compression(compression)
         if not 1 << 20 <= pack_size <= 1 << 30:
             raise UsageError("pack size must be between 1 MiB and 1 GiB")
@@ -143,10 +151,15 @@ class Repository:
         master = master or MasterKey.generate()
         header_suite = suite or default_suite()
         repo_id = os.urandom(32)
-        body = ConfigBody(chunker, pack_size, compression)
+        body = ConfigBody(chunker, pack_size, compression, object_lock)
         cipher = Cipher(header_suite, master.enc)
-        header = ConfigHeader(repo_id, header_suite, cipher.seal(compress(body.encode(), NONE), config_aad(repo_id)))
+        sealed = cipher.seal(compress(body.encode(), NONE), config_aad(repo_id))
+        header = ConfigHeader(repo_id, header_suite, sealed, LOCKED_VERSION if object_lock else VERSION)
+        if object_lock is not None:
+            _start_retention(backend, object_lock)  # before create(): a new bucket gets Object Lock
         backend.create()
+        if object_lock is not None:
+            _require_object_lock(backend)
         repo = cls(backend, master, header, body, "")
         repo.key_name = repo._write_key(password, kdf)
         backend.save(FileType.CONFIG, "config", header.encode())
@@ -195,7 +208,14 @@ class Repository:
                 body = ConfigBody.decode(decompress(plain, file_limit(len(header.body))))
             except IntegrityError as exc:
                 raise IntegrityError(f"config: {exc}") from exc
-            return cls(backend, master, header, body, name, cache_dir, cache_files)
+            repo = cls(backend, master, header, body, name, cache_dir, cache_files)
+            repo.warn = warn
+            if body.object_lock is not None:
+                try:
+                    _start_retention(backend, body.object_lock)
+                except UsageError as exc:  # read-only use of a copy stays possible
+                    repo.lock_unavailable = str(exc)
+            return repo
         if len(damaged) == len(keys):
             # No key could even be tried: "wrong password" would send the user the wrong way.
             raise IntegrityError(f"no usable key file: {'; '.join(damaged)}")
@@ -598,6 +618,9 @@ class Repository:
     # ---------------------------------------------------------------- snapshots
 
     def save_snapshot(self, snap: Snapshot) -> str:
+        if self.lock_unavailable is not None:
+            self.warn(f"new files are not protected: {self.lock_unavailable}")
+            self.lock_unavailable = None  # said once
         return self.save_file(FileType.SNAPSHOT, snap.encode(), snapshot_fmt.AAD)
 
     def load_snapshot(self, name: str) -> Snapshot:
@@ -659,6 +682,43 @@ class Repository:
             lk.release()
         self._locks.clear()
         self.backend.close()
+
+
+def _start_retention(backend: Backend, config: ObjectLockConfig) -> None:
+    """Every later save (but of lock files) is locked for `retention.write_seconds`."""
+    try:
+        if not isinstance(backend, ObjectLock):
+            raise BackendError(f"{backend.location} has no Object Lock")
+        backend.set_retention(config.mode, retention.write_seconds(config))
+    except BackendError as exc:
+        raise UsageError(
+            f"this repository is kept under S3 Object Lock, which {backend.location} does not offer ({exc}); "
+            "only s3: repositories can be"
+        ) from exc
+
+
+def _require_object_lock(backend: Backend) -> None:
+    """UsageError unless the storage enforces retention and leaves lock files deletable."""
+    assert isinstance(backend, ObjectLock)
+    support = backend.retention_support()
+    where = backend.location
+    if support.enabled is None:
+        raise UsageError(
+            f"cannot tell whether {where} has Object Lock: the credentials may not read the bucket's Object "
+            "Lock configuration (s3:GetBucketObjectLockConfiguration)"
+        )
+    if not support.enabled:
+        raise UsageError(
+            f"the bucket of {where} has no Object Lock: it can be enabled only when a bucket is created "
+            "(`aws s3api create-bucket --object-lock-enabled-for-bucket ...`), or give a new bucket name "
+            'and init creates it so (docs/backends.md, "Object Lock")'
+        )
+    if support.default_retention:
+        raise UsageError(
+            f"the bucket of {where} gives every new object a default retention ({support.default_retention}): "
+            "lock files, which must be deletable, would be locked too. Remove the bucket's default retention "
+            "rule; backupfs sets a retention on each file itself"
+        )
 
 
 def _usable_keys(

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -20,6 +24,7 @@ import botocore.config
 import pytest
 from botocore.exceptions import ClientError
 
+from backupfs.backends import layout
 from backupfs.backends.base import Backend, FileType, ObjectLock
 from backupfs.backends.registry import open_backend
 from backupfs.errors import AlreadyExists, BackendError, NotFound, UnderRetention
@@ -125,7 +130,7 @@ def test_every_file_but_locks_is_written_with_a_retention(any_s3_server: S3Serve
         name = "config" if ftype is FileType.CONFIG else ID
         until = backend.retention(ftype, name)
         assert until is not None and before + 2 * HOUR - 1 <= until <= time.time() + 2 * HOUR + 1, ftype
-        head = client.head_object(Bucket=bucket, Key="repo/" + ("config" if name == "config" else f"{ftype.value}/" + ("ab/" if ftype is FileType.DATA else "") + ID))
+        head = client.head_object(Bucket=bucket, Key="repo/" + layout.path(ftype, name))
         assert head["ObjectLockMode"] == "GOVERNANCE"
     assert backend.retention(FileType.LOCK, ID) is None
     backend.remove(FileType.LOCK, ID)  # lock files come and go
@@ -264,3 +269,85 @@ def test_a_repository_asking_for_retention_in_a_plain_bucket_fails_clearly(any_s
     with pytest.raises(BackendError, match=r"refuses a retention date: it has no Object Lock"):
         backend.save(FileType.DATA, ID, b"pack")
     backend.close()
+
+
+# ---------------------------------------------------------------- through the CLI
+
+PASSWORD = "object lock"
+
+
+class LockCli:
+    """The real command line on a repository in `bucket`, as a user runs it."""
+
+    def __init__(self, server: S3Server, bucket: str, base: Path) -> None:
+        self.url = server.url("repo", bucket=bucket)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUPFS_")}
+        self.env.update(server.env, BACKUPFS_PASSWORD=PASSWORD, XDG_CACHE_HOME=str(base / "cache"), HOME=str(base))
+
+    def run(self, *args: str | os.PathLike[str], code: int = 0) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "backupfs", "-r", self.url, *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=300,
+            check=False,
+        )
+        assert proc.returncode == code, f"{args}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr, proc.stderr
+        return proc
+
+
+def test_init_creates_a_bucket_with_object_lock(rgw_server: RGWServer, tmp_path: Path) -> None:
+    bucket = _bucket()
+    cli = LockCli(rgw_server, bucket, tmp_path)
+    out = cli.run("init", "--object-lock", "3", "--object-lock-mode", "governance").stderr
+    assert "Object Lock (governance)" in out and "3 days" in out
+    client = _client(rgw_server)
+    assert (
+        client.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]["ObjectLockEnabled"] == "Enabled"
+    )
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert len(keys) == 2  # the config and one key file
+    for key in keys:
+        head = client.head_object(Bucket=bucket, Key=key)
+        assert head["ObjectLockMode"] == "GOVERNANCE"
+        left = head["ObjectLockRetainUntilDate"].timestamp() - time.time()
+        assert (3 + 3) * 86400 - 120 < left <= (3 + 3) * 86400 + 1, key  # 3 days + a step of 3
+    client.close()
+
+
+@pytest.mark.parametrize("rule", [None, {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}])
+def test_init_refuses_a_bucket_it_cannot_use(
+    any_s3_server: S3Server, client: Any, tmp_path: Path, rule: dict[str, Any] | None
+) -> None:
+    """A bucket without Object Lock (it cannot be added later), or whose default retention would
+    lock the lock files too: exit 2 with what to do, and nothing written."""
+    bucket = _bucket()
+    client.create_bucket(Bucket=bucket, **({"ObjectLockEnabledForBucket": True} if rule else {}))
+    if rule:
+        client.put_object_lock_configuration(
+            Bucket=bucket, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled", "Rule": rule}
+        )
+    err = LockCli(any_s3_server, bucket, tmp_path).run("init", "--object-lock", "30", code=2).stderr
+    assert len(err.strip().splitlines()) == 1, err
+    if rule:
+        assert "default retention (governance, 1 days)" in err and "lock files" in err
+    else:
+        assert "has no Object Lock" in err and "--object-lock-enabled-for-bucket" in err
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket)
+
+
+def test_init_refuses_object_lock_where_there_is_none(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUPFS_")}
+    env.update(BACKUPFS_PASSWORD=PASSWORD, HOME=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "backupfs", "-r", str(tmp_path / "repo"), "init", "--object-lock", "30"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "only s3: repositories" in proc.stderr
+    assert not (tmp_path / "repo" / "config").exists()
