@@ -13,9 +13,12 @@ import pytest
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend
 from backupfs.backends.memory import MemoryBackend
-from backupfs.errors import IntegrityError, UsageError
+from backupfs.errors import BackendError, BackupfsError, IntegrityError, UsageError
 from backupfs.format.config import ConfigBody, ConfigHeader, ObjectLockConfig
+from backupfs.format.index import IndexFile
+from backupfs.format.pack import DATA
 from backupfs.format.snapshot import Snapshot
+from backupfs.format.tree import FILE, Node
 from backupfs.repository import retention
 from backupfs.repository.repo import Repository
 
@@ -147,4 +150,159 @@ def test_a_copy_in_storage_without_object_lock_opens_and_says_so() -> None:
         repo.save_snapshot(Snapshot(time_ns=when, host="h", user="u", uid=0, gid=0, paths=["/"], tags=[], tree=tree))
     assert len(warnings) == 1 and "new files are not protected" in warnings[0] and "does not offer" in warnings[0]
     assert len(list(copy.list(FileType.SNAPSHOT))) == 2
+    repo.close()
+
+
+# ---------------------------------------------------------------- backups keep what they need locked
+
+
+class CountingBackend(MemoryBackend):
+    """Counts the requests that cost money on S3: retention reads (HEAD), extensions (PUT)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(object_lock=True, clock=clock)
+        self.reads = 0
+        self.extensions = 0
+
+    def retention(self, ftype: FileType, name: str) -> float | None:
+        self.reads += 1
+        return super().retention(ftype, name)
+
+    def extend_retention(self, ftype: FileType, name: str, until: float) -> None:
+        self.extensions += 1
+        super().extend_retention(ftype, name, until)
+
+
+def _open(backend: MemoryBackend, clock: Clock, cache: Path | None) -> Repository:
+    repo = Repository.open(backend, PASSWORD, cache_dir=str(cache) if cache else None)
+    repo.clock = clock
+    repo.load_index()
+    return repo
+
+
+def _snapshot(repo: Repository, files: dict[str, bytes], clock: Clock) -> str:
+    """A snapshot of `files`; each new file's one chunk goes into a pack (and index file) of its
+    own, so that what a snapshot needs and what it does not are different files."""
+    nodes = []
+    for name, content in sorted(files.items()):
+        blob_id, _added = repo.save_blob(DATA, content)
+        repo.flush()
+        nodes.append(Node(name=name.encode(), type=FILE, size=len(content), content=[(0, blob_id)]))
+    tree = repo.save_tree(nodes)
+    repo.flush()
+    snap = Snapshot(time_ns=int(clock() * 1e9), host="h", user="u", paths=["/"], tree=tree)
+    return repo.save_snapshot(snap)
+
+
+def _needed(repo: Repository, sid: str, index: dict[str, IndexFile] | None = None) -> dict[tuple[FileType, str], float]:
+    """Every file a snapshot needs (design.md 18) with its retain-until date."""
+    snap = repo.load_snapshot(sid)
+    packs = repo.packs_of_tree(snap.tree)
+    files = [(FileType.SNAPSHOT, sid), (FileType.CONFIG, "config")]
+    files += [(FileType.DATA, p.hex()) for p in packs]
+    files += [(FileType.KEY, n) for n, _ in repo.backend.list(FileType.KEY)]
+    for name, idx in (repo.index_files() if index is None else index).items():
+        if any(p in packs for p in idx.packs):
+            files.append((FileType.INDEX, name))
+    lock = repo.backend
+    assert isinstance(lock, MemoryBackend)
+    return {f: lock.retention(*f) or 0.0 for f in files}
+
+
+def test_a_backup_extends_only_what_its_snapshot_needs(tmp_path: Path) -> None:
+    clock = Clock()
+    backend = CountingBackend(clock)
+    _init(backend).close()
+    repo = _open(backend, clock, tmp_path / "cache")
+    first = _snapshot(repo, {"a": b"kept in every snapshot", "b": b"only in the first"}, clock)
+    written = T0 + 37 * DAY
+    before = _needed(repo, first)
+    assert set(before.values()) == {written}
+    repo.close()
+
+    clock.now = T0 + 20 * DAY  # a later backup that no longer has b
+    backend.reads = backend.extensions = 0
+    repo = _open(backend, clock, tmp_path / "cache")
+    second = _snapshot(repo, {"a": b"kept in every snapshot"}, clock)
+    reads, extensions = backend.reads, backend.extensions
+    needed = _needed(repo, second)
+    assert all(until >= clock.now + 30 * DAY for until in needed.values())
+    extended = {f for f, until in needed.items() if f in before and until == clock.now + 37 * DAY}
+    # a's pack and its index file, the key and the config; b's pack and index file untouched
+    kinds = sorted(f[0].value for f in extended)
+    assert kinds == ["config", "data", "index", "keys"], kinds
+    stats = repo.retention_stats
+    assert stats is not None and stats.extended == extensions == 4
+    assert stats.checked == reads == 0  # every date was on record (the cache folder)
+    for f, until in _needed(repo, first).items():
+        if f not in needed:
+            assert until == written, f  # b's files: left to expire
+    repo.close()
+
+
+def test_a_host_without_a_record_reads_the_dates_once() -> None:
+    clock = Clock()
+    backend = CountingBackend(clock)
+    _init(backend).close()
+    repo = _open(backend, clock, None)
+    _snapshot(repo, {"a": b"a", "b": b"b"}, clock)
+    repo.close()
+    clock.now += DAY
+    repo = _open(backend, clock, None)  # another host, or --no-cache: nothing on record
+    backend.reads = backend.extensions = 0
+    sid = _snapshot(repo, {"a": b"a", "b": b"b"}, clock)
+    reads, extensions = backend.reads, backend.extensions
+    stats = repo.retention_stats
+    assert stats is not None and stats.extended == extensions == 0
+    assert stats.checked == reads == stats.files == len(_needed(repo, sid)) - 1  # all but the snapshot
+    repo.close()
+
+
+def test_daily_backups_keep_the_promise_with_one_extension_a_week() -> None:
+    """Sixty daily backups of a slowly changing set of files: at every backup, every snapshot
+    younger than the retention has all it needs locked until its time + DAYS; a file in use is
+    extended about once a step (7 days), not daily. The measured numbers are in docs."""
+    clock = Clock()
+    backend = CountingBackend(clock)
+    _init(backend).close()
+    repo = _open(backend, clock, None)
+    snapshots: list[tuple[float, str]] = []
+    extensions_per_file: dict[tuple[FileType, str], int] = {}
+    real_extend = backend.extend_retention
+
+    def count(ftype: FileType, name: str, until: float) -> None:
+        extensions_per_file[(ftype, name)] = extensions_per_file.get((ftype, name), 0) + 1
+        real_extend(ftype, name, until)
+
+    backend.extend_retention = count  # type: ignore[method-assign]
+    for day in range(60):
+        clock.now = T0 + day * DAY
+        files = {f"f{i}": b"content %d" % i for i in range(day // 3, day // 3 + 10)}  # one new every 3 days
+        snapshots.append((clock.now, _snapshot(repo, files, clock)))
+        index = repo.index_files()
+        for when, sid in snapshots:
+            if when > clock.now - 30 * DAY:
+                for f, until in _needed(repo, sid, index).items():
+                    assert until >= when + 30 * DAY, (day, sid[:8], f)
+    always = extensions_per_file[(FileType.CONFIG, "config")]
+    assert 60 / 7 - 1 <= always <= 60 / 6 + 1, always  # about once a step, never daily
+    assert max(extensions_per_file.values()) == always
+    repo.close()
+
+
+def test_a_snapshot_is_saved_even_when_extending_fails() -> None:
+    clock = Clock()
+    backend = CountingBackend(clock)
+    _init(backend).close()
+    repo = _open(backend, clock, None)
+    _snapshot(repo, {"a": b"a"}, clock)
+    clock.now += 20 * DAY
+
+    def refuse(ftype: FileType, name: str, until: float) -> None:
+        raise BackendError(f"extend retention of {ftype.value}/{name}: access denied")
+
+    backend.extend_retention = refuse  # type: ignore[method-assign]
+    with pytest.raises(BackupfsError, match=r"^snapshot [0-9a-f]{8} saved, but the files it needs could not all"):
+        _snapshot(repo, {"a": b"a"}, clock)
+    assert len(list(backend.list(FileType.SNAPSHOT))) == 2
     repo.close()

@@ -8,9 +8,9 @@ import os
 import socket
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 from backupfs.backends.base import Backend, FileType, ObjectLock
@@ -56,7 +56,7 @@ from backupfs.format.pack import (
     read_ranges,
 )
 from backupfs.format.snapshot import Snapshot
-from backupfs.format.tree import Listing, Node, decode_tree, encode_tree, read_listing
+from backupfs.format.tree import DIR, Listing, Node, decode_tree, encode_tree, read_listing
 from backupfs.repository import locks, retention
 from backupfs.repository.cache import IndexCache
 from backupfs.repository.filecache import FileCache
@@ -72,6 +72,7 @@ TREE_ZSTD_LEVEL = 3  # tree blobs, whatever the data's compression (design.md 3)
 MAX_TREE_BLOB = 256 << 20  # one folder's listing (design.md 9): ~1 million entries; more is a bomb
 MAX_KEY_FILE = 64 << 10  # a key file is ~300 bytes; a bigger one is not read
 READ_GAP = 256 << 10  # unused bytes a batched read goes through rather than making another request
+TREE_WALKERS = 4  # threads fetching trees when the packs a snapshot needs are collected
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,6 +122,10 @@ class Repository:
         # Object Lock asked for by the config but not offered by this storage (a copy of the
         # repository in a directory): said once, at the first snapshot written
         self.lock_unavailable: str | None = None
+        self.retention_on = False  # every save is locked (design.md 18)
+        self.clock: Callable[[], float] = time.time  # for the retention dates; tests move it
+        self._keeper: retention.RetentionKeeper | None = None
+        self.retention_stats: retention.ProtectStats | None = None  # of the last snapshot saved
 
     # ---------------------------------------------------------------- open / init
 
@@ -161,6 +166,7 @@ class Repository:
         if object_lock is not None:
             _require_object_lock(backend)
         repo = cls(backend, master, header, body, "")
+        repo.retention_on = object_lock is not None
         repo.key_name = repo._write_key(password, kdf)
         backend.save(FileType.CONFIG, "config", header.encode())
         return repo
@@ -213,6 +219,7 @@ class Repository:
             if body.object_lock is not None:
                 try:
                     _start_retention(backend, body.object_lock)
+                    repo.retention_on = True
                 except UsageError as exc:  # read-only use of a copy stays possible
                     repo.lock_unavailable = str(exc)
             return repo
@@ -236,8 +243,18 @@ class Repository:
             self.check_lock()
         data = self._seal(plaintext, aad)
         name = file_id(data)
-        self.backend.save(ftype, name, data)
+        self._save_locked(ftype, name, data)
         return name
+
+    def _save_locked(self, ftype: FileType, name: str, data: bytes | memoryview) -> None:
+        """backend.save, noting on a locked repository the least retain-until date it gets."""
+        if not self.retention_on or ftype is FileType.LOCK:
+            self.backend.save(ftype, name, data)
+            return
+        assert self.config.object_lock is not None
+        until = self.clock() + retention.write_seconds(self.config.object_lock)
+        self.backend.save(ftype, name, data)
+        self.keeper().cache.until[(ftype, name)] = until
 
     def load_file(self, ftype: FileType, name: str, aad: bytes) -> bytes:
         cached = self.files.get(ftype, name) if self.files is not None and ftype is FileType.SNAPSHOT else None
@@ -259,7 +276,7 @@ class Repository:
         meta = self._seal(encode_meta(socket.gethostname(), getpass.getuser(), time.time_ns()), META_AAD, NONE)
         data = KeyFile(wrapped, meta).encode()
         name = file_id(data)
-        self.backend.save(FileType.KEY, name, data)
+        self._save_locked(FileType.KEY, name, data)
         return name
 
     def add_key(self, password: bytes) -> str:
@@ -532,7 +549,7 @@ class Repository:
 
     def _pack_uploaded(self, name: str, data: bytes, entries: list[PackEntry]) -> None:
         """Upload thread: pack first, then (every few packs) an index naming it (design.md 12)."""
-        self.backend.save(FileType.DATA, name, data)
+        self._save_locked(FileType.DATA, name, data)
         pack_id = bytes.fromhex(name)
         with self._index_lock:
             self._unindexed[pack_id] = entries
@@ -618,10 +635,91 @@ class Repository:
     # ---------------------------------------------------------------- snapshots
 
     def save_snapshot(self, snap: Snapshot) -> str:
+        """On a locked repository, first keeps what the snapshot needs locked long enough
+        (design.md 18). If that fails the snapshot is saved all the same (its data is stored),
+        and the error raised after names it: the next backup tries again."""
         if self.lock_unavailable is not None:
             self.warn(f"new files are not protected: {self.lock_unavailable}")
             self.lock_unavailable = None  # said once
-        return self.save_file(FileType.SNAPSHOT, snap.encode(), snapshot_fmt.AAD)
+        failed: BackupfsError | None = None
+        if self.retention_on:
+            try:
+                self.retention_stats = self.protect_snapshot(snap)
+            except BackupfsError as exc:
+                failed = exc
+        name = self.save_file(FileType.SNAPSHOT, snap.encode(), snapshot_fmt.AAD)
+        if failed is not None:
+            raise BackupfsError(
+                f"snapshot {name[:8]} saved, but the files it needs could not all be kept under Object Lock "
+                f"({failed}); the next backup tries again"
+            ) from failed
+        return name
+
+    # ---------------------------------------------------------------- Object Lock (design.md 18)
+
+    def keeper(self) -> retention.RetentionKeeper:
+        if self._keeper is None:
+            assert self.config.object_lock is not None and isinstance(self.backend, ObjectLock)
+            cache = retention.RetentionCache(self.cache_dir, self.header.repo_id, self.master.id)
+            self._keeper = retention.RetentionKeeper(self.backend, self.config.object_lock, cache, self.clock)
+        return self._keeper
+
+    def protect_snapshot(self, snap: Snapshot) -> retention.ProtectStats:
+        """Extends the locks of the packs holding the snapshot's blobs, the live index files that
+        list them, the key files and the config, where they would end too early."""
+        keeper = self.keeper()
+        when = snap.time_ns / 1e9
+        if keeper.required_until(when) <= self.clock():
+            return retention.ProtectStats()  # older than the retention: nothing left to promise
+        packs = self.packs_of_tree(snap.tree)
+
+        def entries(name: str) -> tuple[list[bytes], list[bytes]]:
+            f = self.load_index_file(name)
+            return f.supersedes, list(f.packs)
+
+        read = keeper.index_catalog([n for n, _ in self.backend.list(FileType.INDEX)], entries)
+        needed: list[retention.Key] = [(FileType.DATA, p.hex()) for p in sorted(packs)]
+        needed += [(FileType.INDEX, n) for n in keeper.index_files_for(packs)]
+        needed += [(FileType.KEY, n) for n, _ in self.backend.list(FileType.KEY)]
+        needed.append((FileType.CONFIG, "config"))
+        stats = keeper.protect(needed, when)
+        stats.index_files_read = read
+        return stats
+
+    def packs_of_tree(self, root: bytes) -> set[bytes]:
+        """Every pack holding a blob that the tree `root` reaches (its trees and file contents),
+        each tree read once, by a few threads (remote trees cost a request each)."""
+        packs: set[bytes] = set()
+        seen: set[bytes] = set()
+        todo: deque[bytes] = deque([root])
+        running: set[Future[list[Node]]] = set()
+
+        def locate(blob_id: bytes, what: str) -> None:
+            loc = self.index.lookup(blob_id)
+            if loc is None:
+                raise IntegrityError(f"{what} {blob_id.hex()[:16]} is not in the index")
+            packs.add(loc.pack_id)
+
+        with ThreadPoolExecutor(TREE_WALKERS, thread_name_prefix="bfs-walk") as pool:
+            try:
+                while todo or running:
+                    while todo and len(running) < 4 * TREE_WALKERS:
+                        tree_id = todo.popleft()
+                        if tree_id not in seen:
+                            seen.add(tree_id)
+                            locate(tree_id, "tree")
+                            running.add(pool.submit(self.load_tree_as_stored, tree_id))
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        for node in fut.result():
+                            if node.type == DIR and node.subtree is not None:
+                                todo.append(node.subtree)
+                            for _offset, blob_id in node.content or ():
+                                locate(blob_id, "data blob")
+            finally:
+                for fut in running:
+                    fut.cancel()
+        return packs
 
     def load_snapshot(self, name: str) -> Snapshot:
         data = self.load_file(FileType.SNAPSHOT, name, snapshot_fmt.AAD)

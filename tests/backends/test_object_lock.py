@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from backupfs.backends import layout
 from backupfs.backends.base import Backend, FileType, ObjectLock
 from backupfs.backends.registry import open_backend
 from backupfs.errors import AlreadyExists, BackendError, NotFound, UnderRetention
+from backupfs.repository.repo import Repository
 
 from .backend_servers import FAST_S3, MotoServer, RGWServer
 from .test_s3_servers import _config_race
@@ -351,3 +353,83 @@ def test_init_refuses_object_lock_where_there_is_none(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "only s3: repositories" in proc.stderr
     assert not (tmp_path / "repo" / "config").exists()
+
+
+def _all_keys(client: Any, bucket: str) -> list[str]:
+    return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def _until(client: Any, bucket: str, key: str) -> float:
+    return float(client.head_object(Bucket=bucket, Key=key)["ObjectLockRetainUntilDate"].timestamp())
+
+
+def _pass_time(client: Any, bucket: str, until: float) -> None:
+    """What the passing days would do to the locks: every object's retention made to end at
+    `until`. Governance mode, shortened with the bypass permission (the test's keys have it;
+    backupfs never uses it), is the only way to test across days without waiting them."""
+    when = datetime.fromtimestamp(until, UTC)
+    for key in _all_keys(client, bucket):
+        if key.startswith("repo/locks/"):
+            continue
+        client.put_object_retention(
+            Bucket=bucket,
+            Key=key,
+            Retention={"Mode": "GOVERNANCE", "RetainUntilDate": when},
+            BypassGovernanceRetention=True,
+        )
+
+
+def _open_repo(server: S3Server, bucket: str) -> Repository:
+    repo = Repository.open(open_backend(server.url("repo", bucket=bucket), **FAST_S3), PASSWORD.encode())
+    repo.load_index()
+    return repo
+
+
+def _pack_of(repo: Repository, content: bytes) -> str:
+    loc = repo.index.lookup(repo.blob_id(content))
+    assert loc is not None
+    return f"repo/data/{loc.pack_id.hex()[:2]}/{loc.pack_id.hex()}"
+
+
+def test_a_backup_extends_what_its_snapshot_needs_and_nothing_else(rgw_server: RGWServer, tmp_path: Path) -> None:
+    bucket = _bucket()
+    cli = LockCli(rgw_server, bucket, tmp_path)
+    cli.run("init", "--object-lock", "2", "--object-lock-mode", "governance")
+    src = tmp_path / "src"
+    src.mkdir()
+    kept, dropped = os.urandom(300 << 10), os.urandom(300 << 10)  # one chunk each
+    (src / "kept").write_bytes(kept)
+    cli.run("backup", src)
+    (src / "dropped").write_bytes(dropped)
+    cli.run("backup", src)  # "dropped" goes into a pack of its own
+    (src / "dropped").unlink()
+    cli.run("backup", src)
+    client = _client(rgw_server)
+    soon = time.time() + HOUR
+    _pass_time(client, bucket, soon)  # 2 days later, as the locks see it
+    before = set(_all_keys(client, bucket))
+
+    out = cli.run("--no-cache", "backup", src, "--json").stdout  # --no-cache: no dates on record
+    stats = json.loads(out.splitlines()[-1])
+    locked = stats["object_lock"]
+    assert locked["extended"] > 0 and 0 < locked["checked"] <= locked["files"]  # dates it did not write: read
+    repo = _open_repo(rgw_server, bucket)
+    _sid, snap = repo.find_snapshot("latest")
+    promised = snap.time_ns / 1e9 + 2 * 86400
+    kept_pack, dropped_pack = _pack_of(repo, kept), _pack_of(repo, dropped)
+    assert kept_pack != dropped_pack
+    assert _until(client, bucket, kept_pack) >= promised
+    assert abs(_until(client, bucket, dropped_pack) - soon) < 2
+    needed = {f"repo/{layout.path(FileType.DATA, p.hex())}" for p in repo.packs_of_tree(snap.tree)}
+    needed |= {k for k in before if k.startswith(("repo/keys/", "repo/config"))}
+    for name, index in repo.index_files().items():
+        if any(f"repo/{layout.path(FileType.DATA, p.hex())}" in needed for p in index.packs):
+            needed.add(f"repo/index/{name}")
+    for key in before:
+        until = _until(client, bucket, key)
+        if key in needed:
+            assert until >= promised, key
+        else:
+            assert until < soon + 2, key  # the older snapshots' own files: left to expire
+    repo.close()
+    client.close()
