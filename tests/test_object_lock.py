@@ -9,16 +9,22 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from supersede import supersede_everything, undo
 
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend
 from backupfs.backends.memory import MemoryBackend
+from backupfs.cli.forget import _remove as forget_remove
 from backupfs.errors import BackendError, BackupfsError, IntegrityError, UsageError
 from backupfs.format.config import ConfigBody, ConfigHeader, ObjectLockConfig
 from backupfs.format.index import IndexFile
 from backupfs.format.pack import DATA
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import FILE, Node
+from backupfs.ops.check import Checker
+from backupfs.prune.execute import execute
+from backupfs.prune.options import MaxUnused, PruneOptions
+from backupfs.prune.plan import PrunePlan, plan_prune
 from backupfs.repository import retention
 from backupfs.repository.repo import Repository
 
@@ -305,4 +311,127 @@ def test_a_snapshot_is_saved_even_when_extending_fails() -> None:
     with pytest.raises(BackupfsError, match=r"^snapshot [0-9a-f]{8} saved, but the files it needs could not all"):
         _snapshot(repo, {"a": b"a"}, clock)
     assert len(list(backend.list(FileType.SNAPSHOT))) == 2
+    repo.close()
+
+
+# ---------------------------------------------------------------- prune and forget under the lock
+
+
+def _files(backend: MemoryBackend, ftype: FileType) -> set[str]:
+    return {n for n, _ in backend.list(ftype)}
+
+
+def _consistent(repo: Repository) -> None:
+    """Every pack an index in force names exists, and every blob of every snapshot is indexed
+    and reads back (check --read-data finds nothing)."""
+    repo.load_index()
+    present = _files(repo.backend, FileType.DATA)  # type: ignore[arg-type]
+    assert {p.hex() for p in repo.index.pack_ids()} <= present
+    result = Checker(repo).run(read_data=True)
+    assert result.errors == [], result.errors
+
+
+def _prune(repo: Repository) -> PrunePlan:
+    repo.load_index()
+    plan = plan_prune(repo, PruneOptions(max_unused=MaxUnused(0.0)))
+    execute(plan)
+    return plan
+
+
+def test_prune_deletes_only_what_has_passed_its_retention() -> None:
+    clock = Clock()
+    backend = MemoryBackend(object_lock=True, clock=clock)
+    _init(backend).close()
+    repo = _open(backend, clock, None)
+    blob_a, _ = repo.save_blob(DATA, b"a" * 1000)
+    blob_b, _ = repo.save_blob(DATA, b"b" * 1000)  # a and b share a pack
+    repo.flush()
+    blob_c, _ = repo.save_blob(DATA, b"c" * 1000)
+    repo.flush()
+    nodes = [
+        Node(name=n, type=FILE, size=1000, content=[(0, b)])
+        for n, b in ((b"a", blob_a), (b"b", blob_b), (b"c", blob_c))
+    ]
+    tree = repo.save_tree(nodes)
+    repo.flush()
+    first = repo.save_snapshot(Snapshot(time_ns=int(clock() * 1e9), host="h", user="u", paths=["/"], tree=tree))
+    pack_ab = repo.index.lookup(blob_a).pack_id.hex()  # type: ignore[union-attr]
+    pack_c = repo.index.lookup(blob_c).pack_id.hex()  # type: ignore[union-attr]
+    clock.now = T0 + 10 * DAY
+    _snapshot(repo, {"a": b"a" * 1000}, clock)  # needs a: extends the a+b pack to day 47
+    orphan = Repository.open(backend, PASSWORD)  # a backup killed before its index: a pack in no index
+    orphan.clock = clock
+    orphan.save_blob(DATA, b"orphan" * 100)
+    assert orphan._packer is not None
+    orphan._packer.flush()
+    orphan.close()
+    orphaned = _files(backend, FileType.DATA) - {p.hex() for p in repo.index.pack_ids()}
+    assert len(orphaned) == 1
+    repo.close()
+
+    clock.now = T0 + 38 * DAY  # the first snapshot's files passed their retention (day 37)
+    repo = _open(backend, clock, None)
+    backend.remove(FileType.SNAPSHOT, first)
+    plan = _prune(repo)
+    assert pack_c not in _files(backend, FileType.DATA)  # nothing in use, lock passed: deleted
+    assert pack_ab in _files(backend, FileType.DATA)  # b unused, but locked until day 47: kept ...
+    repo.load_index()
+    assert bytes.fromhex(pack_ab) in repo.index.pack_ids()  # ... and still indexed
+    assert orphaned <= _files(backend, FileType.DATA)  # written on day 10: locked until day 47
+    assert {k: (h.count, h.earliest) for k, h in plan.held.kinds.items() if k != "index"} == {
+        "repack": (1, T0 + 47 * DAY),
+        "unindexed": (1, T0 + 47 * DAY),
+    }
+    assert plan.held.kinds["index"].count >= 1  # the a+b pack's old index file: superseded, kept
+    _consistent(repo)
+
+    clock.now = T0 + 48 * DAY  # every lock of the first snapshot's files has passed
+    plan = _prune(repo)
+    # all that is left for later is the index file the first prune wrote (locked until day 75)
+    assert {k: (h.count, h.earliest) for k, h in plan.held.kinds.items()} == {"index": (1, T0 + 75 * DAY)}
+    assert pack_ab not in _files(backend, FileType.DATA) and not orphaned & _files(backend, FileType.DATA)
+    _consistent(repo)
+    repo.close()
+
+
+def test_forget_keeps_a_locked_snapshot_and_prune_keeps_its_data() -> None:
+    """A snapshot the storage will not delete yet is not forgotten for prune either."""
+    clock = Clock()
+    backend = MemoryBackend(object_lock=True, clock=clock)
+    _init(backend).close()
+    repo = _open(backend, clock, None)
+    sid = _snapshot(repo, {"x": b"x" * 1000}, clock)
+    removed, held = forget_remove(repo, [sid], dry_run=False)
+    assert removed == [] and held.kinds["snapshots"].count == 1
+    assert held.kinds["snapshots"].earliest == T0 + 37 * DAY
+    assert sid in _files(backend, FileType.SNAPSHOT)
+    plan = plan_prune(repo, ignore_snapshots=removed)
+    assert not plan.delete and not plan.repack
+    repo.close()
+
+
+def test_a_superseding_index_cannot_make_prune_delete_locked_data() -> None:
+    """Issue 10's attack on a locked repository: someone with the password uploads a garbage pack
+    and an index that supersedes every index file, claiming every data blob for the garbage.
+    The real packs then look like left-overs in no index; prune must delete none of them."""
+    clock = Clock()
+    backend = MemoryBackend(object_lock=True, clock=clock)
+    _init(backend).close()
+    repo = _open(backend, clock, None)
+    sid = _snapshot(repo, {"x": b"x" * 1000, "y": b"y" * 1000}, clock)
+    before = {t: {n: backend.load(t, n) for n in _files(backend, t)} for t in (FileType.DATA, FileType.INDEX)}
+    forged = supersede_everything(repo)
+    clock.now += 5 * DAY
+    plan = _prune(repo)
+    for ftype, files in before.items():
+        for name, data in files.items():
+            assert backend.load(ftype, name) == data, f"{ftype.value}/{name} was lost"
+    assert plan.held.kinds["unindexed"].count >= 2
+    undo(repo, list(before[FileType.INDEX]), forged)
+    repo.load_index()
+    snap = repo.load_snapshot(sid)
+    assert [repo.load_blob(DATA, n.content[0][1]) for n in repo.load_tree_as_stored(snap.tree) if n.content] == [
+        b"x" * 1000,
+        b"y" * 1000,
+    ]
     repo.close()

@@ -305,7 +305,10 @@ class Repository:
         self.backend.remove(FileType.KEY, matches[0])
 
     def change_password(self, password: bytes) -> str:
-        """New key file first, old one removed after: a crash never leaves no key."""
+        """New key file first, old one removed after: a crash never leaves no key.
+
+        Under Object Lock the old key file may still be locked: then UnderRetention is raised
+        after the new key is saved (`key_name`), and the old password works until that date."""
         old = self.key_name
         self.key_name = self._write_key(password)
         self.backend.remove(FileType.KEY, old)

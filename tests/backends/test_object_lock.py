@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ import boto3
 import botocore.config
 import pytest
 from botocore.exceptions import ClientError
+from supersede import supersede_everything, undo
 
 from backupfs.backends import layout
 from backupfs.backends.base import Backend, FileType, ObjectLock
@@ -433,3 +435,111 @@ def test_a_backup_extends_what_its_snapshot_needs_and_nothing_else(rgw_server: R
             assert until < soon + 2, key  # the older snapshots' own files: left to expire
     repo.close()
     client.close()
+
+
+def _stored(client: Any, bucket: str) -> dict[tuple[str, str], bytes]:
+    """Every version of every object, hidden or not: what the storage really holds."""
+    out = {}
+    resp = client.list_object_versions(Bucket=bucket)
+    assert not resp.get("IsTruncated")
+    for v in resp.get("Versions", ()):
+        if not v["Key"].startswith("repo/locks/"):
+            body = client.get_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
+            out[(v["Key"], v["VersionId"])] = body
+    return out
+
+
+def _hidden(client: Any, bucket: str) -> tuple[int, int]:
+    """(versions that are not the visible object, delete markers): bytes stored but not in use."""
+    resp = client.list_object_versions(Bucket=bucket)
+    return (
+        sum(1 for v in resp.get("Versions", ()) if not v["IsLatest"]),
+        len(resp.get("DeleteMarkers", ())),
+    )
+
+
+def test_forget_and_prune_wait_for_the_retention_then_reclaim_the_space(rgw_server: RGWServer, tmp_path: Path) -> None:
+    bucket = _bucket()
+    cli = LockCli(rgw_server, bucket, tmp_path)
+    cli.run("init", "--object-lock", "1", "--object-lock-mode", "governance")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "kept").write_bytes(os.urandom(300 << 10))
+    (src / "gone").write_bytes(os.urandom(300 << 10))
+    cli.run("backup", src)
+    (src / "gone").unlink()
+    cli.run("backup", src)
+    client = _client(rgw_server)
+    stored = _stored(client, bucket)
+
+    out = cli.run("forget", "--keep-last", "1", "--prune").stdout
+    assert "removed 0 of 1 snapshots (1 of them under Object Lock: kept for now)" in out, out
+    assert re.search(r"^1 snapshots kept: under Object Lock retention, deletable from \d{4}-", out, re.M), out
+    assert len(json.loads(cli.run("snapshots", "--json").stdout)) == 2
+    assert _stored(client, bucket) == stored  # nothing deleted, nothing hidden
+
+    until = time.time() + 2
+    _pass_time(client, bucket, until)  # the day has passed, as the locks see it
+    while time.time() <= until + 1:
+        time.sleep(0.2)
+    # --no-cache: this host's record of the dates it set would (rightly) keep them a day more;
+    # only a user allowed to bypass governance retention can shorten it, as the test just did
+    out = cli.run("--no-cache", "forget", "--keep-last", "1", "--prune").stdout
+    assert "removed 1 snapshots, kept 1" in out, out
+    assert "Object Lock" not in out, out
+    assert len(json.loads(cli.run("snapshots", "--json").stdout)) == 1
+    assert _hidden(client, bucket) == (0, 0)  # deleted for good: no version left behind
+    gone = {key for key, _v in stored} - set(_all_keys(client, bucket))
+    assert any(k.startswith("repo/data/") for k in gone) and any(k.startswith("repo/snapshots/") for k in gone)
+    cli.run("check", "--read-data")
+    cli.run("restore", "latest", "--target", tmp_path / "restored")
+    assert (tmp_path / "restored" / str(src).lstrip("/") / "kept").read_bytes() == (src / "kept").read_bytes()
+    client.close()
+
+
+def test_a_superseding_index_cannot_make_prune_delete_locked_data(rgw_server: RGWServer, tmp_path: Path) -> None:
+    """Issue 10's attack (tests/supersede.py) on a COMPLIANCE-locked repository, then the
+    administrator's routine forget + prune: every real object keeps every byte."""
+    bucket = _bucket()
+    cli = LockCli(rgw_server, bucket, tmp_path)
+    cli.run("init", "--object-lock", "3")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}").write_bytes(os.urandom(200 << 10))
+        cli.run("backup", src)
+    client = _client(rgw_server)
+    stored = _stored(client, bucket)
+    real_index = [k.rsplit("/", 1)[1] for k, _v in stored if k.startswith("repo/index/")]
+
+    repo = _open_repo(rgw_server, bucket)  # the attacker: the password and the bucket's keys
+    forged = supersede_everything(repo)
+    repo.close()
+    out = cli.run("forget", "--keep-last", "5", "--prune").stdout
+    assert re.search(r"^locked: +\d+ packs in no index, .* kept: under Object Lock retention", out, re.M), out
+    after = _stored(client, bucket)
+    for version, body in stored.items():
+        assert after.get(version) == body, f"{version[0]} was lost"
+
+    repo = _open_repo(rgw_server, bucket)  # the way back
+    undo(repo, real_index, forged)
+    repo.close()
+    cli.run("check", "--read-data")
+    cli.run("restore", "latest", "--target", tmp_path / "restored")
+    for i in range(3):
+        assert (tmp_path / "restored" / str(src).lstrip("/") / f"f{i}").read_bytes() == (src / f"f{i}").read_bytes()
+    client.close()
+
+
+def test_a_changed_password_leaves_the_old_key_until_its_retention_passes(
+    rgw_server: RGWServer, tmp_path: Path
+) -> None:
+    cli = LockCli(rgw_server, _bucket(), tmp_path)
+    cli.run("init", "--object-lock", "1")
+    (tmp_path / "new").write_text("the new password\n")
+    err = cli.run("key", "passwd", "--new-password-file", tmp_path / "new", code=1).stderr
+    assert re.search(r"saved new key [0-9a-f]{8}, but the old key [0-9a-f]{8} stays: it is under Object Lock", err), err
+    assert "the old password opens the repository too" in err
+    cli.run("snapshots")  # the old password still works ...
+    cli.env["BACKUPFS_PASSWORD"] = "the new password"
+    cli.run("snapshots")  # ... and so does the new one
