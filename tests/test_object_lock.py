@@ -435,3 +435,27 @@ def test_a_superseding_index_cannot_make_prune_delete_locked_data() -> None:
         b"y" * 1000,
     ]
     repo.close()
+
+
+def test_a_damaged_record_of_dates_is_ignored(tmp_path: Path) -> None:
+    """The local record is authenticated: flipped bits (or another repository's record) are
+    ignored and the dates read from the storage again, never trusted."""
+    clock = Clock()
+    backend = CountingBackend(clock)
+    _init(backend).close()
+    repo = _open(backend, clock, tmp_path)
+    _snapshot(repo, {"a": b"a"}, clock)
+    repo.close()
+    (record,) = tmp_path.glob("*/retention.cache")
+    data = bytearray(record.read_bytes())
+    data[len(data) // 2] ^= 1
+    record.write_bytes(bytes(data))
+    clock.now += 25 * DAY
+    backend.reads = 0
+    repo = _open(backend, clock, tmp_path)
+    sid = _snapshot(repo, {"a": b"a"}, clock)
+    stats = repo.retention_stats
+    reads = backend.reads
+    assert stats is not None and stats.checked > 0 and stats.checked == reads
+    assert all(until >= clock.now + 30 * DAY for until in _needed(repo, sid).values())
+    repo.close()

@@ -102,10 +102,12 @@ class RetentionCache:
         except (ValueError, TypeError, msgpack.UnpackException):
             self.until, self.index = {}, {}
 
-    def store(self) -> None:
-        """Atomic replace; failing to write a cache is never an error for the command."""
+    def store(self, now: float) -> None:
+        """Atomic replace; failing to write a cache is never an error for the command. Dates
+        already passed are dropped: they no longer bound anything (deleted files go with them)."""
         if self.path is None:
             return
+        self.until = {k: u for k, u in self.until.items() if u > now}
         body = msgpack.packb(
             [
                 _CACHE_MAGIC,
@@ -181,7 +183,7 @@ class RetentionKeeper:
             stats.extended += 1
         if short:
             stats.until = target
-        self.cache.store()
+        self.cache.store(now)
         return stats
 
     def _read(self, key: Key) -> float:
@@ -208,6 +210,8 @@ class RetentionKeeper:
             self.cache.until[key] = until
             if until > now:
                 out[key] = until
+        if ask:
+            self.cache.store(now)
         return out
 
     def index_catalog(self, names: Sequence[str], load: Callable[[str], tuple[list[bytes], list[bytes]]]) -> int:
