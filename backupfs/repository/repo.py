@@ -810,9 +810,9 @@ def _require_object_lock(backend: Backend) -> None:
         )
     if not support.enabled:
         raise UsageError(
-            f"the bucket of {where} has no Object Lock: it can be enabled only when a bucket is created "
-            "(`aws s3api create-bucket --object-lock-enabled-for-bucket ...`), or give a new bucket name "
-            'and init creates it so (docs/backends.md, "Object Lock")'
+            f"the bucket of {where} has no Object Lock: use a bucket created with it (`aws s3api create-bucket "
+            "--object-lock-enabled-for-bucket ...`, or a new bucket name: init creates it so), or on AWS enable "
+            'it on this one (docs/backends.md, "S3 Object Lock")'
         )
     if support.default_retention:
         raise UsageError(
