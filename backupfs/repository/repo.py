@@ -125,6 +125,7 @@ class Repository:
         self.retention_on = False  # every save is locked (design.md 18)
         self.clock: Callable[[], float] = time.time  # for the retention dates; tests move it
         self._keeper: retention.RetentionKeeper | None = None
+        self._keeper_lock = threading.Lock()  # pack upload threads record their dates through it
         self.retention_stats: retention.ProtectStats | None = None  # of the last snapshot saved
 
     # ---------------------------------------------------------------- open / init
@@ -661,11 +662,12 @@ class Repository:
     # ---------------------------------------------------------------- Object Lock (design.md 18)
 
     def keeper(self) -> retention.RetentionKeeper:
-        if self._keeper is None:
-            assert self.config.object_lock is not None and isinstance(self.backend, ObjectLock)
-            cache = retention.RetentionCache(self.cache_dir, self.header.repo_id, self.master.id)
-            self._keeper = retention.RetentionKeeper(self.backend, self.config.object_lock, cache, self.clock)
-        return self._keeper
+        with self._keeper_lock:
+            if self._keeper is None:
+                assert self.config.object_lock is not None and isinstance(self.backend, ObjectLock)
+                cache = retention.RetentionCache(self.cache_dir, self.header.repo_id, self.master.id)
+                self._keeper = retention.RetentionKeeper(self.backend, self.config.object_lock, cache, self.clock)
+            return self._keeper
 
     def protect_snapshot(self, snap: Snapshot) -> retention.ProtectStats:
         """Extends the locks of the packs holding the snapshot's blobs, the live index files that
