@@ -28,6 +28,7 @@ from backupfs.format import index as index_fmt
 from backupfs.format.pack import TREE, PackEntry, read_ranges
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, Node, decode_tree
+from backupfs.prune.locked import Held, locked_dates
 from backupfs.prune.options import PruneOptions
 from backupfs.prune.table import BlobTable
 from backupfs.repository.masterindex import BlobLocation
@@ -149,6 +150,7 @@ class PrunePlan:
     index_files: list[str]
     obsolete_index_files: list[str]
     stats: PruneStats
+    held: Held = dataclasses.field(default_factory=Held)  # left for later: Object Lock (locked.py)
 
     @property
     def reindexed(self) -> list[PackInfo]:
@@ -211,6 +213,7 @@ class _Planner:
                 unindexed.append((p.id.hex(), p.size))  # nothing in use: garbage, as before
         self.packs = [p for p in self.packs if not (p.unlisted and p.used_count == 0)]
         delete, repack, keep = self._choose()
+        held = self._hold_locked(delete, repack, keep, unindexed)
         self._check_headers(delete + repack)
         s = self.stats
         s.index_files = len(index_names)
@@ -230,6 +233,7 @@ class _Planner:
             index_files=index_names,
             obsolete_index_files=obsolete,
             stats=s,
+            held=held,
         )
 
     # ---------------------------------------------------------------- index
@@ -576,6 +580,48 @@ class _Planner:
         s.unused_after = unused_after
         s.size_after = sum(p.size for p in keep) + s.repack_used_bytes
         return delete, repack, keep
+
+
+    # ---------------------------------------------------------------- Object Lock
+
+    def _hold_locked(
+        self, delete: list[PackInfo], repack: list[PackInfo], keep: list[PackInfo], unindexed: list[tuple[str, int]]
+    ) -> Held:
+        """On a repository under Object Lock (design.md 19) a pack whose retention has not passed
+        is neither deleted nor repacked. One to repack stays listed in the index as it is; one with
+        nothing in use leaves the index (a later prune deletes it as unindexed): its entries serve
+        no reader, and if an attacker forged them, listing them again would keep the lie in force.
+        An unindexed one stays where it is. So no index names a pack that is gone, and no needed
+        pack is in no index."""
+        held = Held()
+        names = [p.id.hex() for p in (*delete, *repack) if p.size >= 0] + [n for n, _s in unindexed]
+        locked = locked_dates(self.repo, FileType.DATA, names)
+        if not locked:
+            return held
+        s = self.stats
+        unlisted_bytes = 0  # held packs with nothing in use: still stored, in no index
+        for kind, packs in (("unused", delete), ("repack", repack)):
+            stay = [p for p in packs if p.size >= 0 and p.id.hex() in locked]
+            packs[:] = [p for p in packs if not (p.size >= 0 and p.id.hex() in locked)]
+            for p in stay:
+                held.add(kind, p.size, locked[p.id.hex()])
+                s.unused_after += p.unused_bytes
+                if kind == "unused":
+                    s.delete_packs -= 1
+                    s.delete_bytes -= p.size
+                    unlisted_bytes += p.size
+                else:
+                    s.repack_packs -= 1
+                    s.repack_bytes -= p.size
+                    s.repack_used_bytes -= p.used_bytes
+                    p.reason = ""
+                    keep.append(p)
+        for name, size in unindexed:
+            if name in locked:
+                held.add("unindexed", size, locked[name])
+        unindexed[:] = [u for u in unindexed if u[0] not in locked]
+        s.size_after = sum(p.size for p in keep) + s.repack_used_bytes + unlisted_bytes
+        return held
 
 
 def _fullness(p: PackInfo) -> tuple[float, bytes]:

@@ -8,12 +8,12 @@ import os
 import socket
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
-from backupfs.backends.base import Backend, FileType
+from backupfs.backends.base import Backend, FileType, ObjectLock
 from backupfs.chunker import DEFAULT_PARAMS, MAX_CHUNK_LIMIT, Chunker
 from backupfs.compress import LZ4, NONE, ZSTD, compress, decompress, file_limit, parse_compression
 from backupfs.crypto import (
@@ -40,7 +40,7 @@ from backupfs.errors import (
 from backupfs.format import index as index_fmt
 from backupfs.format import lock as lock_fmt
 from backupfs.format import snapshot as snapshot_fmt
-from backupfs.format.config import ConfigBody, ConfigHeader, config_aad
+from backupfs.format.config import LOCKED_VERSION, VERSION, ConfigBody, ConfigHeader, ObjectLockConfig, config_aad
 from backupfs.format.index import IndexFile
 from backupfs.format.keyexport import KeyExport
 from backupfs.format.keyfile import META_AAD, KeyFile, decode_meta, encode_meta, key_aad
@@ -57,8 +57,8 @@ from backupfs.format.pack import (
     read_ranges,
 )
 from backupfs.format.snapshot import Snapshot
-from backupfs.format.tree import Listing, Node, decode_tree, encode_tree, read_listing
-from backupfs.repository import locks
+from backupfs.format.tree import DIR, Listing, Node, decode_tree, encode_tree, read_listing
+from backupfs.repository import locks, retention
 from backupfs.repository.cache import IndexCache, prepare_cache
 from backupfs.repository.filecache import FileCache
 from backupfs.repository.headers import DamagedBlobs, HeaderCache
@@ -78,6 +78,7 @@ READ_GAP = 256 << 10  # unused bytes a batched read goes through rather than mak
 # request holds the header of a pack of up to ~1,000 blobs; a larger header takes a second one.
 HEADER_PROBE = 64 << 10
 HEADER_READERS = 8  # pack headers read at once (remote backends have latency)
+TREE_WALKERS = 4  # threads fetching trees when the packs a snapshot needs are collected
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -139,6 +140,14 @@ class Repository:
         self._scan_lock = threading.Lock()
         self._scanned = False  # the packs no index lists were looked for since the index loaded
         self._warned: set[str] = set()
+        # Object Lock asked for by the config but not offered by this storage (a copy of the
+        # repository in a directory): said once, at the first snapshot written
+        self.lock_unavailable: str | None = None
+        self.retention_on = False  # every save is locked (design.md 19)
+        self.clock: Callable[[], float] = time.time  # for the retention dates; tests move it
+        self._keeper: retention.RetentionKeeper | None = None
+        self._keeper_lock = threading.Lock()  # pack upload threads record their dates through it
+        self.retention_stats: retention.ProtectStats | None = None  # of the last snapshot saved
 
     # ---------------------------------------------------------------- open / init
 
@@ -154,7 +163,11 @@ class Repository:
         compression: str = "lz4",
         master: MasterKey | None = None,
         kdf: tuple[int, int] = (ARGON2_OPS, ARGON2_MEM),
+        object_lock: ObjectLockConfig | None = None,
     ) -> Repository:
+        """`object_lock`: every file but the lock files is written under S3 Object Lock retention
+        (design.md "Object Lock"); the storage must have it (a bucket created with it), else
+        UsageError before anything is written. A missing bucket is created with it."""
         parse_compression(compression)
         if not 1 << 20 <= pack_size <= 1 << 30:
             raise UsageError("pack size must be between 1 MiB and 1 GiB")
@@ -165,11 +178,17 @@ class Repository:
         master = master or MasterKey.generate()
         header_suite = suite or default_suite()
         repo_id = os.urandom(32)
-        body = ConfigBody(chunker, pack_size, compression)
+        body = ConfigBody(chunker, pack_size, compression, object_lock)
         cipher = Cipher(header_suite, master.enc)
-        header = ConfigHeader(repo_id, header_suite, cipher.seal(compress(body.encode(), NONE), config_aad(repo_id)))
+        sealed = cipher.seal(compress(body.encode(), NONE), config_aad(repo_id))
+        header = ConfigHeader(repo_id, header_suite, sealed, LOCKED_VERSION if object_lock else VERSION)
+        if object_lock is not None:
+            _start_retention(backend, object_lock)  # before create(): a new bucket gets Object Lock
         backend.create()
+        if object_lock is not None:
+            _require_object_lock(backend)
         repo = cls(backend, master, header, body, "")
+        repo.retention_on = object_lock is not None
         repo.key_name = repo._write_key(password, kdf)
         backend.save(FileType.CONFIG, "config", header.encode())
         return repo
@@ -206,7 +225,15 @@ class Repository:
                 continue
             if cache_dir is not None:
                 prepare_cache(cache_dir, header.repo_id)
-            return cls(backend, master, header, _config_body(header, master), name, cache_dir, cache_files, warn)
+            body = _config_body(header, master)
+            repo = cls(backend, master, header, body, name, cache_dir, cache_files, warn)
+            if body.object_lock is not None:
+                try:
+                    _start_retention(backend, body.object_lock)
+                    repo.retention_on = True
+                except UsageError as exc:  # read-only use of a copy stays possible
+                    repo.lock_unavailable = str(exc)
+            return repo
         if len(damaged) == len(keys):
             # No key could even be tried: "wrong password" would send the user the wrong way.
             raise IntegrityError(f"no usable key file: {'; '.join(damaged)}")
@@ -245,8 +272,18 @@ class Repository:
             self.check_lock()
         data = self._seal(plaintext, aad)
         name = file_id(data)
-        self.backend.save(ftype, name, data)
+        self._save_locked(ftype, name, data)
         return name
+
+    def _save_locked(self, ftype: FileType, name: str, data: bytes | memoryview) -> None:
+        """backend.save, noting on a locked repository the least retain-until date it gets."""
+        if not self.retention_on or ftype is FileType.LOCK:
+            self.backend.save(ftype, name, data)
+            return
+        assert self.config.object_lock is not None
+        until = self.clock() + retention.write_seconds(self.config.object_lock)
+        self.backend.save(ftype, name, data)
+        self.keeper().cache.until[(ftype, name)] = until
 
     def load_file(self, ftype: FileType, name: str, aad: bytes) -> bytes:
         cached = self.files.get(ftype, name) if self.files is not None and ftype is FileType.SNAPSHOT else None
@@ -268,7 +305,7 @@ class Repository:
         meta = self._seal(encode_meta(socket.gethostname(), getpass.getuser(), time.time_ns()), META_AAD, NONE)
         data = KeyFile(wrapped, meta).encode()
         name = file_id(data)
-        self.backend.save(FileType.KEY, name, data)
+        self._save_locked(FileType.KEY, name, data)
         return name
 
     def add_key(self, password: bytes) -> str:
@@ -297,7 +334,10 @@ class Repository:
         self.backend.remove(FileType.KEY, matches[0])
 
     def change_password(self, password: bytes) -> str:
-        """New key file first, old one removed after: a crash never leaves no key."""
+        """New key file first, old one removed after: a crash never leaves no key.
+
+        Under Object Lock the old key file may still be locked: then UnderRetention is raised
+        after the new key is saved (`key_name`), and the old password works until that date."""
         old = self.key_name
         self.key_name = self._write_key(password)
         self.backend.remove(FileType.KEY, old)
@@ -776,7 +816,7 @@ class Repository:
 
     def _pack_uploaded(self, name: str, data: bytes, entries: list[PackEntry]) -> None:
         """Upload thread: pack first, then (every few packs) an index naming it (design.md 12)."""
-        self.backend.save(FileType.DATA, name, data)
+        self._save_locked(FileType.DATA, name, data)
         pack_id = bytes.fromhex(name)
         with self._index_lock:
             self._unindexed[pack_id] = entries
@@ -854,7 +894,92 @@ class Repository:
     # ---------------------------------------------------------------- snapshots
 
     def save_snapshot(self, snap: Snapshot) -> str:
-        return self.save_file(FileType.SNAPSHOT, snap.encode(), snapshot_fmt.AAD)
+        """On a locked repository, first keeps what the snapshot needs locked long enough
+        (design.md 19). If that fails the snapshot is saved all the same (its data is stored),
+        and the error raised after names it: the next backup tries again."""
+        if self.lock_unavailable is not None:
+            self.warn(f"new files are not protected: {self.lock_unavailable}")
+            self.lock_unavailable = None  # said once
+        failed: BackupfsError | None = None
+        if self.retention_on:
+            try:
+                self.retention_stats = self.protect_snapshot(snap)
+            except BackupfsError as exc:
+                failed = exc
+        name = self.save_file(FileType.SNAPSHOT, snap.encode(), snapshot_fmt.AAD)
+        if failed is not None:
+            raise BackupfsError(
+                f"snapshot {name[:8]} saved, but the files it needs could not all be kept under Object Lock "
+                f"({failed}); the next backup tries again"
+            ) from failed
+        return name
+
+    # ---------------------------------------------------------------- Object Lock (design.md 19)
+
+    def keeper(self) -> retention.RetentionKeeper:
+        with self._keeper_lock:
+            if self._keeper is None:
+                assert self.config.object_lock is not None and isinstance(self.backend, ObjectLock)
+                cache = retention.RetentionCache(self.cache_dir, self.header.repo_id, self.master.id)
+                self._keeper = retention.RetentionKeeper(self.backend, self.config.object_lock, cache, self.clock)
+            return self._keeper
+
+    def protect_snapshot(self, snap: Snapshot) -> retention.ProtectStats:
+        """Extends the locks of the packs holding the snapshot's blobs, the live index files that
+        list them, the key files and the config, where they would end too early."""
+        keeper = self.keeper()
+        when = snap.time_ns / 1e9
+        if keeper.required_until(when) <= self.clock():
+            return retention.ProtectStats()  # older than the retention: nothing left to promise
+        packs = self.packs_of_tree(snap.tree)
+
+        def entries(name: str) -> tuple[list[bytes], list[bytes]]:
+            f = self.load_index_file(name)
+            return f.supersedes, list(f.packs)
+
+        read = keeper.index_catalog([n for n, _ in self.backend.list(FileType.INDEX)], entries)
+        needed: list[retention.Key] = [(FileType.DATA, p.hex()) for p in sorted(packs)]
+        needed += [(FileType.INDEX, n) for n in keeper.index_files_for(packs)]
+        needed += [(FileType.KEY, n) for n, _ in self.backend.list(FileType.KEY)]
+        needed.append((FileType.CONFIG, "config"))
+        stats = keeper.protect(needed, when)
+        stats.index_files_read = read
+        return stats
+
+    def packs_of_tree(self, root: bytes) -> set[bytes]:
+        """Every pack holding a blob that the tree `root` reaches (its trees and file contents),
+        each tree read once, by a few threads (remote trees cost a request each)."""
+        packs: set[bytes] = set()
+        seen: set[bytes] = set()
+        todo: deque[bytes] = deque([root])
+        running: set[Future[list[Node]]] = set()
+
+        def locate(blob_id: bytes, what: str) -> None:
+            loc = self.index.lookup(blob_id)
+            if loc is None:
+                raise IntegrityError(f"{what} {blob_id.hex()[:16]} is not in the index")
+            packs.add(loc.pack_id)
+
+        with ThreadPoolExecutor(TREE_WALKERS, thread_name_prefix="bfs-walk") as pool:
+            try:
+                while todo or running:
+                    while todo and len(running) < 4 * TREE_WALKERS:
+                        tree_id = todo.popleft()
+                        if tree_id not in seen:
+                            seen.add(tree_id)
+                            locate(tree_id, "tree")
+                            running.add(pool.submit(self.load_tree_as_stored, tree_id))
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        for node in fut.result():
+                            if node.type == DIR and node.subtree is not None:
+                                todo.append(node.subtree)
+                            for _offset, blob_id in node.content or ():
+                                locate(blob_id, "data blob")
+            finally:
+                for fut in running:
+                    fut.cancel()
+        return packs
 
     def load_snapshot(self, name: str) -> Snapshot:
         data = self.load_file(FileType.SNAPSHOT, name, snapshot_fmt.AAD)
@@ -894,8 +1019,9 @@ class Repository:
 
     def remove_snapshot(self, sid: str, snap: Snapshot) -> None:
         """Removes a snapshot file and the earlier versions of it that it replaces (design.md 10):
-        left behind, they would reappear once it is gone."""
-        for name in (sid, *(r.hex() for r in snap.replaces)):
+        left behind, they would reappear once it is gone. The earlier versions go first: when
+        one cannot (Object Lock retention), `sid` is still there to hide it."""
+        for name in (*(r.hex() for r in snap.replaces), sid):
             try:
                 self.backend.remove(FileType.SNAPSHOT, name)
             except NotFound:
@@ -944,6 +1070,43 @@ class Repository:
             lk.release()
         self._locks.clear()
         self.backend.close()
+
+
+def _start_retention(backend: Backend, config: ObjectLockConfig) -> None:
+    """Every later save (but of lock files) is locked for `retention.write_seconds`."""
+    try:
+        if not isinstance(backend, ObjectLock):
+            raise BackendError(f"{backend.location} has no Object Lock")
+        backend.set_retention(config.mode, retention.write_seconds(config))
+    except BackendError as exc:
+        raise UsageError(
+            f"this repository is kept under S3 Object Lock, which {backend.location} does not offer ({exc}); "
+            "only s3: repositories can be"
+        ) from exc
+
+
+def _require_object_lock(backend: Backend) -> None:
+    """UsageError unless the storage enforces retention and leaves lock files deletable."""
+    assert isinstance(backend, ObjectLock)
+    support = backend.retention_support()
+    where = backend.location
+    if support.enabled is None:
+        raise UsageError(
+            f"cannot tell whether {where} has Object Lock: the credentials may not read the bucket's Object "
+            "Lock configuration (s3:GetBucketObjectLockConfiguration)"
+        )
+    if not support.enabled:
+        raise UsageError(
+            f"the bucket of {where} has no Object Lock: use a bucket created with it (`aws s3api create-bucket "
+            "--object-lock-enabled-for-bucket ...`, or a new bucket name: init creates it so), or on AWS enable "
+            'it on this one (docs/backends.md, "S3 Object Lock")'
+        )
+    if support.default_retention:
+        raise UsageError(
+            f"the bucket of {where} gives every new object a default retention ({support.default_retention}): "
+            "lock files, which must be deletable, would be locked too. Remove the bucket's default retention "
+            "rule; backupfs sets a retention on each file itself"
+        )
 
 
 def _usable_keys(
