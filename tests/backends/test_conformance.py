@@ -358,6 +358,7 @@ INFO = {
     "local": BackendInfo(local=True, append_only=False, sweeps_temporaries=True),
     "sftp": BackendInfo(local=False, append_only=False, sweeps_temporaries=True),
     "s3": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),
+    "rgw": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),
     "rest": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),  # append-only: test_server.py
 }
 
