@@ -24,6 +24,7 @@ from backupfs.backends.sftp.protocol import (
     END_OF_FILE,
     NO_SUCH_FILE,
     UNSUPPORTED,
+    Attrs,
     Session,
     Status,
     describe,
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 _INFO = BackendInfo(local=False, append_only=False, sweeps_temporaries=True)
 _DIR_BATCH = 256  # directories listed at once (each holds a server-side handle meanwhile)
+# Sessions per backend unless sftp_connections says otherwise: each is shared by any number of
+# threads, and on loopback 1, 2 or 4 carried the same (paramiko's one transport thread is the limit).
+DEFAULT_CONNECTIONS = 2
 
 
 class SFTPBackend:
@@ -56,7 +60,7 @@ class SFTPBackend:
         key_filename: str | None = None,
         known_hosts: str | None = None,
         strict_host_keys: bool = True,
-        connections: int = 8,
+        connections: int = DEFAULT_CONNECTIONS,
         timeout: float = 30.0,
         connector: Callable[[], SessionPool] | None = None,
     ) -> None:
@@ -123,7 +127,7 @@ class SFTPBackend:
 
     @contextlib.contextmanager
     def _session(self, what: str) -> Iterator[Session]:
-        """Lend a session; turn connection failures into TransientBackendError.
+        """A session to use; connection failures become TransientBackendError.
 
         Status (the server's answer to a request) passes through untouched: the caller knows
         what a missing file means for its operation.
@@ -136,21 +140,13 @@ class SFTPBackend:
         except CONNECTION_ERRORS as exc:
             conn.close()
             raise TransientBackendError(f"{what}: connection to {self.host} failed: {describe(exc)}") from exc
-        healthy = False
         try:
             yield session
-            healthy = True
-        except Status:
-            healthy = True
-            raise
-        except BackendError:
-            healthy = True
-            raise
-        except CONNECTION_ERRORS as exc:  # includes socket timeouts: the stream state is unknown
+        except CONNECTION_ERRORS as exc:  # includes timeouts: the stream state is unknown
             conn.close()
             raise TransientBackendError(f"{what}: connection to {self.host} failed: {describe(exc)}") from exc
         finally:
-            conn.release(session, healthy)
+            conn.release(session)
 
     # --- paths ---
 
@@ -306,7 +302,7 @@ class SFTPBackend:
         what = self._what(ftype, name)
         with self._session(f"stat {what}") as s:
             try:
-                return int(s.stat(self._file(ftype, name)).st_size)
+                return _size(s.stat(self._file(ftype, name)), what)
             except Status as exc:
                 raise status_error(exc, what) from exc
 
@@ -346,7 +342,7 @@ class SFTPBackend:
                 raise status_error(entries, f"cannot list {d}")
             for e in entries:
                 if layout.belongs(ftype, rel, e.filename) and stat_mod.S_ISREG(e.st_mode or 0):
-                    yield e.filename, int(e.st_size)
+                    yield e.filename, _size(e, f"{rel}/{e.filename}")
 
     def remove(self, ftype: FileType, name: str) -> None:
         what = self._what(ftype, name)
@@ -384,3 +380,8 @@ class SFTPBackend:
                 self._conn.close()
                 self._conn = None
 
+
+def _size(attrs: Attrs, what: str) -> int:
+    if attrs.st_size is None:  # OpenSSH always says; a server that does not cannot hold a repository
+        raise BackendError(f"{what}: the SFTP server does not report file sizes")
+    return attrs.st_size
