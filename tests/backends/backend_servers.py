@@ -474,10 +474,11 @@ class BackendFactory:
         elif self.kind == "local":
             self.fs_root = self._tmp / name
             backend = open_backend(str(self.fs_root), **{**FAST, **options})
-        elif self.kind == "sftp":
+        elif self.kind in ("sftp", "sftp-paramiko"):  # the system's ssh client, or paramiko
             server: SSHDServer = self._request.getfixturevalue("sshd_server")
             self.fs_root = server.root / name
-            backend = open_backend(server.url(name), **{**server.options, **FAST_SFTP, **options})
+            transport = {"sftp_transport": "paramiko"} if self.kind == "sftp-paramiko" else {}
+            backend = open_backend(server.url(name), **{**server.options, **FAST_SFTP, **transport, **options})
         elif self.kind in ("s3", "rgw"):
             s3: MotoServer | RGWServer = self._request.getfixturevalue(f"{self.kind}_server")
             backend = open_backend(s3.url(name), **{**FAST_S3, **options})

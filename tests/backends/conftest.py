@@ -85,7 +85,7 @@ def private_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto
         yield server
 
 
-BACKENDS = ["memory", "local", "sftp", "s3", "rgw", "rest"]
+BACKENDS = ["memory", "local", "sftp", "sftp-paramiko", "s3", "rgw", "rest"]
 
 
 @pytest.fixture(params=BACKENDS)

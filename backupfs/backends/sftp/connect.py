@@ -1,8 +1,8 @@
 """SFTP over paramiko's SSH: ~/.ssh/config, host keys, and one-line connect errors.
 
-paramiko's encryption runs in Python, in one thread per connection. `connect` returns a
-SessionPool whose sessions are channels of one SSH transport, each running our SFTP client
-(protocol.py).
+paramiko's encryption runs in Python, in one thread per connection: slower than the OpenSSH
+client (openssh.py), kept for systems without one. `connect` returns a SessionPool whose
+sessions are channels of one SSH transport, each running our SFTP client (protocol.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A pool of SFTP sessions over one connection, shared by the backend's threads.
 
 The pool knows nothing of how a session is carried: a `Carrier` opens sessions (channels of
-paramiko's SSH transport, connect.py; later the pipes of ssh processes) and says whether its
+paramiko's SSH transport, connect.py; ssh processes, openssh.py) and says whether its
 connection still lives.
 """
 

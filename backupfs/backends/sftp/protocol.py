@@ -2,8 +2,8 @@
 
 It frames packets with `struct`, sends each write request with one `writev` (the data is never
 copied), reads replies into one buffer from which DATA goes straight into the caller's buffer,
-and keeps many requests in flight. It runs over any byte `Stream`: a paramiko SSH channel
-(connect.py), or the pipes of an `ssh -s sftp` process. paramiko's own SFTP
+and keeps many requests in flight. It runs over any byte `Stream`: the pipes of an
+`ssh -s sftp` process (openssh.py) or a paramiko SSH channel (connect.py). paramiko's own SFTP
 layer costs several times more Python time per packet and, used as it is, drops the server's
 replies to pipelined writes (a disk-full write would go unnoticed); docs/backends.md has the
 measurements behind writing this one.
