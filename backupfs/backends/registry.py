@@ -107,13 +107,14 @@ def _only(given: dict[str, Any], scheme: str, table: dict[str, tuple[str, Any]])
 
 
 def _convert(key: str, value: Any, kind: Any) -> Any:
-    if kind == "words":  # a command line, split as a POSIX shell would
+    if kind == "words":  # a command line, split as a POSIX shell would, ~ expanded as it would
         if not isinstance(value, str):
             return [str(v) for v in value]
         try:
-            return shlex.split(value)
+            words = shlex.split(value)
         except ValueError as exc:
             raise UsageError(f"option {key}: {exc}") from None
+        return [os.path.expanduser(w) if w.startswith("~") else w for w in words]
     if kind == "bool":
         if isinstance(value, bool):
             return value

@@ -119,6 +119,10 @@ def test_ssh_command_and_args_are_split_like_a_shell() -> None:
     assert backend.ssh_args == ["-F", "/my dir/config", "-o", "ProxyJump=gw"]
     custom = inner("sftp:h:/r", sftp_command="ssh -p 2222 'me@h' -s sftp")
     assert custom.ssh_command == ["ssh", "-p", "2222", "me@h", "-s", "sftp"]
+    # ssh does not expand ~ in `-F ~/config`; a shell would, and these strings are quoted past it
+    home = os.environ["HOME"]
+    assert inner("sftp:h:/r", sftp_args="-F ~/backup.conf").ssh_args == ["-F", f"{home}/backup.conf"]
+    assert inner("sftp:h:/r", sftp_command="~/bin/ssh h -s sftp").ssh_command == [f"{home}/bin/ssh", "h", "-s", "sftp"]
     with pytest.raises(UsageError, match="sftp_args"):
         open_backend("sftp:h:/r", sftp_args="-F 'unclosed")
     with pytest.raises(UsageError, match="paramiko"):
