@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -229,6 +230,25 @@ def test_sftp_server_with_few_sessions(tmp_path: Path) -> None:
             assert all(within(60, lambda: list(pool.map(roundtrip, blobs))))
         assert len(dict(backend.list(FileType.DATA))) == 16
         backend.close()
+
+
+def test_sftp_paramiko_socket_failing_under_an_active_transport(sshd_server: SSHDServer) -> None:
+    """The socket fails before paramiko's reader notices (here: its sending side shut): the call
+    fails with TransientBackendError, not the EOFError paramiko raises while closing the channels
+    of the broken connection, and the next call reconnects."""
+    options = {**sshd_server.options, **FAST_SFTP, **NO_RETRY, "sftp_transport": "paramiko"}
+    backend = open_backend(sshd_server.url(f"halfdead-{uuid.uuid4().hex[:8]}"), **options)
+    backend.create()
+    backend.save(FileType.KEY, "cd" * 32, b"key")
+    sftp = cast(SFTPBackend, cast(RetryBackend, backend).inner)
+    assert sftp._conn is not None
+    transport = sftp._conn.carrier.transport  # type: ignore[attr-defined]
+    transport.sock.shutdown(socket.SHUT_WR)
+    assert transport.is_active()
+    with pytest.raises(TransientBackendError, match=r"connection to 127\.0\.0\.1 failed"):
+        backend.load(FileType.KEY, "cd" * 32)
+    assert backend.load(FileType.KEY, "cd" * 32) == b"key"
+    backend.close()
 
 
 def test_sftp_without_posix_rename_or_fsync(sshd_server: SSHDServer) -> None:

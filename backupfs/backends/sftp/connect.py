@@ -7,6 +7,7 @@ sessions are channels of one SSH transport, each running our SFTP client (protoc
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
@@ -136,10 +137,13 @@ class _ChannelStream:
         return len(data)
 
     def shutdown(self) -> None:
-        self.channel.close()
+        # Closing sends a message; on a connection whose socket failed before paramiko's reader
+        # noticed, that raises. There is nothing left to close then.
+        with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
+            self.channel.close()
 
     def close(self) -> None:
-        self.channel.close()
+        self.shutdown()
 
 
 class _ParamikoCarrier:
