@@ -1,8 +1,9 @@
 """The Backend contract (backupfs/backends/base.py), checked on every backend over real servers.
 
-Each test runs against memory, local (a tmp dir), sftp (a real OpenSSH sshd), s3 (a real
-moto server), rgw (a real Ceph cluster's S3 gateway) and rest (a real `backupfs serve`), each
-opened through open_backend and so wrapped in RetryBackend, as in use.
+Each test runs against memory, local (a tmp dir), sftp (a real OpenSSH sshd, through the
+system's ssh client), sftp-paramiko (the same sshd, through paramiko), s3 (a real moto server),
+rgw (a real Ceph cluster's S3 gateway) and rest (a real `backupfs serve`), each opened through
+open_backend and so wrapped in RetryBackend, as in use.
 """
 
 from __future__ import annotations
@@ -361,6 +362,7 @@ INFO = {
     "memory": BackendInfo(local=True, append_only=False, sweeps_temporaries=False),
     "local": BackendInfo(local=True, append_only=False, sweeps_temporaries=True),
     "sftp": BackendInfo(local=False, append_only=False, sweeps_temporaries=True),
+    "sftp-paramiko": BackendInfo(local=False, append_only=False, sweeps_temporaries=True),
     "s3": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),
     "rgw": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),
     "rest": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),  # append-only: test_server.py
