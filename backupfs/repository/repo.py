@@ -454,7 +454,8 @@ class Repository:
     ) -> bytes:
         """The plaintext of a blob, which may not inflate past what its type can hold: a data
         blob the chunker's maximum, a tree MAX_TREE_BLOB, either its `raw_length` in the index
-        when known (a compression bomb is an IntegrityError, not gigabytes of memory)."""
+        when known (a compression bomb is an IntegrityError, not gigabytes of memory). A tree's
+        keyed id is checked too (cheap: listings are small), so no walk meets a forged one."""
         limit = self.max_blob_size(btype)
         if raw_length is not None:
             limit = min(limit, raw_length)
@@ -462,6 +463,10 @@ class Repository:
             data = decompress(self.cipher.open(envelope, blob_aad(btype, blob_id)), limit)
         except IntegrityError as exc:
             raise IntegrityError(f"pack {pack}: blob {blob_id.hex()[:16]}: {exc}") from exc
+        if btype == TREE and self.blob_id(data) != blob_id:
+            # authentic, but not the listing its id names: only the key's holder can seal one, and
+            # it is the only way to make a folder contain itself (design.md 13)
+            raise IntegrityError(f"pack {pack}: blob {blob_id.hex()[:16]}: the folder listing does not hash to its id")
         return data
 
     def max_blob_size(self, btype: int) -> int:
