@@ -63,3 +63,14 @@ class NotFound(BackendError):
 
 class AlreadyExists(BackendError):
     """A create-only operation found the target already present."""
+
+
+class UnderRetention(BackendError):
+    """The storage refuses to delete a file whose retention (S3 Object Lock) has not passed.
+
+    `until` is when it becomes deletable (Unix time), when the storage said so. Not an error of the
+    repository: prune and forget report such files and leave them for a later run."""
+
+    def __init__(self, message: str, until: float | None = None) -> None:
+        super().__init__(message)
+        self.until = until

@@ -464,6 +464,25 @@ def test_master_index() -> None:
     assert {bid for bid, _ in mi.items()} == {a, b}
 
 
+def test_master_index_keeps_every_copy() -> None:
+    """A blob in several packs keeps each copy, in the order loaded: in the sorted arrays (built
+    or compacted, and through the cache's table) and in the overlay; a pack added twice adds
+    nothing, so a reader can fall back on another copy when one is damaged."""
+    a, b = b"a" * 32, b"b" * 32
+    p, q, r = b"P" * 32, b"Q" * 32, b"R" * 32
+    built = MasterIndex.build([(p, [PackEntry(DATA, a, 0, 10, 8)]), (q, [PackEntry(DATA, a, 5, 11, 8)])])
+    for mi in (built, MasterIndex.from_table(built.to_table())):
+        assert [(loc.pack_id, loc.offset) for loc in mi.locations(a)] == [(p, 0), (q, 5)]
+        assert mi.lookup(a) is not None and mi.lookup(a).pack_id == p  # type: ignore[union-attr]
+        mi.add_pack(r, [PackEntry(DATA, a, 7, 12, 8), PackEntry(DATA, b, 0, 3, 2)])
+        mi.add_pack(r, [PackEntry(DATA, a, 7, 12, 8)])  # again: nothing new
+        mi.add_pack(q, [PackEntry(DATA, a, 5, 11, 8)])  # a copy it has: nothing new
+        assert [loc.pack_id for loc in mi.locations(a)] == [p, q, r]
+        mi.compact()
+        assert [loc.pack_id for loc in mi.locations(a)] == [p, q, r]
+        assert [loc.pack_id for loc in mi.locations(b)] == [r] and mi.locations(b"c" * 32) == []
+
+
 def test_master_index_fanout_edges() -> None:
     """The fan-out table over 2-byte prefixes finds ids at both ends of the range, runs of one
     prefix, and nothing for absent ids that share a present prefix."""

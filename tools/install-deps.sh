@@ -10,8 +10,9 @@ export DEBIAN_FRONTEND=noninteractive
 apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv)
 pip_extra=""
 if [[ "${1:-}" == "--test" ]]; then
-    # ceph-*, radosgw: a single-node Ceph cluster with its S3 gateway (tools/ceph_rgw.py)
-    apt_pkgs+=(rsync acl attr restic borgbackup python3-llfuse openssh-server openssh-client
+    # ceph-*, radosgw: a single-node Ceph cluster with its S3 gateway (tools/ceph_rgw.py);
+    # zbar-tools: zbarimg decodes the QR code of `key export --qr-html`; zsh, fish: completion tests
+    apt_pkgs+=(rsync acl attr restic borgbackup python3-llfuse openssh-server openssh-client zbar-tools zsh fish
               ceph-mon ceph-mgr ceph-osd radosgw ceph-common)
     pip_extra="[test]"
 fi
@@ -32,3 +33,15 @@ venv="${BACKUPFS_VENV:-.venv}"
 # (PYTHONDONTWRITEBYTECODE, a read-only checkout) every command would compile its modules
 # again at start: ~60 ms of a mount's start-up.
 "$venv/bin/python" -m compileall -q backupfs
+
+# Shell completion and man pages, generated from the parser (~1 s). BACKUPFS_NO_SYSTEM_FILES=1
+# skips them (CI, or a machine where root should not write under /usr).
+if [[ -z "${BACKUPFS_NO_SYSTEM_FILES:-}" && -w /usr/share ]]; then
+    mkdir -p /usr/share/bash-completion/completions /usr/local/share/zsh/site-functions \
+             /usr/share/fish/vendor_completions.d /usr/local/share/man/man1
+    "$venv/bin/backupfs" -q generate \
+        --bash-completion /usr/share/bash-completion/completions/backupfs \
+        --zsh-completion /usr/local/share/zsh/site-functions/_backupfs \
+        --fish-completion /usr/share/fish/vendor_completions.d/backupfs.fish \
+        --man /usr/local/share/man/man1
+fi

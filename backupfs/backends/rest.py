@@ -207,6 +207,9 @@ class RestBackend:
         # the listing is the server's word: names no repository file can have are not passed on
         yield from ((name, size) for name, size in items if layout.is_valid_name(ftype, name))
 
+    def list_foreign(self) -> Iterator[str]:
+        yield from ()  # the protocol lists repository files only: run check on the server to see others
+
     def remove(self, ftype: FileType, name: str) -> None:
         self._request("DELETE", self._file_path(ftype, name), f"remove {ftype.value}/{name}")
 

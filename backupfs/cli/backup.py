@@ -7,8 +7,9 @@ import subprocess
 import sys
 import threading
 
-from backupfs.cli._common import Progress, err, human_size, open_repository, print_json
+from backupfs.cli._common import Progress, err, format_time, human_size, open_repository, print_json
 from backupfs.errors import BackupfsError, UsageError
+from backupfs.format.snapshot import Snapshot
 from backupfs.ops.backup import Archiver, BackupOptions, BackupStats
 from backupfs.ops.excludes import read_exclude_file
 
@@ -71,13 +72,15 @@ def run(args: argparse.Namespace) -> int:
         if args.stdin_from_command:
             if not opts.paths:
                 raise UsageError("--stdin-from-command needs a command after --")
-            snap_id, _snap = _backup_command(archiver, opts.paths, args.stdin_filename)
+            snap_id, snap = _backup_command(archiver, opts.paths, args.stdin_filename)
         elif args.stdin:
             if opts.paths:
                 raise UsageError("--stdin takes no paths")
-            snap_id, _snap = archiver.run_stream(args.stdin_filename, sys.stdin.buffer)
+            snap_id, snap = archiver.run_stream(args.stdin_filename, sys.stdin.buffer)
         else:
-            snap_id, _snap = archiver.run()
+            snap_id, snap = archiver.run()
+    locked = repo.retention_stats
+    promise = snap.time_ns + repo.config.object_lock.days * 86400 * 10**9 if repo.config.object_lock else 0
     progress.done()
     stats = archiver.stats
     for path, msg in stats.skipped:
@@ -93,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 **stats.as_dict(),
                 "changed_during_backup": stats.changed_during_read,
                 "snapshot_id": snap_id,
+                **({"object_lock": locked.as_dict()} if locked is not None else {}),
             }
         )
     elif not args.quiet:
@@ -105,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
         )
         if stats.changed_during_read:
             print(f"{len(stats.changed_during_read)} files changed while being read: saved as read, not as one moment")
+        if locked is not None and locked.files:
+            print(
+                f"Object Lock: the {locked.files} files it needs stay undeletable until {format_time(promise)} "
+                f"or later ({locked.extended} extended, {locked.checked} dates read)"
+            )
         print(f"snapshot {snap_id[:8]} saved")
     if stats.skipped:
         err(f"Warning: {len(stats.skipped)} files could not be read and are missing from snapshot {snap_id[:8]}")
@@ -112,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backup_command(archiver: Archiver, command: list[str], name: str) -> tuple[str, object]:
+def _backup_command(archiver: Archiver, command: list[str], name: str) -> tuple[str, Snapshot]:
     """Streams a command's stdout; if the command fails, no snapshot is written."""
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE)

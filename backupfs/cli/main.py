@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
+import re
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from backupfs import __version__
+from backupfs.cli._args import duration
 from backupfs.cli._quote import escape
 from backupfs.errors import BackupfsError, Terminated
 from backupfs.malloc_arenas import cap_malloc_arenas
@@ -26,15 +29,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snapshots": ("backupfs.cli.snapshots", "list snapshots"),
     "ls": ("backupfs.cli.ls", "list files in a snapshot"),
     "cat": ("backupfs.cli.cat", "print one file of a snapshot to standard output"),
+    "dump": ("backupfs.cli.dump", "write a file, or a folder as a tar or zip archive, from a snapshot"),
+    "diff": ("backupfs.cli.diff", "show differences between two snapshots"),
+    "find": ("backupfs.cli.find", "find files and folders (or blob and tree ids) in snapshots"),
+    "stats": ("backupfs.cli.stats", "show sizes, deduplication and compression of snapshots"),
     "restore": ("backupfs.cli.restore", "restore a snapshot into a directory"),
     "mount": ("backupfs.cli.mount", "mount the repository as a read-only filesystem"),
     "check": ("backupfs.cli.check", "check the repository for errors"),
+    "tag": ("backupfs.cli.tag", "add, remove or set the tags of snapshots"),
     "forget": ("backupfs.cli.forget", "remove snapshots, by id or by a retention policy"),
     "prune": ("backupfs.cli.prune", "remove data that no snapshot uses"),
     "copy": ("backupfs.cli.copy", "copy snapshots from another repository into this one"),
     "key": ("backupfs.cli.key", "manage passwords (key files)"),
     "unlock": ("backupfs.cli.unlock", "remove stale locks"),
+    "cache": ("backupfs.cli.cache", "list or clean up the local caches of repositories"),
+    "repair": ("backupfs.cli.repair", "repair a damaged repository (index, snapshots, packs)"),
     "serve": ("backupfs.cli.serve", "serve repositories over HTTP (for rest: clients)"),
+    "generate": ("backupfs.cli.generate", "write shell completion scripts and man pages"),
+    "version": ("backupfs.cli.version", "print version information"),
+    "help": ("backupfs.cli.help", "show the help of a command"),
 }
 
 
@@ -58,7 +71,13 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     parser.add_argument(
         "--no-lock", action="store_true", default=d(False), help="do not lock the repository (read-only commands)"
     )
-    parser.add_argument("--retry-lock", type=float, default=d(0), metavar="SECONDS", help="wait this long for a lock")
+    parser.add_argument(
+        "--retry-lock",
+        type=duration,
+        default=d(0),
+        metavar="DURATION",
+        help="wait this long for a lock (30s, 5m, 1h; a bare number is seconds)",
+    )
     parser.add_argument(
         "-o", "--option", action="append", default=d(None), metavar="KEY=VALUE", help="backend option (repeatable)"
     )
@@ -66,21 +85,77 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     parser.add_argument("--no-cache", action="store_true", default=d(False), help="do not use a local cache")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with "did you mean ..." for a mistyped command, choice or option (as restic, git)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(suggest(self, message))
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)$")
+_UNRECOGNIZED = "unrecognized arguments: "
+
+
+def suggest(parser: argparse.ArgumentParser, message: str) -> str:
+    """The argparse error `message`, with the closest known words offered for what was mistyped."""
+    m = _INVALID_CHOICE.search(message)
+    if m:
+        choices = re.findall(r"'([^']*)'", m[2])
+        close = close_matches(m[1], choices)
+        head = message[: m.start()] + f"invalid choice: {m[1]!r}"
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else f" (choose from {m[2]})"
+        return head + hint
+    if message.startswith(_UNRECOGNIZED):
+        options = sorted({o for p in _parsers(parser) for a in p._actions for o in a.option_strings})
+        hints = []
+        for word in message[len(_UNRECOGNIZED) :].split():
+            if word.startswith("-"):
+                close = close_matches(word.partition("=")[0], options)
+                if close:
+                    hints.append(f"{word}: did you mean {' or '.join(close)}?")
+        if hints:
+            return message + " (" + "; ".join(hints) + ")"
+    return message
+
+
+def close_matches(word: str, candidates: Sequence[str]) -> list[str]:
+    """Candidates `word` begins (`raw` -> `raw-data`), then those difflib finds similar (typos)."""
+    found = [c for c in candidates if word and c.startswith(word)]
+    found += difflib.get_close_matches(word, candidates, n=3)
+    return list(dict.fromkeys(found))[:3]
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """`parser` and every parser below it, iteratively."""
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        yield p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+
+
+class _SilentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
 def _command_in(argv: Sequence[str]) -> str | None:
     """The command word, found the way the full parser would find it (after global options)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = _SilentParser(add_help=False)
     _add_global_options(pre, suppress=False)
     pre.add_argument("command", nargs="?")
     try:
         known, _rest = pre.parse_known_args(argv)
-    except SystemExit:
+    except ValueError:  # the full parser reports it, once
         return None
     return known.command if known.command in COMMANDS else None
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser for `command`; the other commands appear only by name and help."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="backupfs",
         description="Deduplicating, encrypted, versioned backups you can mount.",
     )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
-import trio
-
-from backupfs.server.run import ServerOptions, serve
+from backupfs.errors import Terminated
+from backupfs.server.run import ServerOptions
+from backupfs.server.run import run as run_server
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -35,5 +36,11 @@ def run(args: argparse.Namespace) -> int:
         htpasswd=args.htpasswd,
         private_repos=args.private_repos,
     )
-    trio.run(serve, opts)
+    signum = run_server(opts)
+    # stopped by a signal, after finishing (or cancelling) the requests in flight: the command
+    # ends as every other does on it (one line; exit 130, 143 or 129)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    if signum:
+        raise Terminated(signum)
     return 0

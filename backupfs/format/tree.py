@@ -47,6 +47,9 @@ FMT_OF_TYPE = {
     BLOCKDEV: stat.S_IFBLK,
 }
 
+# node type -> the word JSON output uses for it (ls, find, diff)
+TYPE_NAMES = {FILE: "file", DIR: "dir", SYMLINK: "symlink", FIFO: "fifo", CHARDEV: "chardev", BLOCKDEV: "blockdev"}
+
 # dataclass field -> msgpack key; fields left at None are not written.
 _KEYS: dict[str, str] = {
     "name": "n",

@@ -126,16 +126,24 @@ class Storage:
             return {name: snap for name, snap in pool.map(load, names) if snap is not None}
 
     def _update_index(self) -> None:
-        """Adds index files written since the last look; reloads all when some were removed."""
+        """Adds index files written since the last look; reloads all when some were removed, or
+        when a new one is damaged (the reload warns once and reads its packs' own headers)."""
         names = {n for n, _ in self.repo.backend.list(FileType.INDEX)}
         with self._index_lock:
             if self._index_names - names:
                 self._reload_index_locked()
-            else:
-                for name in sorted(names - self._index_names):
-                    for pack_id, entries in self.repo.load_index_file(name).packs.items():
-                        self.repo.index.add_pack(pack_id, entries)
-                self._index_names = names
+                return
+            for name in sorted(names - self._index_names):
+                try:
+                    packs = self.repo.load_index_file(name).packs
+                except NotFound:
+                    continue  # replaced meanwhile: the next look reloads
+                except IntegrityError:
+                    self._reload_index_locked()
+                    return
+                for pack_id, entries in packs.items():
+                    self.repo.index.add_pack(pack_id, entries)
+            self._index_names = names
 
     def _reload_index_locked(self) -> None:
         """Every index file again; `_index_names` becomes what this load covers, so the next

@@ -47,14 +47,20 @@ def _translate(pattern: str) -> str:
     return "".join(out)
 
 
+def pattern_regex(pattern: str) -> str:
+    """The regular expression (without the `(?:/.*)?$` that extends a match to what lies below) for
+    one pattern: shared by excludes, restore's includes and `find`."""
+    p = pattern.rstrip("/") or "/"
+    body = _translate(p.lstrip("/"))
+    return f"/{body}" if p.startswith("/") else f"(?:^|.*/){body}"
+
+
 class Excluder:
     def __init__(self, patterns: Iterable[str]) -> None:
         parts = []
         self.patterns = [p for p in (p.strip() for p in patterns) if p and not p.startswith("#")]
         for p in self.patterns:
-            p = os.path.expanduser(p).rstrip("/") or "/"
-            body = _translate(p.lstrip("/"))
-            parts.append(f"/{body}" if p.startswith("/") else f"(?:^|.*/){body}")
+            parts.append(pattern_regex(os.path.expanduser(p)))
         self._re = re.compile(f"(?:{'|'.join(parts)})(?:/.*)?$", re.DOTALL) if parts else None
 
     def excluded(self, path: bytes) -> bool:

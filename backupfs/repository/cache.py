@@ -9,8 +9,12 @@ holds - no file names or contents.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import re
+import shutil
 import struct
+import time
 
 import blake3
 
@@ -18,11 +22,106 @@ from backupfs.repository.masterindex import ID_SIZE, REC, CompactTable
 
 MAGIC = b"BFSIDXC1"
 _HEAD = struct.Struct("<8sIIQ")  # magic, covered index files, packs, blobs
+# bford.info/cachedir: backup tools (backupfs --exclude-caches, restic, borg, tar) skip the folder
+CACHEDIR_TAG = (
+    b"Signature: 8a477f597d28d172789f06886806bc55\n"
+    b"# This file is a cache directory tag created by backupfs.\n"
+    b"# For information about cache directory tags, see https://bford.info/cachedir/\n"
+)
+MAX_AGE = 30 * 86400  # seconds: the cache of a repository not opened for this long is removed
+_REPO_DIR = re.compile(r"[0-9a-f]{64}")
 
 
 def default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "backupfs")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CacheDir:
+    repo_id: str
+    path: str
+    last_used_ns: int  # the folder's mtime: touched each time the repository is opened
+    size: int | None
+
+
+def prepare_cache(root: str, repo_id: bytes, max_age: float = MAX_AGE) -> list[str]:
+    """Marks `root` with CACHEDIR.TAG, records that this repository's cache is in use, and removes
+    the caches of repositories not opened for `max_age` seconds (as restic's --cleanup-cache,
+    always on). Best effort: a cache problem never fails a command. Returns the ids removed."""
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        tag = os.path.join(root, "CACHEDIR.TAG")
+        if not os.path.exists(tag):
+            _write_atomic(tag, CACHEDIR_TAG)
+        mine = os.path.join(root, repo_id.hex())
+        os.makedirs(mine, mode=0o700, exist_ok=True)
+        os.utime(mine)
+    except OSError:
+        return []
+    return [
+        c.repo_id
+        for c in list_caches(root, sizes=False)
+        if c.repo_id != repo_id.hex() and is_old(c, max_age) and remove(c)
+    ]
+
+
+def list_caches(root: str, sizes: bool = True) -> list[CacheDir]:
+    """The repository caches under `root`, least recently used first."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        path = os.path.join(root, name)
+        if not _REPO_DIR.fullmatch(name):
+            continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            out.append(CacheDir(name, path, st.st_mtime_ns, _du(path) if sizes else None))
+    return sorted(out, key=lambda c: (c.last_used_ns, c.repo_id))
+
+
+def is_old(cache: CacheDir, max_age: float = MAX_AGE, now: float | None = None) -> bool:
+    return ((now if now is not None else time.time()) - cache.last_used_ns / 1e9) > max_age
+
+
+def remove(cache: CacheDir) -> bool:
+    """Renamed first (atomic), then deleted: a process that opens the repository meanwhile starts a
+    fresh cache instead of writing into one being deleted."""
+    doomed = f"{cache.path}.removing-{os.getpid()}"
+    try:
+        os.rename(cache.path, doomed)
+    except OSError:
+        return False
+    shutil.rmtree(doomed, ignore_errors=True)
+    return True
+
+
+def _du(path: str) -> int:
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, f)).st_size
+    return total
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class IndexCache:

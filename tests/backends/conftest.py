@@ -37,6 +37,13 @@ def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDServer
 
 
 @pytest.fixture(scope="session")
+def jump_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDServer]:
+    """A second sshd, for ProxyJump hops to `sshd_server`."""
+    with _sshd(tmp_path_factory.mktemp("jump-sshd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     # boto3 reads credentials from the environment, as it would for a user.
     with env_vars(MotoServer.env, MotoServer.unset_env), MotoServer(tmp_path_factory.mktemp("moto")) as server:
@@ -85,7 +92,7 @@ def private_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto
         yield server
 
 
-BACKENDS = ["memory", "local", "sftp", "s3", "rgw", "rest"]
+BACKENDS = ["memory", "local", "sftp", "sftp-paramiko", "s3", "rgw", "rest"]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,0 +1,159 @@
+"""What a restic user expects of the command line itself: `version`, `help COMMAND`, "did you mean",
+durations such as `5m`, and help text on every option of the everyday commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from everyday import fast_cli, snapshot_ids
+
+from backupfs import __version__
+from backupfs.cli._args import parse_duration, parse_time
+from backupfs.cli.main import build_parser
+
+EVERYDAY = ("cache", "diff", "dump", "find", "generate", "key", "stats", "tag", "version", "help")
+
+
+def backupfs(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "backupfs", *args], capture_output=True, text=True, check=False, timeout=60
+    )
+
+
+def test_version_text_and_json() -> None:
+    assert backupfs("version").stdout.startswith(f"backupfs {__version__} running on Python 3.")
+    doc = json.loads(backupfs("version", "--json").stdout)
+    assert doc["message_type"] == "version" and doc["version"] == __version__ and doc["os"] == sys.platform
+
+
+def test_help_command_is_the_command_help() -> None:
+    assert backupfs("help", "diff").stdout == backupfs("diff", "--help").stdout
+    assert "COMMAND" in backupfs("help").stdout
+    proc = backupfs("help", "snapshot")
+    assert proc.returncode == 2 and proc.stderr == "backupfs: unknown command 'snapshot'; did you mean snapshots?\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["snapshot"], "invalid choice: 'snapshot'; did you mean 'snapshots'?"),
+        (["-r", "/x", "snapshots", "--hots", "h"], "--hots: did you mean --host?"),
+        (["-r", "/x", "backup", "--exlude=*.o", "/tmp"], "--exlude=*.o: did you mean --exclude"),
+        (["key", "lsit"], "invalid choice: 'lsit'; did you mean 'list'?"),
+        (["-r", "/x", "stats", "--mode", "raw"], "did you mean 'raw-data'?"),
+    ],
+)
+def test_did_you_mean(argv: list[str], hint: str) -> None:
+    proc = backupfs(*argv)
+    assert proc.returncode == 2 and hint in proc.stderr.splitlines()[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_durations_everywhere_one_parser() -> None:
+    assert [parse_duration(t) for t in ("90", "30s", "5m", "2h", "1h30m", "1.5h", "7d", "250ms")] == [
+        90,
+        30,
+        300,
+        7200,
+        5400,
+        5400,
+        7 * 86400,
+        0.25,
+    ]
+    assert parse_duration("30", default_unit="d") == 30 * 86400
+    for bad in ("", "5x", "m5", "5m 3", "-5m", "1h-2m"):
+        with pytest.raises(ValueError, match="invalid duration"):
+            parse_duration(bad)
+    args = build_parser("snapshots").parse_args(["--retry-lock", "5m", "snapshots"])
+    assert args.retry_lock == 300
+    proc = backupfs("-r", "/x", "snapshots", "--retry-lock", "soon")
+    assert proc.returncode == 2 and "invalid duration 'soon'" in proc.stderr
+
+
+def test_times_as_restic_find_takes_them() -> None:
+    utc = parse_time("2024-05-01T12:00:00+00:00")
+    assert utc == 1_714_564_800 * 10**9
+    assert parse_time("2024-05-01 14:00:00 +0200") == utc
+    assert parse_time("01.05.2024 12:00:00 +0000") == utc
+    assert parse_time("1960-01-01T00:00:00.5+00:00") == -315_619_200 * 10**9 + 500_000_000  # exact, pre-epoch
+    with pytest.raises(ValueError, match="invalid time"):
+        parse_time("next tuesday")
+
+
+@pytest.mark.parametrize("name", EVERYDAY)
+def test_every_option_and_argument_has_help(name: str) -> None:
+    parser = build_parser(name)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = [(name, sub.choices[name])]
+    for label, p in parsers:  # and the actions of `key`, ...
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                parsers.extend((f"{label} {n}", c) for n, c in a.choices.items())
+    missing = [
+        f"{label}: {a.dest}"
+        for label, p in parsers
+        for a in p._actions
+        if not a.help and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+    ]
+    assert missing == []
+
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)$")
+TIME_KEYS = {"time", "mtime", "atime", "ctime", "last_used"}
+
+
+def _conventions(doc: object, where: str) -> None:
+    """snake_case keys, RFC 3339 times with a zone, sizes as integers: in every nested object."""
+    stack = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                assert re.fullmatch(r"[a-z][a-z0-9_]*", key), (where, key)
+                if key in TIME_KEYS:
+                    assert isinstance(value, str) and RFC3339.match(value), (where, key, value)
+                if key.endswith(("size", "bytes")) and value is not None:
+                    assert isinstance(value, int), (where, key, value)
+                stack.append(value)
+
+
+def test_every_json_output_parses_and_follows_the_conventions(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    cli = fast_cli(tmp_path, cli_env)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("one\n")
+    cli("backup", src)
+    (src / "a.txt").write_text("two\n")
+    cli("backup", src)
+    first, second = snapshot_ids(cli)
+    single = {
+        "version": ["version"],
+        "find": ["find", "*.txt"],
+        "find --tree": ["find", "--tree", "abcd"],
+        "stats": ["stats"],
+        "dump": ["dump", "latest", src, "-t", tmp_path / "out.tar"],
+        "tag": ["tag", "latest", "--add", "x"],
+        "key export": ["key", "export", tmp_path / "key.txt"],
+        "cache": ["cache"],
+        "generate": ["generate", "--man", tmp_path / "man"],
+    }
+    for name, args in single.items():
+        out = cli(*args, "--json").stdout.decode()
+        assert out.count("\n") == 1, (name, out)  # one document, on one line
+        _conventions(json.loads(out), name)
+    out = cli("key", "import", tmp_path / "key.txt", "--json", env={"BACKUPFS_NEW_PASSWORD": "n"}).stdout
+    _conventions(json.loads(out), "key import")
+    lines = cli("diff", first, "latest", "--json").stdout.decode().splitlines()  # documented JSON lines
+    docs = [json.loads(line) for line in lines]
+    assert [d["message_type"] for d in docs] == ["change"] * (len(docs) - 1) + ["statistics"]
+    _conventions(docs, "diff")
+    _conventions(json.loads(cli("find", "*.txt", "--json").stdout)[0]["matches"], "find matches")
+    assert second != first
