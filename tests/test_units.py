@@ -667,9 +667,8 @@ def test_blob_envelope_bound_to_id_and_type(mem_repo: tuple[MemoryBackend, Repos
 
 def test_a_tree_sealed_under_another_id_is_refused(mem_repo: tuple[MemoryBackend, Repository]) -> None:
     """The key's holder can seal any listing for any tree id, e.g. one whose sub-folder is the
-    tree itself: a cycle. The keyed id of a tree's plaintext is checked on every load, so no
-    reader meets one (design.md 13); data blobs keep only the AEAD check (check --read-data
-    hashes them)."""
+    tree itself: a cycle. The keyed id of every blob's plaintext is checked on every load, so
+    no reader meets one (design.md 3, 13)."""
     _backend, repo = mem_repo
     fine = repo.save_tree([_node(b"x")])
     cycle_id = repo.blob_id(b"the id of another listing")

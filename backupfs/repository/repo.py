@@ -736,8 +736,9 @@ class Repository:
     ) -> bytes:
         """The plaintext of a blob, which may not inflate past what its type can hold: a data
         blob the chunker's maximum, a tree MAX_TREE_BLOB, either its `raw_length` in the index
-        when known (a compression bomb is an IntegrityError, not gigabytes of memory). A tree's
-        keyed id is checked too (cheap: listings are small), so no walk meets a forged one."""
+        when known (a compression bomb is an IntegrityError, not gigabytes of memory). The id is
+        not checked here: readers go through `open_verified`; the two that call this (check
+        --read-data, prune's repack) hash the plaintext themselves."""
         limit = self.max_blob_size(btype)
         if raw_length is not None:
             limit = min(limit, raw_length)
@@ -745,17 +746,15 @@ class Repository:
             data = decompress(self.cipher.open(envelope, blob_aad(btype, blob_id)), limit)
         except IntegrityError as exc:
             raise IntegrityError(f"pack {pack}: blob {blob_id.hex()[:16]}: {exc}") from exc
-        if btype == TREE and self.blob_id(data) != blob_id:
-            # authentic, but not the listing its id names: only the key's holder can seal one, and
-            # it is the only way to make a folder contain itself (design.md 13)
-            raise IntegrityError(f"pack {pack}: blob {blob_id.hex()[:16]}: the folder listing does not hash to its id")
         return data
 
     def open_verified(
         self, btype: int, blob_id: bytes, envelope: bytes | memoryview, pack: str = "?", raw_length: int | None = None
     ) -> bytes:
         """`open_blob`, and the plaintext must hash to the blob's id: an envelope written with the
-        key under another blob's id authenticates, but cannot hold that blob's bytes."""
+        key under another blob's id authenticates, but cannot hold that blob's bytes. Every tree
+        load comes here, so no walk meets a folder that contains itself (a listing naming its own
+        id, or one it lies in, cannot hash to it: design.md 3, 13)."""
         data = self.open_blob(btype, blob_id, envelope, pack, raw_length)
         if self.blob_id(data) != blob_id:
             raise IntegrityError(f"pack {pack}: blob {blob_id.hex()[:16]} does not hash to its id")
