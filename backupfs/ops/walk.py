@@ -1,4 +1,4 @@
-"""The one walk over stored trees: ls, restore, check, copy and prune go through `walk`.
+"""The one walk over stored trees: ls, restore, check, copy, prune, dump and find go through `walk`.
 
 Iterative, so a tree of any depth costs no Python recursion: an explicit stack holds one frame
 per folder being walked. A frame keeps the folder's listing, a cursor into it, where its path
