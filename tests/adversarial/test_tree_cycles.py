@@ -12,8 +12,11 @@ listing: a cycle of two); a second snapshot's root listing names itself.
 
 from __future__ import annotations
 
+import copy
 import errno
+import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +112,7 @@ def test_restore_refuses_each_forged_listing_and_restores_the_rest(cycles: Cycle
         assert list(empty.iterdir()) == []
 
 
-def test_check_reports_each_forged_listing(cycles: Cycles) -> None:
+def test_check_reports_each_forged_listing_and_its_fix(cycles: Cycles) -> None:
     proc = cycles.cli("check", check=False)
     assert proc.returncode == 4
     assert_clean(proc.stderr)
@@ -118,7 +121,33 @@ def test_check_reports_each_forged_listing(cycles: Cycles) -> None:
     assert len(errors) == len(expected), errors
     for sid, folder in expected:
         prefix = f"error: snapshot {sid[:8]}: tree {cycles.blobs[folder]} at {folder}: "
-        assert sum(line.startswith(prefix) and _about(line, cycles, folder) for line in errors) == 1, (folder, errors)
+        fix = f" (fix: `backupfs repair snapshots {sid[:8]}`)"
+        named = [line for line in errors if line.startswith(prefix) and _about(line, cycles, folder)]
+        assert len(named) == 1 and named[0].endswith(fix), (folder, errors)
+
+
+def test_the_fixes_check_names_make_the_repository_whole(cycles: Cycles, tmp_path: Path) -> None:
+    """On a copy: `repair snapshots` keeps each forged folder empty, says that a snapshot whose
+    root listing is forged keeps nothing and names `forget` for it; then check passes, and once
+    prune has dropped the forged listings (nothing uses them), so does check --read-data."""
+    cli = copy.copy(cycles.cli)
+    cli.repo = tmp_path / "repo"
+    cli.env = {**cycles.cli.env, "HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    shutil.copytree(cycles.cli.repo, cli.repo)
+    proc = cli("repair", "snapshots", "--forget", cycles.sid[:8], cycles.root_sid[:8], check=False)
+    assert proc.returncode == 4
+    assert_clean(proc.stderr)
+    out = _lines(proc.stdout)
+    for folder in FORGED_FOLDERS:
+        assert f"  folder {folder}: listing lost, kept empty" in out, out
+    assert any(line.startswith(f"snapshot {cycles.root_sid[:8]}: cannot be repaired: ") for line in out), out
+    assert f"`backupfs forget {cycles.root_sid[:8]}`" in proc.stderr.decode()
+    cli("forget", cycles.root_sid[:8])
+    cli("check")
+    (repaired,) = json.loads(cli("snapshots", "--json").stdout)
+    assert cli("ls", repaired["id"]).stdout.decode().splitlines() == ["/good.txt", "/pair", "/pair/up", "/self"]
+    cli("prune")
+    cli("check", "--read-data")
 
 
 def test_prune_and_copy_refuse_and_change_nothing(cycles: Cycles) -> None:
