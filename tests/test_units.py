@@ -665,6 +665,22 @@ def test_blob_envelope_bound_to_id_and_type(mem_repo: tuple[MemoryBackend, Repos
         repo.load_blob(DATA, b)
 
 
+def test_a_tree_sealed_under_another_id_is_refused(mem_repo: tuple[MemoryBackend, Repository]) -> None:
+    """The key's holder can seal any listing for any tree id, e.g. one whose sub-folder is the
+    tree itself: a cycle. The keyed id of every blob's plaintext is checked on every load, so
+    no reader meets one (design.md 3, 13)."""
+    _backend, repo = mem_repo
+    fine = repo.save_tree([_node(b"x")])
+    cycle_id = repo.blob_id(b"the id of another listing")
+    forged = tree_fmt.encode_tree([tree_fmt.Node(name=b"loop", type=tree_fmt.DIR, subtree=cycle_id)])
+    repo.save_blob(TREE, forged, blob_id=cycle_id)  # sealed for cycle_id, holding other bytes
+    repo.flush()
+    assert repo.load_tree(fine)[0].name == b"x"
+    for load in (repo.load_tree, repo.load_tree_as_stored, lambda tid: repo.load_blob(TREE, tid)):
+        with pytest.raises(IntegrityError, match="does not hash to its id"):
+            load(cycle_id)
+
+
 def test_repository_files_bound_to_their_type(mem_repo: tuple[MemoryBackend, Repository]) -> None:
     """A snapshot's bytes stored as an index file (same name: its hash) do not decrypt as an index."""
     backend, repo = mem_repo

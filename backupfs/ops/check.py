@@ -9,10 +9,9 @@ sent to `repair index` first (a rebuilt index often makes the rest whole again).
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from backupfs.backends.base import FileType
@@ -20,9 +19,13 @@ from backupfs.compress import decompress, file_limit
 from backupfs.crypto import file_id
 from backupfs.errors import BackendError, BackupfsError, IntegrityError, UsageError
 from backupfs.format.pack import DATA, HEADER_AAD, TRAILER, TREE, PackEntry, decode_header, header_location
-from backupfs.format.tree import DIR, FILE, Node
+from backupfs.format.tree import DIR, FILE, EntryProblem, Listing, Node
+from backupfs.ops.treeview import iter_tree
+from backupfs.ops.walk import Kind, Step, shown, walk
 from backupfs.repository.headers import DamagedBlobs
 from backupfs.repository.repo import Repository
+
+TREE_READERS = 4  # listings loaded ahead: a remote backend answers each in tens of milliseconds
 
 # What a walk error names first: "snapshot 1a2b3c4d: ..." (a tree or blob of it), or the full
 # id when the snapshot file itself cannot be read.
@@ -230,41 +233,50 @@ class Checker:
             )
 
     def _check_snapshots(self, snapshots: list[str]) -> None:
-        seen_trees: set[bytes] = set()
-        for name in snapshots:
-            try:
-                snap = self.repo.load_snapshot(name)
-            except BackupfsError as exc:
-                self.error(f"snapshot {name}: {exc}")
-                continue
-            self.result.snapshots += 1
-            stack = [(snap.tree, "/")]
-            while stack:
-                tree_id, path = stack.pop()
-                if tree_id in seen_trees:
-                    continue
-                seen_trees.add(tree_id)
+        seen_trees: set[bytes] = set()  # each tree is checked once, however many snapshots share it
+        with ThreadPoolExecutor(TREE_READERS, thread_name_prefix="bfs-check-tree") as pool:
+            for name in snapshots:
                 try:
-                    nodes = self.repo.load_tree(tree_id)
+                    snap = self.repo.load_snapshot(name)
                 except BackupfsError as exc:
-                    self.error(f"snapshot {name[:8]}: tree {tree_id.hex()[:16]} at {path}: {exc}")
+                    self.error(f"snapshot {name}: {exc}")
                     continue
-                self.result.trees += 1
-                for problem in nodes.problems:
-                    self.error(f"snapshot {name[:8]}: {problem.text(path)}")
-                if nodes.unsorted:
-                    self.result.warnings.append(
-                        f"snapshot {name[:8]}: the entries of {path} are not sorted by name (readers sort them)"
-                    )
-                for node in nodes:
-                    child = path.rstrip("/") + "/" + os.fsdecode(node.name)
-                    if node.type == DIR and node.subtree is not None:
-                        if self._blob_type_ok(name, child, node.subtree, TREE):
-                            stack.append((node.subtree, child))
-                    elif node.type == FILE and node.defect is None:  # a defect is a problem above
-                        self._check_content(name, child, node)
+                self.result.snapshots += 1
+                self._check_trees(name, snap.tree, seen_trees, pool)
 
-    def _blob_type_ok(self, snap: str, path: str, blob_id: bytes, btype: int) -> bool:
+    def _check_trees(self, name: str, root: bytes, seen: set[bytes], pool: ThreadPoolExecutor) -> None:
+        def unreadable(folder: Step[Listing], exc: BackupfsError) -> None:
+            tree_id = folder.node.subtree if folder.node is not None and folder.node.subtree else root
+            self.error(f"snapshot {name[:8]}: tree {tree_id.hex()[:16]} at {shown(folder.path)}: {exc}")
+
+        steps = walk(
+            self.repo.load_tree,
+            root,
+            listings=True,
+            seen=seen,
+            on_error=unreadable,
+            readahead=TREE_READERS,
+            pool=pool,
+        )
+        for step in steps:
+            node = step.node
+            if step.kind is Kind.LISTING:
+                assert step.listing is not None
+                self.result.trees += 1
+                for problem in step.listing.problems:
+                    self.error(f"snapshot {name[:8]}: {problem.text(shown(step.path))}")
+                if step.listing.unsorted:
+                    self.result.warnings.append(
+                        f"snapshot {name[:8]}: the entries of {shown(step.path)} are not sorted by name (readers sort them)"
+                    )
+            elif node is None:
+                continue
+            elif step.enter and node.subtree is not None:
+                step.enter = self._blob_type_ok(name, step, node.subtree, TREE)
+            elif node.type == FILE and node.defect is None:  # a defect is a problem above
+                self._check_content(name, step, node)
+
+    def _blob_type_ok(self, snap: str, where: Step[Listing], blob_id: bytes, btype: int) -> bool:
         """Whether the index lists `blob_id` as a blob of the type the tree needs there (with
         --read-data every pack's blobs are opened as the type the index says, so that is true).
         Also notes which snapshots need a missing pack, or a pack that no index lists."""
@@ -278,27 +290,27 @@ class Checker:
                 return True
             self._listed_too.setdefault(blob_id, (btype, set()))[1].add(snap)
         if loc is None:
-            self.error(f"snapshot {snap[:8]}: {path}: {what} {blob_id.hex()[:16]} is not indexed")
+            self.error(f"snapshot {snap[:8]}: {shown(where.path)}: {what} {blob_id.hex()[:16]} is not indexed")
             return False
         if all(lo.pack_id in self._missing for lo in listed):
             for lo in listed:
                 self._missing[lo.pack_id].add(snap)
         if loc.type != btype:
             found = "file data" if loc.type == DATA else "a folder listing"
-            self.error(f"snapshot {snap[:8]}: {path}: {what} {blob_id.hex()[:16]} is {found}, not a {what}")
+            self.error(f"snapshot {snap[:8]}: {shown(where.path)}: {what} {blob_id.hex()[:16]} is {found}, not a {what}")
             return False
         return True
 
-    def _check_content(self, snap: str, path: str, node: Node) -> None:
+    def _check_content(self, snap: str, where: Step[Listing], node: Node) -> None:
         """A file's chunks: indexed, data blobs, and none running into the next one (readers cut
         a chunk at the next offset, so such a file does not read back as it was written)."""
         content = node.content or []
         for j, (off, bid) in enumerate(content):
-            if not self._blob_type_ok(snap, path, bid, DATA):
+            if not self._blob_type_ok(snap, where, bid, DATA):
                 return
             length = self.repo.index.raw_length(bid) or 0
             if j + 1 < len(content) and off + length > content[j + 1][0]:
-                self.error(f"snapshot {snap[:8]}: {path}: the chunk at offset {off} runs into the next one")
+                self.error(f"snapshot {snap[:8]}: {shown(where.path)}: the chunk at offset {off} runs into the next one")
                 return
 
     # ---------------------------------------------------------------- data
@@ -378,30 +390,25 @@ class Checker:
                 snap = self.repo.load_snapshot(name)
             except BackupfsError:
                 continue
-            for path, node in _walk(self.repo, snap.tree, "/"):
-                ids: Iterable[bytes] = (bid for _o, bid in node.content or ())
-                if node.type == DIR and node.subtree in bad_blobs:
-                    ids = [node.subtree]
-                if any(b in bad_blobs for b in ids):
-                    self.result.affected.append(f"snapshot {name[:8]}: {path}")
+            try:
+                for path, node in iter_tree(self.repo, snap.tree, on_problem=_ignore):
+                    ids: Iterable[bytes] = (bid for _o, bid in node.content or ())
+                    if node.type == DIR and node.subtree in bad_blobs:
+                        ids = [node.subtree]
+                    if any(b in bad_blobs for b in ids):
+                        self.result.affected.append(f"snapshot {name[:8]}: {shown(path)}")
+            except BackupfsError:
+                continue  # its root listing is unreadable: the structure check said so
+
+
+def _ignore(_folder: bytes, _problem: EntryProblem) -> None:
+    """What cannot be read is reported by the structure check already."""
 
 
 def _names(snapshots: set[str]) -> str:
-    shown = sorted(s[:8] for s in snapshots)
-    more = f" and {len(shown) - _AFFECTED_SHOWN} more" if len(shown) > _AFFECTED_SHOWN else ""
-    return ", ".join(shown[:_AFFECTED_SHOWN]) + more
-
-
-def _walk(repo: Repository, tree_id: bytes, path: str) -> Iterator[tuple[str, Node]]:
-    try:
-        nodes = repo.load_tree(tree_id)
-    except BackupfsError:
-        return
-    for node in nodes:
-        child = path.rstrip("/") + "/" + os.fsdecode(node.name)
-        yield child, node
-        if node.type == DIR and node.subtree is not None:
-            yield from _walk(repo, node.subtree, child)
+    names = sorted(s[:8] for s in snapshots)
+    more = f" and {len(names) - _AFFECTED_SHOWN} more" if len(names) > _AFFECTED_SHOWN else ""
+    return ", ".join(names[:_AFFECTED_SHOWN]) + more
 
 
 def select_subset(packs: list[bytes], spec: str) -> list[bytes]:

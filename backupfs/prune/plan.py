@@ -19,7 +19,7 @@ import bisect
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from backupfs.backends.base import FileType
@@ -28,6 +28,7 @@ from backupfs.format import index as index_fmt
 from backupfs.format.pack import TREE, PackEntry, read_ranges
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, Node, decode_tree
+from backupfs.ops.walk import Kind, Step, TreeCycle, shown, walk
 from backupfs.prune.locked import Held, locked_dates
 from backupfs.prune.options import PruneOptions
 from backupfs.prune.table import BlobTable
@@ -340,46 +341,44 @@ class _Planner:
             )
 
     def _mark_tree(self, root: bytes, pool: ThreadPoolExecutor) -> None:
+        """Marks what one snapshot uses, through the one tree walk: a tree is marked in use when
+        the walk claims it, so no walk (of this or a later snapshot) loads it again; a few
+        listings of each folder are fetched ahead by the pool's threads."""
         table, used = self.table, self.used
         find = table.find
-        todo: deque[tuple[bytes, str]] = deque([(root, "/")])
-        running: dict[Future[list[Node]], str] = {}
-        try:
-            while todo or running:
-                while todo and len(running) < 4 * TREE_READERS:
-                    tid, path = todo.popleft()
-                    g = find(tid)
-                    if g < 0:
-                        raise _Missing(f"tree {tid.hex()[:16]} of {path} is not in the index")
-                    if not used[g]:
-                        used[g] = 1  # claimed: no other walk loads it again
-                        running[pool.submit(self._load_tree, g, tid, path)] = path
-                if not running:
-                    continue
-                done, _pending = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    path = running.pop(fut)
-                    nodes = fut.result()
-                    self.stats.trees += 1
-                    base = path.rstrip("/") + "/"
-                    for node in nodes:
-                        if node.type == DIR:
-                            if node.subtree is not None:
-                                todo.append((node.subtree, base + node.name.decode("utf-8", "backslashreplace")))
-                        elif node.content:
-                            for _off, bid in node.content:
-                                b = find(bid)
-                                if b < 0:
-                                    name = base + node.name.decode("utf-8", "backslashreplace")
-                                    raise _Missing(f"{name}: data blob {bid.hex()[:16]} is not in the index")
-                                used[b] = 1
-        finally:
-            for fut in running:
-                fut.cancel()
-            wait(running)
 
-    def _load_tree(self, g: int, tid: bytes, path: str) -> list[Node]:
-        """Tries each indexed copy of the tree: one may sit in a pack that is gone."""
+        def unreadable(folder: Step[list[Node]], exc: BackupfsError) -> None:
+            if isinstance(exc, TreeCycle):
+                raise _Missing(f"{shown(folder.path)}: {exc}") from exc
+            tid = folder.node.subtree if folder.node is not None and folder.node.subtree is not None else root
+            raise _Missing(f"tree {tid.hex()[:16]} of {shown(folder.path)} {exc}") from exc
+
+        steps = walk(
+            self._load_tree,
+            root,
+            listings=True,
+            seen=_Marks(table, used),
+            on_error=unreadable,
+            readahead=TREE_READERS,
+            pool=pool,
+        )
+        for step in steps:
+            node = step.node
+            if step.kind is Kind.LISTING:
+                self.stats.trees += 1
+            elif node is not None and node.type != DIR:
+                for _off, bid in node.content or ():
+                    b = find(bid)
+                    if b < 0:
+                        raise _Missing(f"{shown(step.path)}: data blob {bid.hex()[:16]} is not in the index")
+                    used[b] = 1
+
+    def _load_tree(self, tid: bytes) -> list[Node]:
+        """Tries each indexed copy of the tree: one may sit in a pack that is gone. (Runs in
+        the walk's reader threads.)"""
+        g = self.table.find(tid)
+        if g < 0:
+            raise IntegrityError("is not in the index")
         error: Exception | None = None
         for c in self.table.copies(g):
             e = self.table.entry(c)
@@ -389,7 +388,7 @@ class _Planner:
                 return decode_tree(raw)
             except BackupfsError as exc:
                 error = exc
-        raise _Missing(f"tree {tid.hex()[:16]} of {path} cannot be read: {error}")
+        raise IntegrityError(f"cannot be read: {error}")
 
     # ---------------------------------------------------------------- accounting
 
@@ -634,6 +633,24 @@ def _span(item: tuple[PackEntry, int]) -> tuple[int, int]:
 
 class _Missing(Exception):
     """A snapshot's tree or blob cannot be found or read (internal, becomes PruneRefused)."""
+
+
+class _Marks:
+    """The walk's `seen`: the trees marked in use in the blob table."""
+
+    def __init__(self, table: BlobTable, used: bytearray) -> None:
+        self._find = table.find
+        self._used = used
+
+    def __contains__(self, tree_id: object, /) -> bool:
+        assert isinstance(tree_id, bytes)
+        g = self._find(tree_id)
+        return g >= 0 and bool(self._used[g])
+
+    def add(self, tree_id: bytes, /) -> None:
+        g = self._find(tree_id)
+        if g >= 0:  # one not indexed: its load fails and says so
+            self._used[g] = 1
 
 
 def _bounded_map(fn: Callable[[T], R], items: Sequence[T], width: int) -> Iterator[tuple[T, R]]:

@@ -736,7 +736,9 @@ class Repository:
     ) -> bytes:
         """The plaintext of a blob, which may not inflate past what its type can hold: a data
         blob the chunker's maximum, a tree MAX_TREE_BLOB, either its `raw_length` in the index
-        when known (a compression bomb is an IntegrityError, not gigabytes of memory)."""
+        when known (a compression bomb is an IntegrityError, not gigabytes of memory). The id is
+        not checked here: readers go through `open_verified`; the two that call this (check
+        --read-data, prune's repack) hash the plaintext themselves."""
         limit = self.max_blob_size(btype)
         if raw_length is not None:
             limit = min(limit, raw_length)
@@ -750,7 +752,9 @@ class Repository:
         self, btype: int, blob_id: bytes, envelope: bytes | memoryview, pack: str = "?", raw_length: int | None = None
     ) -> bytes:
         """`open_blob`, and the plaintext must hash to the blob's id: an envelope written with the
-        key under another blob's id authenticates, but cannot hold that blob's bytes."""
+        key under another blob's id authenticates, but cannot hold that blob's bytes. Every tree
+        load comes here, so no walk meets a folder that contains itself (a listing naming its own
+        id, or one it lies in, cannot hash to it: design.md 3, 13)."""
         data = self.open_blob(btype, blob_id, envelope, pack, raw_length)
         if self.blob_id(data) != blob_id:
             raise IntegrityError(f"pack {pack}: blob {blob_id.hex()[:16]} does not hash to its id")

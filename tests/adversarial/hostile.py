@@ -37,10 +37,12 @@ class Forge:
     def data(self, content: bytes) -> bytes:
         return self.repo.save_blob(DATA, content)[0]
 
-    def tree(self, entries: list[Any]) -> bytes:
-        """A tree blob holding `entries` exactly as given (any msgpack values, in this order)."""
+    def tree(self, entries: list[Any], tree_id: bytes | None = None) -> bytes:
+        """A tree blob holding `entries` exactly as given (any msgpack values, in this order).
+        With `tree_id`, it is sealed under that id rather than the keyed hash of its bytes: only
+        the key's holder can do so, and it is the only way to make a folder contain itself."""
         raw = msgpack.packb({"v": 1, "entries": entries}, use_bin_type=True)
-        return self.repo.save_blob(TREE, raw)[0]
+        return self.repo.save_blob(TREE, raw, blob_id=tree_id)[0]
 
     def file(self, name: bytes, content: bytes, **fields: Any) -> dict[str, Any]:
         """A regular file entry as the encoder writes one; `fields` override its keys."""
@@ -57,7 +59,10 @@ class Forge:
 
     def snapshot(self, root_entries: list[Any], **fields: Any) -> str:
         """A snapshot whose root tree holds `root_entries`; written after its blobs are indexed."""
-        root = self.tree(root_entries)
+        return self.snapshot_of(self.tree(root_entries), **fields)
+
+    def snapshot_of(self, root: bytes, **fields: Any) -> str:
+        """A snapshot of the tree `root`; written after its blobs are indexed."""
         self.repo.flush()
         snap = Snapshot(time_ns=time.time_ns(), host="host", user="user", paths=["/"], tree=root)
         for key, value in fields.items():
