@@ -1,0 +1,18 @@
+"""The layering of design.md 14a holds: the import-linter contracts in pyproject.toml.
+
+They are checked on the source (no module is imported), so an upward import, pyfuse3 outside the
+FUSE adapter, argparse outside the CLI or an I/O module in pure code fails the suite, naming the
+import and its line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from importlinter.cli import EXIT_STATUS_SUCCESS, lint_imports
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def test_every_import_points_down() -> None:
+    assert lint_imports(config_filename=str(PYPROJECT), no_cache=True) == EXIT_STATUS_SUCCESS
