@@ -6,12 +6,14 @@ real processes whose peak memory is measured.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import lz4.block
+import msgpack
 import pytest
 import zstandard
 from conftest import CLI, PASSWORD
@@ -22,7 +24,7 @@ from backupfs.backends.local import LocalBackend
 from backupfs.backends.memory import MemoryBackend
 from backupfs.compress import LZ4, ZSTD
 from backupfs.errors import IntegrityError, UsageError
-from backupfs.format.config import ConfigBody
+from backupfs.format.config import ConfigBody, config_aad
 from backupfs.format.pack import DATA, TREE, PackEntry, blob_aad
 from backupfs.format.tree import FILE
 from backupfs.ops.treeview import lookup
@@ -218,3 +220,23 @@ def test_config_cannot_lift_the_chunk_bound() -> None:
         ConfigBody.decode(body)
     with pytest.raises(UsageError):
         Repository.init(MemoryBackend(), b"pw", chunker=(512 * 1024, 512 * 1024, 128 * MiB), kdf=FAST_KDF)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("compression", "brotli"), ("compression", "zstd:99"), ("pack_size", 0), ("pack_size", 1 << 40)],
+)
+def test_a_bad_stored_config_value_is_damage_not_a_usage_error(field: str, value: object) -> None:
+    """The user typed none of it: a config body no writer makes is an integrity error (exit 4),
+    when the repository is opened, not a usage error (exit 2) later."""
+    backend = MemoryBackend()
+    repo = Repository.init(backend, b"pw", kdf=FAST_KDF)
+    body = {"chunker": list(repo.config.chunker), "pack_size": repo.config.pack_size, "compression": "lz4", field: value}
+    header = dataclasses.replace(
+        repo.header, body=repo.cipher.seal(b"\0" + msgpack.packb(body), config_aad(repo.header.repo_id))
+    )
+    repo.close()
+    backend.remove(FileType.CONFIG, "config")
+    backend.save(FileType.CONFIG, "config", header.encode())
+    with pytest.raises(IntegrityError, match="repository config"):
+        Repository.open(backend, b"pw")

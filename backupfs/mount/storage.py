@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import trio
 
 from backupfs.backends.base import FileType
-from backupfs.errors import BackupfsError, IntegrityError, NotFound
+from backupfs.errors import BackupfsError, BlobNotIndexed, IntegrityError, NotFound, PackMissing
 from backupfs.format.pack import DATA, TREE
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import Listing, read_listing
@@ -161,9 +161,8 @@ class Storage:
         if blob_id in self.repo.index:
             try:
                 return self.repo.load_blob(btype, blob_id)
-            except IntegrityError as exc:
-                if not isinstance(exc.__cause__, NotFound):
-                    raise
+            except PackMissing:
+                pass
         with self._index_lock:
             if gen == self._index_gen and time.monotonic() - self._last_reload >= INDEX_RELOAD_MIN_INTERVAL:
                 self._reload_index_locked()
@@ -175,9 +174,7 @@ class Storage:
         the index behind) goes through `_load_blob` and its reload."""
         results = self.repo.load_data_blobs(blob_ids)
         for i, r in enumerate(results):
-            if isinstance(r, IntegrityError) and (
-                isinstance(r.__cause__, NotFound) or blob_ids[i] not in self.repo.index
-            ):
+            if isinstance(r, PackMissing | BlobNotIndexed):
                 try:
                     results[i] = self._load_blob(DATA, blob_ids[i])
                 except Exception as exc:

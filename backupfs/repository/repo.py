@@ -31,8 +31,10 @@ from backupfs.crypto import (
 from backupfs.errors import (
     BackendError,
     BackupfsError,
+    BlobNotIndexed,
     IntegrityError,
     NotFound,
+    PackMissing,
     RepositoryNotFound,
     UsageError,
     WrongPassword,
@@ -40,7 +42,15 @@ from backupfs.errors import (
 from backupfs.format import index as index_fmt
 from backupfs.format import lock as lock_fmt
 from backupfs.format import snapshot as snapshot_fmt
-from backupfs.format.config import LOCKED_VERSION, VERSION, ConfigBody, ConfigHeader, ObjectLockConfig, config_aad
+from backupfs.format.config import (
+    LOCKED_VERSION,
+    PACK_SIZE_RANGE,
+    VERSION,
+    ConfigBody,
+    ConfigHeader,
+    ObjectLockConfig,
+    config_aad,
+)
 from backupfs.format.index import IndexFile
 from backupfs.format.keyexport import KeyExport
 from backupfs.format.keyfile import META_AAD, KeyFile, decode_meta, encode_meta, key_aad
@@ -169,7 +179,7 @@ class Repository:
         (design.md "Object Lock"); the storage must have it (a bucket created with it), else
         UsageError before anything is written. A missing bucket is created with it."""
         parse_compression(compression)
-        if not 1 << 20 <= pack_size <= 1 << 30:
+        if not PACK_SIZE_RANGE[0] <= pack_size <= PACK_SIZE_RANGE[1]:
             raise UsageError("pack size must be between 1 MiB and 1 GiB")
         if not 0 < chunker[0] <= chunker[2] <= MAX_CHUNK_LIMIT:
             raise UsageError(f"chunk sizes must satisfy 0 < min <= max <= {MAX_CHUNK_LIMIT}")
@@ -488,7 +498,7 @@ class Repository:
         try:
             tail = self.backend.load(FileType.DATA, name, size - probe, probe)
         except NotFound as exc:
-            raise IntegrityError(f"pack {name} is missing") from exc
+            raise PackMissing(f"pack {name} is missing", name) from exc
         try:
             hoff, hlen = header_location(size, tail[-TRAILER.size :])
         except IntegrityError as exc:
@@ -606,7 +616,7 @@ class Repository:
         bytes). A copy that fails makes its pack suspect, tried last from then on, and the next
         copy is tried; when none is left, the packs no index lists are searched once (their
         headers) before giving up. The error raised is the first copy's, or one caused by a
-        missing pack (NotFound: the mount reloads the index on it)."""
+        missing pack (PackMissing: the mount reloads the index on it)."""
         return self._load_any(btype, blob_id, set(), [])
 
     def _load_any(self, btype: int, blob_id: bytes, tried: set[bytes], errors: list[IntegrityError]) -> bytes:
@@ -624,8 +634,8 @@ class Repository:
             if attempt == 0:
                 self.scan_unlisted_packs()  # once per index; another thread may have done it
         if errors:
-            raise next((e for e in errors if isinstance(e.__cause__, NotFound)), errors[0])
-        raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
+            raise next((e for e in errors if isinstance(e, PackMissing)), errors[0])
+        raise _not_indexed(blob_id)
 
     def _ordered(self, blob_id: bytes, locs: list[BlobLocation]) -> list[BlobLocation]:
         """Copies in the order to try them: those known damaged or in suspect packs last."""
@@ -646,7 +656,7 @@ class Repository:
             try:
                 envelope = self._load_tree_envelope(pack, loc)
             except NotFound as exc:
-                raise IntegrityError(f"pack {pack} is missing (needed for blob {blob_id.hex()[:16]})") from exc
+                raise PackMissing(f"pack {pack} is missing (needed for blob {blob_id.hex()[:16]})", pack) from exc
             except BackendError as exc:
                 raise IntegrityError(f"pack {pack}: {exc}") from exc
         else:
@@ -673,7 +683,7 @@ class Repository:
             loc = self.preferred_location(blob_id)
             first.append(loc)
             if loc is None:
-                out[i] = IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
+                out[i] = _not_indexed(blob_id)
             else:
                 by_pack.setdefault(loc.pack_id, []).append((loc, i))
         for pack_id, items in by_pack.items():
@@ -712,12 +722,12 @@ class Repository:
                 out[i] = exc
 
     def _load_range(self, pack: str, offset: int, length: int, context: str = "") -> bytes:
-        """A ranged read of a data pack; a missing pack or a storage error is an IntegrityError
-        (a NotFound stays its cause: the mount reloads the index on it)."""
+        """A ranged read of a data pack; a missing pack is PackMissing (the mount reloads the index
+        on it), a storage error an IntegrityError naming the pack."""
         try:
             return self.backend.load(FileType.DATA, pack, offset, length)
         except NotFound as exc:
-            raise IntegrityError(f"pack {pack} is missing{context}") from exc
+            raise PackMissing(f"pack {pack} is missing{context}", pack) from exc
         except BackendError as exc:
             raise IntegrityError(f"pack {pack}: {exc}") from exc
 
@@ -957,7 +967,7 @@ class Repository:
         def locate(blob_id: bytes, what: str) -> None:
             loc = self.index.lookup(blob_id)
             if loc is None:
-                raise IntegrityError(f"{what} {blob_id.hex()[:16]} is not in the index")
+                raise BlobNotIndexed(f"{what} {blob_id.hex()[:16]} is not in the index", blob_id)
             packs.add(loc.pack_id)
 
         with ThreadPoolExecutor(TREE_WALKERS, thread_name_prefix="bfs-walk") as pool:
@@ -1157,6 +1167,10 @@ def _config_body(header: ConfigHeader, master: MasterKey) -> ConfigBody:
         return ConfigBody.decode(decompress(plain, file_limit(len(header.body))))
     except IntegrityError as exc:
         raise IntegrityError(f"config: {exc}") from exc
+
+
+def _not_indexed(blob_id: bytes) -> BlobNotIndexed:
+    return BlobNotIndexed(f"blob {blob_id.hex()[:16]} is not in the index", blob_id)
 
 
 def _load_verified(backend: Backend, ftype: FileType, name: str) -> bytes:
