@@ -14,7 +14,7 @@ import blake3
 import pytest
 from conftest import CLI
 from fastrepo import init_fast
-from richtree import rsync_diff
+from support.richtree import rsync_diff
 
 MiB = 1024 * 1024
 BACKUPFS = [sys.executable, "-m", "backupfs"]

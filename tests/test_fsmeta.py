@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import richtree
+from support import richtree
 
 from backupfs.errors import IntegrityError
 from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree, encode_tree

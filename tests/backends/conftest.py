@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 from ceph_rgw import ensure_packages as ensure_ceph
-from rest_server import RestServer
+from support.rest_server import RestServer
+from support.servers import BackendFactory, MotoServer, RGWServer, SSHDServer, ensure_sshd, env_vars
 
 from backupfs.backends.base import Backend
-
-from .backend_servers import BackendFactory, MotoServer, RGWServer, SSHDServer, ensure_sshd, env_vars
 
 
 def _sshd(workdir: Path) -> SSHDServer:

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from richtree import rsync_diff
-
-from backends.backend_servers import MotoServer, RGWServer, SSHDServer
+from support.richtree import rsync_diff
+from support.servers import MotoServer, RGWServer, SSHDServer
 
 PASSWORD = "remote tests"
 CAN_MOUNT = os.path.exists("/dev/fuse") and os.geteuid() == 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from support.servers import SSHDServer
 
 import backupfs
 from backupfs.backends.base import FileType
@@ -17,8 +18,6 @@ from backupfs.backends.sftp.backend import SFTPBackend
 from backupfs.backends.sftp.pool import SessionPool
 from backupfs.backends.sftp.protocol import Session
 from backupfs.crypto import file_id
-
-from .backend_servers import SSHDServer
 
 SOURCES = Path(backupfs.__file__).parent
 PROTOCOL = SOURCES / "backends" / "sftp" / "protocol.py"

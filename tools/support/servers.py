@@ -30,12 +30,12 @@ import pytest
 from ceph_rgw import CephRGW  # tools/, on pytest's pythonpath
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rest_server import RestServer
 
 from backupfs.backends.base import Backend
 from backupfs.backends.memory import MemoryBackend
 from backupfs.backends.registry import open_backend
 from backupfs.backends.retry import RetryBackend
+from support.rest_server import RestServer
 
 SSHD = "/usr/sbin/sshd"
 
