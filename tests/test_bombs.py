@@ -16,8 +16,8 @@ import lz4.block
 import msgpack
 import pytest
 import zstandard
-from conftest import CLI, PASSWORD
 from fastrepo import FAST_KDF, init_fast
+from support.cli import CLI, PASSWORD
 
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend

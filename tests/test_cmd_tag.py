@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CLI
 from everyday import ambiguous_prefix, fast_cli, one_line_error, open_repo, snapshot_ids
+from support.cli import CLI
 from support.rest_server import RestServer
 
 from backupfs.format.snapshot import Snapshot

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import blake3
 import pytest
-from conftest import CLI
 from fastrepo import init_fast
+from support.cli import CLI
 from support.richtree import rsync_diff
 
 MiB = 1024 * 1024

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import CLI, PASSWORD
+from support.cli import CLI, PASSWORD
 from support.rest_server import RestServer
 from support.richtree import rsync_diff
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, PASSWORD
 from fastrepo import init_fast
+from support.cli import CLI, PASSWORD
 from support.richtree import T_FUTURE, make_rich_tree, rsync_diff, sparse_ok
 
 from backupfs.backends.local import LocalBackend

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from conftest import CLI
+from support.cli import CLI
 from support.rest_server import RestServer
 from support.richtree import make_rich_tree, rsync_diff
 

@@ -14,11 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import blake3
 import pytest
-from support.servers import BackendFactory
 
 from backupfs.backends import layout
 from backupfs.backends.base import Backend, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound
+
+from .factory import BackendFactory
 
 NON_CONFIG = [t for t in FileType if t is not FileType.CONFIG]
 MiB = 1024 * 1024
