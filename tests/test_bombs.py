@@ -92,7 +92,7 @@ def replace_blob(repo_path: Path, blob_id: bytes, btype: int, payload: bytes, ra
             written.append((name, entries))
 
         packer = Packer(repo.cipher, 64 * MiB, upload)
-        for e in repo.read_pack_header(old_data):
+        for e in repo.pack_header(old_pack, len(old_data)):
             if e.id == blob_id:
                 envelope = repo.cipher.seal(payload, blob_aad(btype, blob_id))
                 packer.add(btype, e.id, envelope, e.raw_length if raw_length is None else raw_length)

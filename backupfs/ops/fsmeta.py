@@ -1,7 +1,7 @@
 """File metadata <-> tree `Node` (design.md section 9): the only module that reads or sets OS metadata.
 
-Backup calls `node_from_path` and `data_extents`; restore calls `create_node` / `create_file` /
-`create_hardlink`, writes file contents itself, then `apply_metadata`. Nothing here knows about the
+Backup calls `node_from_path` and `data_extents`; restore calls `create_node` / `create_file`,
+writes file contents and links hardlinks itself, then `apply_metadata`. Nothing here knows about the
 repository.
 
 Every function takes the parent directory either as an open directory fd (preferred: lookups are
@@ -20,7 +20,7 @@ Restore ordering the caller must respect:
 2. write and close a file's content before `apply_metadata`: writing clears setuid/setgid and
    ``security.capability``;
 3. call `apply_metadata` once per inode for hardlinks (linking does not change the inode's
-   metadata, so before or after `create_hardlink` both work).
+   metadata, so before or after linking both work).
 """
 
 from __future__ import annotations
@@ -255,26 +255,6 @@ def create_file(parent: Parent, node: Node) -> int:
     path, dir_fd = _locate(parent, node.name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     return os.open(path, flags, 0o600, dir_fd=dir_fd)
-
-
-def create_hardlink(parent: Parent, node: Node, existing_parent: Parent, existing_name: bytes) -> None:
-    """Make `node.name` in `parent` another name of the already restored `existing_name`.
-
-    `existing_name` is resolved relative to `existing_parent` and, if it is a symlink, the link
-    itself is linked (never its target).
-    """
-    _check_name(node.name)
-    path, dir_fd = _locate(parent, node.name)
-    src, src_fd = _locate(existing_parent, existing_name)
-    os.link(src, path, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-
-
-def restore_sparse_file_size(fd: int, size: int) -> None:
-    """Give a restored file its full size, so ranges never written (holes, incl. trailing) stay holes.
-
-    Call after writing the data extents (or before: writes inside the size do not change it).
-    """
-    os.ftruncate(fd, size)
 
 
 def apply_metadata(parent: Parent, node: Node, *, owner: bool) -> list[str]:

@@ -137,7 +137,6 @@ class Repository:
         self._tree_cache_lock = threading.Lock()
         self._locks: list[locks.Lock] = []
         self.stats_added_bytes = 0
-        self.stats_added_blobs = 0
         # Damage worked around (design.md 15): index files skipped as damaged (name -> reason),
         # packs whose blobs came from their own headers because no readable index file lists
         # them, packs in which a blob failed (their copies are tried last), and the blobs a
@@ -814,7 +813,6 @@ class Repository:
             raise
         with self._pending_lock:
             self.stats_added_bytes += len(envelope)
-            self.stats_added_blobs += 1
         return blob_id, len(envelope)
 
     def _get_packer(self) -> Packer:
@@ -858,11 +856,6 @@ class Repository:
                 self.index.add_pack(pack_id, entries)
             adopted += 1
         return adopted
-
-    def read_pack_header(self, data: bytes) -> list[PackEntry]:
-        """The blob list of a whole pack, checked to lie inside it."""
-        hoff, hlen = header_location(len(data), data[-TRAILER.size :])
-        return self._decode_pack_header(data[hoff : hoff + hlen], hoff)
 
     def _write_unindexed(self) -> None:
         if self._unindexed:
