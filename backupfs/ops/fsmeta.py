@@ -39,6 +39,8 @@ from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, No
 Parent: TypeAlias = int | str | bytes | os.PathLike[str] | os.PathLike[bytes]
 """A directory: an open fd (O_DIRECTORY or O_PATH) or a path."""
 
+_OWNER_NAMES_CACHED = 4096  # uid and gid names remembered: a tree has few owners, NSS can be slow
+_ST_BLOCK = 512  # the unit of st_blocks, whatever the file system's block size
 _ACL_ACCESS = b"system.posix_acl_access"
 _ACL_DEFAULT = b"system.posix_acl_default"
 # Errors that mean "this filesystem / this object / this caller cannot have that xattr".
@@ -128,7 +130,7 @@ def read_xattrs(path: bytes | int, *, follow_symlinks: bool = False) -> list[tup
     return out
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_OWNER_NAMES_CACHED)
 def user_name(uid: int) -> str | None:
     """The passwd name for `uid`, cached: a tree has few owners and NSS lookups can be slow."""
     try:
@@ -137,7 +139,7 @@ def user_name(uid: int) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_OWNER_NAMES_CACHED)
 def group_name(gid: int) -> str | None:
     """The group name for `gid`, cached like `user_name`."""
     try:
@@ -164,7 +166,7 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     """
     if size <= 0:
         return []
-    if os.fstat(fd).st_blocks * 512 >= size:
+    if os.fstat(fd).st_blocks * _ST_BLOCK >= size:
         return [(0, size)]
     saved = os.lseek(fd, 0, os.SEEK_CUR)
     extents: list[tuple[int, int]] = []

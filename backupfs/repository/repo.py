@@ -89,6 +89,7 @@ READ_GAP = 256 << 10  # unused bytes a batched read goes through rather than mak
 HEADER_PROBE = 64 << 10
 HEADER_READERS = 8  # pack headers read at once (remote backends have latency)
 TREE_WALKERS = 4  # threads fetching trees when the packs a snapshot needs are collected
+TREE_CACHE_TREES = 256  # decoded listings `load_tree` keeps: a walk revisits few, the mount has its own
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -882,7 +883,7 @@ class Repository:
         nodes = _decode_named(read_listing, self.load_blob(TREE, tree_id), f"tree {tree_id.hex()[:16]}")
         with self._tree_cache_lock:
             self._tree_cache[tree_id] = nodes
-            if len(self._tree_cache) > 256:
+            if len(self._tree_cache) > TREE_CACHE_TREES:
                 self._tree_cache.popitem(last=False)
         return nodes
 
