@@ -7,6 +7,7 @@ import and its line.
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from importlinter.cli import EXIT_STATUS_SUCCESS, lint_imports
@@ -16,3 +17,20 @@ PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 def test_every_import_points_down() -> None:
     assert lint_imports(config_filename=str(PYPROJECT), no_cache=True) == EXIT_STATUS_SUCCESS
+
+
+SERVICES = ("ops", "prune", "mount")
+
+
+def test_services_reach_storage_through_the_repository() -> None:
+    """Services list, read, write and delete repository files through `Repository`'s narrow
+    methods, never through `repo.backend`: one place sees every storage access and its order."""
+    root = PYPROJECT.parent / "backupfs"
+    found = [
+        f"{path.relative_to(root.parent)}:{node.lineno}"
+        for package in SERVICES
+        for path in sorted((root / package).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "backend"
+    ]
+    assert found == []

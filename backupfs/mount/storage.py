@@ -107,7 +107,7 @@ class Storage:
             self._index_names = self._load_index_files()
 
     def _list_snapshot_names(self) -> set[str]:
-        return {n for n, _ in self.repo.backend.list(FileType.SNAPSHOT)}
+        return set(self.repo.file_names(FileType.SNAPSHOT))
 
     def _load_snapshots(self, names: list[str]) -> dict[str, Snapshot]:
         def load(name: str) -> tuple[str, Snapshot | None]:
@@ -128,7 +128,7 @@ class Storage:
     def _update_index(self) -> None:
         """Adds index files written since the last look; reloads all when some were removed, or
         when a new one is damaged (the reload warns once and reads its packs' own headers)."""
-        names = {n for n, _ in self.repo.backend.list(FileType.INDEX)}
+        names = set(self.repo.file_names(FileType.INDEX))
         with self._index_lock:
             if self._index_names - names:
                 self._reload_index_locked()

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
-from backupfs.backends.base import Backend, FileType, ObjectLock
+from backupfs.backends.base import Backend, BackendInfo, FileType, ObjectLock
 from backupfs.chunker import DEFAULT_PARAMS, MAX_CHUNK_LIMIT, Chunker
 from backupfs.compress import LZ4, NONE, ZSTD, compress, decompress, file_limit, parse_compression
 from backupfs.crypto import (
@@ -307,6 +307,43 @@ class Repository:
             return self._open(data, aad)
         except IntegrityError as exc:
             raise IntegrityError(f"{ftype.value}/{name}: {exc}") from exc
+
+    # ---------------------------------------------------------------- storage, for services
+    # Services (check, repair, prune, tag, the mount) reach the storage only through these: what
+    # they list, read raw, write and delete is visible here, in the one place that orders writes.
+
+    def storage_info(self) -> BackendInfo:
+        """What the storage declares it is (local, append-only, sweeps its temporaries)."""
+        return self.backend.info()
+
+    def file_names(self, ftype: FileType) -> list[str]:
+        """The repository files of one type the storage lists now, in its order."""
+        return [name for name, _size in self.backend.list(ftype)]
+
+    def pack_files(self) -> dict[str, int]:
+        """Every pack file the storage lists now: name -> size."""
+        return dict(self.backend.list(FileType.DATA))
+
+    def foreign_files(self) -> list[str]:
+        """Files in the repository's folders that are not repository files (design.md 2)."""
+        return list(self.backend.list_foreign())
+
+    def load_pack(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """A pack's bytes as stored, unchecked: for callers that authenticate each blob they use.
+        A missing pack is NotFound, a storage failure BackendError, as the backend says."""
+        return self.backend.load(FileType.DATA, name, offset, length)
+
+    def save_pack(self, name: str, data: bytes) -> None:
+        """A whole pack made by a caller's own packer (repack, salvage), named by its hash."""
+        self._save_locked(FileType.DATA, name, data)
+
+    def remove_file(self, ftype: FileType, name: str) -> None:
+        """Deletes one repository file (NotFound if it is gone, UnderRetention if locked)."""
+        self.backend.remove(ftype, name)
+
+    def remove_stale_temporaries(self) -> int:
+        """Temporary files of writers that died mid-save, where the storage can find them."""
+        return self.backend.remove_stale_temporaries() if self.backend.info().sweeps_temporaries else 0
 
     # ---------------------------------------------------------------- keys
 
