@@ -12,7 +12,7 @@ import sys
 import termios
 from pathlib import Path
 
-from conftest import CLI
+from support.cli import CLI
 
 
 def test_backup_restore_roundtrip(cli: CLI, tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import os
 import time
 from pathlib import Path
 
-from conftest import CLI
 from everyday import fast_cli, one_line_error
+from support.cli import CLI
 
 from backupfs.ops.excludes import is_cache_dir
 

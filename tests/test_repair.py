@@ -16,9 +16,9 @@ from pathlib import Path
 
 import blake3
 import pytest
-from conftest import CLI, PASSWORD
 from fastrepo import init_fast
-from richtree import rsync_diff
+from support.cli import CLI, PASSWORD
+from support.richtree import rsync_diff
 
 from backupfs.backends.local import LocalBackend
 from backupfs.format.tree import DIR

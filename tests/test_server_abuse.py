@@ -31,7 +31,7 @@ import bcrypt
 import blake3
 import pytest
 import trio
-from rest_server import RestServer
+from support.rest_server import RestServer
 
 from backupfs.backends.local import LocalBackend
 from backupfs.errors import BackupfsError

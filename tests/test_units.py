@@ -25,7 +25,7 @@ from backupfs.backends.base import FileType
 from backupfs.backends.memory import MemoryBackend
 from backupfs.chunker import Chunker
 from backupfs.crypto import AEGIS256, SUITES, XCHACHA, Cipher, IdHasher, MasterKey, unwrap_master_key, wrap_master_key
-from backupfs.errors import BackendError, IntegrityError, UsageError, WrongPassword
+from backupfs.errors import BackendError, BlobNotIndexed, IntegrityError, PackMissing, UsageError, WrongPassword
 from backupfs.format import config as config_fmt
 from backupfs.format import index as index_fmt
 from backupfs.format import keyfile as keyfile_fmt
@@ -635,11 +635,30 @@ def test_load_data_blobs_reads_neighbours_at_once(mem_repo: tuple[MemoryBackend,
     got = repo.load_data_blobs(wanted)
     assert len(loads) == 1  # one pack, all within the gap
     assert got[0] == data[20] and got[1] == data[3] and got[4] == data[4] and got[5] == data[29]
-    assert isinstance(got[2], IntegrityError) and "not in the index" in str(got[2])
-    assert isinstance(got[3], IntegrityError)
+    assert isinstance(got[2], BlobNotIndexed) and got[2].blob_id == unknown and "not in the index" in str(got[2])
+    assert isinstance(got[3], IntegrityError) and not isinstance(got[3], PackMissing | BlobNotIndexed)
     loads.clear()
     assert repo.load_data_blobs([ids[0], ids[29]], gap=0) == [data[0], data[29]]
     assert len(loads) == 2  # too far apart for a zero gap
+
+
+def test_a_missing_pack_and_an_unknown_blob_are_typed_errors(mem_repo: tuple[MemoryBackend, Repository]) -> None:
+    """The mount reloads its index on exactly these two (a prune moved the blob, a newer backup
+    wrote it), so they are told apart by type, not by what caused them."""
+    backend, repo = mem_repo
+    blob_id = repo.save_blob(DATA, rand(5000, 1))[0]
+    repo.flush()
+    loc = repo.index.lookup(blob_id)
+    assert loc is not None
+    backend.remove(FileType.DATA, loc.pack_id.hex())
+    with pytest.raises(PackMissing) as missing:
+        repo.load_blob(DATA, blob_id)
+    assert missing.value.pack == loc.pack_id.hex() and missing.value.exit_code == 4
+    (batch,) = repo.load_data_blobs([blob_id])
+    assert isinstance(batch, PackMissing) and batch.pack == loc.pack_id.hex()
+    with pytest.raises(BlobNotIndexed) as unknown:
+        repo.load_blob(DATA, b"\x02" * 32)
+    assert unknown.value.blob_id == b"\x02" * 32 and unknown.value.exit_code == 4
 
 
 def test_blob_envelope_bound_to_id_and_type(mem_repo: tuple[MemoryBackend, Repository]) -> None:

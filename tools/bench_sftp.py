@@ -44,11 +44,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(2, str(Path(__file__).resolve().parent.parent / "tests" / "backends"))
 import paramiko
-from backend_servers import SSHDServer, ensure_sshd
-from corpus import ByteSource, gen_mixed
+from benchlib.corpus import ByteSource, gen_mixed
+from support.servers import SSHDServer, ensure_sshd
 
 from backupfs.backends.base import FileType
 from backupfs.backends.sftp.backend import SFTPBackend
@@ -115,7 +113,9 @@ class Pipes:
         return bytes(view[: self.proc.read_into(view)])
 
     def recv_ready(self) -> bool:
-        return bool(select.select([self.proc.proc.stdout], [], [], 0)[0])
+        out = self.proc.proc.stdout
+        assert out is not None  # started with stdout=PIPE
+        return bool(select.select([out], [], [], 0)[0])
 
     def get_name(self) -> str:
         return "ssh"

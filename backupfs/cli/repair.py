@@ -183,7 +183,7 @@ def _select(repo: Repository, args: argparse.Namespace) -> list[tuple[str, Snaps
             try:
                 out.append(repo.find_snapshot(ref))
             except IntegrityError:
-                names = [n for n, _ in repo.backend.list(FileType.SNAPSHOT) if n.startswith(ref.lower())]
+                names = [n for n in repo.file_names(FileType.SNAPSHOT) if n.startswith(ref.lower())]
                 out.append((names[0] if names else ref, None))
         return out
     damaged: list[tuple[str, Snapshot | None]] = []

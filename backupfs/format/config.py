@@ -6,7 +6,8 @@ import dataclasses
 from typing import Final
 
 from backupfs.chunker import MAX_CHUNK_LIMIT
-from backupfs.errors import IntegrityError
+from backupfs.compress import parse_compression
+from backupfs.errors import IntegrityError, UsageError
 from backupfs.format._msgpack import field, pack, unpack_map
 
 MAGIC: Final = "backupfs"
@@ -17,6 +18,9 @@ LOCKED_VERSION: Final = 2
 SUPPORTED_VERSIONS: Final = (VERSION, LOCKED_VERSION)
 LOCK_MODES: Final = ("compliance", "governance")  # S3 Object Lock's retention modes
 MAX_LOCK_DAYS: Final = 36500  # a century: a longer retention is a mistake (or an attack), not a plan
+# The pack sizes `init --pack-size` may set, and so a reader accepts: smaller packs mean a request
+# per few blobs, larger ones a whole gigabyte in flight per upload.
+PACK_SIZE_RANGE: Final = (1 << 20, 1 << 30)
 
 
 def config_aad(repo_id: bytes) -> bytes:
@@ -107,10 +111,18 @@ class ConfigBody:
             raise IntegrityError("repository config: malformed chunker parameters")
         if not chunker[0] <= chunker[2] <= MAX_CHUNK_LIMIT:
             raise IntegrityError(f"repository config: chunk sizes {chunker[0]}-{chunker[2]} out of range")
+        pack_size = field(obj, "pack_size", int, what)
+        if not PACK_SIZE_RANGE[0] <= pack_size <= PACK_SIZE_RANGE[1]:
+            raise IntegrityError(f"repository config: pack size {pack_size} out of range")
+        compression = field(obj, "compression", str, what)
+        try:
+            parse_compression(compression)
+        except UsageError as exc:  # the user chose nothing here: the stored value is damaged
+            raise IntegrityError(f"repository config: {exc}") from exc
         lock = obj.get("object_lock")
         return cls(
             (chunker[0], chunker[1], chunker[2]),
-            field(obj, "pack_size", int, what),
-            field(obj, "compression", str, what),
+            pack_size,
+            compression,
             None if lock is None else ObjectLockConfig.decode(lock),
         )

@@ -33,7 +33,9 @@ from backupfs.ops.dirfds import DIR_FLAGS, DirChain, open_dir
 from backupfs.ops.excludes import Excluder, is_cache_dir
 from backupfs.repository.repo import Repository
 
-SMALL_FILE = 8 * 1024 * 1024  # read whole and chunked in memory, in the file's own thread
+# A file up to this size is read whole and cut in memory, in the file's own thread; a larger one
+# streams through the chunker. (Not restore's _BATCH_FILE_MAX nor the mount's _SIBLING_FILE_MAX.)
+READ_WHOLE_MAX = 8 * 1024 * 1024
 READ_PIECE = 64 * 1024  # further reads of a file that was not at its end after `stat`'s size
 MAX_PENDING_FILES = 64  # files handed to the pool and not yet read (each holds an fd)
 
@@ -540,8 +542,8 @@ class Archiver:
         Only a read of nothing is the end: a short read is not (procfs returns a page at a time).
         What stays small is read whole and cut in memory, in this thread: the streaming chunker
         allocates a max-chunk-size buffer per file, which dominated the cost of small files. A file
-        that outgrows SMALL_FILE goes on streaming after the bytes already read."""
-        if size > SMALL_FILE:
+        that outgrows READ_WHOLE_MAX goes on streaming after the bytes already read."""
+        if size > READ_WHOLE_MAX:
             return self._save_chunks(_LimitedReader(fd, 0, None), 0, content, inline=False)
         pieces: list[bytes] = []
         total = 0
@@ -553,7 +555,7 @@ class Archiver:
             pieces.append(piece)
             total += len(piece)
             want = READ_PIECE
-            if total > SMALL_FILE:  # large after all: stream the rest after what is read
+            if total > READ_WHOLE_MAX:  # large after all: stream the rest after what is read
                 reader = _LimitedReader(fd, total, None, prefix=b"".join(pieces))
                 return self._save_chunks(reader, 0, content, inline=False)
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -567,7 +569,7 @@ class Archiver:
         returns the file's size as read (a trailing hole counts, bytes read past `size` too)."""
         end = 0
         for off, length in extents:
-            got = self._save_chunks(_LimitedReader(fd, off, length), off, content, inline=length <= SMALL_FILE)
+            got = self._save_chunks(_LimitedReader(fd, off, length), off, content, inline=length <= READ_WHOLE_MAX)
             end = max(end, off + got)
         if os.pread(fd, 1, size):  # it grew: the tail is data (one byte probed, not a chunker buffer)
             return size + self._save_chunks(_LimitedReader(fd, size, None), size, content, inline=False)

@@ -92,7 +92,7 @@ class Checker:
     def run(self, read_data: bool = False, subset: str | None = None) -> CheckResult:
         # Snapshots are listed before the indexes are read: a backup running meanwhile writes its
         # index before its snapshot (design.md 12), so every snapshot seen here is fully indexed.
-        snapshots = [n for n, _ in self.repo.backend.list(FileType.SNAPSHOT)]
+        snapshots = self.repo.file_names(FileType.SNAPSHOT)
         self._log("load indexes")
         self._check_index()
         self._log("check packs")
@@ -108,7 +108,7 @@ class Checker:
     # ---------------------------------------------------------------- structure
 
     def _check_index(self) -> None:
-        names = [n for n, _ in self.repo.backend.list(FileType.INDEX)]
+        names = self.repo.file_names(FileType.INDEX)
         superseded: set[bytes] = set()
         files = {}
         for name in names:
@@ -127,7 +127,7 @@ class Checker:
                 self.repo.index.add_pack(pack_id, entries)
 
     def _check_packs(self) -> None:
-        present = {bytes.fromhex(n): size for n, size in self.repo.backend.list(FileType.DATA)}
+        present = {bytes.fromhex(n): size for n, size in self.repo.pack_files().items()}
         for pack_id, entries in self._indexed.items():
             size = present.get(pack_id)
             if size is None:
@@ -226,7 +226,7 @@ class Checker:
     def _check_foreign(self) -> None:
         """Files in the repository's folders that are not repository files: backupfs neither
         reads nor deletes them (design.md 2), so only this tells that they are there."""
-        for path in self.repo.backend.list_foreign():
+        for path in self.repo.foreign_files():
             self.result.foreign_files.append(path)
             self.result.warnings.append(
                 f"{path} is not a repository file (backupfs ignores it, prune leaves it); remove it if it is not yours"
@@ -351,7 +351,7 @@ class Checker:
         name = pack_id.hex()
         entries = self._indexed[pack_id]
         try:
-            data = self.repo.backend.load(FileType.DATA, name)
+            data = self.repo.load_pack(name)
         except BackendError as exc:
             return f"cannot read: {exc}", {e.id for e in entries}
         problems = []
@@ -385,7 +385,7 @@ class Checker:
 
     def _find_affected(self, bad_blobs: set[bytes]) -> None:
         """Names the snapshots and files whose content is in damaged blobs."""
-        for name, _size in self.repo.backend.list(FileType.SNAPSHOT):
+        for name in self.repo.file_names(FileType.SNAPSHOT):
             try:
                 snap = self.repo.load_snapshot(name)
             except BackupfsError:

@@ -106,12 +106,12 @@ def repair_index(repo: Repository, *, dry_run: bool = False, log: Log = _quiet, 
     blobs may still read back: `repair packs` salvages them); one listed nowhere is left out.
     """
     result = IndexRepair(dry_run=dry_run)
-    old = sorted(n for n, _ in repo.backend.list(FileType.INDEX))
+    old = sorted(repo.file_names(FileType.INDEX))
     files, damaged = repo.load_index_files(old)
     result.damaged_index_files = sorted(damaged)
     superseded = {s for f in files.values() for s in f.supersedes}
     live_packs = {pid for name, f in files.items() if bytes.fromhex(name) not in superseded for pid in f.packs}
-    present = sorted(repo.backend.list(FileType.DATA))
+    present = sorted(repo.pack_files().items())
     log(f"reading the headers of {len(present)} packs")
     unreadable: list[str] = []
 
@@ -173,7 +173,7 @@ def _remove_all(repo: Repository, ftype: FileType, names: Iterable[str]) -> None
     repo.check_lock()  # with the lock lost, another process may rely on what is removed here
     for name in names:
         try:
-            repo.backend.remove(ftype, name)
+            repo.remove_file(ftype, name)
         except NotFound:
             pass
 
@@ -204,8 +204,8 @@ def repair_packs(
     the index is loaded)."""
     _refuse_damaged_index(repo, "repair packs")
     result = PackRepair(dry_run=dry_run)
-    present = dict(repo.backend.list(FileType.DATA))
-    files, _damaged = repo.load_index_files(sorted(n for n, _ in repo.backend.list(FileType.INDEX)))
+    present = repo.pack_files()
+    files, _damaged = repo.load_index_files(sorted(repo.file_names(FileType.INDEX)))
     superseded = {s for f in files.values() for s in f.supersedes}
     live = {n: f for n, f in files.items() if bytes.fromhex(n) not in superseded}
     known = set(present) | {pid.hex() for f in live.values() for pid in f.packs}
@@ -216,7 +216,7 @@ def repair_packs(
     salvaged: list[tuple[bytes, list[PackEntry]]] = []
 
     def upload(name: str, data: bytes, entries: list[PackEntry]) -> None:
-        repo.backend.save(FileType.DATA, name, data)
+        repo.save_pack(name, data)
         salvaged.append((bytes.fromhex(name), entries))
 
     packer = None if dry_run else Packer(repo.cipher, repo.config.pack_size, upload, uploaders=2, max_in_flight=2)
@@ -303,7 +303,7 @@ def _pack_entries(repo: Repository, name: str, size: int | None, live: dict[str,
 
 def _load_whole(repo: Repository, name: str) -> bytes:
     try:
-        return repo.backend.load(FileType.DATA, name)
+        return repo.load_pack(name)
     except NotFound:
         return b""
 
@@ -322,7 +322,7 @@ def _good_copy_elsewhere(repo: Repository, e: PackEntry, exclude: set[bytes]) ->
 
 def _remove_quietly(repo: Repository, ftype: FileType, name: str) -> None:
     try:
-        repo.backend.remove(ftype, name)
+        repo.remove_file(ftype, name)
     except BackupfsError:
         pass
 

@@ -422,7 +422,7 @@ class Restorer:
 
 _BATCH_FILES = 32  # small files restored by one thread job, their chunks read together
 _BATCH_BYTES = 4 << 20
-_SMALL = 1 << 20  # larger files stream their chunks on their own
+_BATCH_FILE_MAX = 1 << 20  # a file of one chunk up to this size is restored in a batch; larger ones stream
 _MAX_PENDING_FILES = 128  # files created and not yet written, over all jobs (each job holds 1-2 fds)
 
 
@@ -438,7 +438,7 @@ def _preloaded(node: Node, blobs: dict[bytes, bytes | Exception]) -> Iterator[tu
 def _batchable(node: Node) -> bool:
     """A file restored in a batch: at most one chunk, small, and not one of several names
     (those wait for their first name's content)."""
-    return len(node.content or ()) <= 1 and node.size <= _SMALL and fsmeta.hardlink_key(node) is None
+    return len(node.content or ()) <= 1 and node.size <= _BATCH_FILE_MAX and fsmeta.hardlink_key(node) is None
 
 
 # What the OS calls raise for values no file can have (a NUL in a symlink target or xattr name, a

@@ -93,10 +93,9 @@ class _Execution:
                 self._remove(FileType.DATA, self.unindexed, lambda _p: None, "unindexed")
             # Temporary files of writers killed mid-save; prune holds the exclusive lock, and the
             # age limit keeps even a stalled concurrent writer's file safe.
-            if self.repo.backend.info().sweeps_temporaries:
-                n = self.repo.backend.remove_stale_temporaries()
-                if n:
-                    log(f"removed {n} abandoned temporary files")
+            n = self.repo.remove_stale_temporaries()
+            if n:
+                log(f"removed {n} abandoned temporary files")
             hook("garbage-deleted")
             # Under Object Lock the index written between the two rounds would be superseded at
             # once and stay, undeletable, for the whole retention: one round does both there
@@ -198,7 +197,7 @@ class _Execution:
 
         def rm(name: str) -> None:
             try:
-                self.repo.backend.remove(ftype, name)
+                self.repo.remove_file(ftype, name)
             except NotFound:
                 pass
             except UnderRetention as exc:
@@ -242,7 +241,7 @@ class _Execution:
         lock = threading.Lock()
 
         def upload(name: str, data: bytes, entries: list[PackEntry]) -> None:
-            repo.backend.save(FileType.DATA, name, data)
+            repo.save_pack(name, data)
             recs = b"".join(REC.pack(e.id, e.type, e.offset, e.length, e.raw_length) for e in entries)
             with lock:
                 new.append((bytes.fromhex(name), recs))
@@ -264,7 +263,7 @@ class _Execution:
                 for group in read_ranges(live, _span, _READ_GAP):
                     start = group[0].offset
                     end = group[-1].offset + group[-1].length
-                    data = repo.backend.load(FileType.DATA, name, start, end - start)
+                    data = repo.load_pack(name, start, end - start)
                     for e in group:
                         envelope = data[e.offset - start : e.offset - start + e.length]
                         plain = repo.open_blob(e.type, e.id, envelope, name)
@@ -285,7 +284,7 @@ class _Execution:
 
 def _remove_quietly(repo: Repository, ftype: FileType, name: str) -> None:
     try:
-        repo.backend.remove(ftype, name)
+        repo.remove_file(ftype, name)
     except BackendError:
         pass
 

@@ -193,7 +193,7 @@ class _Planner:
     def run(self, ignore: frozenset[str]) -> PrunePlan:
         self.log("loading index files")
         index_names, obsolete = self._load_index()
-        present = dict(self.repo.backend.list(FileType.DATA))
+        present = self.repo.pack_files()
         indexed = set()
         for p in self.packs:
             h = p.id.hex()
@@ -241,7 +241,7 @@ class _Planner:
 
     def _load_index(self) -> tuple[list[str], list[str]]:
         """Returns (live index files, superseded ones); fills the table and the pack list."""
-        names = sorted(n for n, _s in self.repo.backend.list(FileType.INDEX))
+        names = sorted(self.repo.file_names(FileType.INDEX))
         superseded: set[bytes] = set()
         per_file: dict[str, list[tuple[bytes, int, int]]] = {}
 
@@ -304,7 +304,7 @@ class _Planner:
 
     def _load_snapshots(self, ignore: frozenset[str]) -> list[tuple[str, Snapshot]]:
         out = []
-        for name, _size in sorted(self.repo.backend.list(FileType.SNAPSHOT)):
+        for name in sorted(self.repo.file_names(FileType.SNAPSHOT)):
             if name in ignore:
                 continue
             try:
@@ -468,7 +468,7 @@ class _Planner:
                 start = group[0][0].offset
                 end = max(e.offset + e.length for e, _g in group)
                 try:
-                    data = repo.backend.load(FileType.DATA, name, start, end - start)
+                    data = repo.load_pack(name, start, end - start)
                 except NotFound:
                     data = b""
                 for e, g in group:

@@ -33,6 +33,7 @@ from typing import overload
 from backupfs.format.pack import PackEntry
 
 ID_SIZE = 32
+FANOUT = 1 << 16  # one entry per value of an id's first two bytes
 REC = struct.Struct("<IBIII")  # pack number, type, offset, length, raw_length
 Rec = tuple[int, int, int, int, int]  # a record unpacked
 
@@ -111,7 +112,7 @@ class _Base:
         # (Counter counts in C: loading a 106k-blob index from the cache took 73 ms with 65,536
         # bisections, 33 ms so; it is on the path of every command, and of a mount's first ls).
         counts = collections.Counter(prefixes)
-        fanout = array.array("I", itertools.accumulate((counts.get(p, 0) for p in range(65536)), initial=0))
+        fanout = array.array("I", itertools.accumulate((counts.get(p, 0) for p in range(FANOUT)), initial=0))
         return cls(bytes(ids), recs, fanout)
 
     def __len__(self) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
-from backupfs.backends.base import Backend, FileType, ObjectLock
+from backupfs.backends.base import Backend, BackendInfo, FileType, ObjectLock
 from backupfs.chunker import DEFAULT_PARAMS, MAX_CHUNK_LIMIT, Chunker
 from backupfs.compress import LZ4, NONE, ZSTD, compress, decompress, file_limit, parse_compression
 from backupfs.crypto import (
@@ -31,8 +31,10 @@ from backupfs.crypto import (
 from backupfs.errors import (
     BackendError,
     BackupfsError,
+    BlobNotIndexed,
     IntegrityError,
     NotFound,
+    PackMissing,
     RepositoryNotFound,
     UsageError,
     WrongPassword,
@@ -40,7 +42,15 @@ from backupfs.errors import (
 from backupfs.format import index as index_fmt
 from backupfs.format import lock as lock_fmt
 from backupfs.format import snapshot as snapshot_fmt
-from backupfs.format.config import LOCKED_VERSION, VERSION, ConfigBody, ConfigHeader, ObjectLockConfig, config_aad
+from backupfs.format.config import (
+    LOCKED_VERSION,
+    PACK_SIZE_RANGE,
+    VERSION,
+    ConfigBody,
+    ConfigHeader,
+    ObjectLockConfig,
+    config_aad,
+)
 from backupfs.format.index import IndexFile
 from backupfs.format.keyexport import KeyExport
 from backupfs.format.keyfile import META_AAD, KeyFile, decode_meta, encode_meta, key_aad
@@ -79,6 +89,7 @@ READ_GAP = 256 << 10  # unused bytes a batched read goes through rather than mak
 HEADER_PROBE = 64 << 10
 HEADER_READERS = 8  # pack headers read at once (remote backends have latency)
 TREE_WALKERS = 4  # threads fetching trees when the packs a snapshot needs are collected
+TREE_CACHE_TREES = 256  # decoded listings `load_tree` keeps: a walk revisits few, the mount has its own
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -127,7 +138,6 @@ class Repository:
         self._tree_cache_lock = threading.Lock()
         self._locks: list[locks.Lock] = []
         self.stats_added_bytes = 0
-        self.stats_added_blobs = 0
         # Damage worked around (design.md 15): index files skipped as damaged (name -> reason),
         # packs whose blobs came from their own headers because no readable index file lists
         # them, packs in which a blob failed (their copies are tried last), and the blobs a
@@ -169,7 +179,7 @@ class Repository:
         (design.md "Object Lock"); the storage must have it (a bucket created with it), else
         UsageError before anything is written. A missing bucket is created with it."""
         parse_compression(compression)
-        if not 1 << 20 <= pack_size <= 1 << 30:
+        if not PACK_SIZE_RANGE[0] <= pack_size <= PACK_SIZE_RANGE[1]:
             raise UsageError("pack size must be between 1 MiB and 1 GiB")
         if not 0 < chunker[0] <= chunker[2] <= MAX_CHUNK_LIMIT:
             raise UsageError(f"chunk sizes must satisfy 0 < min <= max <= {MAX_CHUNK_LIMIT}")
@@ -297,6 +307,43 @@ class Repository:
             return self._open(data, aad)
         except IntegrityError as exc:
             raise IntegrityError(f"{ftype.value}/{name}: {exc}") from exc
+
+    # ---------------------------------------------------------------- storage, for services
+    # Services (check, repair, prune, tag, the mount) reach the storage only through these: what
+    # they list, read raw, write and delete is visible here, in the one place that orders writes.
+
+    def storage_info(self) -> BackendInfo:
+        """What the storage declares it is (local, append-only, sweeps its temporaries)."""
+        return self.backend.info()
+
+    def file_names(self, ftype: FileType) -> list[str]:
+        """The repository files of one type the storage lists now, in its order."""
+        return [name for name, _size in self.backend.list(ftype)]
+
+    def pack_files(self) -> dict[str, int]:
+        """Every pack file the storage lists now: name -> size."""
+        return dict(self.backend.list(FileType.DATA))
+
+    def foreign_files(self) -> list[str]:
+        """Files in the repository's folders that are not repository files (design.md 2)."""
+        return list(self.backend.list_foreign())
+
+    def load_pack(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """A pack's bytes as stored, unchecked: for callers that authenticate each blob they use.
+        A missing pack is NotFound, a storage failure BackendError, as the backend says."""
+        return self.backend.load(FileType.DATA, name, offset, length)
+
+    def save_pack(self, name: str, data: bytes) -> None:
+        """A whole pack made by a caller's own packer (repack, salvage), named by its hash."""
+        self._save_locked(FileType.DATA, name, data)
+
+    def remove_file(self, ftype: FileType, name: str) -> None:
+        """Deletes one repository file (NotFound if it is gone, UnderRetention if locked)."""
+        self.backend.remove(ftype, name)
+
+    def remove_stale_temporaries(self) -> int:
+        """Temporary files of writers that died mid-save, where the storage can find them."""
+        return self.backend.remove_stale_temporaries() if self.backend.info().sweeps_temporaries else 0
 
     # ---------------------------------------------------------------- keys
 
@@ -488,7 +535,7 @@ class Repository:
         try:
             tail = self.backend.load(FileType.DATA, name, size - probe, probe)
         except NotFound as exc:
-            raise IntegrityError(f"pack {name} is missing") from exc
+            raise PackMissing(f"pack {name} is missing", name) from exc
         try:
             hoff, hlen = header_location(size, tail[-TRAILER.size :])
         except IntegrityError as exc:
@@ -606,7 +653,7 @@ class Repository:
         bytes). A copy that fails makes its pack suspect, tried last from then on, and the next
         copy is tried; when none is left, the packs no index lists are searched once (their
         headers) before giving up. The error raised is the first copy's, or one caused by a
-        missing pack (NotFound: the mount reloads the index on it)."""
+        missing pack (PackMissing: the mount reloads the index on it)."""
         return self._load_any(btype, blob_id, set(), [])
 
     def _load_any(self, btype: int, blob_id: bytes, tried: set[bytes], errors: list[IntegrityError]) -> bytes:
@@ -624,8 +671,8 @@ class Repository:
             if attempt == 0:
                 self.scan_unlisted_packs()  # once per index; another thread may have done it
         if errors:
-            raise next((e for e in errors if isinstance(e.__cause__, NotFound)), errors[0])
-        raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
+            raise next((e for e in errors if isinstance(e, PackMissing)), errors[0])
+        raise _not_indexed(blob_id)
 
     def _ordered(self, blob_id: bytes, locs: list[BlobLocation]) -> list[BlobLocation]:
         """Copies in the order to try them: those known damaged or in suspect packs last."""
@@ -646,7 +693,7 @@ class Repository:
             try:
                 envelope = self._load_tree_envelope(pack, loc)
             except NotFound as exc:
-                raise IntegrityError(f"pack {pack} is missing (needed for blob {blob_id.hex()[:16]})") from exc
+                raise PackMissing(f"pack {pack} is missing (needed for blob {blob_id.hex()[:16]})", pack) from exc
             except BackendError as exc:
                 raise IntegrityError(f"pack {pack}: {exc}") from exc
         else:
@@ -673,7 +720,7 @@ class Repository:
             loc = self.preferred_location(blob_id)
             first.append(loc)
             if loc is None:
-                out[i] = IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
+                out[i] = _not_indexed(blob_id)
             else:
                 by_pack.setdefault(loc.pack_id, []).append((loc, i))
         for pack_id, items in by_pack.items():
@@ -712,12 +759,12 @@ class Repository:
                 out[i] = exc
 
     def _load_range(self, pack: str, offset: int, length: int, context: str = "") -> bytes:
-        """A ranged read of a data pack; a missing pack or a storage error is an IntegrityError
-        (a NotFound stays its cause: the mount reloads the index on it)."""
+        """A ranged read of a data pack; a missing pack is PackMissing (the mount reloads the index
+        on it), a storage error an IntegrityError naming the pack."""
         try:
             return self.backend.load(FileType.DATA, pack, offset, length)
         except NotFound as exc:
-            raise IntegrityError(f"pack {pack} is missing{context}") from exc
+            raise PackMissing(f"pack {pack} is missing{context}", pack) from exc
         except BackendError as exc:
             raise IntegrityError(f"pack {pack}: {exc}") from exc
 
@@ -808,7 +855,6 @@ class Repository:
             raise
         with self._pending_lock:
             self.stats_added_bytes += len(envelope)
-            self.stats_added_blobs += 1
         return blob_id, len(envelope)
 
     def _get_packer(self) -> Packer:
@@ -853,11 +899,6 @@ class Repository:
             adopted += 1
         return adopted
 
-    def read_pack_header(self, data: bytes) -> list[PackEntry]:
-        """The blob list of a whole pack, checked to lie inside it."""
-        hoff, hlen = header_location(len(data), data[-TRAILER.size :])
-        return self._decode_pack_header(data[hoff : hoff + hlen], hoff)
-
     def _write_unindexed(self) -> None:
         if self._unindexed:
             self.save_index(self._unindexed)
@@ -883,7 +924,7 @@ class Repository:
         nodes = _decode_named(read_listing, self.load_blob(TREE, tree_id), f"tree {tree_id.hex()[:16]}")
         with self._tree_cache_lock:
             self._tree_cache[tree_id] = nodes
-            if len(self._tree_cache) > 256:
+            if len(self._tree_cache) > TREE_CACHE_TREES:
                 self._tree_cache.popitem(last=False)
         return nodes
 
@@ -961,7 +1002,7 @@ class Repository:
         def locate(blob_id: bytes, what: str) -> None:
             loc = self.index.lookup(blob_id)
             if loc is None:
-                raise IntegrityError(f"{what} {blob_id.hex()[:16]} is not in the index")
+                raise BlobNotIndexed(f"{what} {blob_id.hex()[:16]} is not in the index", blob_id)
             packs.add(loc.pack_id)
 
         with ThreadPoolExecutor(TREE_WALKERS, thread_name_prefix="bfs-walk") as pool:
@@ -1161,6 +1202,10 @@ def _config_body(header: ConfigHeader, master: MasterKey) -> ConfigBody:
         return ConfigBody.decode(decompress(plain, file_limit(len(header.body))))
     except IntegrityError as exc:
         raise IntegrityError(f"config: {exc}") from exc
+
+
+def _not_indexed(blob_id: bytes) -> BlobNotIndexed:
+    return BlobNotIndexed(f"blob {blob_id.hex()[:16]} is not in the index", blob_id)
 
 
 def _load_verified(backend: Backend, ftype: FileType, name: str) -> bytes:

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CLI, PASSWORD
 from hostile import assert_clean, supersede_with_garbage
 from mounting import CAN_MOUNT, SKIP_REASON, Cli, Mount
 from mounting import PASSWORD as MOUNT_PASSWORD
-from rest_server import RestServer
-from richtree import make_rich_tree, rsync_diff
+from support.cli import CLI, PASSWORD
+from support.rest_server import RestServer
+from support.richtree import make_rich_tree, rsync_diff
 from test_mount import mount  # noqa: F401 - the fixture, shared with the other mount tests
 
 from backupfs.backends.local import LocalBackend

@@ -6,7 +6,7 @@ test takes a fresh repository on them with `server.url(name)` and passes `**serv
 `open_backend`. Tests that stop or break a server start a private one (`private_sshd`,
 `private_s3`) so they never disturb the shared ones; a Ceph cluster is too slow to start for
 that, so the RGW kill test restarts the shared gateway on its port, the cluster untouched. The
-classes live in backend_servers.py for reuse outside pytest.
+classes live in tools/support/servers.py for reuse outside pytest.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from ceph_rgw import ensure_packages as ensure_ceph
-from rest_server import RestServer
+from support.rest_server import RestServer
+from support.servers import MotoServer, RGWServer, SSHDServer, ensure_sshd, env_vars
 
 from backupfs.backends.base import Backend
 
-from .backend_servers import BackendFactory, MotoServer, RGWServer, SSHDServer, ensure_sshd, env_vars
+from .factory import BackendFactory
 
 
 def _sshd(workdir: Path) -> SSHDServer:

@@ -15,14 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
-
-from backupfs.backends.base import Backend, FileType
-from backupfs.backends.registry import open_backend
-from backupfs.backends.retry import RetryBackend
-from backupfs.backends.sftp.backend import SFTPBackend
-from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
-
-from .backend_servers import (
+from support.servers import (
     FAST,
     FAST_S3,
     FAST_SFTP,
@@ -33,6 +26,12 @@ from .backend_servers import (
     free_port,
     write_ed25519_key,
 )
+
+from backupfs.backends.base import Backend, FileType
+from backupfs.backends.registry import open_backend
+from backupfs.backends.retry import RetryBackend
+from backupfs.backends.sftp.backend import SFTPBackend
+from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
 
 T = TypeVar("T")
 MiB = 1024 * 1024

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from richtree import rsync_diff
-
-from backends.backend_servers import MotoServer, RGWServer, SSHDServer, proxyjump_config
+from support.richtree import rsync_diff
+from support.servers import MotoServer, RGWServer, SSHDServer, proxyjump_config
 
 PASSWORD = "remote tests"
 CAN_MOUNT = os.path.exists("/dev/fuse") and os.geteuid() == 0

@@ -26,13 +26,13 @@ from typing import Any
 
 import boto3
 import pytest
+from support.servers import MotoServer, RGWServer, SSHDServer, free_port, shutdown_all, write_ed25519_key
 
 from backupfs.backends.base import FileType
 from backupfs.backends.s3 import S3Backend
 from backupfs.backends.sftp.backend import SFTPBackend
 from backupfs.errors import TransientBackendError
 
-from .backend_servers import MotoServer, RGWServer, SSHDServer, free_port, shutdown_all, write_ed25519_key
 from .test_cli_remote import RemoteCli
 
 MiB = 1 << 20

@@ -20,7 +20,7 @@ from backupfs.backends import layout
 from backupfs.backends.base import Backend, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound
 
-from .backend_servers import BackendFactory
+from .factory import BackendFactory
 
 NON_CONFIG = [t for t in FileType if t is not FileType.CONFIG]
 MiB = 1024 * 1024

@@ -26,6 +26,7 @@ import botocore.config
 import pytest
 from botocore.exceptions import ClientError
 from supersede import supersede_everything, undo
+from support.servers import FAST_S3, MotoServer, RGWServer
 
 from backupfs.backends import layout
 from backupfs.backends.base import Backend, FileType, ObjectLock
@@ -33,7 +34,6 @@ from backupfs.backends.registry import open_backend
 from backupfs.errors import AlreadyExists, BackendError, NotFound, UnderRetention
 from backupfs.repository.repo import Repository
 
-from .backend_servers import FAST_S3, MotoServer, RGWServer
 from .test_s3_servers import _config_race
 
 S3Server = MotoServer | RGWServer

@@ -16,15 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-
-from backupfs.backends.base import Backend, FileType
-from backupfs.backends.registry import open_backend
-from backupfs.backends.retry import RetryBackend
-from backupfs.backends.sftp.backend import SFTPBackend
-from backupfs.backends.sftp.openssh import cpu_has_aes, fast_ciphers
-from backupfs.errors import BackendError, TransientBackendError
-
-from .backend_servers import (
+from support.servers import (
     FAST_SFTP,
     SSHDServer,
     ensure_sshd,
@@ -33,6 +25,14 @@ from .backend_servers import (
     ssh_clients,
     write_ed25519_key,
 )
+
+from backupfs.backends.base import Backend, FileType
+from backupfs.backends.registry import open_backend
+from backupfs.backends.retry import RetryBackend
+from backupfs.backends.sftp.backend import SFTPBackend
+from backupfs.backends.sftp.openssh import cpu_has_aes, fast_ciphers
+from backupfs.errors import BackendError, TransientBackendError
+
 from .test_cli_remote import RemoteCli
 
 MiB = 1 << 20

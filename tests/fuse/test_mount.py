@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from mounting import CAN_MOUNT, SKIP_REASON, Cli, Mount, is_mounted
-from richtree import make_rich_tree, rsync_diff
+from support.richtree import make_rich_tree, rsync_diff
 
 pytestmark = [pytest.mark.fuse, pytest.mark.skipif(not CAN_MOUNT, reason=SKIP_REASON)]
 

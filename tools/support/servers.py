@@ -1,9 +1,7 @@
-"""Real servers for backend tests: an OpenSSH sshd, a moto S3 server, a Ceph RGW (a real
-distributed object store, tools/ceph_rgw.py) and a cuttable TCP proxy, plus the backend factory
-the conformance suite is parametrized with.
+"""Real servers for backend tests and benchmarks: an OpenSSH sshd, a moto S3 server, a Ceph RGW
+(a real distributed object store, tools/ceph_rgw.py) and a cuttable TCP proxy.
 
-Plain classes so fixtures anywhere, and throwaway benchmark scripts, can reuse them (test modules
-import from here, never from conftest: several conftest modules share that name).
+Plain classes, no pytest, so fixtures anywhere and benchmark scripts alike can reuse them.
 Everything listens on 127.0.0.1 only.
 """
 
@@ -21,21 +19,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from ceph_rgw import CephRGW  # tools/, on pytest's pythonpath
+from ceph_rgw import CephRGW  # tools/ is on the path of pytest and of every tool
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rest_server import RestServer
-
-from backupfs.backends.base import Backend
-from backupfs.backends.memory import MemoryBackend
-from backupfs.backends.registry import open_backend
-from backupfs.backends.retry import RetryBackend
 
 SSHD = "/usr/sbin/sshd"
 
@@ -505,45 +495,3 @@ def env_vars(values: dict[str, str], unset: tuple[str, ...] = ()) -> Iterator[No
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-class BackendFactory:
-    """Makes backends of one kind on fresh repositories, and closes them after the test."""
-
-    def __init__(self, kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-        self.kind = kind
-        self._request = request
-        self._tmp = tmp_path
-        self._opened: list[Backend] = []
-        self.fs_root: Path | None = None  # where the files are, for kinds with a local directory
-
-    def __call__(self, create: bool = True, name: str | None = None, **options: Any) -> Backend:
-        name = name or f"repo-{uuid.uuid4().hex[:12]}"
-        backend: Backend
-        if self.kind == "memory":
-            backend = RetryBackend(MemoryBackend())
-        elif self.kind == "local":
-            self.fs_root = self._tmp / name
-            backend = open_backend(str(self.fs_root), **{**FAST, **options})
-        elif self.kind in ("sftp", "sftp-paramiko"):  # the system's ssh client, or paramiko
-            server: SSHDServer = self._request.getfixturevalue("sshd_server")
-            self.fs_root = server.root / name
-            transport = {"sftp_transport": "paramiko"} if self.kind == "sftp-paramiko" else {}
-            backend = open_backend(server.url(name), **{**server.options, **FAST_SFTP, **transport, **options})
-        elif self.kind in ("s3", "rgw"):
-            s3: MotoServer | RGWServer = self._request.getfixturevalue(f"{self.kind}_server")
-            backend = open_backend(s3.url(name), **{**FAST_S3, **options})
-        elif self.kind == "rest":
-            rest: RestServer = self._request.getfixturevalue("rest_server")
-            self.fs_root = rest.path / name
-            backend = open_backend(rest.url(name), **{**FAST, **options})
-        else:
-            raise AssertionError(self.kind)
-        self._opened.append(backend)
-        if create:
-            backend.create()
-        return backend
-
-    def close(self) -> None:
-        for backend in self._opened:
-            backend.close()
