@@ -6,13 +6,12 @@ import argparse
 import importlib
 import logging
 import os
-import re
 import shutil
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from backupfs.cli._common import err, open_repository
+from backupfs.cli._common import err, open_repository, parse_size
 from backupfs.cli._quote import EscapingFilter
 from backupfs.errors import BackupfsError, UsageError
 
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.refresh <= 0:
         raise UsageError("--refresh must be positive")
-    cache_bytes = _parse_size(args.cache_size)
+    cache_bytes = parse_size(args.cache_size)
     mountpoint = check_mountpoint(args.mountpoint)
     check_fuse_available()
     # trio and pyfuse3 take ~0.2 s to import: not at the top, so that other commands do not pay
@@ -120,10 +119,3 @@ def _import_quietly(name: str) -> None:
     except ImportError:
         pass  # the main thread imports it again and reports the error
 
-
-def _parse_size(text: str) -> int:
-    """`64M`, `1.5G`, `512k` or a number of bytes (binary units)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
-    if m is None:
-        raise UsageError(f"invalid size {text!r} (use e.g. 64M, 1G or a number of bytes)")
-    return int(float(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_"))
