@@ -292,6 +292,8 @@ class Restorer:
         first = len(folders)
         while first > 0 and folders[first - 1].state is _State.PENDING:
             first -= 1
+        if first == len(folders):
+            return True  # the usual case: the folder is there already
         names = path.split(b"/")
         for i in range(first, len(folders)):
             folder = folders[i]
