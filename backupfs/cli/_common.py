@@ -7,6 +7,7 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -211,3 +212,11 @@ class Progress:
         if self.enabled:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
+
+
+def parse_size(text: str) -> int:
+    """`64M`, `1.5G`, `512k` or a number of bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise UsageError(f"invalid size {text!r} (use e.g. 64M, 1G or a number of bytes)")
+    return int(float(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_"))

@@ -7,21 +7,65 @@ import subprocess
 import sys
 import threading
 
-from backupfs.cli._common import Progress, err, format_time, human_size, open_repository, print_json
+from backupfs.cli._common import Progress, err, format_time, human_size, open_repository, parse_size, print_json
+from backupfs.cli._quote import escape, json_name
 from backupfs.errors import BackupfsError, UsageError
 from backupfs.format.snapshot import Snapshot
+from backupfs.format.tree import DIR, FILE, Node
 from backupfs.ops.backup import Archiver, BackupOptions, BackupStats
-from backupfs.ops.excludes import read_exclude_file
+from backupfs.ops.excludes import TagFile, read_exclude_file
+from backupfs.ops.sources import ListKind, parse_files_from
 
 EXIT_SKIPPED = 3
+_PATTERNS = "patterns: see docs/usage.md (a later !PATTERN takes back what an earlier one matched)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("backup", help="create a new snapshot of files and directories")
-    p.add_argument("paths", nargs="*", metavar="PATH")
-    p.add_argument("-e", "--exclude", action="append", default=[], metavar="PATTERN")
-    p.add_argument("--exclude-file", action="append", default=[], metavar="FILE", help="patterns, one per line")
+    p = sub.add_parser(
+        "backup",
+        help="create a new snapshot of files and directories",
+        description="Saves PATHs as a new snapshot. Exit code 3: saved, but some paths could not be read "
+        "(a missing PATH included); they are listed on stderr.",
+        epilog=_PATTERNS,
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files and folders to back up (missing ones are skipped)")
+    p.add_argument("-n", "--dry-run", action="store_true", help="read and hash everything, write nothing to the repository")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="list each file and folder as new, modified or unchanged"
+    )
+    p.add_argument(
+        "--files-from", action="append", default=[], metavar="FILE",
+        help="back up the paths in FILE: one glob pattern a line, # comments (- reads stdin; repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--files-from-verbatim", action="append", default=[], metavar="FILE",
+        help="back up the paths in FILE: one path a line, taken literally (- reads stdin; repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--files-from-raw", action="append", default=[], metavar="FILE",
+        help="back up the paths in FILE, each ended by a NUL byte, as `find -print0` writes (- reads stdin)",
+    )  # fmt: skip
+    p.add_argument(
+        "-e", "--exclude", action="append", default=[], metavar="PATTERN", help="leave out what matches (repeatable)"
+    )
+    p.add_argument(
+        "--iexclude", action="append", default=[], metavar="PATTERN", help="as --exclude, ignoring case"
+    )
+    p.add_argument(
+        "--exclude-file", action="append", default=[], metavar="FILE",
+        help="patterns from FILE, one a line, # comments, $VAR expanded",
+    )  # fmt: skip
+    p.add_argument(
+        "--iexclude-file", action="append", default=[], metavar="FILE", help="as --exclude-file, ignoring case"
+    )
     p.add_argument("--exclude-caches", action="store_true", help="skip folders holding a valid CACHEDIR.TAG")
+    p.add_argument(
+        "--exclude-if-present", action="append", default=[], metavar="NAME[:CONTENT]",
+        help="skip the contents (but NAME) of folders holding a file NAME that starts with CONTENT if given",
+    )  # fmt: skip
+    p.add_argument(
+        "--exclude-larger-than", metavar="SIZE", help="skip files larger than SIZE (e.g. 500K, 2M, 1G; bytes without unit)"
+    )
     p.add_argument("-x", "--one-file-system", action="store_true", help="do not cross file system boundaries")
     p.add_argument("--tag", action="append", default=[], help="tag the snapshot (repeatable, or a,b)")
     p.add_argument("--host", help="override the host name recorded")
@@ -38,10 +82,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    paths = list(args.paths)
+    for kind, files in (
+        (ListKind.PATTERNS, args.files_from),
+        (ListKind.VERBATIM, args.files_from_verbatim),
+        (ListKind.RAW, args.files_from_raw),
+    ):
+        for name in files:
+            listed, warnings = parse_files_from(_read_list(name, kind), kind, name)
+            for msg in warnings:
+                err(f"warning: {msg}")
+            if not listed:
+                err(f"warning: --{kind.value} {name} names no path")
+            paths += listed
     opts = BackupOptions(
-        paths=list(args.paths),
+        paths=paths,
         excludes=list(args.exclude) + [p for f in args.exclude_file for p in read_exclude_file(f)],
+        iexcludes=list(args.iexclude) + [p for f in args.iexclude_file for p in read_exclude_file(f)],
         exclude_caches=args.exclude_caches,
+        exclude_if_present=[TagFile.parse(spec) for spec in args.exclude_if_present],
+        exclude_larger_than=parse_size(args.exclude_larger_than) if args.exclude_larger_than is not None else None,
+        dry_run=args.dry_run,
         one_file_system=args.one_file_system,
         tags=[t for tag in args.tag for t in tag.split(",") if t],
         parent=args.parent,
@@ -52,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stdin and args.stdin_from_command:
         raise UsageError("--stdin and --stdin-from-command cannot be combined")
     if not (args.stdin or args.stdin_from_command) and not opts.paths:
+        if args.files_from or args.files_from_verbatim or args.files_from_raw:
+            raise UsageError("nothing to back up: the --files-from lists name no path")
         raise UsageError("nothing to back up: give at least one path (or --stdin)")
     progress = Progress(not args.quiet and not args.json)
 
@@ -60,15 +123,20 @@ def run(args: argparse.Namespace) -> int:
             return
         progress.show(
             f"{stats.files_new + stats.files_changed + stats.files_unchanged} files, "
-            f"{human_size(stats.bytes_read)} read, {human_size(stats_added(stats))} added  {path}"
+            f"{human_size(stats.bytes_read)} read, {human_size(archiver.added_bytes)} added  {path}"
         )
 
+    def item(action: str, path: bytes, node: Node) -> None:
+        progress.done()  # the status line is drawn again at the next file
+        if args.json:
+            size = node.size if node.type == FILE else None
+            print_json({"message_type": "verbose_status", "action": action, **json_name("item", path), "size": size})
+        else:
+            shown = escape(path) + ("/" if node.type == DIR else "")
+            print(f"{action:<9} {shown}")
+
     with open_repository(args, lock="shared") as repo:
-
-        def stats_added(_s: BackupStats) -> int:
-            return repo.stats_added_bytes
-
-        archiver = Archiver(repo, opts, report if progress.enabled else None)
+        archiver = Archiver(repo, opts, report if progress.enabled else None, item if args.verbose else None)
         if args.stdin_from_command:
             if not opts.paths:
                 raise UsageError("--stdin-from-command needs a command after --")
@@ -89,20 +157,29 @@ def run(args: argparse.Namespace) -> int:
         err(f"warning: {msg}")
     for path in stats.changed_during_read:
         err(f"warning: {path}: file changed while reading (saved as read)")
+    parent = archiver.parent_id
     if args.json:
         print_json(
             {
                 "message_type": "summary",
                 **stats.as_dict(),
                 "changed_during_backup": stats.changed_during_read,
+                "skipped_paths": [{"path": path, "error": msg} for path, msg in stats.skipped],
+                "parent": parent,
+                "dry_run": args.dry_run,
                 "snapshot_id": snap_id,
                 **({"object_lock": locked.as_dict()} if locked is not None else {}),
             }
         )
     elif not args.quiet:
+        if not (args.stdin or args.stdin_from_command):
+            print(f"using parent snapshot {parent[:8]}" if parent else "no parent snapshot: every file was read")
         print(f"Files:  {stats.files_new:6} new, {stats.files_changed:6} changed, {stats.files_unchanged:6} unmodified")
         print(f"Dirs:   {stats.dirs_new:6} new, {stats.dirs_changed:6} changed, {stats.dirs_unchanged:6} unmodified")
-        print(f"Added to the repository: {human_size(stats.data_added)}")
+        if args.dry_run:
+            print(f"Would add to the repository: {human_size(stats.data_added)} (before compression)")
+        else:
+            print(f"Added to the repository: {human_size(stats.data_added)}")
         print(
             f"processed {stats.total_files} files, {human_size(stats.total_bytes)} in {stats.duration:.2f}s "
             f"({human_size(stats.bytes_read)} read)"
@@ -114,14 +191,26 @@ def run(args: argparse.Namespace) -> int:
                 f"Object Lock: the {locked.files} files it needs stay undeletable until {format_time(promise)} "
                 f"or later ({locked.extended} extended, {locked.checked} dates read)"
             )
-        print(f"snapshot {snap_id[:8]} saved")
+        print(f"snapshot {snap_id[:8]} saved" if snap_id else "dry run: nothing was saved")
     if stats.skipped:
-        err(f"Warning: {len(stats.skipped)} files could not be read and are missing from snapshot {snap_id[:8]}")
+        where = f"snapshot {snap_id[:8]}" if snap_id else "the snapshot (dry run)"
+        err(f"Warning: {len(stats.skipped)} files could not be read and are missing from {where}")
         return EXIT_SKIPPED
     return 0
 
 
-def _backup_command(archiver: Archiver, command: list[str], name: str) -> tuple[str, Snapshot]:
+def _read_list(name: str, kind: ListKind) -> bytes:
+    """A --files-from list: a file, or standard input for `-`."""
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read --{kind.value} {name}: {exc.strerror}") from exc
+
+
+def _backup_command(archiver: Archiver, command: list[str], name: str) -> tuple[str | None, Snapshot]:
     """Streams a command's stdout; if the command fails, no snapshot is written."""
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE)

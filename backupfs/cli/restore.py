@@ -3,21 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from backupfs.cli._common import Progress, err, human_size, open_repository, print_json
-from backupfs.errors import IntegrityError, UsageError
-from backupfs.format.tree import DIR
-from backupfs.ops.restore import Restorer, RestoreStats
+from backupfs.cli._quote import escape, json_name
+from backupfs.errors import BackupfsError, IntegrityError, UsageError
+from backupfs.format.tree import DIR, FILE, Node
+from backupfs.ops.restore import Overwrite, Restorer, RestoreStats
 from backupfs.ops.treeview import lookup
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("restore", help="restore a snapshot into a directory")
+    p = sub.add_parser(
+        "restore",
+        help="restore a snapshot into a directory",
+        description="Writes a snapshot (or SNAP:PATH, a folder of it) into DIR, which may hold files already "
+        "(see --overwrite). Never writes outside DIR. Exit code 4: the snapshot's data is damaged; "
+        "1: something in the target could not be written.",
+        epilog="patterns: see docs/usage.md (a later !PATTERN takes back what an earlier one matched)",
+    )
     p.add_argument("snapshot", help="snapshot id, prefix or 'latest'; SNAP:PATH restores a sub-folder")
-    p.add_argument("-t", "--target", required=True, help="directory to restore into")
-    p.add_argument("-i", "--include", action="append", default=[], metavar="PATTERN", help="restore only these")
-    p.add_argument("-e", "--exclude", action="append", default=[], metavar="PATTERN", help="skip these")
+    p.add_argument("-t", "--target", required=True, metavar="DIR", help="directory to restore into")
+    p.add_argument(
+        "-i", "--include", action="append", default=[], metavar="PATTERN", help="restore only what matches (repeatable)"
+    )
+    p.add_argument(
+        "-e", "--exclude", action="append", default=[], metavar="PATTERN", help="leave out what matches (repeatable)"
+    )
+    p.add_argument(
+        "--overwrite",
+        choices=[o.value for o in Overwrite],
+        default=Overwrite.ALWAYS.value,
+        help="for files already in DIR: always (default: replace those whose content differs, read to compare), "
+        "if-changed (trust size and modification time), if-newer (only if the snapshot's is newer), never",
+    )
+    p.add_argument(
+        "--delete",
+        action="store_true",
+        help="remove what restored folders hold that the snapshot does not (excluded names are kept); "
+        "try with --dry-run -v first",
+    )
+    p.add_argument("-n", "--dry-run", action="store_true", help="write nothing: say what would be done")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="list each entry as added, updated, unchanged or deleted"
+    )
     p.add_argument("--verify", action="store_true", help="read restored files back and check their content")
     p.set_defaults(func=run)
 
@@ -26,6 +56,17 @@ def run(args: argparse.Namespace) -> int:
     ref, _, sub = args.snapshot.partition(":")
     progress = Progress(not args.quiet and not args.json)
     start = time.monotonic()
+    target = os.path.abspath(args.target)
+
+    def item(action: str, path: bytes, node: Node | None) -> None:
+        progress.done()  # the status line is drawn again at the next file
+        if args.json:
+            size = node.size if node is not None and node.type == FILE else None
+            print_json({"message_type": "verbose_status", "action": action, **json_name("item", path), "size": size})
+        else:
+            shown = escape(path or b"/") + ("/" if node is not None and node.type == DIR else "")
+            print(f"{action:<9} {shown}", flush=True)
+
     with open_repository(args, lock="shared") as repo:
         sid, snap = repo.find_snapshot(ref)
         tree = snap.tree
@@ -42,14 +83,19 @@ def run(args: argparse.Namespace) -> int:
         restorer = Restorer(
             repo,
             tree,
-            args.target,
+            target,
             includes=args.include,
             excludes=args.exclude,
             verify=args.verify,
+            overwrite=Overwrite(args.overwrite),
+            delete=args.delete,
+            dry_run=args.dry_run,
             progress=report if progress.enabled else None,
+            on_action=item if args.verbose else None,
         )
         if not args.json and not args.quiet:
-            err(f"restoring snapshot {sid[:8]} of {', '.join(snap.paths)} to {args.target}")
+            what = "would restore" if args.dry_run else "restoring"
+            err(f"{what} snapshot {sid[:8]} of {', '.join(snap.paths)} to {target}")
         stats = restorer.run()
     progress.done()
     for w in stats.warnings:
@@ -65,14 +111,26 @@ def run(args: argparse.Namespace) -> int:
                 "dirs_restored": stats.dirs,
                 "bytes_restored": stats.bytes_written,
                 "files_verified": stats.verified_files,
+                "added": stats.added,
+                "updated": stats.updated,
+                "unchanged": stats.unchanged,
+                "deleted": stats.deleted,
+                "dry_run": args.dry_run,
                 "errors": len(stats.errors),
                 "duration_seconds": round(elapsed, 3),
             }
         )
     elif not args.quiet:
-        print(f"restored {stats.files} files, {stats.dirs} dirs, {human_size(stats.bytes_written)} in {elapsed:.2f}s")
+        verb = "would restore" if args.dry_run else "restored"
+        print(f"{verb} {stats.files} files, {stats.dirs} dirs, {human_size(stats.bytes_written)} in {elapsed:.2f}s")
+        print(
+            f"entries: {stats.added} added, {stats.updated} updated, {stats.unchanged} unchanged, "
+            f"{stats.deleted} deleted{' (dry run: nothing written)' if args.dry_run else ''}"
+        )
         if args.verify:
             print(f"verified {stats.verified_files} files")
-    if stats.errors:
+    if stats.integrity_errors:
         raise IntegrityError(f"restore finished with {len(stats.errors)} errors")
+    if stats.errors:
+        raise BackupfsError(f"restore finished with {len(stats.errors)} errors")
     return 0

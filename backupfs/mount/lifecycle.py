@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 
+from backupfs.format.tree import Node
 from backupfs.malloc_arenas import cap_malloc_arenas
 from backupfs.mount import fuse
 from backupfs.mount.api import VfsOptions
@@ -31,6 +32,7 @@ class MountOptions:
     allow_other: bool = False
     readahead_kb: int = 4096  # per-mount kernel read-ahead; measured +60% on sequential reads
     vfs: VfsOptions = dataclasses.field(default_factory=VfsOptions)
+    root: Node | None = None  # one snapshot's folder at the root (`mount MNT SNAP`), not the layout
 
 
 def run(
@@ -83,7 +85,14 @@ async def _main(
     on_ready: Callable[[], None] | None,
     load_index: Callable[[], set[str]] | None,
 ) -> None:
-    vfs = Vfs(repo, options.vfs, invalidate=fuse.invalidate_entry, store=fuse.store_pages, load_index=load_index)
+    vfs = Vfs(
+        repo,
+        options.vfs,
+        invalidate=fuse.invalidate_entry,
+        store=fuse.store_pages,
+        load_index=load_index,
+        root=options.root,
+    )
     connected = trio.Event()
     ops = fuse.Operations(vfs, enable_acl=options.allow_other, on_init=connected.set)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:

@@ -4,6 +4,9 @@ The walker thread lists directories and decides per file; file jobs run on a thr
 heavy library releases the GIL, so two workers keep two cores busy); packs upload on the packer's
 own threads. Unchanged files (same inode, size, mtime, ctime as in the parent snapshot) are not
 read again.
+
+With `dry_run`, everything is read, chunked and hashed as usual but nothing is written: blob ids
+are looked up in the index to count what the backup would add (before compression).
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from pyfastcdc import BinaryStreamReader, FastCDC
 
 from backupfs import __version__
 from backupfs.errors import BackupfsError, IntegrityError
-from backupfs.format.pack import DATA
+from backupfs.format.pack import DATA, TREE
 from backupfs.format.snapshot import Snapshot
-from backupfs.format.tree import DIR, FILE, Node
+from backupfs.format.tree import DIR, FILE, Node, encode_tree
 from backupfs.ops import fsmeta
 from backupfs.ops.dirfds import DIR_FLAGS, DirChain, open_dir
-from backupfs.ops.excludes import Excluder, is_cache_dir
+from backupfs.ops.excludes import CACHEDIR, Excluder, TagFile
 from backupfs.repository.repo import Repository
 
 # A file up to this size is read whole and cut in memory, in the file's own thread; a larger one
@@ -44,7 +47,11 @@ MAX_PENDING_FILES = 64  # files handed to the pool and not yet read (each holds 
 class BackupOptions:
     paths: list[str]
     excludes: list[str] = dataclasses.field(default_factory=list)
+    iexcludes: list[str] = dataclasses.field(default_factory=list)  # matched ignoring case
     exclude_caches: bool = False
+    exclude_if_present: list[TagFile] = dataclasses.field(default_factory=list)
+    exclude_larger_than: int | None = None  # bytes: larger regular files are left out
+    dry_run: bool = False  # read and hash everything, write nothing
     one_file_system: bool = False
     tags: list[str] = dataclasses.field(default_factory=list)
     host: str = dataclasses.field(default_factory=socket.gethostname)
@@ -52,6 +59,13 @@ class BackupOptions:
     force: bool = False  # read every file even if unchanged
     workers: int = max(2, min(4, (os.cpu_count() or 2)))
     time_ns: int | None = None
+
+
+# Told of each entry saved, once its folder is done (folders after their contents): the action
+# (`new`, `modified` or `unchanged` against the parent snapshot), its absolute path, its node.
+ItemSink = Callable[[str, bytes, Node], None]
+
+NEW, MODIFIED, UNCHANGED = "new", "modified", "unchanged"
 
 
 @dataclasses.dataclass
@@ -143,12 +157,18 @@ class Archiver:
         repo: Repository,
         options: BackupOptions,
         progress: Callable[[BackupStats, str], None] | None = None,
+        on_item: ItemSink | None = None,
     ) -> None:
         self.repo = repo
         self.opts = options
         self.stats = BackupStats()
+        self.parent_id: str | None = None  # the parent snapshot used, once `run` has chosen it
         self._progress = progress
-        self._excluder = Excluder(options.excludes)
+        self._on_item = on_item
+        self._excluder = Excluder(options.excludes, options.iexcludes)
+        self._tags = [*options.exclude_if_present, *([CACHEDIR] if options.exclude_caches else [])]
+        self._dry = _DryRun(repo) if options.dry_run else None
+        self._save_blob = self._dry.save_blob if self._dry is not None else repo.save_blob
         self._chunker = repo.chunker()
         self._tls = threading.local()
         self._pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bfs-file")
@@ -161,20 +181,33 @@ class Archiver:
 
     # ---------------------------------------------------------------- entry points
 
-    def run(self) -> tuple[str, Snapshot]:
+    @property
+    def added_bytes(self) -> int:
+        """Stored bytes added so far (with `dry_run`: bytes it would add, before compression)."""
+        return self._dry.added if self._dry is not None else self.repo.stats_added_bytes
+
+    def run(self) -> tuple[str | None, Snapshot]:
+        """The snapshot's id (None with `dry_run`: nothing saved) and the snapshot. Paths that do
+        not exist are skipped (listed in `stats.skipped`), as restic does; if none exists, nothing
+        is saved."""
         start = time.monotonic()
         paths = self._normalise_paths(self.opts.paths)
-        self.repo.index_leftover_packs()
+        if not self.opts.dry_run:
+            self.repo.index_leftover_packs()
         parent_id, parent_tree = self._find_parent(paths)
+        self.parent_id = parent_id
         try:
             root_tree = self._build_root(paths, parent_tree)
-            self.repo.flush()
+            if not self.opts.dry_run:
+                self.repo.flush()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._blob_pool.shutdown(wait=True, cancel_futures=True)
         return self._save_snapshot(root_tree, paths, parent_id, start)
 
-    def run_stream(self, name: str, stream: IO[bytes], check: Callable[[], None] | None = None) -> tuple[str, Snapshot]:
+    def run_stream(
+        self, name: str, stream: IO[bytes], check: Callable[[], None] | None = None
+    ) -> tuple[str | None, Snapshot]:
         """Backs up one stream as /NAME; `check` raises (and no snapshot is saved) if the source failed."""
         start = time.monotonic()
         if not name or "/" in name.strip("/") or name in (".", ".."):
@@ -198,16 +231,21 @@ class Archiver:
             content=content,
         )
         self.stats.add(files_new=1, total_files=1, total_bytes=size)
+        if self._on_item is not None:
+            self._on_item(NEW, b"/" + node.name, node)
         root = self._save_tree([node])
-        self.repo.flush()
+        if not self.opts.dry_run:
+            self.repo.flush()
         self._pool.shutdown(wait=True)
         self._blob_pool.shutdown(wait=True)
         return self._save_snapshot(root, ["/" + name], None, start)
 
     # ---------------------------------------------------------------- snapshot
 
-    def _save_snapshot(self, root: bytes, paths: list[str], parent: str | None, start: float) -> tuple[str, Snapshot]:
-        self.stats.data_added = self.repo.stats_added_bytes
+    def _save_snapshot(
+        self, root: bytes, paths: list[str], parent: str | None, start: float
+    ) -> tuple[str | None, Snapshot]:
+        self.stats.data_added = self.added_bytes
         self.stats.duration = time.monotonic() - start
         snap = Snapshot(
             time_ns=self.opts.time_ns or time.time_ns(),
@@ -223,6 +261,8 @@ class Archiver:
             summary=self.stats.as_dict(),
             program=f"backupfs {__version__}",
         )
+        if self.opts.dry_run:
+            return None, snap
         return self.repo.save_snapshot(snap), snap
 
     def _normalise_paths(self, paths: list[str]) -> list[str]:
@@ -231,15 +271,22 @@ class Archiver:
         The folders leading to a path are stored as directories in the snapshot; a symlink among
         them (`/home/me/data -> /srv/data`, then backing up `/home/me/data/docs`) was stored as a
         symlink node carrying a subtree, which ls and restore do not enter: the data was saved but
-        unreachable. A path that is itself a symlink is still saved as the symlink.
+        unreachable. A path that is itself a symlink is still saved as the symlink. One that
+        cannot be found is skipped and the others are backed up; if none is left, nothing is.
         """
         out = []
         for p in paths:
             parent, leaf = os.path.split(os.path.abspath(p))
             ap = os.path.join(os.path.realpath(parent), leaf) if leaf else parent
-            if not os.path.lexists(ap):
-                raise BackupfsError(f"{p}: no such file or directory")
+            try:
+                os.lstat(ap)
+            except OSError as exc:
+                self._skip(os.fsencode(p), exc)
+                continue
             out.append(ap)
+        if not out:
+            missing = "; ".join(f"{p}: {msg}" for p, msg in self.stats.skipped)
+            raise BackupfsError(f"nothing to back up: {missing}")
         # a path inside another one is already covered
         out = sorted(set(out))
         return [p for p in out if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in out)]
@@ -311,7 +358,7 @@ class Archiver:
                     if sub is not None:
                         dirs.append(sub)
                     continue
-                tree_id = self._finish(d)
+                tree_id = self._finish(d, bytes(buf[: d.path_len]))
                 dirs.pop()
                 if not dirs:
                     return tree_id
@@ -365,12 +412,13 @@ class Archiver:
         except OSError as exc:
             self._skip(path, exc)
             names = []
-        if self.opts.exclude_caches and is_cache_dir(fd):
-            names = [n for n in names if n == b"CACHEDIR.TAG"]
+        present = [tag for tag in self._tags if tag.present(fd)]
+        if present:  # each tag keeps only itself (two tags keep nothing: restic's rule)
+            names = [n for n in names if all(n == tag.name for tag in present)]
         return _Dir(node, pnode, self._parent_children(parent_tree), names, path_len)
 
-    def _finish(self, d: _Dir) -> bytes:
-        """A folder's tree, once every entry is saved."""
+    def _finish(self, d: _Dir, path: bytes) -> bytes:
+        """A folder's tree, once every entry is saved (`path` is the folder's)."""
         nodes = []
         for item in d.pending:
             node = item.result() if isinstance(item, Future) else item
@@ -378,13 +426,22 @@ class Archiver:
                 nodes.append(node)
         tree_id = self._save_tree(nodes)
         if d.plan is not None:
-            pass  # a folder on the way to a backed-up path is not counted
-        elif d.pnode is not None and d.pnode.subtree == tree_id:
+            return tree_id  # a folder on the way to a backed-up path is not counted
+        if d.pnode is not None and d.pnode.subtree == tree_id:
             self.stats.add(dirs_unchanged=1)
+            action = UNCHANGED
         elif d.pnode is not None:
             self.stats.add(dirs_changed=1)
+            action = MODIFIED
         else:
             self.stats.add(dirs_new=1)
+            action = NEW
+        if self._on_item is not None:
+            for node in nodes:
+                if node.type != DIR:  # a folder is told of by its own `_finish`
+                    self._on_item(_action(node, d.parent_nodes.get(node.name)), path + b"/" + node.name, node)
+            if d.node is not None:
+                self._on_item(action, path, d.node)
         return tree_id
 
     def _parent_children(self, tree_id: bytes | None) -> dict[bytes, Node]:
@@ -421,11 +478,13 @@ class Archiver:
                 chain.push(name, open_dir(chain.fd, name))
             except OSError as exc:  # saved as an empty folder, as one whose listing fails
                 self._skip(path, exc)
-                node.subtree = self._finish(_Dir(node, pnode, {}, [], len(path)))
+                node.subtree = self._finish(_Dir(node, pnode, {}, [], len(path)), path)
                 return None
             return self._listed(chain.fd, path, len(path), node, ptree, pnode)
         if node.type != FILE:
             d.pending.append(node)
+            return None
+        if self.opts.exclude_larger_than is not None and st.st_size > self.opts.exclude_larger_than:
             return None
         if self._unchanged(node, pnode):
             assert pnode is not None
@@ -483,7 +542,7 @@ class Archiver:
         return node
 
     def _save_tree(self, nodes: list[Node]) -> bytes:
-        tree_id = self.repo.save_tree(nodes)
+        tree_id = self._save_blob(TREE, encode_tree(nodes))[0]
         self.stats.add(tree_blobs=1)
         return tree_id
 
@@ -560,7 +619,7 @@ class Archiver:
                 return self._save_chunks(reader, 0, content, inline=False)
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         for view, off in _with_offsets(self._chunker.cut(data)):
-            content.append((off, self.repo.save_blob(DATA, view)[0]))
+            content.append((off, self._save_blob(DATA, view)[0]))
         self.stats.add(bytes_read=len(data))
         return len(data)
 
@@ -593,15 +652,15 @@ class Archiver:
         blob pool with a bounded window, so one large file keeps every core busy. Small files skip
         the hand-off (its cost is comparable to their work)."""
         total = 0
-        repo = self.repo
+        save = self._save_blob
         window: deque[tuple[int, Future[tuple[bytes, int]]]] = deque()
         try:
             for chunk in self._cdc().cut_stream(reader):
                 data = bytes(chunk.data)
                 if inline:
-                    content.append((base + total, repo.save_blob(DATA, data)[0]))
+                    content.append((base + total, save(DATA, data)[0]))
                 else:
-                    window.append((base + total, self._blob_pool.submit(repo.save_blob, DATA, data)))
+                    window.append((base + total, self._blob_pool.submit(save, DATA, data)))
                     if len(window) >= self._window:
                         off, fut = window.popleft()
                         content.append((off, fut.result()[0]))
@@ -625,6 +684,43 @@ class Archiver:
     def _report(self, path: bytes) -> None:
         if self._progress is not None:
             self._progress(self.stats, os.fsdecode(path))
+
+
+def _action(node: Node, pnode: Node | None) -> str:
+    """What a backup did to a non-folder entry, against its entry in the parent snapshot."""
+    if pnode is None:
+        return NEW
+    if node.type == FILE and pnode.type == FILE:
+        # `_add` hands an unchanged file its parent's very content list: it was not read again
+        return UNCHANGED if node.content is pnode.content else MODIFIED
+    same = (node.type, node.link_target, node.rdev, node.mode, node.uid, node.gid, node.mtime_ns, node.xattrs) == (
+        pnode.type, pnode.link_target, pnode.rdev, pnode.mode, pnode.uid, pnode.gid, pnode.mtime_ns, pnode.xattrs
+    )  # fmt: skip
+    return UNCHANGED if same else MODIFIED
+
+
+class _DryRun:
+    """Stands in for `Repository.save_blob` in a dry run: ids are computed and looked up, and
+    what is new is counted (before compression), never stored."""
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+        self._new: set[bytes] = set()
+        self._lock = threading.Lock()
+        self.added = 0
+
+    def save_blob(self, btype: int, data: bytes | memoryview) -> tuple[bytes, int]:
+        if len(data) > self._repo.max_blob_size(btype):  # as a real backup would fail
+            raise BackupfsError(f"a blob of {len(data)} bytes exceeds what this repository allows (design.md 9)")
+        blob_id = self._repo.blob_id(data)
+        if self._repo.has_blob(blob_id):
+            return blob_id, 0
+        with self._lock:
+            if blob_id in self._new:
+                return blob_id, 0
+            self._new.add(blob_id)
+            self.added += len(data)
+        return blob_id, len(data)
 
 
 def _with_offsets(views: Iterator[memoryview]) -> Iterator[tuple[memoryview, int]]:
