@@ -21,6 +21,7 @@ import pytest
 import zstandard
 
 from backupfs import compress as comp
+from backupfs import crypto
 from backupfs.backends.base import FileType
 from backupfs.backends.memory import MemoryBackend
 from backupfs.chunker import Chunker
@@ -283,6 +284,7 @@ def test_tree_round_trip_every_field() -> None:
             nlink=2,
             xattrs=[(b"user.a", b"\x00\xff"), (b"system.posix_acl_access", b"acl")],
             content=[(0, b"i" * 32), (1 << 20, b"j" * 32)],
+            file_hash=b"h" * 32,
         ),
         _node(b"a", type=tree_fmt.DIR, subtree=b"s" * 32),
         _node(b"L" * 255, type=tree_fmt.SYMLINK, link_target=b"/t\xe9"),
@@ -293,6 +295,32 @@ def test_tree_round_trip_every_field() -> None:
     assert decoded == sorted(nodes, key=lambda n: n.name)
     # entry order does not change the blob (equal directories deduplicate)
     assert tree_fmt.encode_tree(nodes) == tree_fmt.encode_tree(list(reversed(nodes)))
+
+
+def test_tree_readers_ignore_keys_they_do_not_know() -> None:
+    """What keeps the format at version 1 when a node gains an optional key (`fh` did, design.md 9):
+    both decoders take the keys they know and drop the others, in either decoding path."""
+    entry = {"n": b"f", "t": "f", "m": 0o644, "s": 3, "c": [[0, b"i" * 32]], "fh": b"h" * 32, "zz-future": [1]}
+    blob = msgpack.packb({"v": 1, "entries": [entry]}, use_bin_type=True)
+    for nodes in (tree_fmt.decode_tree(blob), tree_fmt.read_listing(blob)):
+        assert [(n.name, n.size, n.file_hash) for n in nodes] == [(b"f", 3, b"h" * 32)]
+    assert not tree_fmt.read_listing(blob).problems
+    without = {k: v for k, v in entry.items() if k != "zz-future"}
+    assert tree_fmt.decode_tree(msgpack.packb({"v": 1, "entries": [without]}, use_bin_type=True))[0].file_hash
+
+
+def test_file_hash_is_keyed_distinct_from_blob_ids_and_counts_holes_as_zeros() -> None:
+    master = MasterKey.generate()
+    key = master.file_hash_key()
+    data = os.urandom(3000)
+    assert crypto.file_hash(key, data) != IdHasher(master.id)(data)
+    assert crypto.file_hash(key, data) != crypto.file_hash(MasterKey.generate().file_hash_key(), data)
+    hasher = crypto.ContentHasher(key)
+    hasher.update(data[:1000])
+    hasher.zeros_to(5000 + (2 << 20))  # a hole of more than one zero buffer
+    hasher.update(data[1000:])
+    assert hasher.size == 5000 + (2 << 20) + 2000
+    assert hasher.digest() == crypto.file_hash(key, data[:1000] + bytes(4000 + (2 << 20)) + data[1000:])
 
 
 @pytest.mark.parametrize("name", [b"", b".", b"..", b"../x", b"a/b", b"/", b"nul\0"])
