@@ -34,6 +34,7 @@ from backupfs.format import lock as lock_fmt
 from backupfs.format import pack as pack_fmt
 from backupfs.format import snapshot as snapshot_fmt
 from backupfs.format import tree as tree_fmt
+from backupfs.format import verifyrecord as verify_fmt
 from backupfs.format.pack import DATA, TREE, PackEntry, blob_aad
 from backupfs.prune.table import BlobTable
 from backupfs.repository.masterindex import MasterIndex
@@ -345,6 +346,7 @@ def _decoders() -> dict[str, Callable[[bytes], object]]:
         "key meta": keyfile_fmt.decode_meta,
         "config header": config_fmt.ConfigHeader.decode,
         "config body": config_fmt.ConfigBody.decode,
+        "verify record": verify_fmt.VerifyRecord.decode,
     }
 
 
@@ -370,7 +372,25 @@ def _valid_encodings() -> dict[str, bytes]:
         "key meta": keyfile_fmt.encode_meta("h", "u", 5),
         "config header": config_fmt.ConfigHeader(b"i" * 32, XCHACHA, b"body").encode(),
         "config body": config_fmt.ConfigBody((1, 2, 3), 1 << 24, "lz4").encode(),
+        "verify record": _record().encode(),
     }
+
+
+def _record() -> verify_fmt.VerifyRecord:
+    return verify_fmt.VerifyRecord(
+        1, 2, "h", "u", "backupfs 1", verify_fmt.RESTORE, 7, False, 3, 4000, 1,
+        [verify_fmt.SnapshotTally(b"s" * 32, 3, 4000, 1)], [b"p" * 32], ["/a: differs"],
+    )  # fmt: skip
+
+
+def test_verify_record_round_trip_and_bounded_problems() -> None:
+    record = _record()
+    assert verify_fmt.VerifyRecord.decode(record.encode()) == record
+    record.problems = [f"/f{i}: differs" for i in range(150)]
+    assert len(verify_fmt.VerifyRecord.decode(record.encode()).problems) == verify_fmt.MAX_PROBLEMS
+    other = msgpack.unpackb(record.encode())
+    other["later"] = 1  # a key added later: ignored
+    assert verify_fmt.VerifyRecord.decode(msgpack.packb(other)).seed == 7
 
 
 def _mutations(obj: Any) -> list[Any]:
