@@ -379,14 +379,14 @@ def _valid_encodings() -> dict[str, bytes]:
 def _record() -> verify_fmt.VerifyRecord:
     return verify_fmt.VerifyRecord(
         1, 2, "h", "u", "backupfs 1", verify_fmt.RESTORE, 7, False, 3, 4000, 1,
-        [verify_fmt.SnapshotTally(b"s" * 32, 3, 4000, 1)], [b"p" * 32], ["/a: differs"],
+        [verify_fmt.SnapshotTally(b"s" * 32, 3, 4000, 1)], [b"p" * 32], [b"/a\xff: differs"],
     )  # fmt: skip
 
 
 def test_verify_record_round_trip_and_bounded_problems() -> None:
     record = _record()
     assert verify_fmt.VerifyRecord.decode(record.encode()) == record
-    record.problems = [f"/f{i}: differs" for i in range(150)]
+    record.problems = [b"/f%d: differs" % i for i in range(150)]
     assert len(verify_fmt.VerifyRecord.decode(record.encode()).problems) == verify_fmt.MAX_PROBLEMS
     other = msgpack.unpackb(record.encode())
     other["later"] = 1  # a key added later: ignored

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("backupfs.cli.restore", "restore a snapshot into a directory"),
     "mount": ("backupfs.cli.mount", "mount the repository as a read-only filesystem"),
     "check": ("backupfs.cli.check", "check the repository for errors"),
+    "verify": ("backupfs.cli.verify", "restore a sample of files and check them (a restore drill)"),
     "forget": ("backupfs.cli.forget", "remove snapshots, by id or by a retention policy"),
     "prune": ("backupfs.cli.prune", "remove data that no snapshot uses"),
     "copy": ("backupfs.cli.copy", "copy snapshots from another repository into this one"),

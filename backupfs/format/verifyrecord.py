@@ -40,7 +40,8 @@ class VerifyRecord:
     failed: int
     snapshots: list[SnapshotTally] = dataclasses.field(default_factory=list)
     packs: list[bytes] = dataclasses.field(default_factory=list)
-    problems: list[str] = dataclasses.field(default_factory=list)
+    # one line each; UTF-8 text, but a stored name in it keeps its exact bytes (it may not be UTF-8)
+    problems: list[bytes] = dataclasses.field(default_factory=list)
 
     def encode(self) -> bytes:
         return pack(
@@ -84,7 +85,7 @@ class VerifyRecord:
         if not all(_is_id(p) for p in packs):
             raise IntegrityError(f"{what}: malformed pack id")
         problems = field(obj, "problems", list, what)
-        if not all(isinstance(p, str) for p in problems):
+        if not all(isinstance(p, bytes) for p in problems):
             raise IntegrityError(f"{what}: malformed problems")
         return cls(
             start_ns=ints["start"],
