@@ -146,6 +146,7 @@ class RestoreSource:
         self._run = 0
         self._roots: dict[str, str] = {}
         self._warnings: dict[tuple[str, bytes], list[str]] = {}
+        self._opener = _Opener()
 
     def fetch(self, batch: Sequence[Sample]) -> dict[int, str]:
         self._run += 1
@@ -181,12 +182,13 @@ class RestoreSource:
 
     def open(self, sample: Sample) -> tuple[int, str]:
         root = self._roots[sample.sid]
-        return _open_below(root, sample.path), root + os.fsdecode(sample.path)
+        return self._opener.open(root, sample.path), root + os.fsdecode(sample.path)
 
     def warnings_of(self, sample: Sample) -> list[str]:
         return self._warnings.get((sample.sid, sample.path), [])
 
     def release(self) -> None:
+        self._opener.close()
         remove_tree(os.path.join(self._scratch, str(self._run)))
         self._roots.clear()
         self._warnings.clear()
@@ -197,19 +199,20 @@ class FolderSource:
 
     def __init__(self, root_of: Callable[[str], str]) -> None:
         self._root_of = root_of
+        self._opener = _Opener()
 
     def fetch(self, batch: Sequence[Sample]) -> dict[int, str]:
         return {}
 
     def open(self, sample: Sample) -> tuple[int, str]:
         root = self._root_of(sample.sid)
-        return _open_below(root, sample.path), root + os.fsdecode(sample.path)
+        return self._opener.open(root, sample.path), root + os.fsdecode(sample.path)
 
     def warnings_of(self, sample: Sample) -> list[str]:
         return []
 
     def release(self) -> None:
-        pass
+        self._opener.close()
 
 
 class Drill:
@@ -226,6 +229,7 @@ class Drill:
         self._progress = progress
         self._key = repo.master.file_hash_key()
         self._owners = options.method != RESTORE or os.geteuid() == 0  # restore sets owners as root only
+        self._sources = _Opener()  # the live files, for --compare-source
 
     def run(self, plan: Plan, source: FileSource) -> DrillResult:
         result = DrillResult(plan.seed, self.opts.method, time.time_ns())
@@ -259,6 +263,7 @@ class Drill:
                         )
             finally:
                 source.release()
+        self._sources.close()
         result.packs |= plan.tree_packs
         result.end_ns = time.time_ns()
         return result
@@ -387,7 +392,7 @@ class Drill:
     def _compare_source(self, sample: Sample, digest: bytes, result: DrillResult) -> list[str]:
         """The live file, where it has the size and mtime it had at the backup."""
         try:
-            fd = _open_below("/", sample.path)
+            fd = self._sources.open("/", sample.path)
         except OSError:  # gone, or a folder on its way is not one any more
             result.sources_changed += 1
             return []
@@ -424,16 +429,24 @@ class Drill:
 
 
 def _batches(samples: Sequence[Sample]) -> Iterator[list[Sample]]:
+    """The sample in its order, cut into batches; each batch in path order, which is listing
+    order within a folder: a mount prefetches the next files of a folder read that way (3,000
+    small files and one of 512 MiB through a mount, on a loaded machine: 55 s in draw order, 39 s
+    in path order)."""
     batch: list[Sample] = []
     size = 0
     for sample in samples:
         if batch and (len(batch) >= BATCH_FILES or size + sample.node.size > BATCH_BYTES):
-            yield batch
+            yield sorted(batch, key=_place)
             batch, size = [], 0
         batch.append(sample)
         size += sample.node.size
     if batch:
-        yield batch
+        yield sorted(batch, key=_place)
+
+
+def _place(sample: Sample) -> tuple[str, bytes]:
+    return sample.sid, sample.path
 
 
 def _names(message: str, path: bytes) -> bool:
@@ -456,19 +469,32 @@ def _without(message: str, path: bytes) -> str:
     return message.removeprefix(os.fsdecode(path) + ": ")
 
 
-def _open_below(root: str, path: bytes) -> int:
-    """`path` (from a snapshot's root) below the folder `root`, one name at a time: no symlink is
-    followed and no path is longer than a name (deep folders pass PATH_MAX)."""
-    *folder, name = path.split(b"/")[1:]
-    root_fd = os.open(root, DIR_FLAGS)
-    try:
-        dir_fd = open_beneath(root_fd, folder)
-    finally:
-        os.close(root_fd)
-    try:
-        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
+class _Opener:
+    """Opens `path` (from a snapshot's root) below a folder one name at a time, so that no symlink
+    is followed and no path is longer than a name (deep folders pass PATH_MAX). The last folder
+    stays open: files come in path order, and each folder opened through a mount costs two
+    requests (the same drill as in `_batches`: 39 -> 18-27 s, CPU 11 -> 6 s)."""
+
+    def __init__(self) -> None:
+        self._folder: tuple[str, bytes] | None = None
+        self._fd = -1
+
+    def open(self, root: str, path: bytes) -> int:
+        folder, _slash, name = path.rpartition(b"/")
+        if self._folder != (root, folder):
+            self.close()
+            root_fd = os.open(root, DIR_FLAGS)
+            try:
+                self._fd = open_beneath(root_fd, folder.split(b"/")[1:])
+            finally:
+                os.close(root_fd)
+            self._folder = (root, folder)
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._folder = -1, None
 
 
 def _zeros(fd: int, hasher: ContentHasher, upto: int) -> bool:
