@@ -11,7 +11,8 @@ apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv)
 pip_extra=""
 if [[ "${1:-}" == "--test" ]]; then
     # ceph-*, radosgw: a single-node Ceph cluster with its S3 gateway (tools/ceph_rgw.py)
-    apt_pkgs+=(rsync acl attr restic borgbackup python3-llfuse openssh-server openssh-client
+    # sqlite3: the verify --exec test checks a database with it
+    apt_pkgs+=(rsync acl attr sqlite3 restic borgbackup python3-llfuse openssh-server openssh-client
               ceph-mon ceph-mgr ceph-osd radosgw ceph-common)
     pip_extra="[test]"
 fi
