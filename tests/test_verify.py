@@ -156,6 +156,21 @@ def test_status_exit_codes_say_failed_or_too_old(cli: CLI, src: Path) -> None:
     assert snap["last_verified"]["ok"] is False
 
 
+def test_a_damaged_record_is_skipped_with_a_warning(cli: CLI, src: Path) -> None:
+    """Records schedule and report: one that cannot be read costs itself, never a drill."""
+    cli("backup", src)
+    assert drill(cli, "--files", "1")[0] == 0
+    garbage = b"not a verify record"
+    name = blake3.blake3(garbage).hexdigest()
+    (cli.repo / "verify" / name).write_bytes(garbage)  # named by its content, as every repository file
+    proc = cli("verify", "--status")
+    assert f"warning: verify record {name[:8]} skipped: verify/{name}: " in proc.stderr.decode()
+    assert b"1 drills recorded" in proc.stdout
+    code, _out, err = drill(cli, "--files", "1")
+    assert code == 0 and f"verify record {name[:8]} skipped" in err
+    assert "warning: verify record" in cli("snapshots").stderr.decode()
+
+
 def _middle(place: tuple[Path, int, int]) -> tuple[Path, int]:
     pack, offset, length = place
     return pack, offset + length // 2
