@@ -26,15 +26,8 @@ from backupfs.errors import BackupfsError, IntegrityError, UsageError
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.verifyrecord import MOUNT, RESTORE, VerifyRecord
 from backupfs.ops.drillsample import Budget, draw, load_history
-from backupfs.ops.verify import (
-    Drill,
-    DrillOptions,
-    DrillProgress,
-    DrillResult,
-    FolderSource,
-    RestoreSource,
-    scratch_folder,
-)
+from backupfs.ops.drillsource import FolderSource, RestoreSource, scratch_folder
+from backupfs.ops.verify import Drill, DrillOptions, DrillProgress, DrillResult
 from backupfs.prune.options import parse_size
 from backupfs.repository.repo import Repository
 
