@@ -34,7 +34,7 @@ from backupfs.ops.drillsource import FileSource, Opener
 from backupfs.repository.repo import Repository
 
 BATCH_BYTES = 64 << 20  # restored, checked and removed together: bounds the scratch folder's size
-BATCH_FILES = 256
+BATCH_FILES = 2048  # each batch is a restore of its own: 2,000 small files took 4.0-4.5 s in 256s, 2.5-3.3 s in one
 READ_PIECE = 1 << 20
 EXEC_OUTPUT_CHARS = 200  # of a failing --exec command's output, in its failure line
 _clock = time.monotonic  # --max-duration's clock (a test moves it on instead of sleeping)
