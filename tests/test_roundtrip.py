@@ -137,6 +137,30 @@ def test_restore_include_pattern_deep_inside(backed_up: tuple[CLI, dict[str, Any
     assert found == ["dir", "dir/sub", "dir/sub/subsub", "dir/sub/subsub/leaf.txt"]
 
 
+def test_restore_of_exact_paths_makes_those_and_the_folders_on_their_way(
+    backed_up: tuple[CLI, dict[str, Any], str], tmp_path: Path
+) -> None:
+    """What a restore drill asks for (ops/verify.py): those files, no sibling, no pattern matching."""
+    cli, m, _sid = backed_up
+    src: Path = m["root"]
+    leaf = next(p for p in (src / "dir").rglob("leaf.txt"))
+    repo = Repository.open(LocalBackend(str(cli.repo)), PASSWORD.encode())
+    try:
+        repo.load_index()
+        tree = repo.find_snapshot("latest")[1].tree
+        wanted = [os.fsencode(leaf), os.fsencode(m["small"]), os.fsencode(src / "no-such-file")]
+        stats = Restorer(repo, tree, str(tmp_path / "t"), only=wanted).run()
+    finally:
+        repo.close()
+    dst = restored(tmp_path / "t", src)
+    found = sorted(str(p.relative_to(dst)) for p in dst.rglob("*"))
+    assert found == ["dir", "dir/sub", "dir/sub/subsub", "dir/sub/subsub/leaf.txt", "small.txt"]
+    assert (stats.files, stats.errors) == (2, [])
+    assert (dst / "small.txt").read_bytes() == m["small"].read_bytes()
+    with pytest.raises(ValueError):
+        Restorer(repo, tree, str(tmp_path / "u"), only=wanted, includes=["*"])
+
+
 def test_restore_exclude(backed_up: tuple[CLI, dict[str, Any], str], tmp_path: Path) -> None:
     cli, m, _sid = backed_up
     src: Path = m["root"]

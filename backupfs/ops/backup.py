@@ -27,6 +27,7 @@ from typing import IO
 from pyfastcdc import BinaryStreamReader, FastCDC
 
 from backupfs import __version__
+from backupfs.crypto import ContentHasher
 from backupfs.errors import BackupfsError, IntegrityError
 from backupfs.format.pack import DATA, TREE
 from backupfs.format.snapshot import Snapshot
@@ -170,6 +171,7 @@ class Archiver:
         self._dry = _DryRun(repo) if options.dry_run else None
         self._save_blob = self._dry.save_blob if self._dry is not None else repo.save_blob
         self._chunker = repo.chunker()
+        self._file_hash_key = repo.master.file_hash_key()
         self._tls = threading.local()
         self._pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bfs-file")
         self._blob_pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bfs-blob")
@@ -214,7 +216,9 @@ class Archiver:
             raise BackupfsError(f"invalid --stdin-filename {name!r}")
         name = name.strip("/")
         self.repo.index_leftover_packs()
-        content, size = self._save_stream(stream)
+        hasher = ContentHasher(self._file_hash_key)
+        content: list[tuple[int, bytes]] = []
+        size = self._save_chunks(stream, 0, content, inline=False, hasher=hasher)
         if check is not None:
             check()
         now = time.time_ns()
@@ -229,6 +233,7 @@ class Archiver:
             ctime_ns=now,
             size=size,
             content=content,
+            file_hash=hasher.digest(),
         )
         self.stats.add(files_new=1, total_files=1, total_bytes=size)
         if self._on_item is not None:
@@ -489,6 +494,7 @@ class Archiver:
         if self._unchanged(node, pnode):
             assert pnode is not None
             node.content = pnode.content
+            node.file_hash = pnode.file_hash  # same content: its hash, or none if it had none
             self.stats.add(total_files=1, total_bytes=st.st_size, files_unchanged=1)  # one lock per file
             self._report(path)
             d.pending.append(node)
@@ -539,6 +545,7 @@ class Archiver:
             return None
         node.content = done.content
         node.size = done.size
+        node.file_hash = done.file_hash
         return node
 
     def _save_tree(self, nodes: list[Node]) -> bytes:
@@ -576,10 +583,13 @@ class Archiver:
             os.set_blocking(fd, True)
             extents = fsmeta.data_extents(fd, st.st_size)
             content: list[tuple[int, bytes]] = []
+            hasher = ContentHasher(self._file_hash_key)
             if st.st_size == 0 or extents == [(0, st.st_size)]:
-                node.size = self._save_whole(fd, st.st_size, content)
+                node.size = self._save_whole(fd, st.st_size, content, hasher)
             else:  # sparse: only the data extents, the holes stay holes
-                node.size = self._save_sparse(fd, st.st_size, extents, content)
+                node.size = self._save_sparse(fd, st.st_size, extents, content, hasher)
+            hasher.zeros_to(node.size)  # a trailing hole
+            node.file_hash = hasher.digest() if hasher.size == node.size else None
             after = os.fstat(fd)
             if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
                 with self.stats._lock:
@@ -594,7 +604,7 @@ class Archiver:
         self._report(path)
         return node
 
-    def _save_whole(self, fd: int, size: int, content: list[tuple[int, bytes]]) -> int:
+    def _save_whole(self, fd: int, size: int, content: list[tuple[int, bytes]], hasher: ContentHasher) -> int:
         """Reads a file to its end, whatever `stat` said (/proc files say 0, a log grows while it is
         read); returns the size read.
 
@@ -603,7 +613,7 @@ class Archiver:
         allocates a max-chunk-size buffer per file, which dominated the cost of small files. A file
         that outgrows READ_WHOLE_MAX goes on streaming after the bytes already read."""
         if size > READ_WHOLE_MAX:
-            return self._save_chunks(_LimitedReader(fd, 0, None), 0, content, inline=False)
+            return self._save_chunks(_LimitedReader(fd, 0, None), 0, content, inline=False, hasher=hasher)
         pieces: list[bytes] = []
         total = 0
         want = size + 1  # one read usually holds the whole file; the next one confirms the end
@@ -616,22 +626,34 @@ class Archiver:
             want = READ_PIECE
             if total > READ_WHOLE_MAX:  # large after all: stream the rest after what is read
                 reader = _LimitedReader(fd, total, None, prefix=b"".join(pieces))
-                return self._save_chunks(reader, 0, content, inline=False)
+                return self._save_chunks(reader, 0, content, inline=False, hasher=hasher)
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        hasher.update(data)
         for view, off in _with_offsets(self._chunker.cut(data)):
             content.append((off, self._save_blob(DATA, view)[0]))
         self.stats.add(bytes_read=len(data))
         return len(data)
 
-    def _save_sparse(self, fd: int, size: int, extents: list[tuple[int, int]], content: list[tuple[int, bytes]]) -> int:
+    def _save_sparse(
+        self,
+        fd: int,
+        size: int,
+        extents: list[tuple[int, int]],
+        content: list[tuple[int, bytes]],
+        hasher: ContentHasher,
+    ) -> int:
         """The data extents of a sparse file, then whatever was appended past `size` since stat;
-        returns the file's size as read (a trailing hole counts, bytes read past `size` too)."""
+        returns the file's size as read (a trailing hole counts, bytes read past `size` too). The
+        holes are hashed as the zeros a restore gives back."""
         end = 0
         for off, length in extents:
-            got = self._save_chunks(_LimitedReader(fd, off, length), off, content, inline=length <= READ_WHOLE_MAX)
+            hasher.zeros_to(off)
+            reader = _LimitedReader(fd, off, length)
+            got = self._save_chunks(reader, off, content, inline=length <= READ_WHOLE_MAX, hasher=hasher)
             end = max(end, off + got)
         if os.pread(fd, 1, size):  # it grew: the tail is data (one byte probed, not a chunker buffer)
-            return size + self._save_chunks(_LimitedReader(fd, size, None), size, content, inline=False)
+            hasher.zeros_to(size)
+            return size + self._save_chunks(_LimitedReader(fd, size, None), size, content, inline=False, hasher=hasher)
         return max(end, min(size, os.fstat(fd).st_size))
 
     def _cdc(self) -> FastCDC:
@@ -640,23 +662,25 @@ class Archiver:
             cdc = self._tls.cdc = self._chunker.new_fastcdc()
         return cdc
 
-    def _save_stream(self, stream: IO[bytes]) -> tuple[list[tuple[int, bytes]], int]:
-        content: list[tuple[int, bytes]] = []
-        total = self._save_chunks(stream, 0, content, inline=False)
-        return content, total
-
     def _save_chunks(
-        self, reader: BinaryStreamReader, base: int, content: list[tuple[int, bytes]], inline: bool
+        self,
+        reader: BinaryStreamReader,
+        base: int,
+        content: list[tuple[int, bytes]],
+        inline: bool,
+        hasher: ContentHasher,
     ) -> int:
-        """Chunks in this thread; hashing, compression and encryption of the chunks run on the
-        blob pool with a bounded window, so one large file keeps every core busy. Small files skip
-        the hand-off (its cost is comparable to their work)."""
+        """Chunks in this thread, and hashes the whole file here in order (`fh`); hashing,
+        compression and encryption of the chunks run on the blob pool with a bounded window, so
+        one large file keeps every core busy. Small files skip the hand-off (its cost is
+        comparable to their work)."""
         total = 0
         save = self._save_blob
         window: deque[tuple[int, Future[tuple[bytes, int]]]] = deque()
         try:
             for chunk in self._cdc().cut_stream(reader):
                 data = bytes(chunk.data)
+                hasher.update(data)
                 if inline:
                     content.append((base + total, save(DATA, data)[0]))
                 else:

@@ -34,7 +34,7 @@ import os
 import stat
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from backupfs.errors import BackupfsError, IntegrityError, UsageError
@@ -130,6 +130,7 @@ class Restorer:
         *,
         includes: list[str] | None = None,
         excludes: list[str] | None = None,
+        only: Collection[bytes] | None = None,
         verify: bool = False,
         overwrite: Overwrite = Overwrite.ALWAYS,
         delete: bool = False,
@@ -141,8 +142,13 @@ class Restorer:
         self.repo = repo
         self.tree = tree
         self.target = os.path.abspath(target)
+        if only is not None and includes:
+            raise ValueError("a restore takes either include patterns or exact paths")
         self._include = Excluder(includes) if includes else None
         self._exclude = Excluder(excludes or [])
+        # exact paths (a drill's sample, ops/verify.py): those, and only the folders on their way
+        self._only = frozenset(only) if only is not None else None
+        self._only_dirs = frozenset(_ancestors(only or ()))
         self._verify = verify
         self._overwrite = overwrite
         self._delete = delete
@@ -211,6 +217,8 @@ class Restorer:
 
     def _wanted(self, path: bytes, is_dir: bool) -> tuple[bool, bool]:
         """(restore this entry, descend into it)."""
+        if self._only is not None:
+            return path in self._only, is_dir and path in self._only_dirs
         if self._exclude.excluded(path):
             return False, False
         if self._include is None or self._include.excluded(path):
@@ -855,6 +863,15 @@ def _preloaded(node: Node, blobs: dict[bytes, bytes | Exception]) -> Iterator[tu
         if isinstance(data, Exception):
             raise data
         yield offset, data
+
+
+def _ancestors(paths: Iterable[bytes]) -> Iterator[bytes]:
+    """The folders leading to each of `paths` (`/a/b/c` gives `/a` and `/a/b`)."""
+    for path in paths:
+        head = path.rpartition(b"/")[0]
+        while head:
+            yield head
+            head = head.rpartition(b"/")[0]
 
 
 def _batchable(node: Node) -> bool:
