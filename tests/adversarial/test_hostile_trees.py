@@ -349,7 +349,7 @@ def test_mount_shows_the_rest_and_logs_each_bad_entry_once(
 
 def test_verify_names_each_bad_entry_and_passes_the_rest(hostile: Hostile) -> None:
     """A drill of every file: what it cannot restore or restores differently is named once with
-    its path and what is wrong; everything good passes (design.md 18)."""
+    its path and what is wrong; everything good passes (design.md 20)."""
     proc = hostile.cli("verify", hostile.sid, "--files", "1000", "--json", check=False)
     assert proc.returncode == 4
     assert_clean(proc.stderr)
