@@ -5,17 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
-import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from backupfs.backends import registry
 from backupfs.backends.base import Backend
-from backupfs.cli._quote import escape
+from backupfs.cli._output import err
 from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError
 from backupfs.repository.cache import default_cache_dir
 from backupfs.repository.repo import Repository
@@ -149,30 +147,6 @@ def cache_dir(args: argparse.Namespace) -> str | None:
     if getattr(args, "no_cache", False):
         return None
     return getattr(args, "cache_dir", None) or os.environ.get("BACKUPFS_CACHE_DIR") or default_cache_dir()
-
-
-def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
-    sys.stdout.flush()
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, bytes):
-        return obj.hex()
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
-
-
-def err(msg: str) -> None:
-    """One line on stderr; stored names in it are escaped (they may hold newlines or escapes)."""
-    sys.stderr.write(escape(msg) + "\n")
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def format_time(ns: int) -> str:

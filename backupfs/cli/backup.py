@@ -7,7 +7,8 @@ import subprocess
 import sys
 import threading
 
-from backupfs.cli._common import Progress, err, human_size, open_repository, print_json
+from backupfs.cli._common import Progress, open_repository
+from backupfs.cli._output import err, human_size, print_json
 from backupfs.errors import BackupfsError, UsageError
 from backupfs.ops.backup import Archiver, BackupOptions, BackupStats
 from backupfs.ops.excludes import read_exclude_file

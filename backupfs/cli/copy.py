@@ -11,7 +11,8 @@ import sys
 import time
 from collections.abc import Iterator
 
-from backupfs.cli._common import err, human_size, open_backend, open_repository, print_json
+from backupfs.cli._common import open_backend, open_repository
+from backupfs.cli._output import err, human_size, print_json
 from backupfs.cli.snapshots import add_filter_args, matches
 from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError, WrongPassword
 from backupfs.format.snapshot import Snapshot

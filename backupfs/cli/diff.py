@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from backupfs.cli._common import human_size, open_repository, print_json
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import human_size, print_json
 from backupfs.errors import UsageError
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, TYPE_NAMES, Node

@@ -11,7 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from backupfs.cli._common import err, open_repository, print_json
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import err, print_json
 from backupfs.errors import IntegrityError, UsageError
 from backupfs.format.tree import FILE
 from backupfs.ops.dump import Dumper

@@ -8,7 +8,8 @@ import stat
 import sys
 
 from backupfs.cli._args import point_in_time
-from backupfs.cli._common import format_time, human_size, iso_time, open_repository, print_json
+from backupfs.cli._common import format_time, iso_time, open_repository
+from backupfs.cli._output import human_size, print_json
 from backupfs.cli.ls import node_json
 from backupfs.cli.snapshots import add_filter_args, matches
 from backupfs.errors import UsageError

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from backupfs.cli._common import format_time, open_repository, print_json
+from backupfs.cli._common import format_time, open_repository
+from backupfs.cli._output import print_json
 from backupfs.cli._quote import escape
 from backupfs.cli.prune import add_prune_args, prune_options, prune_repository, refuse_no_lock
 from backupfs.cli.snapshots import add_filter_args, snapshot_json

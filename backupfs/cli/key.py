@@ -8,15 +8,14 @@ import sys
 
 from backupfs.cli._common import (
     backend_options,
-    err,
     format_time,
     get_password,
     new_password,
     open_backend,
     open_repository,
-    print_json,
     repo_url,
 )
+from backupfs.cli._output import err, print_json
 from backupfs.cli._qrhtml import key_html
 from backupfs.cli._quote import escape
 from backupfs.errors import RepositoryNotFound, UsageError

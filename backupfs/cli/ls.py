@@ -13,7 +13,8 @@ import os
 import stat
 import sys
 
-from backupfs.cli._common import err, format_time, iso_time, open_repository, print_json
+from backupfs.cli._common import format_time, iso_time, open_repository
+from backupfs.cli._output import err, print_json
 from backupfs.cli._quote import escape, json_name
 from backupfs.cli.snapshots import snapshot_json
 from backupfs.errors import IntegrityError

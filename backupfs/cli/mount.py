@@ -12,7 +12,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from backupfs.cli._common import err, open_repository
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import err
 from backupfs.cli._quote import EscapingFilter
 from backupfs.errors import BackupfsError, UsageError
 

@@ -6,7 +6,8 @@ import argparse
 import os
 from collections.abc import Iterable
 
-from backupfs.cli._common import err, human_size, open_repository, print_json
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import err, human_size, print_json
 from backupfs.errors import UsageError
 from backupfs.prune.execute import Hook, execute
 from backupfs.prune.options import PruneOptions, parse_max_unused, parse_repack_threshold, parse_size

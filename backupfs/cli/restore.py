@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from backupfs.cli._common import Progress, err, human_size, open_repository, print_json
+from backupfs.cli._common import Progress, open_repository
+from backupfs.cli._output import err, human_size, print_json
 from backupfs.errors import IntegrityError, UsageError
 from backupfs.format.tree import DIR
 from backupfs.ops.restore import Restorer, RestoreStats

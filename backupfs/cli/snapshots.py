@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from backupfs.cli._common import err, format_time, human_size, iso_time, open_repository, print_json
+from backupfs.cli._common import format_time, iso_time, open_repository
+from backupfs.cli._output import err, human_size, print_json
 from backupfs.cli._quote import escape
 from backupfs.errors import IntegrityError
 from backupfs.format.snapshot import Snapshot

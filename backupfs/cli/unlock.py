@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from backupfs.cli._common import err, open_repository
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import err
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
