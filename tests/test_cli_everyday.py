@@ -1,17 +1,14 @@
 """What a restic user expects of the command line itself: `version`, `help COMMAND`, "did you mean",
-durations such as `5m`, and help text on every option of the everyday commands."""
+durations such as `5m`, and help text on every option of the everyday commands (`--json`: test_cli_json)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from everyday import fast_cli, snapshot_ids
 
 from backupfs import __version__
 from backupfs.cli._args import parse_duration, parse_time
@@ -102,58 +99,3 @@ def test_every_option_and_argument_has_help(name: str) -> None:
         if not a.help and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
     ]
     assert missing == []
-
-
-RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)$")
-TIME_KEYS = {"time", "mtime", "atime", "ctime", "last_used"}
-
-
-def _conventions(doc: object, where: str) -> None:
-    """snake_case keys, RFC 3339 times with a zone, sizes as integers: in every nested object."""
-    stack = [doc]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            for key, value in item.items():
-                assert re.fullmatch(r"[a-z][a-z0-9_]*", key), (where, key)
-                if key in TIME_KEYS:
-                    assert isinstance(value, str) and RFC3339.match(value), (where, key, value)
-                if key.endswith(("size", "bytes")) and value is not None:
-                    assert isinstance(value, int), (where, key, value)
-                stack.append(value)
-
-
-def test_every_json_output_parses_and_follows_the_conventions(tmp_path: Path, cli_env: dict[str, str]) -> None:
-    cli = fast_cli(tmp_path, cli_env)
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.txt").write_text("one\n")
-    cli("backup", src)
-    (src / "a.txt").write_text("two\n")
-    cli("backup", src)
-    first, second = snapshot_ids(cli)
-    single = {
-        "version": ["version"],
-        "find": ["find", "*.txt"],
-        "find --tree": ["find", "--tree", "abcd"],
-        "stats": ["stats"],
-        "dump": ["dump", "latest", src, "-t", tmp_path / "out.tar"],
-        "tag": ["tag", "latest", "--add", "x"],
-        "key export": ["key", "export", tmp_path / "key.txt"],
-        "cache": ["cache"],
-        "generate": ["generate", "--man", tmp_path / "man"],
-    }
-    for name, args in single.items():
-        out = cli(*args, "--json").stdout.decode()
-        assert out.count("\n") == 1, (name, out)  # one document, on one line
-        _conventions(json.loads(out), name)
-    out = cli("key", "import", tmp_path / "key.txt", "--json", env={"BACKUPFS_NEW_PASSWORD": "n"}).stdout
-    _conventions(json.loads(out), "key import")
-    lines = cli("diff", first, "latest", "--json").stdout.decode().splitlines()  # documented JSON lines
-    docs = [json.loads(line) for line in lines]
-    assert [d["message_type"] for d in docs] == ["change"] * (len(docs) - 1) + ["statistics"]
-    _conventions(docs, "diff")
-    _conventions(json.loads(cli("find", "*.txt", "--json").stdout)[0]["matches"], "find matches")
-    assert second != first

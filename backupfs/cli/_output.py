@@ -1,21 +1,62 @@
 """The output streams every command shares: JSON documents on stdout, messages on stderr.
 
 Kept apart from `_common` (which pulls in the backends and the repository) so that `main` can
-report any error, as a line and with --json as a document, without importing them.
+report any error, as a line and with --json as a document, without importing them. A progress
+line (`_progress`) may be on the terminal, drawn from another thread: every write here holds
+one lock, and a message first clears that line and draws it again below the message.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+import threading
+from typing import Any, Protocol
 
 from backupfs.cli._quote import escape
 
+_lock = threading.RLock()
+
+
+class StatusLine(Protocol):
+    """What `_progress` registers while its line is on the terminal (called with the lock held)."""
+
+    def clear(self) -> None: ...
+
+    def redraw(self) -> None: ...
+
+
+_status: StatusLine | None = None
+
+
+def set_status_line(line: StatusLine | None) -> None:
+    global _status
+    with _lock:
+        _status = line
+
+
+def output_lock() -> threading.RLock:
+    """The lock every write to stdout and stderr holds (a status line is drawn under it)."""
+    return _lock
+
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
-    sys.stdout.flush()
+    with _lock:
+        sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
+        sys.stdout.flush()
+
+
+def print_error_json(code: int, message: str) -> None:
+    """The document a failure leaves on stdout with --json, as the last line there."""
+    try:
+        print_json({"message_type": "error", "code": code, "message": json_text(message)})
+    except OSError:  # stdout is gone (a closed pipe): the line on stderr has to do
+        pass
+
+
+def json_text(text: str) -> str:
+    """`text` as valid UTF-8: a byte that was not UTF-8 (a surrogate escape) written as `\\udcXX`."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _json_default(obj: Any) -> Any:
@@ -26,7 +67,13 @@ def _json_default(obj: Any) -> Any:
 
 def err(msg: str) -> None:
     """One line on stderr; stored names in it are escaped (they may hold newlines or escapes)."""
-    sys.stderr.write(escape(msg) + "\n")
+    with _lock:
+        if _status is not None:
+            _status.clear()
+        sys.stderr.write(escape(msg) + "\n")
+        if _status is not None:
+            _status.redraw()
+        sys.stderr.flush()
 
 
 def human_size(n: float) -> str:

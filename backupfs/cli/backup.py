@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import threading
 
 from backupfs.cli._common import Progress, open_repository
 from backupfs.cli._output import err, human_size, print_json
+from backupfs.cli._quote import json_name
 from backupfs.errors import BackupfsError, UsageError
 from backupfs.ops.backup import Archiver, BackupOptions, BackupStats
 from backupfs.ops.excludes import read_exclude_file
@@ -92,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
             {
                 "message_type": "summary",
                 **stats.as_dict(),
-                "changed_during_backup": stats.changed_during_read,
+                "skipped_paths": [{**_path_json(path), "error": msg} for path, msg in stats.skipped],
+                "changed_during_backup": [_path_json(path) for path in stats.changed_during_read],
                 "snapshot_id": snap_id,
             }
         )
@@ -111,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
         err(f"Warning: {len(stats.skipped)} files could not be read and are missing from snapshot {snap_id[:8]}")
         return EXIT_SKIPPED
     return 0
+
+
+def _path_json(path: str) -> dict[str, str]:
+    """A source path as `json_name` gives stored names: exact, even when it is not UTF-8."""
+    return json_name("path", os.fsencode(path))
 
 
 def _backup_command(archiver: Archiver, command: list[str], name: str) -> tuple[str, object]:

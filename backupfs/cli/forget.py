@@ -180,7 +180,7 @@ def _group_json(plan: GroupPlan[PolicySnapshot], snaps: dict[str, Snapshot]) -> 
         "tags": list(key.tags) if key.tags is not None else None,
         "keep": [snapshot_json(sn.id, snaps[sn.id]) for sn in plan.keep],
         "remove": [snapshot_json(sn.id, snaps[sn.id]) for sn in plan.remove],
-        "reasons": [{"snapshot": d.snapshot.id, "matches": list(d.reasons)} for d in plan.decisions if d.keep],
+        "reasons": [{"snapshot_id": d.snapshot.id, "matches": list(d.reasons)} for d in plan.decisions if d.keep],
     }
 
 

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     )
     repo_id = repo.header.repo_id.hex()
     if args.json:
-        print_json({"message_type": "initialized", "id": repo_id, "repository": backend.location})
+        print_json({"message_type": "initialized", "repository_id": repo_id, "repository": backend.location})
     else:
         err(f"created backupfs repository {repo_id[:10]} at {backend.location}")
         err("Please note that knowledge of your password is required to access the repository.")

@@ -49,6 +49,7 @@ def node_json(path: bytes, node: Node) -> dict[str, object]:
         "atime": iso_time(node.atime_ns),
         "ctime": iso_time(node.ctime_ns),
         "inode": node.inode,
+        **(json_name("link_target", node.link_target) if node.type == SYMLINK and node.link_target is not None else {}),
         "struct_type": "node",
     }
 

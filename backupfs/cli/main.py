@@ -16,8 +16,8 @@ from typing import Any, NoReturn
 
 from backupfs import __version__
 from backupfs.cli._args import duration
-from backupfs.cli._quote import escape
-from backupfs.errors import BackupfsError, Terminated
+from backupfs.cli._output import err, print_error_json
+from backupfs.errors import BackupfsError, Terminated, UsageError
 from backupfs.malloc_arenas import cap_malloc_arenas
 
 # name -> (module, one-line help). Only the module of the command being run is imported: the
@@ -85,10 +85,19 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with "did you mean ..." for a mistyped command, choice or option (as restic, git)."""
+    """argparse with "did you mean ..." for a mistyped command, choice or option (as restic, git).
+
+    A script that asked for `--json` reads stdout: a usage error reaches it there too, as the
+    error document every other failure prints (`json_errors`, set by `main` from the raw argv,
+    since the arguments that failed to parse cannot say whether --json was among them)."""
+
+    json_errors = False
 
     def error(self, message: str) -> NoReturn:
-        super().error(suggest(self, message))
+        message = suggest(self, message)
+        if Parser.json_errors:
+            print_error_json(UsageError.exit_code, message)
+        super().error(message)
 
 
 _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)$")
@@ -190,10 +199,20 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise Terminated(signum)
 
 
+def _wants_json(argv: Sequence[str]) -> bool:
+    """--json among the options (not after `--`, where a command's own arguments begin)."""
+    words = list(argv)
+    return "--json" in (words[: words.index("--")] if "--" in words else words)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     cap_malloc_arenas()
-    args = build_parser(_command_in(argv) or "").parse_args(argv)
+    Parser.json_errors = _wants_json(argv)
+    try:
+        args = build_parser(_command_in(argv) or "").parse_args(argv)
+    finally:
+        Parser.json_errors = False
     previous: dict[int, _Handler] = {}
     if args.command not in OWN_SIGNALS:
         previous = {sig: signal.signal(sig, _terminate) for sig in TERMINATING}
@@ -205,35 +224,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Runs the command; every error becomes one line on stderr and its exit code."""
+    """Runs the command; every error becomes one line on stderr and its exit code, and with
+    --json also an error document on stdout (the last line there)."""
     try:
         code: int = args.func(args)
+        return code
     except BackupfsError as exc:
-        sys.stderr.write(f"backupfs: {escape(str(exc))}\n")
-        code = exc.exit_code
+        message, code = str(exc), exc.exit_code
     except Terminated as exc:
-        sys.stderr.write(f"backupfs: terminated by {signal.Signals(exc.signum).name}\n")
-        code = 128 + exc.signum
+        message, code = f"terminated by {signal.Signals(exc.signum).name}", 128 + exc.signum
     except KeyboardInterrupt:
-        sys.stderr.write("backupfs: interrupted\n")
-        code = 130
+        message, code = "interrupted", 130
     except BrokenPipeError:
         # `backupfs ls ... | head`: the reader left; say nothing.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        code = 128 + signal.SIGPIPE
+        return 128 + signal.SIGPIPE
     except OSError as exc:
         name = exc.filename
-        where = f" '{escape(name if isinstance(name, str | bytes) else str(name))}'" if name else ""
-        sys.stderr.write(f"backupfs: {escape(str(exc.strerror or exc))}{where}\n")
-        code = 1
+        where = f" '{name if isinstance(name, str) else os.fsdecode(name) if isinstance(name, bytes) else name}'"
+        message, code = f"{exc.strerror or exc}{where if name else ''}", 1
     except Exception as exc:  # a bug: one line, the traceback only on request
         if os.environ.get("BACKUPFS_DEBUG"):
             traceback.print_exc()
-        sys.stderr.write(
-            f"backupfs: internal error: {type(exc).__name__}: {escape(str(exc))} (set BACKUPFS_DEBUG=1 for details)\n"
-        )
+        message = f"internal error: {type(exc).__name__}: {exc} (set BACKUPFS_DEBUG=1 for details)"
         code = 1
+    err(f"backupfs: {message}")
+    if getattr(args, "json", False):
+        print_error_json(code, message)
     return code
 
 

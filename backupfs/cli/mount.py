@@ -13,7 +13,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from backupfs.cli._common import open_repository
-from backupfs.cli._output import err
+from backupfs.cli._output import err, print_json
 from backupfs.cli._quote import EscapingFilter
 from backupfs.errors import BackupfsError, UsageError
 
@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
 
     def ready() -> None:
         logging.getLogger(__name__).info("mounted")
-        if not args.quiet:
+        if args.json:  # a script waits for this line before it uses the mount
+            print_json({"message_type": "mounted", "mountpoint": mountpoint})
+        elif not args.quiet:
             err(f"mounted at {mountpoint}; Ctrl-C or `fusermount3 -u {mountpoint}` unmounts")
 
     # No lock: a mount may stay up for weeks and must not stop prune; it copes with packs that

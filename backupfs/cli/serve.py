@@ -6,6 +6,7 @@ import argparse
 
 import trio
 
+from backupfs.cli._output import err, print_json
 from backupfs.server.run import ServerOptions, serve
 
 
@@ -35,5 +36,10 @@ def run(args: argparse.Namespace) -> int:
         htpasswd=args.htpasswd,
         private_repos=args.private_repos,
     )
-    trio.run(serve, opts)
+
+    def ready(binds: list[str]) -> None:
+        if args.json:  # a script waits for this line before it connects
+            print_json({"message_type": "serving", "path": args.path, "addresses": binds})
+
+    trio.run(serve, opts, err, ready)
     return 0

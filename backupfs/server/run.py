@@ -65,8 +65,13 @@ def build_app(opts: ServerOptions, log: Callable[[str], None]) -> RestApp:
     )
 
 
-async def serve(opts: ServerOptions, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> None:
-    """Serves until SIGINT or SIGTERM, then finishes running requests (up to 5 s) and returns."""
+async def serve(
+    opts: ServerOptions,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    ready: Callable[[list[str]], None] = lambda _binds: None,
+) -> None:
+    """Serves until SIGINT or SIGTERM, then finishes running requests (up to 5 s) and returns;
+    `ready` gets the addresses once they accept connections."""
     app = build_app(opts, log)
     config = _hypercorn_config(opts)
     if config.ssl_enabled:
@@ -100,3 +105,4 @@ async def serve(opts: ServerOptions, log: Callable[[str], None] = lambda m: prin
                 raise BackupfsError(f"cannot listen on {opts.listen}: {exc.strerror or exc}") from exc
             mode = " (append-only)" if opts.append_only else ""
             log(f"backupfs: serving {app.root} on {', '.join(binds)}{mode}")
+            ready(list(binds))
