@@ -158,30 +158,3 @@ def iso_time(ns: int) -> str:
     tm = time.localtime(sec)
     off = time.strftime("%z", tm)
     return time.strftime("%Y-%m-%dT%H:%M:%S", tm) + f".{frac:09d}" + off[:3] + ":" + off[3:]
-
-
-class Progress:
-    """A one-line status on a terminal's stderr, at most every 0.2 s; silent elsewhere."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._last = 0.0
-
-    def due(self) -> bool:
-        """Whether a line would be shown now: callers per file check it before formatting one."""
-        return self.enabled and time.monotonic() - self._last >= 0.2
-
-    def show(self, line: str, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if force or now - self._last >= 0.2:
-            self._last = now
-            width = os.get_terminal_size(sys.stderr.fileno()).columns if sys.stderr.isatty() else 80
-            sys.stderr.write("\r\x1b[K" + line[: max(10, width - 1)])
-            sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import threading
 
-from backupfs.cli._common import Progress, open_repository
+from backupfs.cli._common import open_repository
 from backupfs.cli._output import err, human_size, print_json
+from backupfs.cli._progress import Progress, backup_figures, progress_mode, stream_figures
 from backupfs.cli._quote import json_name
 from backupfs.errors import BackupfsError, UsageError
-from backupfs.ops.backup import Archiver, BackupOptions, BackupStats
+from backupfs.ops.backup import Archiver, BackupOptions
 from backupfs.ops.excludes import read_exclude_file
 
 EXIT_SKIPPED = 3
@@ -55,33 +56,21 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--stdin and --stdin-from-command cannot be combined")
     if not (args.stdin or args.stdin_from_command) and not opts.paths:
         raise UsageError("nothing to back up: give at least one path (or --stdin)")
-    progress = Progress(not args.quiet and not args.json)
-
-    def report(stats: BackupStats, path: str) -> None:
-        if not progress.due():  # called for every file: format nothing in between
-            return
-        progress.show(
-            f"{stats.files_new + stats.files_changed + stats.files_unchanged} files, "
-            f"{human_size(stats.bytes_read)} read, {human_size(stats_added(stats))} added  {path}"
-        )
-
+    if args.stdin_from_command and not opts.paths:
+        raise UsageError("--stdin-from-command needs a command after --")
+    if args.stdin and opts.paths:
+        raise UsageError("--stdin takes no paths")
+    stream = args.stdin or args.stdin_from_command
     with open_repository(args, lock="shared") as repo:
-
-        def stats_added(_s: BackupStats) -> int:
-            return repo.stats_added_bytes
-
-        archiver = Archiver(repo, opts, report if progress.enabled else None)
-        if args.stdin_from_command:
-            if not opts.paths:
-                raise UsageError("--stdin-from-command needs a command after --")
-            snap_id, _snap = _backup_command(archiver, opts.paths, args.stdin_filename)
-        elif args.stdin:
-            if opts.paths:
-                raise UsageError("--stdin takes no paths")
-            snap_id, _snap = archiver.run_stream(args.stdin_filename, sys.stdin.buffer)
-        else:
-            snap_id, _snap = archiver.run()
-    progress.done()
+        archiver = Archiver(repo, opts, scan=not stream and progress_mode(args.quiet, args.json) != "off")
+        figures = stream_figures(archiver.stats) if stream else backup_figures(archiver)
+        with Progress(args.quiet, args.json, figures):
+            if args.stdin_from_command:
+                snap_id, _snap = _backup_command(archiver, opts.paths, args.stdin_filename)
+            elif args.stdin:
+                snap_id, _snap = archiver.run_stream(args.stdin_filename, sys.stdin.buffer)
+            else:
+                snap_id, _snap = archiver.run()
     stats = archiver.stats
     for path, msg in stats.skipped:
         err(f"error: {path}: {msg}")

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from backupfs.cli._common import open_repository
 from backupfs.cli._output import err, human_size, print_json
+from backupfs.cli._progress import Progress, prune_figures
 from backupfs.errors import UsageError
 from backupfs.prune.execute import Hook, execute
 from backupfs.prune.options import PruneOptions, parse_max_unused, parse_repack_threshold, parse_size
@@ -92,7 +93,8 @@ def prune_repository(
     if dry_run or args.verbose:
         _print_packs(plan, args)
     if not dry_run:  # also when the plan is empty: execute sweeps abandoned temporary files
-        execute(plan, log=log, hook=crash_hook())
+        with Progress(args.quiet or not plan.repack, args.json, prune_figures(plan.stats)):
+            execute(plan, log=log, hook=crash_hook())
     _print_summary(plan, args, dry_run)
     return plan.stats
 

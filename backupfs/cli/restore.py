@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from backupfs.cli._common import Progress, open_repository
+from backupfs.cli._common import open_repository
 from backupfs.cli._output import err, human_size, print_json
+from backupfs.cli._progress import Progress, restore_figures
 from backupfs.errors import IntegrityError, UsageError
 from backupfs.format.tree import DIR
-from backupfs.ops.restore import Restorer, RestoreStats
+from backupfs.ops.restore import Restorer
 from backupfs.ops.treeview import lookup
 
 
@@ -23,9 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
+_TOTALS = ("total_files_processed", "total_bytes_processed")
+
+
+def _summary_count(summary: dict[str, object], key: str) -> int | None:
+    """A count from the snapshot's summary, or None if it is missing or absurd (it is only shown)."""
+    value = summary.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63 else None
+
+
 def run(args: argparse.Namespace) -> int:
     ref, _, sub = args.snapshot.partition(":")
-    progress = Progress(not args.quiet and not args.json)
     start = time.monotonic()
     with open_repository(args, lock="shared") as repo:
         sid, snap = repo.find_snapshot(ref)
@@ -36,23 +45,15 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"{sub} is not a directory in snapshot {sid[:8]}")
             tree = node.subtree
 
-        def report(stats: RestoreStats) -> None:
-            if progress.due():
-                progress.show(f"{stats.files} files, {human_size(stats.bytes_written)} restored")
-
         restorer = Restorer(
-            repo,
-            tree,
-            args.target,
-            includes=args.include,
-            excludes=args.exclude,
-            verify=args.verify,
-            progress=report if progress.enabled else None,
+            repo, tree, args.target, includes=args.include, excludes=args.exclude, verify=args.verify
         )
         if not args.json and not args.quiet:
             err(f"restoring snapshot {sid[:8]} of {', '.join(snap.paths)} to {args.target}")
-        stats = restorer.run()
-    progress.done()
+        whole = not (sub or args.include or args.exclude)  # then the snapshot's summary is the total
+        totals = [_summary_count(snap.summary, k) if whole else None for k in _TOTALS]
+        with Progress(args.quiet, args.json, restore_figures(restorer.stats, *totals)):
+            stats = restorer.run()
     for w in stats.warnings:
         err(f"warning: {w}")
     for e in stats.errors:

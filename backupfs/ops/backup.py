@@ -8,6 +8,7 @@ read again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import getpass
@@ -35,6 +36,7 @@ from backupfs.repository.repo import Repository
 
 SMALL_FILE = 8 * 1024 * 1024  # read whole and chunked in memory, in the file's own thread
 READ_PIECE = 64 * 1024  # further reads of a file that was not at its end after `stat`'s size
+LOWEST_PRIORITY = 19  # nice value of the scanner thread
 
 
 @dataclasses.dataclass
@@ -69,6 +71,8 @@ class BackupStats:
     changed_during_read: list[str] = dataclasses.field(default_factory=list)  # saved as read
     warnings: list[str] = dataclasses.field(default_factory=list)
     duration: float = 0.0
+    # progress only (not in the summary): bytes read, plus the sizes of files not read again
+    bytes_done: int = 0
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     def add(self, **deltas: int) -> None:
@@ -92,6 +96,16 @@ class BackupStats:
             "files_changed_during_backup": len(self.changed_during_read),
             "duration_seconds": round(self.duration, 3),
         }
+
+
+@dataclasses.dataclass
+class ScanTotals:
+    """What the scanner found ahead of the walk: the total that progress shows done against.
+    Written by the scanner thread only; `finished` once it has seen everything."""
+
+    files: int = 0
+    bytes: int = 0
+    finished: bool = False
 
 
 class _LimitedReader:
@@ -126,11 +140,18 @@ class Archiver:
         repo: Repository,
         options: BackupOptions,
         progress: Callable[[BackupStats, str], None] | None = None,
+        *,
+        scan: bool = False,
     ) -> None:
+        """`progress` is called after each file; with `scan`, a thread counts ahead of the walk
+        into `totals`, and `current` names the file being read: what a progress line shows."""
         self.repo = repo
         self.opts = options
         self.stats = BackupStats()
+        self.totals = ScanTotals()
+        self.current = b""
         self._progress = progress
+        self._scan_ahead = scan
         self._excluder = Excluder(options.excludes)
         self._chunker = repo.chunker()
         self._tls = threading.local()
@@ -146,12 +167,19 @@ class Archiver:
     def run(self) -> tuple[str, Snapshot]:
         start = time.monotonic()
         paths = self._normalise_paths(self.opts.paths)
-        self.repo.index_leftover_packs()
-        parent_id, parent_tree = self._find_parent(paths)
+        stop_scan = threading.Event()
+        scanner = threading.Thread(target=self._scan, args=(paths, stop_scan), name="bfs-scan", daemon=True)
+        if self._scan_ahead:
+            scanner.start()
         try:
+            self.repo.index_leftover_packs()
+            parent_id, parent_tree = self._find_parent(paths)
             root_tree = self._build_root(paths, parent_tree)
             self.repo.flush()
         finally:
+            stop_scan.set()
+            if scanner.is_alive():
+                scanner.join()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._blob_pool.shutdown(wait=True, cancel_futures=True)
         return self._save_snapshot(root_tree, paths, parent_id, start)
@@ -302,17 +330,12 @@ class Archiver:
         parent_nodes = self._parent_children(parent_tree)
         pending: list[Node | Future[Node | None]] = []
         try:
-            with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
+            entries = self._listing(path)
         except OSError as exc:
             self._skip(path, exc)
             entries = []
-        if self.opts.exclude_caches and is_cache_dir(path):
-            entries = [e for e in entries if e.name == b"CACHEDIR.TAG"]
         for entry in entries:
             child = entry.path  # the folder's path and the name, as os.path.join makes them
-            if self._excluder.excluded(child):
-                continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as exc:
@@ -334,6 +357,52 @@ class Archiver:
         else:
             self.stats.add(dirs_new=1)
         return tree_id
+
+    def _listing(self, path: bytes) -> list[os.DirEntry[bytes]]:
+        """The entries of a folder that the backup takes, by name: what is left out is decided
+        here once, for the walk and for the scanner that counts ahead of it. OSError if the
+        folder cannot be listed."""
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        if self.opts.exclude_caches and is_cache_dir(path):
+            entries = [e for e in entries if e.name == b"CACHEDIR.TAG"]
+        return [e for e in entries if not self._excluder.excluded(e.path)]
+
+    def _scan(self, paths: list[str], stop: threading.Event) -> None:
+        """Counts the files and bytes the walk will meet, so progress has a total, a percent and
+        an ETA (restic's scanner). Only lists and stats (which warms the inode cache the walk
+        then uses), at the lowest CPU priority, handing the GIL on after every folder; stops
+        with the backup. What it cannot read it leaves out: the walk reports it."""
+        _lowest_priority()
+        totals = self.totals
+        folders: list[bytes] = []
+        roots: list[tuple[bytes, os.stat_result]] = []
+        for p in paths:
+            with contextlib.suppress(OSError):
+                roots.append((os.fsencode(p), os.lstat(p)))
+        devices = {st.st_dev for _p, st in roots}
+
+        def count(path: bytes, st: os.stat_result, top: bool) -> None:
+            if stat.S_ISREG(st.st_mode):
+                totals.files += 1
+                totals.bytes += st.st_size
+            elif stat.S_ISDIR(st.st_mode) and (top or not self.opts.one_file_system or st.st_dev in devices):
+                folders.append(path)
+
+        for path, st in roots:
+            count(path, st, True)
+        while folders and not stop.is_set():
+            try:
+                entries = self._listing(folders.pop())
+            except OSError:
+                continue
+            for entry in entries:
+                if stop.is_set():
+                    return
+                with contextlib.suppress(OSError):
+                    count(entry.path, entry.stat(follow_symlinks=False), False)
+            time.sleep(0)
+        totals.finished = not stop.is_set()
 
     def _process_entry(
         self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None, top_level: bool = False
@@ -359,7 +428,9 @@ class Archiver:
         if self._unchanged(node, pnode):
             assert pnode is not None
             node.content = pnode.content
-            self.stats.add(total_files=1, total_bytes=st.st_size, files_unchanged=1)  # one lock per file
+            self.current = path
+            # one lock per file
+            self.stats.add(total_files=1, total_bytes=st.st_size, files_unchanged=1, bytes_done=st.st_size)
             self._report(path)
             return node
         self.stats.add(total_files=1, total_bytes=st.st_size)
@@ -382,6 +453,7 @@ class Archiver:
             return None
         node.content = done.content
         node.size = done.size
+        self.stats.add(bytes_done=done.size)
         return node
 
     def _save_tree(self, nodes: list[Node]) -> bytes:
@@ -404,6 +476,7 @@ class Archiver:
         return all(self.repo.has_blob(bid) for _off, bid in pnode.content)
 
     def _save_file(self, path: bytes, node: Node, pnode: Node | None) -> Node | None:
+        self.current = path
         try:
             fd = _open_noatime(path)
         except OSError as exc:
@@ -462,7 +535,7 @@ class Archiver:
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         for view, off in _with_offsets(self._chunker.cut(data)):
             content.append((off, self.repo.save_blob(DATA, view)[0]))
-        self.stats.add(bytes_read=len(data))
+        self.stats.add(bytes_read=len(data), bytes_done=len(data))
         return len(data)
 
     def _save_sparse(self, fd: int, size: int, extents: list[tuple[int, int]], content: list[tuple[int, bytes]]) -> int:
@@ -507,7 +580,7 @@ class Archiver:
                         off, fut = window.popleft()
                         content.append((off, fut.result()[0]))
                 total += len(data)
-                self.stats.add(bytes_read=len(data))
+                self.stats.add(bytes_read=len(data), bytes_done=len(data))
             while window:
                 off, fut = window.popleft()
                 content.append((off, fut.result()[0]))
@@ -536,6 +609,13 @@ def _with_offsets(views: Iterator[memoryview]) -> Iterator[tuple[memoryview, int
 
 
 _CHANGED_TYPE = OSError(errno.EINVAL, "changed type during backup")
+
+
+def _lowest_priority() -> None:
+    """This thread at nice 19 (Linux schedules threads one by one): it never takes a core from
+    the backup's own threads."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
 
 
 def _open_noatime(path: bytes) -> int:

@@ -28,6 +28,7 @@ class CheckResult:
     damaged_packs: dict[str, str] = dataclasses.field(default_factory=dict)
     affected: list[str] = dataclasses.field(default_factory=list)
     packs_read: int = 0
+    packs_to_read: int = 0  # known once reading starts: progress shows packs_read against it
     snapshots: int = 0
     trees: int = 0
 
@@ -166,6 +167,7 @@ class Checker:
         if subset:
             packs = select_subset(packs, subset)
         self._log(f"read {len(packs)} packs")
+        self.result.packs_to_read = len(packs)
         bad_blobs: set[bytes] = set()
         with ThreadPoolExecutor(4, thread_name_prefix="bfs-check") as pool:
             for pack_id, (problem, bad) in zip(packs, pool.map(self._verify_pack, packs), strict=True):
