@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from backupfs import __version__
 from backupfs.cli._args import parse_duration, parse_time
-from backupfs.cli.main import build_parser
-
-EVERYDAY = ("cache", "diff", "dump", "find", "generate", "key", "stats", "tag", "version", "help")
+from backupfs.cli.main import COMMANDS, build_parser
 
 
 def backupfs(*args: str) -> subprocess.CompletedProcess[str]:
@@ -83,7 +83,7 @@ def test_times_as_restic_find_takes_them() -> None:
         parse_time("next tuesday")
 
 
-@pytest.mark.parametrize("name", EVERYDAY)
+@pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_option_and_argument_has_help(name: str) -> None:
     parser = build_parser(name)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -99,3 +99,32 @@ def test_every_option_and_argument_has_help(name: str) -> None:
         if not a.help and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
     ]
     assert missing == []
+
+
+GLOBAL = ("--repo", "--password-file", "--json", "--quiet", "--retry-lock", "--cache-dir")
+
+
+@pytest.mark.parametrize("name", [*sorted(COMMANDS), "key list", "key export"])
+def test_help_lists_own_options_first_and_global_ones_once(name: str) -> None:
+    text = backupfs(*name.split(), "--help").stdout
+    usage, _, rest = text.partition("\n\n")
+    own, heading, global_part = rest.partition("\nglobal options:\n")
+    assert heading, text
+    assert not any(g in usage for g in GLOBAL), usage  # the usage line is the command's own
+    for option in GLOBAL:
+        listed = re.findall(rf"^  (?:-\w(?: \S+)?, )?{option}(?![-\w])", text, re.MULTILINE)  # as an option line
+        assert len(listed) == 1 and listed[0] in global_part, (option, text)
+    assert "-h, --help" in own
+
+
+def test_every_environment_variable_is_documented() -> None:
+    root = Path(__file__).parent.parent
+    used = set()
+    for path in (root / "backupfs").rglob("*.py"):
+        used |= set(re.findall(r"BACKUPFS_[A-Z_]+[A-Z]", path.read_text()))
+    used -= {"BACKUPFS_TEST_CRASH_AT"}  # tests only (cli/prune.py says so)
+    assert {"BACKUPFS_PASSWORD_COMMAND", "BACKUPFS_DEBUG", "BACKUPFS_NEW_PASSWORD"} <= used
+    helptext = backupfs("--help").stdout
+    readme = (root / "README.md").read_text()
+    for text in (helptext, readme):
+        assert sorted(v for v in used if not re.search(rf"\b{v}\b", text)) == []

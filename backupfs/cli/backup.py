@@ -21,8 +21,17 @@ EXIT_SKIPPED = 3
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("backup", help="create a new snapshot of files and directories")
-    p.add_argument("paths", nargs="*", metavar="PATH")
-    p.add_argument("-e", "--exclude", action="append", default=[], metavar="PATTERN")
+    p.add_argument(
+        "paths", nargs="*", metavar="PATH", help="files and folders to back up (with --stdin-from-command: the command)"
+    )
+    p.add_argument(
+        "-e",
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out what matches (repeatable; syntax: docs/usage.md)",
+    )
     p.add_argument("--exclude-file", action="append", default=[], metavar="FILE", help="patterns, one per line")
     p.add_argument("--exclude-caches", action="store_true", help="skip folders holding a valid CACHEDIR.TAG")
     p.add_argument("-x", "--one-file-system", action="store_true", help="do not cross file system boundaries")

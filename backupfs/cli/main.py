@@ -10,13 +10,14 @@ import re
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FrameType
 from typing import Any, NoReturn
 
 from backupfs import __version__
 from backupfs.cli._args import duration
 from backupfs.cli._output import err, print_error_json
+from backupfs.cli._shellmodel import ENVIRONMENT, EXIT_STATUS
 from backupfs.errors import BackupfsError, Terminated, UsageError
 from backupfs.malloc_arenas import cap_malloc_arenas
 
@@ -50,38 +51,97 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+GLOBAL_OPTIONS = "global options"
+GLOBAL_HINT = "These go before or after the command. Environment variables: `backupfs --help`."
+
+
 def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """Global options go before or after the command, as with restic."""
+    """Global options go before or after the command, as with restic; in help they come after
+    the command's own, under their own heading, and stay out of its usage line."""
 
     def d(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument("-r", "--repo", default=d(None), help="repository location (env BACKUPFS_REPOSITORY)")
-    parser.add_argument("--repository-file", default=d(None), help="file holding the repository location")
-    parser.add_argument(
-        "-p", "--password-file", default=d(None), help="file holding the password (env BACKUPFS_PASSWORD_FILE)"
+    group = parser.add_argument_group(GLOBAL_OPTIONS, GLOBAL_HINT if suppress else None)
+    add = group.add_argument
+    add("-r", "--repo", default=d(None), help="repository location (env BACKUPFS_REPOSITORY)")
+    add(
+        "--repository-file",
+        default=d(None),
+        metavar="FILE",
+        help="file holding the repository location (env BACKUPFS_REPOSITORY_FILE)",
     )
-    parser.add_argument("--password-command", default=d(None), help="command printing the password")
-    parser.add_argument(
-        "--key-hint", default=d(None), metavar="ID", help="try this key file first (env BACKUPFS_KEY_HINT)"
+    add(
+        "-p",
+        "--password-file",
+        default=d(None),
+        metavar="FILE",
+        help="file holding the password (env BACKUPFS_PASSWORD_FILE)",
     )
-    parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
-    parser.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress output")
-    parser.add_argument(
-        "--no-lock", action="store_true", default=d(False), help="do not lock the repository (read-only commands)"
+    add(
+        "--password-command",
+        default=d(None),
+        metavar="COMMAND",
+        help="command printing the password (env BACKUPFS_PASSWORD_COMMAND)",
     )
-    parser.add_argument(
+    add("--key-hint", default=d(None), metavar="ID", help="try this key file first (env BACKUPFS_KEY_HINT)")
+    add("--json", action="store_true", default=d(False), help="JSON on standard output, errors too (docs/usage.md)")
+    add("-q", "--quiet", action="store_true", default=d(False), help="no progress and no summary, only errors")
+    add("--no-lock", action="store_true", default=d(False), help="do not lock the repository (read-only commands)")
+    add(
         "--retry-lock",
         type=duration,
         default=d(0),
         metavar="DURATION",
         help="wait this long for a lock (30s, 5m, 1h; a bare number is seconds)",
     )
-    parser.add_argument(
-        "-o", "--option", action="append", default=d(None), metavar="KEY=VALUE", help="backend option (repeatable)"
+    add(
+        "-o",
+        "--option",
+        action="append",
+        default=d(None),
+        metavar="KEY=VALUE",
+        help="backend option, e.g. sftp_port=2222 (repeatable; docs/backends.md)",
     )
-    parser.add_argument("--cache-dir", default=d(None), help="local cache folder (default ~/.cache/backupfs)")
-    parser.add_argument("--no-cache", action="store_true", default=d(False), help="do not use a local cache")
+    add(
+        "--cache-dir",
+        default=d(None),
+        metavar="DIR",
+        help="local cache folder (env BACKUPFS_CACHE_DIR; default ~/.cache/backupfs)",
+    )
+    add("--no-cache", action="store_true", default=d(False), help="do not use a local cache")
+    for action in group._group_actions:
+        action.global_option = True  # type: ignore[attr-defined]
+
+
+class _OwnUsage(argparse.HelpFormatter):
+    """A command's usage line shows its own options; the global ones are listed once, below."""
+
+    def add_usage(
+        self,
+        usage: str | None,
+        actions: Iterable[argparse.Action],
+        groups: Iterable[argparse._MutuallyExclusiveGroup],
+        prefix: str | None = None,
+    ) -> None:
+        own = [a for a in actions if not getattr(a, "global_option", False)]
+        super().add_usage(usage, own, groups, prefix)
+
+
+def _own_usage(formatter: object) -> type[argparse.HelpFormatter]:
+    """`formatter` (a command's own choice, e.g. RawDescriptionHelpFormatter) with _OwnUsage."""
+    base = formatter if isinstance(formatter, type) else argparse.HelpFormatter
+    return type(f"OwnUsage{base.__name__}", (_OwnUsage, base), {})
+
+
+def _environment_epilog() -> str:
+    """The environment variables and exit codes, at the end of `backupfs --help`."""
+    lines = ["environment variables:"]
+    for name, meaning in ENVIRONMENT:
+        lines += [f"  {name}", f"      {meaning}"]
+    lines += ["", "exit codes:"]
+    lines += [f"  {code:<4} {meaning}" for code, meaning in EXIT_STATUS]
+    return "\n".join(lines)
 
 
 class Parser(argparse.ArgumentParser):
@@ -166,6 +226,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = Parser(
         prog="backupfs",
         description="Deduplicating, encrypted, versioned backups you can mount.",
+        epilog=_environment_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_global_options(parser, suppress=False)
     parser.add_argument("--version", action="version", version=f"backupfs {__version__}")
@@ -177,10 +239,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name, help=helptext)
     for subparser in sub.choices.values():
         _add_global_options(subparser, suppress=True)
+        subparser.formatter_class = _own_usage(subparser.formatter_class)
         for action in subparser._actions:  # nested commands (`key list --json`) take them too
             if isinstance(action, argparse._SubParsersAction):
                 for nested in action.choices.values():
                     _add_global_options(nested, suppress=True)
+                    nested.formatter_class = _own_usage(nested.formatter_class)
     return parser
 
 
