@@ -100,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(f"Files:  {stats.files_new:6} new, {stats.files_changed:6} changed, {stats.files_unchanged:6} unmodified")
         print(f"Dirs:   {stats.dirs_new:6} new, {stats.dirs_changed:6} changed, {stats.dirs_unchanged:6} unmodified")
+        print(
+            f"Others: {stats.others_new:6} new, {stats.others_changed:6} changed, "
+            f"{stats.others_unchanged:6} unmodified  (symlinks, devices, fifos)"
+        )
         print(f"Added to the repository: {human_size(stats.data_added)}")
         print(
             f"processed {stats.total_files} files, {human_size(stats.total_bytes)} in {stats.duration:.2f}s "

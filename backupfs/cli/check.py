@@ -9,7 +9,7 @@ from backupfs.cli._output import err, print_json
 from backupfs.cli._progress import Progress, check_figures
 from backupfs.cli._quote import escape
 from backupfs.errors import IntegrityError
-from backupfs.ops.check import Checker
+from backupfs.ops.check import Checker, select_subset
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.read_data_subset:
+        select_subset([], args.read_data_subset)  # a bad value fails now, not after the structure checks
     quiet = args.quiet or args.json
     with open_repository(args, lock="shared", load_index=False) as repo:
         checker = Checker(repo, log=(lambda _m: None) if quiet else err)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from backupfs.cli._common import open_repository
 from backupfs.cli._output import err, human_size, print_json
 from backupfs.cli._progress import Progress, restore_figures
+from backupfs.cli.snapshots import summary_count
 from backupfs.errors import IntegrityError, UsageError
 from backupfs.format.tree import DIR
 from backupfs.ops.restore import Restorer
@@ -27,13 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 _TOTALS = ("total_files_processed", "total_bytes_processed")
 
 
-def _summary_count(summary: dict[str, object], key: str) -> int | None:
-    """A count from the snapshot's summary, or None if it is missing or absurd (it is only shown)."""
-    value = summary.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63 else None
-
-
 def run(args: argparse.Namespace) -> int:
+    if os.path.lexists(args.target) and not os.path.isdir(args.target):
+        raise UsageError(f"--target {args.target} is not a folder: give a folder (one that does not exist is created)")
     ref, _, sub = args.snapshot.partition(":")
     start = time.monotonic()
     with open_repository(args, lock="shared") as repo:
@@ -51,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json and not args.quiet:
             err(f"restoring snapshot {sid[:8]} of {', '.join(snap.paths)} to {args.target}")
         whole = not (sub or args.include or args.exclude)  # then the snapshot's summary is the total
-        totals = [_summary_count(snap.summary, k) if whole else None for k in _TOTALS]
+        totals = [summary_count(snap.summary, k) if whole else None for k in _TOTALS]
         with Progress(args.quiet, args.json, restore_figures(restorer.stats, *totals)):
             stats = restorer.run()
     for w in stats.warnings:
@@ -65,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 "message_type": "summary",
                 "files_restored": stats.files,
                 "dirs_restored": stats.dirs,
+                "others_restored": stats.others,
                 "bytes_restored": stats.bytes_written,
                 "files_verified": stats.verified_files,
                 "errors": len(stats.errors),
@@ -72,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     elif not args.quiet:
-        print(f"restored {stats.files} files, {stats.dirs} dirs, {human_size(stats.bytes_written)} in {elapsed:.2f}s")
+        print(
+            f"restored {stats.files} files, {stats.dirs} dirs, {stats.others} others (symlinks, devices, fifos), "
+            f"{human_size(stats.bytes_written)} in {elapsed:.2f}s"
+        )
         if args.verify:
             print(f"verified {stats.verified_files} files")
     if stats.errors:

@@ -51,6 +51,13 @@ def snapshot_json(sid: str, snap: Snapshot) -> dict[str, object]:
     }
 
 
+def summary_count(summary: dict[str, object], key: str) -> int | None:
+    """A count from a snapshot's summary, or None where it is missing or absurd: the summary is
+    only ever shown, and a damaged or forged one must not stop a listing."""
+    value = summary.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63 else None
+
+
 def run(args: argparse.Namespace) -> int:
     damaged: list[str] = []
 
@@ -75,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             escape(s.host),
             escape(",".join(s.tags)),
             escape(", ".join(s.paths)),
-            human_size(int(s.summary.get("total_bytes_processed", 0))),
+            human_size(summary_count(s.summary, "total_bytes_processed") or 0),
         )
         for sid, s in snaps
     ]

@@ -61,7 +61,10 @@ class BackupStats:
     dirs_new: int = 0
     dirs_changed: int = 0
     dirs_unchanged: int = 0
-    total_files: int = 0
+    others_new: int = 0  # symlinks, devices, fifos
+    others_changed: int = 0
+    others_unchanged: int = 0
+    total_files: int = 0  # files saved (new + changed + unchanged); unreadable ones are in `skipped`
     total_bytes: int = 0
     bytes_read: int = 0
     data_added: int = 0
@@ -88,6 +91,9 @@ class BackupStats:
             "dirs_new": self.dirs_new,
             "dirs_changed": self.dirs_changed,
             "dirs_unchanged": self.dirs_unchanged,
+            "others_new": self.others_new,
+            "others_changed": self.others_changed,
+            "others_unchanged": self.others_unchanged,
             "total_files_processed": self.total_files,
             "total_bytes_processed": self.total_bytes,
             "bytes_read": self.bytes_read,
@@ -424,6 +430,7 @@ class Archiver:
             node.subtree = self._save_dir(path, pnode.subtree if pnode and pnode.type == DIR else None, pnode)
             return node
         if node.type != FILE:
+            self._count_other(node, pnode)
             return node
         if self._unchanged(node, pnode):
             assert pnode is not None
@@ -433,7 +440,6 @@ class Archiver:
             self.stats.add(total_files=1, total_bytes=st.st_size, files_unchanged=1, bytes_done=st.st_size)
             self._report(path)
             return node
-        self.stats.add(total_files=1, total_bytes=st.st_size)
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             with self._hardlinks_lock:
@@ -442,19 +448,41 @@ class Archiver:
                     fut = self._pool.submit(self._save_file, path, node, pnode)
                     self._hardlinks[key] = fut
                     return fut
-            return self._pool.submit(self._copy_content, first, path, node)
+            return self._pool.submit(self._copy_content, first, path, node, pnode)
         return self._pool.submit(self._save_file, path, node, pnode)
 
-    def _copy_content(self, first: Future[Node | None], path: bytes, node: Node) -> Node | None:
-        """Another name of an inode read in this backup: same content, no second read."""
+    def _copy_content(self, first: Future[Node | None], path: bytes, node: Node, pnode: Node | None) -> Node | None:
+        """Another name of an inode read in this backup: same content, no second read; counted
+        as the file it is under this name (new, or changed since the parent snapshot)."""
         done = first.result()
         if done is None:  # the first name could not be read: neither can this one
             self._skip(path, OSError(errno.EIO, "not saved: another name of this file could not be read"))
             return None
         node.content = done.content
         node.size = done.size
+        self._count_saved(node, pnode)
         self.stats.add(bytes_done=done.size)
         return node
+
+    def _count_saved(self, node: Node, pnode: Node | None) -> None:
+        """A file read (or linked to one read) in this backup: new, or changed since the parent."""
+        kind = "files_changed" if pnode is not None else "files_new"
+        self.stats.add(**{kind: 1, "total_files": 1, "total_bytes": node.size})
+
+    def _count_other(self, node: Node, pnode: Node | None) -> None:
+        """A symlink, device or fifo: unchanged if the parent has the same one, as a file is."""
+        if pnode is None:
+            self.stats.add(others_new=1)
+        elif (pnode.type, pnode.link_target, pnode.rdev, pnode.mtime_ns, pnode.ctime_ns) == (
+            node.type,
+            node.link_target,
+            node.rdev,
+            node.mtime_ns,
+            node.ctime_ns,
+        ):
+            self.stats.add(others_unchanged=1)
+        else:
+            self.stats.add(others_changed=1)
 
     def _save_tree(self, nodes: list[Node]) -> bytes:
         tree_id = self.repo.save_tree(nodes)
@@ -505,7 +533,7 @@ class Archiver:
             return None
         finally:
             os.close(fd)
-        self.stats.add(files_changed=1) if pnode is not None else self.stats.add(files_new=1)
+        self._count_saved(node, pnode)
         self._report(path)
         return node
 

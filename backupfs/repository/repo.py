@@ -73,6 +73,8 @@ TREE_ZSTD_LEVEL = 3  # tree blobs, whatever the data's compression (design.md 3)
 MAX_TREE_BLOB = 256 << 20  # one folder's listing (design.md 9): ~1 million entries; more is a bomb
 MAX_KEY_FILE = 64 << 10  # a key file is ~300 bytes; a bigger one is not read
 READ_GAP = 256 << 10  # unused bytes a batched read goes through rather than making another request
+SHORT_ID_CANDIDATE = 12  # digits shown of each snapshot an ambiguous prefix matches
+MAX_CANDIDATES = 10  # of those, at most this many are named
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -654,8 +656,9 @@ class Repository:
                 pass
 
     def find_snapshot(self, ref: str, snapshots: list[tuple[str, Snapshot]] | None = None) -> tuple[str, Snapshot]:
-        """`latest`, a full id or a unique id prefix."""
-        if ref == "latest" or ref.startswith("latest:"):
+        """`latest` (any case, as restic), a full id or a unique id prefix; an ambiguous prefix is
+        an error that names the snapshots it matches."""
+        if ref.lower() == "latest" or ref.lower().startswith("latest:"):
             snaps = self.list_snapshots() if snapshots is None else snapshots
             if not snaps:
                 raise UsageError("the repository has no snapshots")
@@ -666,7 +669,11 @@ class Repository:
         if not names:
             raise UsageError(f"no snapshot matches {ref!r}")
         if len(names) > 1:
-            raise UsageError(f"snapshot id {ref!r} is ambiguous ({len(names)} matches)")
+            shown = ", ".join(sorted(n[:SHORT_ID_CANDIDATE] for n in names)[:MAX_CANDIDATES])
+            more = f" and {len(names) - MAX_CANDIDATES} more" if len(names) > MAX_CANDIDATES else ""
+            raise UsageError(
+                f"snapshot id {ref!r} is ambiguous: it matches {len(names)} snapshots ({shown}{more}); give more digits"
+            )
         return names[0], self.load_snapshot(names[0])
 
     # ---------------------------------------------------------------- misc
