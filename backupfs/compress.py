@@ -14,6 +14,12 @@ NONE: Final = 0
 LZ4: Final = 1
 ZSTD: Final = 2
 
+ZSTD_LEVELS: Final = (1, 22)  # what zstd offers
+ZSTD_DEFAULT_LEVEL: Final = 3
+# A compressed body is kept only when it saves more than 1/2^MIN_SAVING_SHIFT (1/64) of the
+# size: below that, decompressing on every read costs more than the bytes saved.
+MIN_SAVING_SHIFT: Final = 6
+
 _tls = threading.local()
 
 
@@ -26,11 +32,11 @@ def parse_compression(spec: str) -> tuple[int, int]:
         return NONE, 0
     if name == "zstd":
         try:
-            lvl = int(level) if level else 3
+            lvl = int(level) if level else ZSTD_DEFAULT_LEVEL
         except ValueError:
             lvl = -100
-        if not 1 <= lvl <= 22:
-            raise UsageError(f"invalid zstd level in {spec!r} (1-22)")
+        if not ZSTD_LEVELS[0] <= lvl <= ZSTD_LEVELS[1]:
+            raise UsageError(f"invalid zstd level in {spec!r} ({ZSTD_LEVELS[0]}-{ZSTD_LEVELS[1]})")
         return ZSTD, lvl
     raise UsageError(f"unknown compression {spec!r} (lz4, zstd[:LEVEL], none)")
 
@@ -61,7 +67,7 @@ def compress(data: bytes | memoryview, algorithm: int, level: int = 0) -> bytes:
         body = _zstd_compressor(level).compress(data)
     else:
         return b"\x00" + bytes(data)
-    if len(body) + (len(data) >> 6) < len(data):
+    if len(body) + (len(data) >> MIN_SAVING_SHIFT) < len(data):
         return bytes((algorithm,)) + body
     return b"\x00" + bytes(data)
 

@@ -17,6 +17,12 @@ AEGIS256: Final = "aegis256"
 XCHACHA: Final = "xchacha20poly1305"
 SUITES: Final = (AEGIS256, XCHACHA)
 
+KEY_SIZE: Final = 32  # the AEAD key, the blob id key and the chunker secret, each
+SALT_SIZE: Final = 16  # Argon2id salt of a key file
+SEED_BITS: Final = 63  # pyfastcdc shifts the chunker seed left by one: 64 bits would overflow
+# Above this size BLAKE3 hashes a file with several threads; below, starting them costs more.
+PARALLEL_HASH_MIN: Final = 4 << 20
+
 ARGON2_OPS: Final = 3
 ARGON2_MEM: Final = 64 * 1024 * 1024
 # What a key file may ask for (design.md 4). Anyone who can write to the storage can add a key
@@ -33,7 +39,7 @@ def default_suite() -> str:
 
 def file_id(data: bytes | memoryview) -> str:
     """Unkeyed name of a repository file: anyone can detect bit rot by re-hashing."""
-    return blake3.blake3(data, max_threads=blake3.blake3.AUTO if len(data) > 1 << 22 else 1).hexdigest()
+    return blake3.blake3(data, max_threads=blake3.blake3.AUTO if len(data) > PARALLEL_HASH_MIN else 1).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,7 +50,7 @@ class MasterKey:
 
     @classmethod
     def generate(cls) -> MasterKey:
-        return cls(os.urandom(32), os.urandom(32), os.urandom(32))
+        return cls(os.urandom(KEY_SIZE), os.urandom(KEY_SIZE), os.urandom(KEY_SIZE))
 
     def to_bytes(self) -> bytes:
         return bytes(msgpack.packb({"enc": self.enc, "id": self.id, "chunker": self.chunker}, use_bin_type=True))
@@ -56,14 +62,14 @@ class MasterKey:
             key = cls(bytes(obj["enc"]), bytes(obj["id"]), bytes(obj["chunker"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError("master key is malformed") from exc
-        if any(len(k) != 32 for k in (key.enc, key.id, key.chunker)):
+        if any(len(k) != KEY_SIZE for k in (key.enc, key.id, key.chunker)):
             raise IntegrityError("master key has wrong lengths")
         return key
 
     def chunker_seed(self) -> int:
         """63-bit odd seed for pyfastcdc's gear table (it shifts the seed left, so 64 bits overflow)."""
         digest = blake3.blake3(b"bfs1 chunker seed", key=self.chunker).digest()
-        return (int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)) | 1
+        return (int.from_bytes(digest[:8], "little") & ((1 << SEED_BITS) - 1)) | 1
 
 
 class Cipher:
@@ -82,7 +88,7 @@ class Cipher:
             self.tag_size = nb.crypto_aead_xchacha20poly1305_ietf_ABYTES
         else:
             raise IntegrityError(f"unknown AEAD suite {suite!r}")
-        if len(key) != 32:
+        if len(key) != KEY_SIZE:
             raise ValueError("AEAD key must be 32 bytes")
         self.suite = suite
         self._key = key
@@ -119,7 +125,7 @@ class IdHasher:
 
 
 def derive_wrapping_key(password: bytes, salt: bytes, ops: int, mem: int) -> bytes:
-    return nb.crypto_pwhash_alg(32, password, salt, ops, mem, nb.crypto_pwhash_ALG_ARGON2ID13)
+    return nb.crypto_pwhash_alg(KEY_SIZE, password, salt, ops, mem, nb.crypto_pwhash_ALG_ARGON2ID13)
 
 
 def _kdf_in_range(ops: int, mem: int) -> bool:
@@ -146,7 +152,7 @@ def wrap_master_key(
 ) -> dict[str, object]:
     if not _kdf_in_range(ops, mem):
         raise ValueError(f"Argon2id parameters {ops}, {mem} are outside the range a reader accepts")
-    salt = os.urandom(16)
+    salt = os.urandom(SALT_SIZE)
     wrapping = Cipher(XCHACHA, derive_wrapping_key(password, salt, ops, mem))
     sealed = wrapping.seal(master.to_bytes(), aad)
     return {
@@ -164,7 +170,7 @@ def unwrap_master_key(fields: dict[str, object], password: bytes, aad: bytes) ->
     salt, nonce, data = fields.get("salt"), fields.get("nonce"), fields.get("data")
     if (
         not isinstance(salt, bytes)
-        or len(salt) != 16
+        or len(salt) != SALT_SIZE
         or not isinstance(nonce, bytes)
         or len(nonce) != nb.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
         or not isinstance(data, bytes)

@@ -19,6 +19,24 @@ class IntegrityError(BackupfsError):
     exit_code = 4
 
 
+class PackMissing(IntegrityError):
+    """A pack the index names is gone. Prune may have deleted or repacked it since the index was
+    loaded: a reader that reloads the index may find the blob elsewhere (the mount does)."""
+
+    def __init__(self, message: str, pack: str) -> None:
+        super().__init__(message)
+        self.pack = pack
+
+
+class BlobNotIndexed(IntegrityError):
+    """No index file lists the blob: the repository lost it, or the reader's index is older than
+    the snapshot that names it (a backup running beside a mount)."""
+
+    def __init__(self, message: str, blob_id: bytes) -> None:
+        super().__init__(message)
+        self.blob_id = blob_id
+
+
 class RepositoryNotFound(BackupfsError):
     exit_code = 10
 
@@ -63,3 +81,14 @@ class NotFound(BackendError):
 
 class AlreadyExists(BackendError):
     """A create-only operation found the target already present."""
+
+
+class UnderRetention(BackendError):
+    """The storage refuses to delete a file whose retention (S3 Object Lock) has not passed.
+
+    `until` is when it becomes deletable (Unix time), when the storage said so. Not an error of the
+    repository: prune and forget report such files and leave them for a later run."""
+
+    def __init__(self, message: str, until: float | None = None) -> None:
+        super().__init__(message)
+        self.until = until

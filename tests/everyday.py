@@ -13,8 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from conftest import CLI, PASSWORD
 from fastrepo import init_fast
+from support.cli import CLI, PASSWORD
 
 from backupfs.backends.local import LocalBackend
 from backupfs.repository.repo import Repository

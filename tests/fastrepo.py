@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import PASSWORD
+from support.cli import PASSWORD
 
 from backupfs.backends.local import LocalBackend
 from backupfs.repository.repo import Repository

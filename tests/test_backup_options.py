@@ -20,8 +20,8 @@ from pathlib import Path
 
 import blake3
 import pytest
-from conftest import CLI, PASSWORD
 from fastrepo import init_fast
+from support.cli import CLI, PASSWORD
 
 from backupfs.backends.local import LocalBackend
 from backupfs.ops import fsmeta
@@ -416,10 +416,15 @@ def _describe(path: Path) -> tuple[bytes, fsmeta.Node]:
 
 def _save_with_timeout(archiver: Archiver, path: bytes, node: fsmeta.Node) -> object:
     result: list[object] = []
-    t = threading.Thread(target=lambda: result.append(archiver._save_file(path, node, None)), daemon=True)
-    t.start()
-    t.join(20)
-    assert not t.is_alive(), "backup hung on the file"
+    folder, name = os.path.split(path)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        t = threading.Thread(target=lambda: result.append(archiver._save_file(dir_fd, name, path, node, None)), daemon=True)
+        t.start()
+        t.join(20)
+        assert not t.is_alive(), "backup hung on the file"
+    finally:
+        os.close(dir_fd)
     return result[0]
 
 

@@ -6,23 +6,25 @@ real processes whose peak memory is measured.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import lz4.block
+import msgpack
 import pytest
 import zstandard
-from conftest import CLI, PASSWORD
 from fastrepo import FAST_KDF, init_fast
+from support.cli import CLI, PASSWORD
 
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend
 from backupfs.backends.memory import MemoryBackend
 from backupfs.compress import LZ4, ZSTD
 from backupfs.errors import IntegrityError, UsageError
-from backupfs.format.config import ConfigBody
+from backupfs.format.config import ConfigBody, config_aad
 from backupfs.format.pack import DATA, TREE, PackEntry, blob_aad
 from backupfs.format.tree import FILE
 from backupfs.ops.treeview import lookup
@@ -90,7 +92,7 @@ def replace_blob(repo_path: Path, blob_id: bytes, btype: int, payload: bytes, ra
             written.append((name, entries))
 
         packer = Packer(repo.cipher, 64 * MiB, upload)
-        for e in repo.read_pack_header(old_data):
+        for e in repo.pack_header(old_pack, len(old_data)):
             if e.id == blob_id:
                 envelope = repo.cipher.seal(payload, blob_aad(btype, blob_id))
                 packer.add(btype, e.id, envelope, e.raw_length if raw_length is None else raw_length)
@@ -218,3 +220,23 @@ def test_config_cannot_lift_the_chunk_bound() -> None:
         ConfigBody.decode(body)
     with pytest.raises(UsageError):
         Repository.init(MemoryBackend(), b"pw", chunker=(512 * 1024, 512 * 1024, 128 * MiB), kdf=FAST_KDF)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("compression", "brotli"), ("compression", "zstd:99"), ("pack_size", 0), ("pack_size", 1 << 40)],
+)
+def test_a_bad_stored_config_value_is_damage_not_a_usage_error(field: str, value: object) -> None:
+    """The user typed none of it: a config body no writer makes is an integrity error (exit 4),
+    when the repository is opened, not a usage error (exit 2) later."""
+    backend = MemoryBackend()
+    repo = Repository.init(backend, b"pw", kdf=FAST_KDF)
+    body = {"chunker": list(repo.config.chunker), "pack_size": repo.config.pack_size, "compression": "lz4", field: value}
+    header = dataclasses.replace(
+        repo.header, body=repo.cipher.seal(b"\0" + msgpack.packb(body), config_aad(repo.header.repo_id))
+    )
+    repo.close()
+    backend.remove(FileType.CONFIG, "config")
+    backend.save(FileType.CONFIG, "config", header.encode())
+    with pytest.raises(IntegrityError, match="repository config"):
+        Repository.open(backend, b"pw")

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from conftest import CLI
+from support.cli import CLI
 
 
 def test_backup_restore_roundtrip(cli: CLI, tmp_path: Path) -> None:

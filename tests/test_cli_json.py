@@ -79,8 +79,9 @@ def free_port() -> int:
         return port
 
 
-def first_line_then_stop(cli: CLI, *args: str | os.PathLike[str]) -> dict[str, object]:
-    """A command that runs until stopped (mount, serve): its first JSON line says it is ready."""
+def first_line_then_stop(cli: CLI, *args: str | os.PathLike[str], signalled: bool = False) -> dict[str, object]:
+    """A command that runs until stopped (mount, serve): its first JSON line says it is ready.
+    `signalled`: SIGTERM ends it as it ends any command (exit 143, an error document), not 0."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "backupfs", "-r", str(cli.repo), *map(str, args), "--json"],
         stdout=subprocess.PIPE,
@@ -96,7 +97,12 @@ def first_line_then_stop(cli: CLI, *args: str | os.PathLike[str]) -> dict[str, o
     finally:
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and rest == b"", (proc.returncode, rest)
+    if signalled:
+        end = json.loads(rest)
+        assert proc.returncode == 143, (proc.returncode, rest)
+        assert end == {"message_type": "error", "code": 143, "message": "terminated by SIGTERM"}, rest
+    else:
+        assert proc.returncode == 0 and rest == b"", (proc.returncode, rest)
     return doc
 
 
@@ -141,6 +147,8 @@ def test_every_command_prints_json_and_json_errors(tmp_path: Path, cli_env: dict
     one("tag", "tag", "latest", "--add", "x")
     one("forget", "forget", "--keep-last", "5", "--dry-run")
     one("prune", "prune", "--dry-run")
+    assert one("repair index", "repair", "index", "--dry-run")["message_type"] == "repair_index"
+    one("repair snapshots", "repair", "snapshots", "--dry-run")
     other = fast_cli(tmp_path, cli_env, "other")
     from_env = {"BACKUPFS_FROM_PASSWORD": PASSWORD}
     assert one("copy", "copy", "--from-repo", cli.repo, env=from_env, on=other)["snapshots_copied"] == 2
@@ -158,9 +166,10 @@ def test_every_command_prints_json_and_json_errors(tmp_path: Path, cli_env: dict
     one("key import", "key", "import", tmp_path / "key.txt", env=keys)
     one("key passwd", "key", "passwd", env=keys)
     assert one("init", "-r", tmp_path / "new", "init")["message_type"] == "initialized"
-    assert first_line_then_stop(cli, "serve", "--path", cli.repo, "--listen", f"127.0.0.1:{free_port()}")[
-        "addresses"
-    ]
+    serving = first_line_then_stop(
+        cli, "serve", "--path", cli.repo, "--listen", f"127.0.0.1:{free_port()}", signalled=True
+    )
+    assert serving["addresses"]
     seen.add("serve")
     if CAN_MOUNT:
         mnt = tmp_path / "mnt"

@@ -8,8 +8,8 @@ import os
 import time
 from pathlib import Path
 
-from conftest import CLI
 from everyday import fast_cli, one_line_error
+from support.cli import CLI
 
 from backupfs.ops.excludes import is_cache_dir
 
@@ -32,7 +32,11 @@ def test_cache_folder_is_tagged_and_skipped_by_exclude_caches(tmp_path: Path, cl
     (src / "f").write_text("x")
     cli("backup", src)
     root = Path(cli_env["XDG_CACHE_HOME"]) / "backupfs"
-    assert is_cache_dir(os.fsencode(root))  # the signature backup tools look for
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert is_cache_dir(fd)  # the signature backup tools look for
+    finally:
+        os.close(fd)
     assert (root / "CACHEDIR.TAG").stat().st_mode & 0o777 == 0o644
     home_cache = Path(cli_env["XDG_CACHE_HOME"])
     cli("backup", home_cache, "--exclude-caches", "--tag", "without")

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import CLI
 from everyday import ambiguous_prefix, fast_cli, freeze_folder_atimes, one_line_error, open_repo, snapshot_ids
+from support.cli import CLI
 
 from backupfs.ops.diff import Differ
 from backupfs.ops.treeview import iter_tree, lookup

@@ -15,9 +15,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import CLI
 from everyday import ambiguous_prefix, fast_cli, one_line_error, open_repo
-from richtree import make_rich_tree, rsync_diff
+from support.cli import CLI
+from support.richtree import make_rich_tree, rsync_diff
 
 from backupfs.ops.dump import acl_text
 from backupfs.ops.treeview import lookup

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import CLI
 from everyday import ambiguous_prefix, fast_cli, one_line_error, open_repo, snapshot_ids
+from support.cli import CLI
 
 from backupfs.ops.find import PathMatcher
 from backupfs.ops.treeview import lookup

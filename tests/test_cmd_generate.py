@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CLI
 from everyday import fast_cli, one_line_error, snapshot_ids
+from support.cli import CLI
 
 from backupfs.cli.main import COMMANDS
 

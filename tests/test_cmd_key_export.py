@@ -12,8 +12,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import CLI
 from everyday import fast_cli, one_line_error
+from support.cli import CLI
 
 from backupfs.format.keyexport import parse
 

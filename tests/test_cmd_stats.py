@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from conftest import CLI
 from everyday import ambiguous_prefix, fast_cli, freeze_folder_atimes, one_line_error, open_repo, snapshot_ids
+from support.cli import CLI
 
 from backupfs.ops.stats import collect
 from backupfs.ops.treeview import lookup

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CLI
 from everyday import ambiguous_prefix, fast_cli, one_line_error, open_repo, snapshot_ids
-from rest_server import RestServer
+from support.cli import CLI
+from support.rest_server import RestServer
 
 from backupfs.format.snapshot import Snapshot
 from backupfs.ops.tag import new_tags

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import blake3
 import pytest
-from conftest import CLI
 from fastrepo import init_fast
-from richtree import rsync_diff
+from support.cli import CLI
+from support.richtree import rsync_diff
 
 MiB = 1024 * 1024
 BACKUPFS = [sys.executable, "-m", "backupfs"]

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import CLI, PASSWORD
-from rest_server import RestServer
-from richtree import rsync_diff
+from support.cli import CLI, PASSWORD
+from support.rest_server import RestServer
+from support.richtree import rsync_diff
 
 
 def _json(proc_stdout: bytes) -> dict[str, object]:

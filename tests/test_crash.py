@@ -16,8 +16,8 @@ from pathlib import Path
 
 import blake3
 import pytest
-from conftest import CLI
 from fastrepo import init_fast
+from support.cli import CLI
 
 MiB = 1024 * 1024
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
@@ -110,14 +110,24 @@ def test_killed_backup_is_consistent_and_its_packs_are_reused(cli: CLI, tmp_path
         assert (target / str(src).lstrip("/") / name).read_bytes() == (src / name).read_bytes()
 
 
-def test_interrupted_backup(cli: CLI, tmp_path: Path) -> None:
-    """Ctrl-C: exit 130, one line, no snapshot, no lock left behind, repository fine."""
-    src = tmp_path / "src"
-    write_random_files(src, 6, 20 * MiB)
-    proc = start(cli, "backup", "-q", src)
+def test_interrupted_backup(cli: CLI) -> None:
+    """Ctrl-C: exit 130, one line, no snapshot, no lock left behind, repository fine. The backup
+    reads standard input that this test holds open, so the signal always lands mid-backup (with
+    files, a fast backup could finish between the first pack and the signal)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backupfs", "-r", str(cli.repo), "backup", "-q", "--stdin"],
+        env=cli.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(os.urandom(64 * MiB))  # packs of 16 MiB: the first is written while we wait
+    proc.stdin.flush()
     wait_for(lambda: pack_bytes(cli.repo) > 0, proc)
     proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)  # standard input still open: only the signal can end it
+    _out, err = proc.communicate()
     assert proc.returncode == 130, err
     assert one_line(err) == "backupfs: interrupted"
     assert not list((cli.repo / "snapshots").iterdir())

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import blake3
 import pytest
-from conftest import CLI
 from fastrepo import init_fast
+from support.cli import CLI
 
 MiB = 1024 * 1024
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import CLI
+from support.cli import CLI
 from test_prune import backup, init_repo, opened, repo_size, repo_state, tree_hashes, verify_restore, write_random
 
 from backupfs.backends.base import FileType

@@ -13,8 +13,8 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import CLI, PASSWORD
 from fastrepo import FAST_KDF, init_fast
+from support.cli import CLI, PASSWORD
 
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend

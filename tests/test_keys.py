@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CLI, PASSWORD
 from fastrepo import FAST_KDF, init_fast
+from support.cli import CLI, PASSWORD
 
 from backupfs import crypto
 from backupfs.backends.base import FileType

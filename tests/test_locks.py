@@ -16,8 +16,8 @@ from pathlib import Path
 
 import blake3
 import pytest
-from conftest import CLI, PASSWORD
 from fastrepo import init_fast
+from support.cli import CLI, PASSWORD
 
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend

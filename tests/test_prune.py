@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, PASSWORD
+from support.cli import CLI, PASSWORD
 
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend

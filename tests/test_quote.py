@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import CLI
 from fastrepo import init_fast
+from support.cli import CLI
 
 from backupfs.cli._quote import escape, json_name
 

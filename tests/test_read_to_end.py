@@ -15,8 +15,8 @@ from pathlib import Path
 
 import blake3
 import pytest
-from conftest import CLI
 from fastrepo import init_fast
+from support.cli import CLI
 
 from backupfs.cli.main import main
 

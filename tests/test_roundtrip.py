@@ -1,6 +1,6 @@
 """Backup then restore through the real CLI must give back exactly what was saved.
 
-The oracle is rsync -aHAX --checksum (tests/richtree.py), independent of backupfs; the explicit
+The oracle is rsync -aHAX --checksum (tools/support/richtree.py), independent of backupfs; the explicit
 checks below name the properties rsync does not report on its own (sparseness, inode sharing).
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLI, PASSWORD
 from fastrepo import init_fast
-from richtree import T_FUTURE, make_rich_tree, rsync_diff, sparse_ok
+from support.cli import CLI, PASSWORD
+from support.richtree import T_FUTURE, make_rich_tree, rsync_diff, sparse_ok
 
 from backupfs.backends.local import LocalBackend
 from backupfs.ops.backup import Archiver, BackupOptions

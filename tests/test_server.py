@@ -23,9 +23,9 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from conftest import CLI
-from rest_server import RestServer
-from richtree import make_rich_tree, rsync_diff
+from support.cli import CLI
+from support.rest_server import RestServer
+from support.richtree import make_rich_tree, rsync_diff
 
 from backupfs.backends.base import BackendInfo, FileType
 from backupfs.backends.local import LocalBackend

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CLI
 from fastrepo import init_fast
+from support.cli import CLI
 
 MiB = 1024 * 1024
 

@@ -25,7 +25,7 @@ from backupfs.backends.base import FileType
 from backupfs.backends.memory import MemoryBackend
 from backupfs.chunker import Chunker
 from backupfs.crypto import AEGIS256, SUITES, XCHACHA, Cipher, IdHasher, MasterKey, unwrap_master_key, wrap_master_key
-from backupfs.errors import BackendError, IntegrityError, UsageError, WrongPassword
+from backupfs.errors import BackendError, BlobNotIndexed, IntegrityError, PackMissing, UsageError, WrongPassword
 from backupfs.format import config as config_fmt
 from backupfs.format import index as index_fmt
 from backupfs.format import keyfile as keyfile_fmt
@@ -464,6 +464,25 @@ def test_master_index() -> None:
     assert {bid for bid, _ in mi.items()} == {a, b}
 
 
+def test_master_index_keeps_every_copy() -> None:
+    """A blob in several packs keeps each copy, in the order loaded: in the sorted arrays (built
+    or compacted, and through the cache's table) and in the overlay; a pack added twice adds
+    nothing, so a reader can fall back on another copy when one is damaged."""
+    a, b = b"a" * 32, b"b" * 32
+    p, q, r = b"P" * 32, b"Q" * 32, b"R" * 32
+    built = MasterIndex.build([(p, [PackEntry(DATA, a, 0, 10, 8)]), (q, [PackEntry(DATA, a, 5, 11, 8)])])
+    for mi in (built, MasterIndex.from_table(built.to_table())):
+        assert [(loc.pack_id, loc.offset) for loc in mi.locations(a)] == [(p, 0), (q, 5)]
+        assert mi.lookup(a) is not None and mi.lookup(a).pack_id == p  # type: ignore[union-attr]
+        mi.add_pack(r, [PackEntry(DATA, a, 7, 12, 8), PackEntry(DATA, b, 0, 3, 2)])
+        mi.add_pack(r, [PackEntry(DATA, a, 7, 12, 8)])  # again: nothing new
+        mi.add_pack(q, [PackEntry(DATA, a, 5, 11, 8)])  # a copy it has: nothing new
+        assert [loc.pack_id for loc in mi.locations(a)] == [p, q, r]
+        mi.compact()
+        assert [loc.pack_id for loc in mi.locations(a)] == [p, q, r]
+        assert [loc.pack_id for loc in mi.locations(b)] == [r] and mi.locations(b"c" * 32) == []
+
+
 def test_master_index_fanout_edges() -> None:
     """The fan-out table over 2-byte prefixes finds ids at both ends of the range, runs of one
     prefix, and nothing for absent ids that share a present prefix."""
@@ -616,11 +635,30 @@ def test_load_data_blobs_reads_neighbours_at_once(mem_repo: tuple[MemoryBackend,
     got = repo.load_data_blobs(wanted)
     assert len(loads) == 1  # one pack, all within the gap
     assert got[0] == data[20] and got[1] == data[3] and got[4] == data[4] and got[5] == data[29]
-    assert isinstance(got[2], IntegrityError) and "not in the index" in str(got[2])
-    assert isinstance(got[3], IntegrityError)
+    assert isinstance(got[2], BlobNotIndexed) and got[2].blob_id == unknown and "not in the index" in str(got[2])
+    assert isinstance(got[3], IntegrityError) and not isinstance(got[3], PackMissing | BlobNotIndexed)
     loads.clear()
     assert repo.load_data_blobs([ids[0], ids[29]], gap=0) == [data[0], data[29]]
     assert len(loads) == 2  # too far apart for a zero gap
+
+
+def test_a_missing_pack_and_an_unknown_blob_are_typed_errors(mem_repo: tuple[MemoryBackend, Repository]) -> None:
+    """The mount reloads its index on exactly these two (a prune moved the blob, a newer backup
+    wrote it), so they are told apart by type, not by what caused them."""
+    backend, repo = mem_repo
+    blob_id = repo.save_blob(DATA, rand(5000, 1))[0]
+    repo.flush()
+    loc = repo.index.lookup(blob_id)
+    assert loc is not None
+    backend.remove(FileType.DATA, loc.pack_id.hex())
+    with pytest.raises(PackMissing) as missing:
+        repo.load_blob(DATA, blob_id)
+    assert missing.value.pack == loc.pack_id.hex() and missing.value.exit_code == 4
+    (batch,) = repo.load_data_blobs([blob_id])
+    assert isinstance(batch, PackMissing) and batch.pack == loc.pack_id.hex()
+    with pytest.raises(BlobNotIndexed) as unknown:
+        repo.load_blob(DATA, b"\x02" * 32)
+    assert unknown.value.blob_id == b"\x02" * 32 and unknown.value.exit_code == 4
 
 
 def test_blob_envelope_bound_to_id_and_type(mem_repo: tuple[MemoryBackend, Repository]) -> None:
@@ -644,6 +682,22 @@ def test_blob_envelope_bound_to_id_and_type(mem_repo: tuple[MemoryBackend, Repos
     repo.index = forged
     with pytest.raises(IntegrityError, match=loc_a.pack_id.hex()):
         repo.load_blob(DATA, b)
+
+
+def test_a_tree_sealed_under_another_id_is_refused(mem_repo: tuple[MemoryBackend, Repository]) -> None:
+    """The key's holder can seal any listing for any tree id, e.g. one whose sub-folder is the
+    tree itself: a cycle. The keyed id of every blob's plaintext is checked on every load, so
+    no reader meets one (design.md 3, 13)."""
+    _backend, repo = mem_repo
+    fine = repo.save_tree([_node(b"x")])
+    cycle_id = repo.blob_id(b"the id of another listing")
+    forged = tree_fmt.encode_tree([tree_fmt.Node(name=b"loop", type=tree_fmt.DIR, subtree=cycle_id)])
+    repo.save_blob(TREE, forged, blob_id=cycle_id)  # sealed for cycle_id, holding other bytes
+    repo.flush()
+    assert repo.load_tree(fine)[0].name == b"x"
+    for load in (repo.load_tree, repo.load_tree_as_stored, lambda tid: repo.load_blob(TREE, tid)):
+        with pytest.raises(IntegrityError, match="does not hash to its id"):
+            load(cycle_id)
 
 
 def test_repository_files_bound_to_their_type(mem_repo: tuple[MemoryBackend, Repository]) -> None:

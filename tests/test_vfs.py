@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from richtree import make_rich_tree
+from support.richtree import make_rich_tree
 
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark backupfs side by side with restic on one S3 server: prune and mount (issue 4).
 
-Starts a moto S3 server on 127.0.0.1 (tests/backends/backend_servers.py's MotoServer), makes one
+Starts a moto S3 server on 127.0.0.1 (tools/support/servers.py's MotoServer), makes one
 bucket per tool, and runs both tools on the same generated data, one phase at a time with the
 tools interleaved:
 
@@ -53,10 +53,7 @@ from pathlib import Path
 from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(2, str(Path(__file__).resolve().parent.parent / "tests" / "backends"))
 import boto3
-from backend_servers import MotoServer
 from benchlib.adapters import Backupfs, Restic, Tool
 from benchlib.core import Bench
 from benchlib.corpus import Corpus, MiB, TreeInfo, evolve_step
@@ -65,6 +62,7 @@ from benchlib.options import add_common_arguments, check_common_arguments
 from benchlib.options import parse_args as bench_parse_args
 from benchlib.report import Section, section_markdown
 from benchlib.runner import Run, log, run_cmd
+from support.servers import MotoServer
 
 TOOLS = ("backupfs", "restic")
 SECTIONS = ("prune", "mount")

@@ -18,7 +18,7 @@ directory); with --json, one JSON object instead. The daemons keep running after
 DIR/state.json) and removes DIR. The packages (ceph-mon ceph-mgr ceph-osd radosgw ceph-common,
 about 30 s) are installed with apt-get when missing and running as root, unless --no-install.
 
-From Python (tests/backends/backend_servers.py, benchmarks): `with CephRGW(workdir) as rgw:`
+From Python (tools/support/servers.py, benchmarks): `with CephRGW(workdir) as rgw:`
 then `rgw.endpoint`, `rgw.access_key`, `rgw.secret_key`; `kill_gateway()` / `start_gateway()`
 kill radosgw and start it again on the same port (the objects stay in the OSD).
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterator
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 # A temporary file older than this (seconds) is surely abandoned: no save takes a day.
 STALE_TEMPORARY_AGE: Final = 86400.0
+# S3 Object Lock's two retention modes, as backupfs names them (S3 spells them in capitals).
+RETENTION_MODES: Final = ("compliance", "governance")
 
 
 class FileType(enum.Enum):
@@ -56,6 +58,9 @@ class Backend(Protocol):
       only names layout.py allows, in the folder it puts them: temporary and foreign files
       are never listed.
     - `remove` deletes a file; removing a missing file raises NotFound.
+    - `list_foreign` yields the relative paths of files in the layout's folders that are not
+      repository files (layout.is_foreign), for `check` to report; nothing else ever sees them.
+      A backend that cannot see them (a REST server hides them) yields nothing.
     - Every method raises BackendError for a name no file of its type can have (layout.py),
       before touching any storage.
     - Transient failures raise TransientBackendError; everything else BackendError.
@@ -81,6 +86,8 @@ class Backend(Protocol):
 
     def remove(self, ftype: FileType, name: str) -> None: ...
 
+    def list_foreign(self) -> Iterator[str]: ...
+
     def info(self) -> BackendInfo:
         """The backend's capabilities; a remote one may ask its server (once), and can fail as any call."""
 
@@ -91,3 +98,49 @@ class Backend(Protocol):
         """
 
     def close(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetentionSupport:
+    """What the storage says about write-once retention (S3 Object Lock) where the repository is.
+
+    - `enabled`: the storage enforces retention there (S3: the bucket has Object Lock, and thus
+      versioning); None when the credentials may not ask.
+    - `default_retention`: a retention the storage gives every new object by itself (an S3 bucket's
+      default rule), described for a message; backupfs needs lock files it can delete.
+    """
+
+    enabled: bool | None
+    default_retention: str | None = None
+
+
+@runtime_checkable
+class ObjectLock(Protocol):
+    """Storage that can keep files undeletable until a date, even for the holder of its keys.
+
+    Optional beside `Backend`: the s3 backend implements it (and RetryBackend forwards it, saying
+    `enabled=False` over any other kind of storage); the memory backend simulates it for unit
+    tests. Contracts:
+
+    - `set_retention(mode, seconds)`: from then on every `save` of a file that is not a lock file
+      keeps it undeletable for `seconds` after the save, in `mode` (one of RETENTION_MODES; None
+      turns it off). The config gets it only once its write has won against a concurrent `init`.
+      `create()` then creates a missing bucket with Object Lock enabled.
+    - `retention(type, name)`: until when the file is kept (Unix time), None if it has no
+      retention; NotFound for a missing file.
+    - `extend_retention(type, name, until)`: the file stays undeletable until at least `until`
+      (in the mode set, or its own when it has one); a later date already set is kept: a
+      retention is never shortened.
+    - `remove` of a file under retention raises UnderRetention (with the date when known) and
+      changes nothing; otherwise the file and all its stored versions are gone, so the space
+      is freed (a plain S3 delete on a versioned bucket would only hide the object).
+    - `list` never shows a file that a plain delete has hidden.
+    """
+
+    def retention_support(self) -> RetentionSupport: ...
+
+    def set_retention(self, mode: str | None, seconds: float = 0.0) -> None: ...
+
+    def retention(self, ftype: FileType, name: str) -> float | None: ...
+
+    def extend_retention(self, ftype: FileType, name: str, until: float) -> None: ...

@@ -75,6 +75,24 @@ def belongs(ftype: FileType, parent: str, filename: str) -> bool:
     return is_valid_name(ftype, filename) and folder(ftype, filename) == parent
 
 
+def is_foreign(parent: str, filename: str) -> bool:
+    """Whether a file found in folder `parent` ("" for the repository's root, else a folder of
+    the layout or a sub-folder of data/) is neither a repository file nor a writer's temporary:
+    something backupfs did not write, which `check` reports and nothing else touches."""
+    if is_temporary(filename):
+        return False
+    if parent == "":
+        return filename != CONFIG_NAME
+    ftype = FOLDERS.get(parent.split("/", 1)[0])
+    return ftype is None or not belongs(ftype, parent, filename)
+
+
+def foreign_folders(data_subfolders: list[str]) -> list[str]:
+    """The folders `list_foreign` looks in: the root, each type's folder, and every sub-folder
+    actually found in data/ (names given as found: a stray `data/zz/` is looked in too)."""
+    return ["", *FOLDERS, *(f"{FileType.DATA.value}/{sub}" for sub in sorted(data_subfolders))]
+
+
 def temporary_name(name: str) -> str:
     """A fresh name for writing `name`'s content before it is renamed into place beside it."""
     return f".{name}{TEMP_MARK}{secrets.token_hex(_TEMP_UNIQUE_BYTES)}"

@@ -154,6 +154,24 @@ class LocalBackend:
                 except FileNotFoundError:
                     continue
 
+    def list_foreign(self) -> Iterator[str]:
+        try:
+            with os.scandir(os.path.join(self.root, FileType.DATA.value)) as found:
+                subs = [e.name for e in found if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            subs = []
+        for rel in layout.foreign_folders(subs):
+            try:
+                with os.scandir(os.path.join(self.root, rel)) as found:
+                    entries = [e for e in found if not e.is_dir(follow_symlinks=False)]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise _oserror(exc, f"cannot list {rel or self.root}") from exc
+            for e in entries:
+                if layout.is_foreign(rel, e.name):
+                    yield f"{rel}/{e.name}" if rel else e.name
+
     def remove(self, ftype: FileType, name: str) -> None:
         path = self._path(ftype, name)
         try:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from backupfs.backends.base import Backend
 from backupfs.backends.retry import RetryBackend
-from backupfs.errors import UsageError
+from backupfs.errors import BackupfsError, UsageError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
@@ -36,6 +37,9 @@ _SFTP_OPTIONS = {
     "sftp_strict_host_keys": ("strict_host_keys", "bool"),
     "sftp_connections": ("connections", int),
     "sftp_timeout": ("timeout", float),
+    "sftp_transport": ("transport", str),
+    "sftp_command": ("ssh_command", "words"),
+    "sftp_args": ("ssh_args", "words"),
 }
 _S3_OPTIONS = {
     "s3_region": ("region", str),
@@ -103,6 +107,14 @@ def _only(given: dict[str, Any], scheme: str, table: dict[str, tuple[str, Any]])
 
 
 def _convert(key: str, value: Any, kind: Any) -> Any:
+    if kind == "words":  # a command line, split as a POSIX shell would, ~ expanded as it would
+        if not isinstance(value, str):
+            return [str(v) for v in value]
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise UsageError(f"option {key}: {exc}") from None
+        return [os.path.expanduser(w) if w.startswith("~") else w for w in words]
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -130,14 +142,22 @@ def _local(path: str) -> Backend:
 
 
 def _sftp(url: str, rest: str, kwargs: dict[str, Any]) -> Backend:
-    from backupfs.backends.sftp.backend import SFTPBackend
+    from backupfs.backends.sftp.backend import SFTPBackend, choose_transport
     from backupfs.backends.sftp.connect import ssh_config_for
 
     user, host, port, path = parse_sftp(url, rest)
-    config = ssh_config_for(host)
     if port is not None and "port" in kwargs and kwargs["port"] != port:
         raise UsageError(f"{url}: port {port} in the URL contradicts sftp_port={kwargs['port']}")
-    kwargs.setdefault("port", port or int(config.get("port", 22)))
+    if port is not None:
+        kwargs["port"] = port
+    try:
+        transport = choose_transport(kwargs.pop("transport", "auto"), kwargs.get("ssh_command"))
+    except BackupfsError as exc:
+        raise UsageError(f"{url}: {exc}") from None
+    if transport == "openssh":  # ssh reads its configuration itself
+        return SFTPBackend(host, path, user=user, transport=transport, **kwargs)
+    config = ssh_config_for(host)
+    kwargs.setdefault("port", int(config.get("port", 22)))
     identity = config.get("identityfile")
     if "key_filename" not in kwargs and identity:
         keys = [os.path.expanduser(k) for k in identity if os.path.exists(os.path.expanduser(k))]
@@ -148,7 +168,8 @@ def _sftp(url: str, rest: str, kwargs: dict[str, Any]) -> Backend:
     checking = str(config.get("stricthostkeychecking", "")).lower()
     if "strict_host_keys" not in kwargs and checking in ("no", "off", "accept-new"):
         kwargs["strict_host_keys"] = False
-    return SFTPBackend(config.get("hostname", host), path, user=user or config.get("user"), **kwargs)
+    host = config.get("hostname", host)
+    return SFTPBackend(host, path, user=user or config.get("user"), transport=transport, **kwargs)
 
 
 def parse_sftp(url: str, rest: str | None = None) -> tuple[str | None, str, int | None, str]:

@@ -31,6 +31,8 @@ _TRANSIENT_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
 # `backupfs serve --append-only` marks every answer with this header (docs/server.md); other
 # servers (restic's rest-server) do not, and are taken to allow deletes until one is refused.
 APPEND_ONLY_HEADER: Final = "x-backupfs-append-only"
+_CONNECT_TIMEOUT: Final = 15.0  # seconds to open a connection; reads wait `timeout`
+_REASON_MAX: Final = 200  # characters of a server's error text kept in a message
 
 
 class RestBackend:
@@ -75,7 +77,7 @@ class RestBackend:
             maxsize=connections,
             block=True,  # at most `connections` sockets; further threads wait for one
             retries=False,  # RetryBackend decides what to retry
-            timeout=urllib3.Timeout(connect=15.0, read=timeout),
+            timeout=urllib3.Timeout(connect=_CONNECT_TIMEOUT, read=timeout),
             **options,
         )
         self._append_only: bool | None = None  # what the latest answer said; None before the first
@@ -122,7 +124,7 @@ class RestBackend:
         if status < 300 or status in allow:
             return response
         text = response.data.decode("utf-8", "replace").strip()
-        reason = text.splitlines()[0][:200] if text else (response.reason or str(status))
+        reason = text.splitlines()[0][:_REASON_MAX] if text else (response.reason or str(status))
         if status == 404:
             raise NotFound(f"{what}: not found")
         if status == 401:
@@ -207,6 +209,9 @@ class RestBackend:
         # the listing is the server's word: names no repository file can have are not passed on
         yield from ((name, size) for name, size in items if layout.is_valid_name(ftype, name))
 
+    def list_foreign(self) -> Iterator[str]:
+        yield from ()  # the protocol lists repository files only: run check on the server to see others
+
     def remove(self, ftype: FileType, name: str) -> None:
         self._request("DELETE", self._file_path(ftype, name), f"remove {ftype.value}/{name}")
 
@@ -252,7 +257,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(cause, OSError) and cause.errno is not None and os.strerror(cause.errno):
         return os.strerror(cause.errno).lower()
     text = str(cause) or str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+    return text.splitlines()[0][:_REASON_MAX]
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -14,8 +14,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from backupfs.backends.base import STALE_TEMPORARY_AGE, Backend, BackendInfo, FileType
-from backupfs.errors import AlreadyExists, NotFound, TransientBackendError
+from backupfs.backends.base import (
+    STALE_TEMPORARY_AGE,
+    Backend,
+    BackendInfo,
+    FileType,
+    ObjectLock,
+    RetentionSupport,
+)
+from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +30,11 @@ T = TypeVar("T")
 
 
 class RetryBackend:
-    """Wraps a backend and retries its transient failures `attempts` times in total."""
+    """Wraps a backend and retries its transient failures `attempts` times in total.
+
+    It also implements `ObjectLock` for every backend: forwarded (and retried) where the wrapped
+    backend has it, and "not supported" where it has not, so callers need not unwrap it.
+    """
 
     def __init__(
         self,
@@ -115,6 +126,10 @@ class RetryBackend:
                 if close is not None:
                     close()
 
+    def list_foreign(self) -> Iterator[str]:
+        """Read whole before the first path is out, so that a retry never yields one twice."""
+        yield from self._call("list foreign files", lambda: list(self.inner.list_foreign()))
+
     def remove(self, ftype: FileType, name: str) -> None:
         failed = False
 
@@ -142,3 +157,27 @@ class RetryBackend:
 
     def close(self) -> None:
         self.inner.close()
+
+    # --- ObjectLock ---
+
+    def _lock(self) -> ObjectLock:
+        if not isinstance(self.inner, ObjectLock):
+            raise BackendError(f"{self.location} has no Object Lock (only s3: repositories can have one)")
+        return self.inner
+
+    def retention_support(self) -> RetentionSupport:
+        if not isinstance(self.inner, ObjectLock):
+            return RetentionSupport(False)
+        return self._call(f"ask {self.location} about Object Lock", self.inner.retention_support)
+
+    def set_retention(self, mode: str | None, seconds: float = 0.0) -> None:
+        if mode is not None or isinstance(self.inner, ObjectLock):
+            self._lock().set_retention(mode, seconds)
+
+    def retention(self, ftype: FileType, name: str) -> float | None:
+        lock = self._lock()
+        return self._call(f"retention of {ftype.value}/{name}", lambda: lock.retention(ftype, name))
+
+    def extend_retention(self, ftype: FileType, name: str, until: float) -> None:
+        lock = self._lock()
+        self._call(f"extend retention of {ftype.value}/{name}", lambda: lock.extend_retention(ftype, name, until))

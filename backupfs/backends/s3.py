@@ -7,6 +7,11 @@ repository can be copied between a directory, an SFTP server and a bucket with p
 
 A PUT is atomic (an object appears whole or not at all), so there are no temporary files.
 boto3 clients are thread-safe: one client with a connection pool serves every thread.
+
+With S3 Object Lock (`set_retention`, design.md "Object Lock") every object but the lock files is
+written with a retain-until date, and `remove` deletes an object's versions by their ids: on a
+versioned bucket a plain DELETE would only add a delete marker, hiding the object while its bytes
+stay stored (and billed) for ever.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import http.client
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -26,8 +33,8 @@ import botocore.exceptions as bex
 import botocore.session
 
 from backupfs.backends import layout
-from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
-from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
+from backupfs.backends.base import RETENTION_MODES, STALE_TEMPORARY_AGE, BackendInfo, FileType, RetentionSupport
+from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError, UnderRetention
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,9 @@ _THROTTLED = {
 _INFO = BackendInfo(local=False, append_only=False, sweeps_temporaries=False)
 LIST_PAGE = 1000  # keys per ListObjectsV2 request: the most AWS and Ceph RGW return
 _CONDITIONAL_UNSUPPORTED = {"NotImplemented", "InvalidArgument", "InvalidRequest"}
+# A version the server refused to delete counts as still under retention when its retain-until
+# date is no further than this in our past: the server's clock may be behind ours.
+CLOCK_SKEW = 86400.0
 # Endpoints that name their region, so users need not repeat it: AWS, Backblaze B2, and R2
 # (whose only region is "auto").
 _REGION_HOSTS = [
@@ -93,6 +103,7 @@ class S3Backend:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._conditional_put = True  # If-None-Match on PUT; cleared if the server rejects it
+        self._retention: tuple[str, float] | None = None  # (S3 mode, seconds) for saves: set_retention
         try:
             self._client: Any = self._make_client(endpoint, region, profile, addressing_style, connections, timeout)
         except bex.ProfileNotFound as exc:
@@ -218,6 +229,8 @@ class S3Backend:
         kwargs: dict[str, Any] = {}
         if self.region not in ("us-east-1", "auto"):
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        if self._retention is not None:  # Object Lock can be chosen only when a bucket is made
+            kwargs["ObjectLockEnabledForBucket"] = True
         try:
             self._client.create_bucket(Bucket=self.bucket, **kwargs)
         except bex.ClientError as exc:
@@ -225,7 +238,7 @@ class S3Backend:
                 raise self._error(exc, f"cannot create bucket {self.bucket}") from exc
         except (bex.BotoCoreError, OSError) as exc:
             raise self._error(exc, f"cannot create bucket {self.bucket}") from exc
-        log.info("created bucket %s", self.bucket)
+        log.info("created bucket %s%s", self.bucket, " with Object Lock" if self._retention else "")
 
     def save(self, ftype: FileType, name: str, data: bytes | memoryview) -> None:
         key = self._key(ftype, name)
@@ -237,7 +250,22 @@ class S3Backend:
             "ContentMD5": base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode(),
         }
         if ftype is not FileType.CONFIG:
-            self._call(f"save {what}", "put_object", **kwargs)
+            if self._retention is None or ftype is FileType.LOCK:  # lock files must go again
+                self._call(f"save {what}", "put_object", **kwargs)
+                return
+            kwargs["ObjectLockMode"] = self._retention[0]
+            kwargs["ObjectLockRetainUntilDate"] = _date(time.time() + self._retention[1])
+            try:
+                self._client.put_object(Bucket=self.bucket, **kwargs)
+            except bex.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "InvalidRequest":
+                    raise BackendError(
+                        f"save {what}: bucket {self.bucket} refuses a retention date: it has no Object Lock, "
+                        "which this repository needs (it was created with `init --object-lock`)"
+                    ) from exc
+                raise self._error(exc, f"save {what}") from exc
+            except (bex.BotoCoreError, OSError) as exc:
+                raise self._error(exc, f"save {what}") from exc
             return
         # The config must never be replaced. A conditional PUT makes that atomic; servers that
         # reject the condition get check-then-put, which two simultaneous `init`s can race.
@@ -247,6 +275,7 @@ class S3Backend:
             try:
                 resp = self._client.put_object(Bucket=self.bucket, IfNoneMatch="*", **kwargs)
                 self._first_version_wins(key, what, resp.get("VersionId"))
+                self._retain_config(key, what, resp.get("VersionId"))
                 return
             except bex.ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
@@ -259,6 +288,18 @@ class S3Backend:
                 raise self._error(exc, f"save {what}") from exc
         resp = self._call(f"save {what}", "put_object", **kwargs)
         self._first_version_wins(key, what, resp.get("VersionId"))
+        self._retain_config(key, what, resp.get("VersionId"))
+
+    def _retain_config(self, key: str, what: str, version: str | None) -> None:
+        """The config is written without a retention and gets it once its PUT has won: a racing
+        `init` that lost must be able to delete its own version (`_first_version_wins`). The
+        retention goes to our version by its id, never to whichever version is newest."""
+        if self._retention is None:
+            return
+        kwargs: dict[str, Any] = {"Key": key, "Retention": self._retention_of(time.time() + self._retention[1])}
+        if version and version != "null":
+            kwargs["VersionId"] = version
+        self._call(f"save {what}", "put_object_retention", **kwargs)
 
     def _first_version_wins(self, key: str, what: str, version: str | None) -> None:
         """On a versioned bucket, undo a config PUT that another one beat.
@@ -347,13 +388,146 @@ class S3Backend:
                 if layout.belongs(ftype, parent, name):
                     yield name, int(obj["Size"])
 
+    def list_foreign(self) -> Iterator[str]:
+        """Every key under the prefix that is in a folder of the layout (or at its root) and is not
+        a repository file: one listing of the whole prefix."""
+        root = f"{self.prefix}/" if self.prefix else ""
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=root, PaginationConfig={"PageSize": LIST_PAGE}))
+        while True:
+            try:
+                page = next(pages)
+            except StopIteration:
+                return
+            except (bex.BotoCoreError, bex.ClientError, OSError) as exc:
+                raise self._error(exc, "list the repository") from exc
+            for obj in page.get("Contents", ()):
+                rel = str(obj["Key"])[len(root) :]
+                parent, _, name = rel.rpartition("/")
+                top = parent.split("/", 1)[0]
+                in_layout = parent == "" or top in layout.FOLDERS
+                depth_ok = parent.count("/") <= (1 if top == FileType.DATA.value else 0)
+                if in_layout and depth_ok and layout.is_foreign(parent, name):
+                    yield rel
+
     def remove(self, ftype: FileType, name: str) -> None:
         # S3 deletes a missing key without complaint; the contract wants NotFound, hence the
         # HEAD (a concurrent remove between the two calls makes both succeed: harmless).
         what = self._what(ftype, name)
         key = self._key(ftype, name)
-        self._call(f"remove {what}", "head_object", Key=key)
-        self._call(f"remove {what}", "delete_object", Key=key)
+        head = self._call(f"remove {what}", "head_object", Key=key)
+        if self._retention is None:
+            # Without Object Lock a versioned bucket is the owner's own safety net (and its
+            # lifecycle rules reclaim old versions): a plain delete, which keeps the history.
+            self._call(f"remove {what}", "delete_object", Key=key)
+            return
+        until = _epoch(head.get("ObjectLockRetainUntilDate"))
+        if until is not None and until > time.time():
+            raise UnderRetention(f"{what} is under Object Lock retention until {_show(until)}", until)
+        versions = self._versions(key, what)
+        if versions is None:  # not allowed to list versions: at least the one we saw
+            versions = (str(head["VersionId"]),) if head.get("VersionId") else ()
+        if not versions:  # versioning off (a copy of the repository in a plain bucket)
+            self._call(f"remove {what}", "delete_object", Key=key)
+            return
+        for version in versions:
+            try:
+                self._client.delete_object(Bucket=self.bucket, Key=key, VersionId=version)
+            except bex.ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
+                    raise self._refused(key, what, version, exc) from exc
+                raise self._error(exc, f"remove {what}") from exc
+            except (bex.BotoCoreError, OSError) as exc:
+                raise self._error(exc, f"remove {what}") from exc
+
+    def _versions(self, key: str, what: str) -> tuple[str, ...] | None:
+        """Ids of every version and delete marker of `key`, newest version first; None when the
+        credentials may not list versions."""
+        try:
+            resp = self._client.list_object_versions(Bucket=self.bucket, Prefix=key)
+        except bex.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 403:
+                return None
+            raise self._error(exc, f"remove {what}") from exc
+        except (bex.BotoCoreError, OSError) as exc:
+            raise self._error(exc, f"remove {what}") from exc
+        found = [v for v in resp.get("Versions", ()) if v.get("Key") == key]
+        found += [m for m in resp.get("DeleteMarkers", ()) if m.get("Key") == key]
+        return tuple(str(v["VersionId"]) for v in found if v.get("VersionId"))
+
+    def _refused(self, key: str, what: str, version: str, exc: bex.ClientError) -> BackendError:
+        """A version the server would not delete: locked (an older version, or the server's clock
+        behind ours), or credentials without s3:DeleteObjectVersion."""
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=key, VersionId=version)
+            until = _epoch(head.get("ObjectLockRetainUntilDate"))
+        except (bex.BotoCoreError, bex.ClientError, OSError):
+            until = None
+        if until is not None and until > time.time() - CLOCK_SKEW:
+            return UnderRetention(f"{what} is under Object Lock retention until {_show(until)}", until)
+        return BackendError(
+            f"remove {what}: access denied deleting version {version} "
+            "(deleting on an Object Lock repository needs the s3:DeleteObjectVersion permission)"
+        )
+
+    # --- Object Lock (backends.base.ObjectLock) ---
+
+    def retention_support(self) -> RetentionSupport:
+        try:
+            resp = self._client.get_object_lock_configuration(Bucket=self.bucket)
+        except bex.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code == "ObjectLockConfigurationNotFoundError" or code == "NotImplemented" or status == 501:
+                return RetentionSupport(False)
+            if code != "NoSuchBucket" and status == 403:
+                return RetentionSupport(None)
+            raise self._error(exc, f"Object Lock configuration of bucket {self.bucket}") from exc
+        except (bex.BotoCoreError, OSError) as exc:
+            raise self._error(exc, f"Object Lock configuration of bucket {self.bucket}") from exc
+        config = resp.get("ObjectLockConfiguration") or {}
+        rule = (config.get("Rule") or {}).get("DefaultRetention")
+        default = None
+        if rule:
+            span = f"{rule['Days']} days" if rule.get("Days") else f"{rule.get('Years', '?')} years"
+            default = f"{str(rule.get('Mode', '?')).lower()}, {span}"
+        return RetentionSupport(config.get("ObjectLockEnabled") == "Enabled", default)
+
+    def set_retention(self, mode: str | None, seconds: float = 0.0) -> None:
+        if mode is None:
+            self._retention = None
+            return
+        if mode not in RETENTION_MODES or seconds <= 0:
+            raise BackendError(f"invalid retention {mode!r} for {seconds} seconds")
+        self._retention = (mode.upper(), seconds)
+
+    def retention(self, ftype: FileType, name: str) -> float | None:
+        head = self._call(self._what(ftype, name), "head_object", Key=self._key(ftype, name))
+        return _epoch(head.get("ObjectLockRetainUntilDate"))
+
+    def extend_retention(self, ftype: FileType, name: str, until: float) -> None:
+        """One PutObjectRetention on the newest version; asks (HEAD) only when it is refused,
+        which a later date already set causes (S3 never shortens one)."""
+        what = self._what(ftype, name)
+        key = self._key(ftype, name)
+        if self._retention is None:
+            raise BackendError(f"extend retention of {what}: no retention mode set")
+        try:
+            self._client.put_object_retention(Bucket=self.bucket, Key=key, Retention=self._retention_of(until))
+            return
+        except bex.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 403:
+                raise self._error(exc, f"extend retention of {what}") from exc
+            refused = exc
+        except (bex.BotoCoreError, OSError) as exc:
+            raise self._error(exc, f"extend retention of {what}") from exc
+        current = self.retention(ftype, name)
+        if current is None or current < until:
+            raise self._error(refused, f"extend retention of {what}")
+
+    def _retention_of(self, until: float) -> dict[str, Any]:
+        assert self._retention is not None
+        return {"Mode": self._retention[0], "RetainUntilDate": _date(until)}
 
     def info(self) -> BackendInfo:
         return _INFO
@@ -396,6 +570,19 @@ def _network_reason(exc: BaseException) -> str:
             return cause.strerror[:1].lower() + cause.strerror[1:]
         cause = cause.__cause__ or cause.__context__
     return _first_line(exc)
+
+
+def _date(when: float) -> datetime:
+    """A retain-until date, rounded up to whole seconds (RGW keeps no more on a PUT)."""
+    return datetime.fromtimestamp(-int(-when // 1), UTC)
+
+
+def _epoch(value: Any) -> float | None:
+    return value.timestamp() if isinstance(value, datetime) else None
+
+
+def _show(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,13 +8,15 @@ import subprocess
 import sys
 import threading
 
-from backupfs.cli._common import open_repository
+from backupfs.cli._common import format_time, iso_time, open_repository
 from backupfs.cli._output import err, human_size, print_json
 from backupfs.cli._progress import Progress, backup_figures, progress_mode, stream_figures
 from backupfs.cli._quote import json_name
 from backupfs.errors import BackupfsError, UsageError
+from backupfs.format.snapshot import Snapshot
 from backupfs.ops.backup import Archiver, BackupOptions
 from backupfs.ops.excludes import read_exclude_file
+from backupfs.repository.retention import ProtectStats
 
 EXIT_SKIPPED = 3
 
@@ -75,11 +77,13 @@ def run(args: argparse.Namespace) -> int:
         figures = stream_figures(archiver.stats) if stream else backup_figures(archiver)
         with Progress(args.quiet, args.json, figures):
             if args.stdin_from_command:
-                snap_id, _snap = _backup_command(archiver, opts.paths, args.stdin_filename)
+                snap_id, snap = _backup_command(archiver, opts.paths, args.stdin_filename)
             elif args.stdin:
-                snap_id, _snap = archiver.run_stream(args.stdin_filename, sys.stdin.buffer)
+                snap_id, snap = archiver.run_stream(args.stdin_filename, sys.stdin.buffer)
             else:
-                snap_id, _snap = archiver.run()
+                snap_id, snap = archiver.run()
+    locked = repo.retention_stats
+    promise = snap.time_ns + repo.config.object_lock.days * 86400 * 10**9 if repo.config.object_lock else 0
     stats = archiver.stats
     for path, msg in stats.skipped:
         err(f"error: {path}: {msg}")
@@ -95,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
                 "skipped_paths": [{**_path_json(path), "error": msg} for path, msg in stats.skipped],
                 "changed_during_backup": [_path_json(path) for path in stats.changed_during_read],
                 "snapshot_id": snap_id,
+                **({"object_lock": _lock_json(locked)} if locked is not None else {}),
             }
         )
     elif not args.quiet:
@@ -111,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
         )
         if stats.changed_during_read:
             print(f"{len(stats.changed_during_read)} files changed while being read: saved as read, not as one moment")
+        if locked is not None and locked.files:
+            print(
+                f"Object Lock: the {locked.files} files it needs stay undeletable until {format_time(promise)} "
+                f"or later ({locked.extended} extended, {locked.checked} dates read)"
+            )
         print(f"snapshot {snap_id[:8]} saved")
     if stats.skipped:
         err(f"Warning: {len(stats.skipped)} files could not be read and are missing from snapshot {snap_id[:8]}")
@@ -118,12 +128,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lock_json(locked: ProtectStats) -> dict[str, object]:
+    """Object Lock's cost, its date RFC 3339 as every time in JSON (null: nothing extended)."""
+    return {**locked.as_dict(), "until": iso_time(int(locked.until * 1e9)) if locked.until else None}
+
+
 def _path_json(path: str) -> dict[str, str]:
     """A source path as `json_name` gives stored names: exact, even when it is not UTF-8."""
     return json_name("path", os.fsencode(path))
 
 
-def _backup_command(archiver: Archiver, command: list[str], name: str) -> tuple[str, object]:
+def _backup_command(archiver: Archiver, command: list[str], name: str) -> tuple[str, Snapshot]:
     """Streams a command's stdout; if the command fails, no snapshot is written."""
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE)

@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
                 "warnings": [escape(w) for w in result.warnings],
                 "damaged_packs": result.damaged_packs,
                 "affected": [escape(a) for a in result.affected],
+                "fixes": result.fixes,
+                "foreign_files": [escape(f) for f in result.foreign_files],
                 "snapshots": result.snapshots,
                 "trees": result.trees,
                 "packs_read": result.packs_read,

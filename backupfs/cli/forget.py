@@ -7,13 +7,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from backupfs.backends.base import FileType
 from backupfs.cli._common import format_time, open_repository
 from backupfs.cli._output import print_json
 from backupfs.cli._quote import escape
-from backupfs.cli.prune import add_prune_args, prune_options, prune_repository, refuse_no_lock
+from backupfs.cli.prune import add_prune_args, held_json, held_lines, prune_options, prune_repository, refuse_no_lock
 from backupfs.cli.snapshots import add_filter_args, snapshot_json
-from backupfs.errors import UsageError
+from backupfs.errors import UnderRetention, UsageError
 from backupfs.format.snapshot import Snapshot
+from backupfs.prune.locked import Held, locked_dates
 from backupfs.prune.policy import (
     DEFAULT_GROUP_BY,
     GroupPlan,
@@ -122,15 +124,14 @@ def run(args: argparse.Namespace) -> int:
 def _by_id(repo: Repository, args: argparse.Namespace) -> list[str]:
     snapshots = repo.list_snapshots()
     found = dict(repo.find_snapshot(ref, snapshots) for ref in args.snapshots)
-    ids = list(found)
-    if not args.dry_run:
-        _remove(repo, ids, found)
+    ids, held = _remove(repo, list(found), found, args.dry_run)
     if args.json:
-        print_json({"message_type": "forget", "dry_run": args.dry_run, "removed": ids})
+        print_json({"message_type": "forget", "dry_run": args.dry_run, "removed": ids, **held_json(held)})
     elif not args.quiet:
         verb = "would remove" if args.dry_run else "removed"
         for sid in ids:
             print(f"{verb} snapshot {sid[:8]}")
+        _print_held(held)
     return ids
 
 
@@ -143,9 +144,7 @@ def _by_policy(repo: Repository, args: argparse.Namespace, policy: Policy) -> li
         paths=args.path,
     )
     plans = plan_forget(candidates, policy, args.group_by, now=datetime.now(UTC))
-    remove = [sn.id for plan in plans for sn in plan.remove]
-    if not args.dry_run:
-        _remove(repo, remove, snaps)
+    remove, held = _remove(repo, [sn.id for plan in plans for sn in plan.remove], snaps, args.dry_run)
     if args.json:
         print_json(
             {
@@ -154,16 +153,42 @@ def _by_policy(repo: Repository, args: argparse.Namespace, policy: Policy) -> li
                 "policy": policy.describe(),
                 "groups": [_group_json(plan, snaps) for plan in plans],
                 "removed": remove,
+                **held_json(held),
             }
         )
     elif not args.quiet:
-        _print_plans(plans, snaps, policy, args.dry_run)
+        _print_plans(plans, snaps, policy, args.dry_run, len(remove))
+        _print_held(held)
     return remove
 
 
-def _remove(repo: Repository, ids: list[str], snaps: dict[str, Snapshot]) -> None:
+def _remove(repo: Repository, ids: list[str], snaps: dict[str, Snapshot], dry_run: bool) -> tuple[list[str], Held]:
+    """Removes the snapshot files (unless `dry_run`), each with the older versions it hides (`tag`); returns those removed (or that would be)
+    and what the storage keeps for now (Object Lock, design.md 19): prune must go on treating
+    a snapshot that is still there as one to keep."""
+    held = Held()
+    locked = locked_dates(repo, FileType.SNAPSHOT, ids)
+    for until in locked.values():
+        held.add("snapshots", 0, until)
+    removed = []
     for sid in ids:
-        repo.remove_snapshot(sid, snaps[sid])  # with the older versions it hides (`tag`)
+        if sid in locked:
+            continue
+        if not dry_run:
+            try:
+                repo.remove_snapshot(sid, snaps[sid])
+            except UnderRetention as exc:
+                held.add("snapshots", 0, exc.until)
+                continue
+        removed.append(sid)
+    return removed, held
+
+
+def _print_held(held: Held) -> None:
+    for line in held_lines(held):
+        print(line)
+
+
 
 
 def _adapt(sid: str, snap: Snapshot) -> PolicySnapshot:
@@ -185,7 +210,7 @@ def _group_json(plan: GroupPlan[PolicySnapshot], snaps: dict[str, Snapshot]) -> 
 
 
 def _print_plans(
-    plans: list[GroupPlan[PolicySnapshot]], snaps: dict[str, Snapshot], policy: Policy, dry_run: bool
+    plans: list[GroupPlan[PolicySnapshot]], snaps: dict[str, Snapshot], policy: Policy, dry_run: bool, removed: int
 ) -> None:
     print(f"Applying policy: {policy.describe()}")
     total_keep = total_remove = 0
@@ -217,7 +242,11 @@ def _print_plans(
         total_keep += len(plan.keep)
         total_remove += len(plan.remove)
     print()
+    kept_locked = total_remove - removed  # the policy would remove them, Object Lock keeps them
+    later = f" ({kept_locked} of them under Object Lock: kept for now)" if kept_locked else ""
     if dry_run:
-        print(f"would remove {total_remove} snapshots, keep {total_keep} (dry run: nothing was changed)")
+        print(f"would remove {total_remove} snapshots{later}, keep {total_keep} (dry run: nothing was changed)")
+    elif kept_locked:
+        print(f"removed {removed} of {total_remove} snapshots{later}, kept {total_keep}")
     else:
         print(f"removed {total_remove} snapshots, kept {total_keep}")

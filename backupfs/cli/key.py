@@ -19,7 +19,7 @@ from backupfs.cli._common import (
 from backupfs.cli._output import err, print_json
 from backupfs.cli._qrhtml import key_html
 from backupfs.cli._quote import escape
-from backupfs.errors import RepositoryNotFound, UsageError
+from backupfs.errors import BackupfsError, RepositoryNotFound, UnderRetention, UsageError
 from backupfs.format.keyexport import MAX_EXPORT, parse
 from backupfs.repository.repo import Repository
 
@@ -105,10 +105,20 @@ def run(args: argparse.Namespace) -> int:
             name = repo.add_key(new_password(args))
             _done(args, {"message_type": "key_added", "key_id": name}, f"saved new key {name[:8]}")
         elif args.key_command == "remove":
-            repo.remove_key(args.id)
+            try:
+                repo.remove_key(args.id)
+            except UnderRetention as exc:
+                raise BackupfsError(f"key {args.id} not removed: {_kept(exc)}") from exc
             _done(args, {"message_type": "key_removed", "key_id": args.id}, f"removed key {args.id}")
         else:
-            name = repo.change_password(new_password(args))
+            old = repo.key_name
+            try:
+                name = repo.change_password(new_password(args))
+            except UnderRetention as exc:
+                raise BackupfsError(
+                    f"saved new key {repo.key_name[:8]}, but the old key {old[:8]} stays: {_kept(exc)}; "
+                    "until then the old password opens the repository too"
+                ) from exc
             _done(
                 args, {"message_type": "key_changed", "key_id": name}, f"saved new key {name[:8]}, removed the old one"
             )
@@ -168,3 +178,8 @@ def _import(args: argparse.Namespace) -> int:
     elif not args.quiet:
         err(f"saved new key {name[:8]}")
     return 0
+
+
+def _kept(exc: UnderRetention) -> str:
+    when = f" until {format_time(int(exc.until * 1e9))}" if exc.until else ""
+    return f"it is under Object Lock retention{when} (run the command again after that)"

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "key": ("backupfs.cli.key", "manage passwords (key files)"),
     "unlock": ("backupfs.cli.unlock", "remove stale locks"),
     "cache": ("backupfs.cli.cache", "list or clean up the local caches of repositories"),
+    "repair": ("backupfs.cli.repair", "repair a damaged repository (index, snapshots, packs)"),
     "serve": ("backupfs.cli.serve", "serve repositories over HTTP (for rest: clients)"),
     "generate": ("backupfs.cli.generate", "write shell completion scripts and man pages"),
     "version": ("backupfs.cli.version", "print version information"),

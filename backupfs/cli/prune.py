@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Iterable
 
-from backupfs.cli._common import open_repository
+from backupfs.cli._common import format_time, iso_time, open_repository
 from backupfs.cli._output import err, human_size, print_json
 from backupfs.cli._progress import Progress, prune_figures
 from backupfs.errors import UsageError
 from backupfs.prune.execute import Hook, execute
+from backupfs.prune.locked import KINDS, Held
 from backupfs.prune.options import PruneOptions, parse_max_unused, parse_repack_threshold, parse_size
 from backupfs.prune.plan import PackInfo, PrunePlan, PruneStats, plan_prune
 from backupfs.repository.repo import Repository
@@ -128,6 +130,46 @@ def _print_packs(plan: PrunePlan, args: argparse.Namespace) -> None:
         line("repack", p, f"  ({p.reason})")
     for name in plan.unindexed:
         print(f"delete  {name}  (in no index)")
+    for p in plan.reindexed:
+        print(f"reindex {p.id.hex()}  (in no index, but holds data in use: listed again)")
+
+
+def held_lines(held: Held) -> list[str]:
+    """One line per kind of file left for later because of Object Lock: how many, and when
+    they become deletable (shared with forget)."""
+    out = []
+    for kind, h in held.kinds.items():
+        size = f", {human_size(h.size)}" if h.size else ""
+        if h.latest:
+            when = f"deletable from {format_time(int(h.earliest * 1e9))}"
+            if h.latest > h.earliest + 60:
+                when += f", all by {format_time(int(h.latest * 1e9))}"
+        else:
+            when = "deletable later"
+        out.append(f"{h.count} {KINDS[kind]}{size} kept: under Object Lock retention, {when}")
+    return out
+
+
+def held_json(held: Held) -> dict[str, object]:
+    """`held` as the `locked` member of a JSON summary, its times RFC 3339 as every time in JSON
+    (shared with forget); {} when nothing is held."""
+    if not held:
+        return {}
+
+    def when(t: float) -> str | None:
+        return iso_time(int(t * 1e9)) if t and t != math.inf else None
+
+    return {
+        "locked": {
+            kind: {
+                "count": h.count,
+                "bytes": h.size,
+                "deletable_from": when(h.earliest),
+                "all_deletable_from": when(h.latest),
+            }
+            for kind, h in held.kinds.items()
+        }
+    }
 
 
 def _pack_json(p: PackInfo) -> dict[str, object]:
@@ -171,6 +213,8 @@ def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> 
                 "delete": [_pack_json(p) for p in plan.delete],
                 "repack": [_pack_json(p) for p in plan.repack],
                 "unindexed": plan.unindexed,
+                "reindexed": [p.id.hex() for p in plan.reindexed],
+                **held_json(plan.held),
             }
         )
         return
@@ -192,10 +236,15 @@ def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> 
     ]
     if s.unindexed_packs:
         rows.append(("unindexed", f"{s.unindexed_packs} packs, {human_size(s.unindexed_bytes)} (left by killed runs)"))
+    if s.reindexed_packs:
+        rows.append(("reindexed", f"{s.reindexed_packs} packs in no index hold data in use: listed again"))
     if s.duplicate_blobs:
-        rows.append(("duplicates", f"{s.duplicate_blobs} extra copies of blobs"))
+        checked = f"; {s.verified_copies} read to keep a good one" if s.verified_copies else ""
+        damaged = f", {s.damaged_copies} of them damaged" if s.damaged_copies else ""
+        rows.append(("duplicates", f"{s.duplicate_blobs} extra copies of blobs{checked}{damaged}"))
     if s.missing_packs:
         rows.append(("missing", f"{s.missing_packs} indexed packs are gone (nothing in use): dropped from the index"))
+    rows += [("locked", line) for line in held_lines(plan.held)]
     rows.append(
         (
             "after prune",

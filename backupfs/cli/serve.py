@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-
-import trio
+import signal
 
 from backupfs.cli._output import err, print_json
-from backupfs.server.run import ServerOptions, serve
+from backupfs.errors import Terminated
+from backupfs.server.run import ServerOptions
+from backupfs.server.run import run as run_server
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -41,5 +42,11 @@ def run(args: argparse.Namespace) -> int:
         if args.json:  # a script waits for this line before it connects
             print_json({"message_type": "serving", "path": args.path, "addresses": binds})
 
-    trio.run(serve, opts, err, ready)
+    signum = run_server(opts, err, ready)
+    # stopped by a signal, after finishing (or cancelling) the requests in flight: the command
+    # ends as every other does on it (one line; exit 130, 143 or 129)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    if signum:
+        raise Terminated(signum)
     return 0

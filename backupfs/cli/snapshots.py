@@ -48,6 +48,7 @@ def snapshot_json(sid: str, snap: Snapshot) -> dict[str, object]:
         "excludes": snap.excludes,
         "summary": snap.summary,
         "program_version": snap.program,
+        **({"repaired": snap.repaired.hex()} if snap.repaired else {}),
     }
 
 

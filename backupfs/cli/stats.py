@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from backupfs.backends.base import FileType
 from backupfs.cli._common import open_repository
 from backupfs.cli._output import human_size, print_json
 from backupfs.cli.snapshots import add_filter_args, matches
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             snaps = [(sid, s) for sid, s in everything if matches(s, args)]
         stats = collect(repo, [s.tree for _sid, s in snaps])
-        repository_size = sum(size for _name, size in repo.backend.list(FileType.DATA))
+        repository_size = sum(repo.pack_files().values())
     total_size, total_count, count_name = _headline(stats, args.mode)
     if args.json:
         print_json(

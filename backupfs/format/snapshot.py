@@ -27,6 +27,7 @@ class Snapshot:
     program: str = ""
     original: bytes | None = None
     replaces: list[bytes] = dataclasses.field(default_factory=list)
+    repaired: bytes | None = None  # the damaged snapshot `repair snapshots` made this from; hides nothing
 
     def encode(self) -> bytes:
         extra = {"replaces": self.replaces} if self.replaces else {}  # absent unless a rewrite (tag)
@@ -46,6 +47,7 @@ class Snapshot:
                 "program": self.program,
                 "original": self.original,
                 **extra,
+                **({"repaired": self.repaired} if self.repaired is not None else {}),
             }
         )
 
@@ -63,8 +65,9 @@ class Snapshot:
             raise IntegrityError("snapshot: malformed paths, tags or excludes")
         parent = _optional(obj, "parent", bytes, None)
         original = _optional(obj, "original", bytes, None)
-        if (parent is not None and len(parent) != 32) or (original is not None and len(original) != 32):
-            raise IntegrityError("snapshot: malformed parent or original id")
+        repaired = _optional(obj, "repaired", bytes, None)
+        if any(v is not None and len(v) != 32 for v in (parent, original, repaired)):
+            raise IntegrityError("snapshot: malformed parent, original or repaired id")
         replaces = _optional(obj, "replaces", list, [])
         if not all(isinstance(r, bytes) and len(r) == 32 for r in replaces):
             raise IntegrityError("snapshot: malformed replaces list")
@@ -83,6 +86,7 @@ class Snapshot:
             program=_optional(obj, "program", str, ""),
             original=original,
             replaces=replaces,
+            repaired=repaired,
         )
 
 

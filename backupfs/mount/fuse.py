@@ -16,10 +16,13 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 import pyfuse3
 from pyfuse3 import EntryAttributes, FileInfo, ReaddirToken, RequestContext, SetattrFields, StatvfsData
 
+from backupfs.format.tree import NAME_MAX
 from backupfs.mount.api import Attr, FsError
 from backupfs.mount.vfs import Vfs
 
 log = logging.getLogger(__name__)
+
+_STATFS_BLOCK = 4096  # the block size statfs reports; with no free blocks, only df's look depends on it
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -142,11 +145,11 @@ class Operations(pyfuse3.Operations):
 
     async def statfs(self, ctx: RequestContext) -> StatvfsData:
         st = StatvfsData()
-        st.f_bsize = st.f_frsize = 4096
+        st.f_bsize = st.f_frsize = _STATFS_BLOCK
         st.f_blocks = st.f_bfree = st.f_bavail = 0
         st.f_files = self.vfs.inode_count()
         st.f_ffree = st.f_favail = 0
-        st.f_namemax = 255
+        st.f_namemax = NAME_MAX
         return st
 
     # Everything below would change the filesystem.

@@ -23,6 +23,8 @@ from backupfs.repository.repo import Repository
 
 log = logging.getLogger(__name__)
 
+TRIM_INTERVAL = 5.0  # seconds between handing freed heap pages back to the OS
+
 
 @dataclasses.dataclass(frozen=True)
 class MountOptions:
@@ -62,7 +64,7 @@ def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return leaves[0] if len(leaves) == 1 else group
 
 
-async def _trim_memory_periodically(interval: float = 5.0) -> None:
+async def _trim_memory_periodically(interval: float = TRIM_INTERVAL) -> None:
     """Hands freed heap pages back to the OS now and then: after a large file has streamed
     through, glibc keeps the freed chunk buffers (measured: 110 -> ~60 MiB RSS after 1 GiB)."""
     try:

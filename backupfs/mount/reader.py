@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 _SEQ_SLACK = 8 << 20  # a read this close to the frontier of earlier reads continues a sequential scan
 _PREFETCH_BATCH = 2  # chunks per prefetch job for a sequential reader
 _SIBLINGS_AHEAD = 32  # files whose chunk is prefetched ahead of a reader opening a folder's files in order
-_SMALL_FILE = 1 << 20  # larger files are prefetched by their own sequential reads
+_SIBLING_FILE_MAX = 1 << 20  # a sibling of one chunk up to this size is prefetched; larger ones by their own reads
 _MAX_PARTIAL = 64  # partly read chunks tracked per open file
 _MAX_DIRS_TRACKED = 64  # folders whose files are being opened in order, remembered at once
 _NO_LIMIT = 1 << 30  # a prefetch that a reader awaits anyway: never refused
@@ -162,7 +162,7 @@ class Reader:
             batch: list[bytes] = []
             pushed: dict[bytes, list[int]] = {}
             for n in nodes[start:ahead]:
-                if not (n.type == FILE and n.content and len(n.content) == 1 and n.size <= _SMALL_FILE):
+                if not (n.type == FILE and n.content and len(n.content) == 1 and n.size <= _SIBLING_FILE_MAX):
                     continue
                 budget -= n.size  # pushed contents are not cached, but are in memory until pushed
                 if budget < 0:

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import trio
 
 from backupfs.backends.base import FileType
-from backupfs.errors import BackupfsError, IntegrityError, NotFound
+from backupfs.errors import BackupfsError, BlobNotIndexed, IntegrityError, NotFound, PackMissing
 from backupfs.format.pack import DATA, TREE
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import Listing, read_listing
@@ -107,7 +107,7 @@ class Storage:
             self._index_names = self._load_index_files()
 
     def _list_snapshot_names(self) -> set[str]:
-        return {n for n, _ in self.repo.backend.list(FileType.SNAPSHOT)}
+        return set(self.repo.file_names(FileType.SNAPSHOT))
 
     def _load_snapshots(self, names: list[str]) -> dict[str, Snapshot]:
         def load(name: str) -> tuple[str, Snapshot | None]:
@@ -126,16 +126,24 @@ class Storage:
             return {name: snap for name, snap in pool.map(load, names) if snap is not None}
 
     def _update_index(self) -> None:
-        """Adds index files written since the last look; reloads all when some were removed."""
-        names = {n for n, _ in self.repo.backend.list(FileType.INDEX)}
+        """Adds index files written since the last look; reloads all when some were removed, or
+        when a new one is damaged (the reload warns once and reads its packs' own headers)."""
+        names = set(self.repo.file_names(FileType.INDEX))
         with self._index_lock:
             if self._index_names - names:
                 self._reload_index_locked()
-            else:
-                for name in sorted(names - self._index_names):
-                    for pack_id, entries in self.repo.load_index_file(name).packs.items():
-                        self.repo.index.add_pack(pack_id, entries)
-                self._index_names = names
+                return
+            for name in sorted(names - self._index_names):
+                try:
+                    packs = self.repo.load_index_file(name).packs
+                except NotFound:
+                    continue  # replaced meanwhile: the next look reloads
+                except IntegrityError:
+                    self._reload_index_locked()
+                    return
+                for pack_id, entries in packs.items():
+                    self.repo.index.add_pack(pack_id, entries)
+            self._index_names = names
 
     def _reload_index_locked(self) -> None:
         """Every index file again; `_index_names` becomes what this load covers, so the next
@@ -153,9 +161,8 @@ class Storage:
         if blob_id in self.repo.index:
             try:
                 return self.repo.load_blob(btype, blob_id)
-            except IntegrityError as exc:
-                if not isinstance(exc.__cause__, NotFound):
-                    raise
+            except PackMissing:
+                pass
         with self._index_lock:
             if gen == self._index_gen and time.monotonic() - self._last_reload >= INDEX_RELOAD_MIN_INTERVAL:
                 self._reload_index_locked()
@@ -167,9 +174,7 @@ class Storage:
         the index behind) goes through `_load_blob` and its reload."""
         results = self.repo.load_data_blobs(blob_ids)
         for i, r in enumerate(results):
-            if isinstance(r, IntegrityError) and (
-                isinstance(r.__cause__, NotFound) or blob_ids[i] not in self.repo.index
-            ):
+            if isinstance(r, PackMissing | BlobNotIndexed):
                 try:
                     results[i] = self._load_blob(DATA, blob_ids[i])
                 except Exception as exc:

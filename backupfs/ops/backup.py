@@ -15,7 +15,6 @@ import getpass
 import os
 import socket
 import stat
-import sys
 import threading
 import time
 from collections import deque
@@ -31,12 +30,16 @@ from backupfs.format.pack import DATA
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, Node
 from backupfs.ops import fsmeta
+from backupfs.ops.dirfds import DIR_FLAGS, DirChain, open_dir
 from backupfs.ops.excludes import Excluder, is_cache_dir
 from backupfs.repository.repo import Repository
 
-SMALL_FILE = 8 * 1024 * 1024  # read whole and chunked in memory, in the file's own thread
+# A file up to this size is read whole and cut in memory, in the file's own thread; a larger one
+# streams through the chunker. (Not restore's _BATCH_FILE_MAX nor the mount's _SIBLING_FILE_MAX.)
+READ_WHOLE_MAX = 8 * 1024 * 1024
 READ_PIECE = 64 * 1024  # further reads of a file that was not at its end after `stat`'s size
 LOWEST_PRIORITY = 19  # nice value of the scanner thread
+MAX_PENDING_FILES = 64  # files handed to the pool and not yet read (each holds an fd)
 
 
 @dataclasses.dataclass
@@ -140,6 +143,20 @@ class _LimitedReader:
         return got
 
 
+@dataclasses.dataclass(slots=True, eq=False)
+class _Dir:
+    """A folder being saved: its entries' names, how far the walk is, and what it has so far."""
+
+    node: Node | None  # its entry in its parent's tree (subtree set once saved); None for "/"
+    pnode: Node | None  # its entry in the parent snapshot
+    parent_nodes: dict[bytes, Node]  # the parent snapshot's entries of it, by name
+    names: list[bytes]
+    path_len: int  # its path is the walk's path buffer up to here
+    plan: dict[bytes, object] | None = None  # a folder on the way to the backed-up paths: these only
+    at: int = 0
+    pending: list[Node | Future[Node | None]] = dataclasses.field(default_factory=list)
+
+
 class Archiver:
     def __init__(
         self,
@@ -164,8 +181,9 @@ class Archiver:
         self._pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bfs-file")
         self._blob_pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bfs-blob")
         self._window = options.workers * 2
-        self._hardlinks: dict[tuple[int, int], Future[Node | None]] = {}
-        self._hardlinks_lock = threading.Lock()
+        self._hardlinks: dict[tuple[int, int], Future[Node | None]] = {}  # the walk's thread only
+        # files waiting for the pool: each holds a folder fd until its job is done
+        self._slots = threading.BoundedSemaphore(MAX_PENDING_FILES)
         self._root_devs: set[int] = set()
 
     # ---------------------------------------------------------------- entry points
@@ -280,7 +298,8 @@ class Archiver:
     # ---------------------------------------------------------------- trees
 
     def _build_root(self, paths: list[str], parent_tree: bytes | None) -> bytes:
-        """The root tree is `/`; each backed-up path hangs at its absolute place."""
+        """The root tree is `/`; each backed-up path hangs at its absolute place. The folders on
+        the way to them are the plan: only the named entries of each are saved."""
         plan: dict[bytes, object] = {}
         for p in paths:
             parts = [os.fsencode(c) for c in p.strip("/").split("/") if c]
@@ -290,38 +309,117 @@ class Archiver:
             if parts:
                 node[parts[-1]] = None  # a leaf: backed up in full
             else:
-                return self._save_dir(b"/", parent_tree, None)  # backing up "/" itself
-        return self._save_plan(b"/", plan, parent_tree)
-
-    def _save_plan(self, path: bytes, plan: dict[bytes, object], parent_tree: bytes | None) -> bytes:
-        parent_nodes = self._parent_children(parent_tree)
-        nodes: list[Node] = []
-        for name, sub in sorted(plan.items()):
-            child = os.path.join(path, name)
-            pnode = parent_nodes.get(name)
-            if sub is None:
-                try:
-                    st = os.lstat(child)
-                except OSError as exc:
-                    self._skip(child, exc)
-                    continue
-                self._root_devs.add(st.st_dev)
-                result = self._process_entry(child, name, st, pnode, top_level=True)
-                if result is not None:
-                    nodes.append(result if isinstance(result, Node) else result.result())  # type: ignore[arg-type]
+                plan = {}  # backing up "/" itself (the only path then: it holds every other)
+                break
+        try:
+            root_fd = os.open(b"/", DIR_FLAGS)
+        except OSError as exc:
+            raise BackupfsError(f"/: {exc.strerror}") from exc
+        try:
+            if plan:
+                top = _Dir(None, None, self._parent_children(parent_tree), sorted(plan), 0, plan=plan)
             else:
-                assert isinstance(sub, dict)
+                top = self._listed(root_fd, b"/", 0, None, parent_tree, None)
+            return self._walk(top, root_fd)
+        finally:
+            os.close(root_fd)
+
+    def _walk(self, top: _Dir, root_fd: int) -> bytes:
+        """Saves the tree below `top` (a folder open as `root_fd`), depth first with an explicit
+        stack: each folder's tree is saved once its entries are, so deep folders cost no
+        recursion. Everything is reached relative to its folder's fd (`DirChain` keeps the
+        deepest few open), never by path: paths past PATH_MAX are fine."""
+        chain = DirChain(root_fd)
+        buf = bytearray()  # the current entry's path: the absolute path, without a trailing "/"
+        dirs = [top]
+        try:
+            while True:
+                d = dirs[-1]
+                if d.at < len(d.names):
+                    name = d.names[d.at]
+                    d.at += 1
+                    del buf[d.path_len :]
+                    buf += b"/"
+                    buf += name
+                    sub = self._entry(chain, d, name, bytes(buf))
+                    if sub is not None:
+                        dirs.append(sub)
+                    continue
+                tree_id = self._finish(d)
+                dirs.pop()
+                if not dirs:
+                    return tree_id
+                assert d.node is not None
+                d.node.subtree = tree_id
                 try:
-                    st = os.lstat(child)
-                except OSError as exc:
-                    self._skip(child, exc)
-                    continue
-                dnode = fsmeta.node_from_path(path, name, st)
-                if dnode is None:
-                    continue
-                dnode.subtree = self._save_plan(child, sub, pnode.subtree if pnode else None)
-                nodes.append(dnode)
-        return self._save_tree(nodes)
+                    chain.pop()
+                except OSError as exc:  # moved or replaced meanwhile: what is left of it is lost
+                    parent = dirs[-1]
+                    self._skip(bytes(buf[: parent.path_len]) or b"/", exc)
+                    parent.at = len(parent.names)
+        finally:
+            chain.close()
+
+    def _entry(self, chain: DirChain, d: _Dir, name: bytes, path: bytes) -> _Dir | None:
+        """Entry `name` of the current folder (`chain.fd`); returns the folder to enter next, if
+        it is one. What it gives the folder's tree goes into `d.pending`, in order."""
+        if d.plan is None and self._excluder.excluded(path):
+            return None
+        try:
+            st = os.stat(name, dir_fd=chain.fd, follow_symlinks=False)
+        except OSError as exc:
+            self._skip(path, exc)
+            return None
+        pnode = d.parent_nodes.get(name)
+        if d.plan is None:
+            return self._add(chain, d, name, path, st, pnode, top_level=False)
+        sub = d.plan[name]
+        if sub is None:  # a path being backed up
+            self._root_devs.add(st.st_dev)
+            return self._add(chain, d, name, path, st, pnode, top_level=True)
+        assert isinstance(sub, dict)
+        try:
+            node = fsmeta.node_from_path(chain.fd, name, st)
+            if node is None:
+                return None
+            chain.push(name, open_dir(chain.fd, name))
+        except OSError as exc:
+            self._skip(path, exc)
+            return None
+        d.pending.append(node)
+        ptree = pnode.subtree if pnode is not None else None
+        return _Dir(node, pnode, self._parent_children(ptree), sorted(sub), len(path), plan=sub)
+
+    def _listed(
+        self, fd: int, path: bytes, path_len: int, node: Node | None, parent_tree: bytes | None, pnode: Node | None
+    ) -> _Dir:
+        """A folder to save in full: its entries, sorted by name."""
+        try:
+            names = sorted(os.fsencode(n) for n in os.listdir(fd))
+        except OSError as exc:
+            self._skip(path, exc)
+            names = []
+        if self.opts.exclude_caches and is_cache_dir(fd):
+            names = [n for n in names if n == b"CACHEDIR.TAG"]
+        return _Dir(node, pnode, self._parent_children(parent_tree), names, path_len)
+
+    def _finish(self, d: _Dir) -> bytes:
+        """A folder's tree, once every entry is saved."""
+        nodes = []
+        for item in d.pending:
+            node = item.result() if isinstance(item, Future) else item
+            if node is not None:
+                nodes.append(node)
+        tree_id = self._save_tree(nodes)
+        if d.plan is not None:
+            pass  # a folder on the way to a backed-up path is not counted
+        elif d.pnode is not None and d.pnode.subtree == tree_id:
+            self.stats.add(dirs_unchanged=1)
+        elif d.pnode is not None:
+            self.stats.add(dirs_changed=1)
+        else:
+            self.stats.add(dirs_new=1)
+        return tree_id
 
     def _parent_children(self, tree_id: bytes | None) -> dict[bytes, Node]:
         if tree_id is None:
@@ -332,47 +430,26 @@ class Archiver:
             self.stats.warnings.append(f"parent snapshot tree unreadable, reading files again: {exc}")
             return {}
 
-    def _save_dir(self, path: bytes, parent_tree: bytes | None, pnode: Node | None) -> bytes:
-        parent_nodes = self._parent_children(parent_tree)
-        pending: list[Node | Future[Node | None]] = []
+    def _scan_listing(self, path: bytes) -> list[tuple[bytes, os.stat_result]]:
+        """The entries of a folder that the walk will take, as the walk decides (excludes,
+        CACHEDIR.TAG), with their lstat. By path: a folder past PATH_MAX is left out of the
+        count (the walk still saves it). OSError if the folder cannot be listed."""
+        fd = os.open(path, DIR_FLAGS)
         try:
-            entries = self._listing(path)
-        except OSError as exc:
-            self._skip(path, exc)
-            entries = []
-        for entry in entries:
-            child = entry.path  # the folder's path and the name, as os.path.join makes them
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError as exc:
-                self._skip(child, exc)
-                continue
-            result = self._process_entry(child, entry.name, st, parent_nodes.get(entry.name))
-            if result is not None:
-                pending.append(result)
-        nodes = []
-        for item in pending:
-            node = item.result() if isinstance(item, Future) else item
-            if node is not None:
-                nodes.append(node)
-        tree_id = self._save_tree(nodes)
-        if pnode is not None and pnode.subtree == tree_id:
-            self.stats.add(dirs_unchanged=1)
-        elif pnode is not None:
-            self.stats.add(dirs_changed=1)
-        else:
-            self.stats.add(dirs_new=1)
-        return tree_id
-
-    def _listing(self, path: bytes) -> list[os.DirEntry[bytes]]:
-        """The entries of a folder that the backup takes, by name: what is left out is decided
-        here once, for the walk and for the scanner that counts ahead of it. OSError if the
-        folder cannot be listed."""
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        if self.opts.exclude_caches and is_cache_dir(path):
-            entries = [e for e in entries if e.name == b"CACHEDIR.TAG"]
-        return [e for e in entries if not self._excluder.excluded(e.path)]
+            names = [os.fsencode(n) for n in os.listdir(fd)]
+            if self.opts.exclude_caches and is_cache_dir(fd):
+                names = [n for n in names if n == b"CACHEDIR.TAG"]
+            base = path.rstrip(b"/")
+            out = []
+            for name in names:
+                child = base + b"/" + name
+                if self._excluder.excluded(child):
+                    continue
+                with contextlib.suppress(OSError):
+                    out.append((child, os.stat(name, dir_fd=fd, follow_symlinks=False)))
+            return out
+        finally:
+            os.close(fd)
 
     def _scan(self, paths: list[str], stop: threading.Event) -> None:
         """Counts the files and bytes the walk will meet, so progress has a total, a percent and
@@ -399,39 +476,48 @@ class Archiver:
             count(path, st, True)
         while folders and not stop.is_set():
             try:
-                entries = self._listing(folders.pop())
+                entries = self._scan_listing(folders.pop())
             except OSError:
                 continue
-            for entry in entries:
+            for child, st in entries:
                 if stop.is_set():
                     return
-                with contextlib.suppress(OSError):
-                    count(entry.path, entry.stat(follow_symlinks=False), False)
+                count(child, st, False)
             time.sleep(0)
         totals.finished = not stop.is_set()
 
-    def _process_entry(
-        self, path: bytes, name: bytes, st: os.stat_result, pnode: Node | None, top_level: bool = False
-    ) -> Node | Future[Node | None] | None:
+    def _add(
+        self, chain: DirChain, d: _Dir, name: bytes, path: bytes, st: os.stat_result, pnode: Node | None, top_level: bool
+    ) -> _Dir | None:
+        """An entry to save in full: a folder is returned to be entered, a file's content is
+        read on the pool."""
         if stat.S_ISSOCK(st.st_mode):
             self.stats.warnings.append(f"{os.fsdecode(path)}: socket skipped")
             return None
         try:
-            node = fsmeta.node_from_path(os.path.dirname(path) or b"/", name, st)
+            node = fsmeta.node_from_path(chain.fd, name, st)
         except OSError as exc:
             self._skip(path, exc)
             return None
         if node is None:
             return None
         if node.type == DIR:
+            d.pending.append(node)
             if self.opts.one_file_system and not top_level and st.st_dev not in self._root_devs:
                 node.subtree = self._save_tree([])
-                return node
-            node.subtree = self._save_dir(path, pnode.subtree if pnode and pnode.type == DIR else None, pnode)
-            return node
+                return None
+            ptree = pnode.subtree if pnode and pnode.type == DIR else None
+            try:
+                chain.push(name, open_dir(chain.fd, name))
+            except OSError as exc:  # saved as an empty folder, as one whose listing fails
+                self._skip(path, exc)
+                node.subtree = self._finish(_Dir(node, pnode, {}, [], len(path)))
+                return None
+            return self._listed(chain.fd, path, len(path), node, ptree, pnode)
         if node.type != FILE:
             self._count_other(node, pnode)
-            return node
+            d.pending.append(node)
+            return None
         if self._unchanged(node, pnode):
             assert pnode is not None
             node.content = pnode.content
@@ -439,17 +525,44 @@ class Archiver:
             # one lock per file
             self.stats.add(total_files=1, total_bytes=st.st_size, files_unchanged=1, bytes_done=st.st_size)
             self._report(path)
-            return node
+            d.pending.append(node)
+            return None
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
-            with self._hardlinks_lock:
-                first = self._hardlinks.get(key)
-                if first is None:
-                    fut = self._pool.submit(self._save_file, path, node, pnode)
-                    self._hardlinks[key] = fut
-                    return fut
-            return self._pool.submit(self._copy_content, first, path, node, pnode)
-        return self._pool.submit(self._save_file, path, node, pnode)
+            first = self._hardlinks.get(key)
+            if first is not None:
+                d.pending.append(self._pool.submit(self._copy_content, first, path, node, pnode))
+                return None
+            fut = self._file_job(chain.fd, name, path, node, pnode)
+            self._hardlinks[key] = fut
+        else:
+            fut = self._file_job(chain.fd, name, path, node, pnode)
+        d.pending.append(fut)
+        return None
+
+    def _file_job(self, dir_fd: int, name: bytes, path: bytes, node: Node, pnode: Node | None) -> Future[Node | None]:
+        """Reads a file on the pool, through its own copy of its folder's fd (the walk moves on
+        and may close its own). The copies held are bounded: the walk waits for a slot."""
+        self._slots.acquire()
+        try:
+            job_fd = os.dup(dir_fd)
+        except BaseException:
+            self._slots.release()
+            raise
+
+        def job() -> Node | None:
+            try:
+                return self._save_file(job_fd, name, path, node, pnode)
+            finally:
+                os.close(job_fd)
+                self._slots.release()
+
+        try:
+            return self._pool.submit(job)
+        except BaseException:
+            os.close(job_fd)
+            self._slots.release()
+            raise
 
     def _copy_content(self, first: Future[Node | None], path: bytes, node: Node, pnode: Node | None) -> Node | None:
         """Another name of an inode read in this backup: same content, no second read; counted
@@ -503,10 +616,11 @@ class Archiver:
             return False
         return all(self.repo.has_blob(bid) for _off, bid in pnode.content)
 
-    def _save_file(self, path: bytes, node: Node, pnode: Node | None) -> Node | None:
+    def _save_file(self, dir_fd: int, name: bytes, path: bytes, node: Node, pnode: Node | None) -> Node | None:
+        """File `name` of folder `dir_fd` (whose path is for messages); None if it could not be read."""
         self.current = path
         try:
-            fd = _open_noatime(path)
+            fd = _open_noatime(dir_fd, name)
         except OSError as exc:
             # ELOOP: O_NOFOLLOW met a symlink where the walker saw a file
             self._skip(path, _CHANGED_TYPE if exc.errno == errno.ELOOP else exc)
@@ -544,8 +658,8 @@ class Archiver:
         Only a read of nothing is the end: a short read is not (procfs returns a page at a time).
         What stays small is read whole and cut in memory, in this thread: the streaming chunker
         allocates a max-chunk-size buffer per file, which dominated the cost of small files. A file
-        that outgrows SMALL_FILE goes on streaming after the bytes already read."""
-        if size > SMALL_FILE:
+        that outgrows READ_WHOLE_MAX goes on streaming after the bytes already read."""
+        if size > READ_WHOLE_MAX:
             return self._save_chunks(_LimitedReader(fd, 0, None), 0, content, inline=False)
         pieces: list[bytes] = []
         total = 0
@@ -557,7 +671,7 @@ class Archiver:
             pieces.append(piece)
             total += len(piece)
             want = READ_PIECE
-            if total > SMALL_FILE:  # large after all: stream the rest after what is read
+            if total > READ_WHOLE_MAX:  # large after all: stream the rest after what is read
                 reader = _LimitedReader(fd, total, None, prefix=b"".join(pieces))
                 return self._save_chunks(reader, 0, content, inline=False)
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -571,7 +685,7 @@ class Archiver:
         returns the file's size as read (a trailing hole counts, bytes read past `size` too)."""
         end = 0
         for off, length in extents:
-            got = self._save_chunks(_LimitedReader(fd, off, length), off, content, inline=length <= SMALL_FILE)
+            got = self._save_chunks(_LimitedReader(fd, off, length), off, content, inline=length <= READ_WHOLE_MAX)
             end = max(end, off + got)
         if os.pread(fd, 1, size):  # it grew: the tail is data (one byte probed, not a chunker buffer)
             return size + self._save_chunks(_LimitedReader(fd, size, None), size, content, inline=False)
@@ -646,14 +760,11 @@ def _lowest_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
 
 
-def _open_noatime(path: bytes) -> int:
+def _open_noatime(dir_fd: int, name: bytes) -> int:
     """O_NONBLOCK: if a fifo or device replaced the file since the walker saw it, opening must not
     wait for a writer or a tape; the caller checks the type with fstat, then clears the flag."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        return os.open(path, flags | os.O_NOATIME)
+        return os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
     except PermissionError:
-        return os.open(path, flags)
-
-
-sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+        return os.open(name, flags, dir_fd=dir_fd)

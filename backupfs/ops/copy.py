@@ -26,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from backupfs.crypto import MasterKey
 from backupfs.format.pack import DATA
 from backupfs.format.snapshot import Snapshot
-from backupfs.format.tree import DIR, Node
+from backupfs.format.tree import Node
+from backupfs.ops.walk import Kind, walk
 from backupfs.repository.repo import Repository
 
 
@@ -59,6 +60,18 @@ class _Ref:
 
     src: bytes
     dst: bytes
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Folder:
+    """A source folder being copied: its entries rewritten so far, and its sub-folders' earlier
+    copies by name."""
+
+    tree_id: bytes
+    ref: _Ref | None
+    node: Node | None  # its entry in the destination (subtree set once saved); None for the root
+    out: list[Node] = dataclasses.field(default_factory=list)
+    pairs: dict[bytes, _Ref] = dataclasses.field(default_factory=dict)
 
 
 class Copier:
@@ -139,37 +152,69 @@ class Copier:
     # ------------------------------------------------------------------ trees and blobs
 
     def _copy_tree(self, tree_id: bytes, ref: _Ref | None) -> bytes:
+        """The destination's id of source tree `tree_id`, copied bottom-up (a folder's listing
+        names its sub-folders' new ids, so each is saved after them) in one walk."""
+        root = self._known(tree_id, ref)
+        if root is not None:
+            return root
+        folders = [_Folder(tree_id, ref, None)]
+        for step in walk(self.src.load_tree_as_stored, tree_id, listings=True, post_order=True):
+            node = step.node
+            if step.kind is Kind.LISTING:
+                assert step.listing is not None
+                self._prepare(folders[-1], step.listing)
+            elif step.kind is Kind.LEAVE:
+                done = folders.pop()
+                assert done.node is not None
+                done.node.subtree = self._save(done)
+                folders[-1].out.append(done.node)
+            else:
+                assert node is not None
+                folder = folders[-1]
+                new = dataclasses.replace(node)
+                if node.content is not None:
+                    new.content = [(off, self._data[bid]) for off, bid in node.content]
+                if step.enter and node.subtree is not None:
+                    sub_ref = folder.pairs.get(node.name)
+                    known = self._known(node.subtree, sub_ref)
+                    if known is None:
+                        folders.append(_Folder(node.subtree, sub_ref, new))
+                        continue
+                    step.enter = False
+                    new.subtree = known
+                folder.out.append(new)
+        return self._save(folders[0])
+
+    def _known(self, tree_id: bytes, ref: _Ref | None) -> bytes | None:
+        """The copy of a tree already made: in this run, or unchanged since an earlier copy
+        (then nothing of it needs reading)."""
         known = self._trees.get(tree_id)
-        if known is not None:
-            return known
-        if ref is not None and ref.src == tree_id:
-            self._trees[tree_id] = ref.dst  # unchanged since the earlier copy: nothing to read
-            return ref.dst
-        nodes = self.src.load_tree_as_stored(tree_id)  # a copy keeps every entry as it is
-        pairs: dict[bytes, tuple[Node, Node]] = {}
+        if known is None and ref is not None and ref.src == tree_id:
+            known = self._trees[tree_id] = ref.dst
+        return known
+
+    def _prepare(self, folder: _Folder, nodes: list[Node]) -> None:
+        """Before a folder's entries: what its earlier copy tells, and its files' data mapped."""
+        ref = folder.ref
         if ref is not None:
             ref_dst = {n.name: n for n in self.dst.load_tree(ref.dst)}
+            pairs: dict[bytes, tuple[Node, Node]] = {}
             for n in self.src.load_tree(ref.src):
                 d = ref_dst.get(n.name)
                 if d is not None and d.type == n.type:
                     pairs[n.name] = (n, d)
-        self._learn_from_pairs(pairs.values())
+            self._learn_from_pairs(pairs.values())
+            folder.pairs = {
+                name: _Ref(s.subtree, d.subtree)
+                for name, (s, d) in pairs.items()
+                if s.subtree is not None and d.subtree is not None
+            }
         self._map_data([bid for n in nodes for _off, bid in n.content or ()])
-        out = []
-        for node in nodes:
-            new = dataclasses.replace(node)
-            if node.content is not None:
-                new.content = [(off, self._data[bid]) for off, bid in node.content]
-            if node.type == DIR and node.subtree is not None:
-                pair = pairs.get(node.name)
-                sub_ref = None
-                if pair is not None and pair[0].subtree is not None and pair[1].subtree is not None:
-                    sub_ref = _Ref(pair[0].subtree, pair[1].subtree)
-                new.subtree = self._copy_tree(node.subtree, sub_ref)
-            out.append(new)
-        dst_id = self.dst.save_tree(out)
+
+    def _save(self, folder: _Folder) -> bytes:
+        dst_id = self.dst.save_tree(folder.out)
         self.stats.trees_written += 1
-        self._trees[tree_id] = dst_id
+        self._trees[folder.tree_id] = dst_id
         return dst_id
 
     def _learn_from_pairs(self, pairs: Iterable[tuple[Node, Node]]) -> None:

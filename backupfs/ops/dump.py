@@ -26,6 +26,7 @@ from typing import BinaryIO
 from backupfs.errors import BackupfsError
 from backupfs.format.pack import DATA
 from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, FMT_OF_TYPE, SYMLINK, Node
+from backupfs.ops.walk import walk
 from backupfs.repository.repo import Repository
 
 CHUNKS_AHEAD = 4  # chunks fetched ahead of the writer: hides latency, bounds memory (4 x 8 MiB)
@@ -109,20 +110,14 @@ class Dumper:
     # ------------------------------------------------------------------ archives
 
     def entries(self, path: bytes, node: Node) -> Iterator[tuple[bytes, Node]]:
-        """`node` at `path`, then everything below it, each folder before its contents."""
+        """`node` at `path`, then everything below it, each folder before its contents (through
+        the one tree walk: any depth, one path buffer)."""
         yield path, node
         if node.type != DIR or node.subtree is None:
             return
-        stack = [_listing(self.repo, path, node.subtree)]
-        while stack:
-            item = next(stack[-1], None)
-            if item is None:
-                stack.pop()
-                continue
-            yield item
-            child_path, child = item
-            if child.type == DIR and child.subtree is not None:
-                stack.append(_listing(self.repo, child_path, child.subtree))
+        for step in walk(self.repo.load_tree, node.subtree, prefix=path.rstrip(b"/")):
+            assert step.node is not None
+            yield step.path, step.node
 
     def write_tar(self, path: bytes, node: Node) -> None:
         links: dict[tuple[int, int], str] = {}
@@ -237,11 +232,6 @@ def _zeros(n: int) -> Iterator[bytes]:
         k = min(n, len(block))
         yield block if k == len(block) else block[:k]
         n -= k
-
-
-def _listing(repo: Repository, prefix: bytes, tree_id: bytes) -> Iterator[tuple[bytes, Node]]:
-    for node in repo.load_tree(tree_id):
-        yield prefix + b"/" + node.name, node
 
 
 class _Reader:

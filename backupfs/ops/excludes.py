@@ -75,10 +75,16 @@ def read_exclude_file(path: str) -> list[str]:
         return [line.rstrip("\n") for line in f]
 
 
-def is_cache_dir(dir_path: bytes) -> bool:
-    """CACHEDIR.TAG as specified at bford.info/cachedir: a file starting with the signature."""
+def is_cache_dir(dir_fd: int) -> bool:
+    """CACHEDIR.TAG as specified at bford.info/cachedir: a file starting with the signature
+    (looked up in the open folder `dir_fd`: its path may be past PATH_MAX)."""
     try:
-        with open(os.path.join(dir_path, b"CACHEDIR.TAG"), "rb") as f:
-            return f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+        fd = os.open(b"CACHEDIR.TAG", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return False
+    try:
+        return os.read(fd, len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from backupfs.errors import UsageError
 from backupfs.format.tree import DIR, FILE, Node
 from backupfs.ops.excludes import pattern_regex
+from backupfs.ops.walk import Kind, walk
 from backupfs.repository.repo import Repository
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -66,13 +67,10 @@ def find_paths(
 ) -> Iterator[tuple[bytes, Node]]:
     """(path, node) of every match below the tree `root`, depth-first, each folder before its
     contents; `oldest_ns`/`newest_ns` bound the modification time of what is reported."""
-    stack = [_listing(repo, b"", root)]
-    while stack:
-        item = next(stack[-1], None)
-        if item is None:
-            stack.pop()
-            continue
-        path, node = item
+    for step in walk(repo.load_tree, root):
+        node = step.node
+        assert node is not None
+        path = step.path
         text = os.fsdecode(path)
         if (
             matcher.matches(text)
@@ -80,8 +78,8 @@ def find_paths(
             and (newest_ns is None or node.mtime_ns <= newest_ns)
         ):
             yield path, node
-        if node.type == DIR and node.subtree is not None and matcher.may_match_below(text):
-            stack.append(_listing(repo, path, node.subtree))
+        if step.enter and not matcher.may_match_below(text):
+            step.enter = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -107,25 +105,19 @@ def find_ids(repo: Repository, root: bytes, blobs: Sequence[str] = (), trees: Se
     blob_prefixes, tree_prefixes = tuple(blobs), tuple(trees)
     if tree_prefixes and root.hex().startswith(tree_prefixes):
         yield IdHit("tree", root, b"/", None)
-    stack = [(b"", root, iter(repo.load_tree(root)))]
-    while stack:
-        prefix, tree_id, entries = stack[-1]
-        node = next(entries, None)
-        if node is None:
-            stack.pop()
+    listings = [root]  # the tree ids of the folders on the walk's path, by depth
+    for step in walk(repo.load_tree, root, listings=True):
+        node = step.node
+        if step.kind is Kind.LISTING:
+            del listings[step.depth :]
+            listings.append(root if node is None or node.subtree is None else node.subtree)
             continue
-        path = prefix + b"/" + node.name
+        assert node is not None
+        parent = listings[step.depth - 1]
         if node.type == FILE and blob_prefixes:
             for _offset, blob_id in node.content or ():
                 if blob_id.hex().startswith(blob_prefixes):
-                    yield IdHit("blob", blob_id, path, tree_id)
-        if node.type == DIR and node.subtree is not None:
-            if tree_prefixes and node.subtree.hex().startswith(tree_prefixes):
-                yield IdHit("tree", node.subtree, path, tree_id)
-            stack.append((path, node.subtree, iter(repo.load_tree(node.subtree))))
-
-
-def _listing(repo: Repository, prefix: bytes, tree_id: bytes) -> Iterator[tuple[bytes, Node]]:
-    """A folder's entries with their paths; the listing is read when its turn comes."""
-    for node in repo.load_tree(tree_id):
-        yield prefix + b"/" + node.name, node
+                    yield IdHit("blob", blob_id, step.path, parent)
+        subtree = node.subtree if node.type == DIR else None
+        if tree_prefixes and subtree is not None and subtree.hex().startswith(tree_prefixes):
+            yield IdHit("tree", subtree, step.path, parent)

@@ -1,7 +1,7 @@
 """File metadata <-> tree `Node` (design.md section 9): the only module that reads or sets OS metadata.
 
-Backup calls `node_from_path` and `data_extents`; restore calls `create_node` / `create_file` /
-`create_hardlink`, writes file contents itself, then `apply_metadata`. Nothing here knows about the
+Backup calls `node_from_path` and `data_extents`; restore calls `create_node` / `create_file`,
+writes file contents and links hardlinks itself, then `apply_metadata`. Nothing here knows about the
 repository.
 
 Every function takes the parent directory either as an open directory fd (preferred: lookups are
@@ -20,7 +20,7 @@ Restore ordering the caller must respect:
 2. write and close a file's content before `apply_metadata`: writing clears setuid/setgid and
    ``security.capability``;
 3. call `apply_metadata` once per inode for hardlinks (linking does not change the inode's
-   metadata, so before or after `create_hardlink` both work).
+   metadata, so before or after linking both work).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, No
 Parent: TypeAlias = int | str | bytes | os.PathLike[str] | os.PathLike[bytes]
 """A directory: an open fd (O_DIRECTORY or O_PATH) or a path."""
 
+_OWNER_NAMES_CACHED = 4096  # uid and gid names remembered: a tree has few owners, NSS can be slow
+_ST_BLOCK = 512  # the unit of st_blocks, whatever the file system's block size
 _ACL_ACCESS = b"system.posix_acl_access"
 _ACL_DEFAULT = b"system.posix_acl_default"
 # Errors that mean "this filesystem / this object / this caller cannot have that xattr".
@@ -128,7 +130,7 @@ def read_xattrs(path: bytes | int, *, follow_symlinks: bool = False) -> list[tup
     return out
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_OWNER_NAMES_CACHED)
 def user_name(uid: int) -> str | None:
     """The passwd name for `uid`, cached: a tree has few owners and NSS lookups can be slow."""
     try:
@@ -137,7 +139,7 @@ def user_name(uid: int) -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=_OWNER_NAMES_CACHED)
 def group_name(gid: int) -> str | None:
     """The group name for `gid`, cached like `user_name`."""
     try:
@@ -164,7 +166,7 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     """
     if size <= 0:
         return []
-    if os.fstat(fd).st_blocks * 512 >= size:
+    if os.fstat(fd).st_blocks * _ST_BLOCK >= size:
         return [(0, size)]
     saved = os.lseek(fd, 0, os.SEEK_CUR)
     extents: list[tuple[int, int]] = []
@@ -255,26 +257,6 @@ def create_file(parent: Parent, node: Node) -> int:
     path, dir_fd = _locate(parent, node.name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     return os.open(path, flags, 0o600, dir_fd=dir_fd)
-
-
-def create_hardlink(parent: Parent, node: Node, existing_parent: Parent, existing_name: bytes) -> None:
-    """Make `node.name` in `parent` another name of the already restored `existing_name`.
-
-    `existing_name` is resolved relative to `existing_parent` and, if it is a symlink, the link
-    itself is linked (never its target).
-    """
-    _check_name(node.name)
-    path, dir_fd = _locate(parent, node.name)
-    src, src_fd = _locate(existing_parent, existing_name)
-    os.link(src, path, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-
-
-def restore_sparse_file_size(fd: int, size: int) -> None:
-    """Give a restored file its full size, so ranges never written (holes, incl. trailing) stay holes.
-
-    Call after writing the data extents (or before: writes inside the size do not change it).
-    """
-    os.ftruncate(fd, size)
 
 
 def apply_metadata(parent: Parent, node: Node, *, owner: bool) -> list[str]:

@@ -4,6 +4,10 @@ Safety: every entry is created relative to an fd of its parent directory that th
 created, with O_NOFOLLOW/O_EXCL, so neither a hostile tree (`..`, `/` in names) nor a symlink in
 the tree or planted in the target can make it write outside the target. Directory metadata is
 applied post-order, once every entry inside is written.
+
+Depth: the tree is walked by `walk.walk` (iterative) and the folders' fds are kept by a
+`dirfds.DirChain`, which holds only the deepest few open; no path is used past the target
+itself, so a tree deeper than PATH_MAX allows restores like any other.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from backupfs.errors import BackupfsError, IntegrityError
 from backupfs.format.pack import DATA
-from backupfs.format.tree import DIR, FILE, SKIPPED, Node
+from backupfs.format.tree import DIR, FILE, SKIPPED, Listing, Node
 from backupfs.ops import fsmeta
+from backupfs.ops.dirfds import DirChain, open_beneath, open_dir
 from backupfs.ops.excludes import Excluder
+from backupfs.ops.walk import Kind, Step, shown, walk
 from backupfs.repository.repo import Repository
 
 
@@ -42,6 +48,23 @@ class RestoreStats:
         with self._lock:
             for k, v in deltas.items():
                 setattr(self, k, getattr(self, k) + v)
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Folder:
+    """A folder being restored (the target itself first): its listing, the files that wait for
+    their content, and how many of its entries were restored (`--include` removes a folder that
+    was made only to look inside and got nothing)."""
+
+    node: Node | None
+    take: bool
+    repairs: list[str]
+    listing: Listing | None = None
+    restored: int = 0
+    pending: list[Future[bool]] = dataclasses.field(default_factory=list)
+    batch: list[tuple[int, Node, bytes]] = dataclasses.field(default_factory=list)  # created, waiting for content
+    batch_bytes: int = 0
+    lost: bool = False  # its fd could not be had again: the rest of it is not restored
 
 
 class Restorer:
@@ -78,9 +101,22 @@ class Restorer:
         os.makedirs(self.target, exist_ok=True)
         root_fd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._root_fd = root_fd
+        chain = DirChain(root_fd)
+        folders = [_Folder(None, take=True, repairs=[])]
         try:
-            self._restore_dir(root_fd, self.tree, b"")
+            for step in walk(
+                self.repo.load_tree, self.tree, listings=True, post_order=True, on_error=self._unreadable
+            ):
+                if step.kind is Kind.ENTRY:
+                    self._entry(step, chain, folders)
+                elif step.kind is Kind.LEAVE:
+                    self._leave(step.path, chain, folders)
+                else:
+                    assert step.listing is not None
+                    self._listing(folders[-1], step.path, step.listing)
+            self._settle(folders[0], chain.fd)
         finally:
+            chain.close()
             self._pool.shutdown(wait=True)
             self._blob_pool.shutdown(wait=True)
             os.close(root_fd)
@@ -95,77 +131,130 @@ class Restorer:
         # not matched itself: a directory may still hold matches
         return False, is_dir
 
-    def _restore_dir(self, dir_fd: int, tree_id: bytes, prefix: bytes) -> int:
-        """Restores the entries of one tree into dir_fd; returns how many were restored."""
-        try:
-            nodes = self.repo.load_tree(tree_id)
-        except BackupfsError as exc:
-            self.stats.error(f"{os.fsdecode(prefix) or '/'}: cannot read directory listing: {exc}")
-            return 0
-        restored = 0
-        pending: list[Future[bool]] = []
-        batch: list[tuple[int, Node, bytes]] = []  # small files created, waiting for their content
-        batch_bytes = 0
+    def _unreadable(self, folder: Step[Listing], exc: BackupfsError) -> None:
+        self.stats.error(f"{shown(folder.path)}: cannot read directory listing: {exc}")
 
-        def flush() -> None:
-            nonlocal batch, batch_bytes
-            if batch:
-                pending.append(self._pool.submit(self._write_batch, os.dup(dir_fd), batch))
-                batch, batch_bytes = [], 0
-
-        folder = os.fsdecode(prefix) or "/"
+    def _listing(self, folder: _Folder, path: bytes, nodes: Listing) -> None:
+        folder.listing = nodes
         for problem in nodes.problems:
-            if problem.kind == SKIPPED and (problem.name is None or any(self._wanted(prefix + b"/" + problem.name, True))):
-                self.stats.error(problem.text(folder))
-        for node in nodes:
-            path = prefix + b"/" + node.name
-            if not node.is_safe_name():  # the reader rules leave such entries out: never reached
-                self.stats.error(f"{folder}: refusing entry with unsafe name")
-                continue
-            take, descend = self._wanted(path, node.type == DIR)
-            if not (take or descend):
-                continue
-            repairs = nodes.repairs_of(node.name)
-            if node.type != DIR and (repairs or node.defect is not None):
-                if take:
-                    why = [*repairs, *([f"cannot be read: {node.defect}"] if node.defect is not None else [])]
-                    self.stats.error(f"{os.fsdecode(path)}: not restored: {'; '.join(why)}")
-                continue
-            try:
-                if node.type == DIR:
-                    flush()  # what waits for content must not wait for the whole subtree too
-                    restored += self._restore_subdir(dir_fd, node, path, take, repairs)
-                elif not take:
-                    continue
-                elif node.type == FILE and _batchable(node):
-                    self._slots.acquire()  # released once its content is written: bounds open fds
-                    try:
-                        batch.append((fsmeta.create_file(dir_fd, node), node, path))
-                    except BaseException:
-                        self._slots.release()
-                        raise
-                    batch_bytes += node.size
-                    if len(batch) >= _BATCH_FILES or batch_bytes >= _BATCH_BYTES:
-                        flush()
-                    restored += 1
-                elif node.type == FILE:
-                    pending.append(self._restore_file(dir_fd, node, path))
-                    restored += 1
-                else:
-                    fsmeta.create_node(dir_fd, node)
-                    self._apply(dir_fd, node, path)
-                    self.stats.add(others=1)
-                    restored += 1
-            except OSError as exc:
-                self.stats.error(f"{os.fsdecode(path)}: {exc.strerror or exc}")
-            except IntegrityError as exc:
-                self.stats.error(f"{os.fsdecode(path)}: {exc}")
-            except _BAD_VALUE as exc:
-                self.stats.error(f"{os.fsdecode(path)}: {_bad_value(exc)}")
-        flush()
-        for fut in pending:
+            if problem.kind == SKIPPED and (problem.name is None or any(self._wanted(path + b"/" + problem.name, True))):
+                self.stats.error(problem.text(shown(path)))
+
+    def _entry(self, step: Step[Listing], chain: DirChain, folders: list[_Folder]) -> None:
+        """One entry, made in the current folder (the walk's, and `chain`'s): a folder is made and
+        entered, a file is created and its content handed to the pool, anything else is made."""
+        node, path = step.node, step.path
+        assert node is not None
+        step.enter = False  # until the folder is made and open
+        top = folders[-1]
+        if top.lost:
+            return
+        if not node.is_safe_name():  # the reader rules leave such entries out: never reached
+            self.stats.error(f"{shown(path.rpartition(b'/')[0])}: refusing entry with unsafe name")
+            return
+        take, descend = self._wanted(path, node.type == DIR)
+        if not (take or descend):
+            return
+        repairs = top.listing.repairs_of(node.name) if top.listing is not None else []
+        if node.type != DIR and (repairs or node.defect is not None):
+            if take:
+                why = [*repairs, *([f"cannot be read: {node.defect}"] if node.defect is not None else [])]
+                self.stats.error(f"{os.fsdecode(path)}: not restored: {'; '.join(why)}")
+            return
+        dir_fd = chain.fd
+        try:
+            if node.type == DIR:
+                self._flush(top, dir_fd)  # what waits for content must not wait for the whole subtree too
+                fsmeta.create_node(dir_fd, node, exist_ok=True)
+                if node.subtree is None:  # nothing to walk: done at once
+                    top.restored += self._finish_dir(dir_fd, _Folder(node, take, repairs), path)
+                    return
+                chain.push(node.name, open_dir(dir_fd, node.name))
+                folders.append(_Folder(node, take, repairs))
+                step.enter = True
+            elif not take:
+                return
+            elif node.type == FILE and _batchable(node):
+                self._slots.acquire()  # released once its content is written: bounds open fds
+                try:
+                    top.batch.append((fsmeta.create_file(dir_fd, node), node, path))
+                except BaseException:
+                    self._slots.release()
+                    raise
+                top.batch_bytes += node.size
+                if len(top.batch) >= _BATCH_FILES or top.batch_bytes >= _BATCH_BYTES:
+                    self._flush(top, dir_fd)
+                top.restored += 1
+            elif node.type == FILE:
+                top.pending.append(self._restore_file(dir_fd, node, path))
+                top.restored += 1
+            else:
+                fsmeta.create_node(dir_fd, node)
+                self._apply(dir_fd, node, path)
+                self.stats.add(others=1)
+                top.restored += 1
+        except OSError as exc:
+            self.stats.error(f"{os.fsdecode(path)}: {exc.strerror or exc}")
+        except IntegrityError as exc:
+            self.stats.error(f"{os.fsdecode(path)}: {exc}")
+        except _BAD_VALUE as exc:
+            self.stats.error(f"{os.fsdecode(path)}: {_bad_value(exc)}")
+
+    def _leave(self, path: bytes, chain: DirChain, folders: list[_Folder]) -> None:
+        """After a folder's contents: once they are written, back to its parent, which sets the
+        folder's metadata."""
+        folder = folders.pop()
+        parent = folders[-1]
+        self._settle(folder, chain.fd)  # (a lost folder has no batch left to hand over)
+        try:
+            chain.pop()
+        except OSError as exc:
+            parent.lost = True
+            self.stats.error(f"{shown(path.rpartition(b'/')[0])}: {exc.strerror or exc}: the rest of it is not restored")
+            return
+        if parent.lost:
+            return
+        try:
+            parent.restored += self._finish_dir(chain.fd, folder, path)
+        except OSError as exc:
+            self.stats.error(f"{os.fsdecode(path)}: {exc.strerror or exc}")
+        except _BAD_VALUE as exc:
+            self.stats.error(f"{os.fsdecode(path)}: {_bad_value(exc)}")
+
+    def _flush(self, folder: _Folder, dir_fd: int) -> None:
+        """Hands the folder's batch of small files to the pool."""
+        if folder.batch:
+            folder.pending.append(self._pool.submit(self._write_batch, os.dup(dir_fd), folder.batch))
+            folder.batch, folder.batch_bytes = [], 0
+
+    def _settle(self, folder: _Folder, dir_fd: int) -> None:
+        """Waits until every file of the folder is written (its metadata comes after them)."""
+        self._flush(folder, dir_fd)
+        for fut in folder.pending:
             fut.result()
-        return restored
+        folder.pending.clear()
+
+    def _finish_dir(self, dir_fd: int, folder: _Folder, path: bytes) -> int:
+        """A restored folder's own metadata, set in its parent `dir_fd` once its contents are
+        written; returns how many entries it and its contents count. One whose stored values
+        the reader rules had to repair keeps the metadata it was created with (one bad value
+        must not cost a whole tree); one without a listing is restored empty."""
+        node = folder.node
+        assert node is not None
+        if not folder.take and folder.restored == 0:
+            try:
+                os.rmdir(node.name, dir_fd=dir_fd)
+            except OSError:
+                pass
+            return 0
+        if folder.repairs:
+            self.stats.error(f"{os.fsdecode(path)}: metadata not restored: {'; '.join(folder.repairs)}")
+        else:
+            self._apply(dir_fd, node, path)
+        if node.defect is not None:
+            self.stats.error(f"{os.fsdecode(path)}: restored empty: {node.defect}")
+        self.stats.add(dirs=1)
+        return folder.restored + 1
 
     def _write_batch(self, dir_fd: int, batch: list[tuple[int, Node, bytes]]) -> bool:
         """Small files of one folder, each of one chunk at most: their chunks come in a few
@@ -185,31 +274,6 @@ class Restorer:
                 os.close(fd)
                 self._slots.release()
             os.close(dir_fd)
-
-    def _restore_subdir(self, dir_fd: int, node: Node, path: bytes, take: bool, repairs: list[str]) -> int:
-        """A folder and what it holds. One whose stored values the reader rules had to repair
-        is restored with its content but keeps the metadata it was created with (one bad value
-        must not cost a whole tree); one without a listing is restored empty."""
-        fsmeta.create_node(dir_fd, node, exist_ok=True)
-        sub_fd = fsmeta.open_dir(dir_fd, node.name)
-        try:
-            inner = self._restore_dir(sub_fd, node.subtree, path) if node.subtree else 0
-        finally:
-            os.close(sub_fd)
-        if not take and inner == 0:
-            try:
-                os.rmdir(node.name, dir_fd=dir_fd)
-            except OSError:
-                pass
-            return 0
-        if repairs:
-            self.stats.error(f"{os.fsdecode(path)}: metadata not restored: {'; '.join(repairs)}")
-        else:
-            self._apply(dir_fd, node, path)
-        if node.defect is not None:
-            self.stats.error(f"{os.fsdecode(path)}: restored empty: {node.defect}")
-        self.stats.add(dirs=1)
-        return inner + 1
 
     def _apply(self, dir_fd: int, node: Node, path: bytes) -> None:
         for w in fsmeta.apply_metadata(dir_fd, node, owner=self._owner):
@@ -247,7 +311,12 @@ class Restorer:
                     f"{os.fsdecode(path)}: not restored: its content is shared with the damaged {os.fsdecode(first)}"
                 )
                 return False
-            os.link(first.lstrip(b"/"), node.name, src_dir_fd=self._root_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            *folder, name = first.split(b"/")[1:]
+            src_fd = open_beneath(self._root_fd, folder)  # by name: the path may pass PATH_MAX
+            try:
+                os.link(name, node.name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            finally:
+                os.close(src_fd)
             self.stats.add(files=1)
             return True
         except OSError as exc:
@@ -353,7 +422,7 @@ class Restorer:
 
 _BATCH_FILES = 32  # small files restored by one thread job, their chunks read together
 _BATCH_BYTES = 4 << 20
-_SMALL = 1 << 20  # larger files stream their chunks on their own
+_BATCH_FILE_MAX = 1 << 20  # a file of one chunk up to this size is restored in a batch; larger ones stream
 _MAX_PENDING_FILES = 128  # files created and not yet written, over all jobs (each job holds 1-2 fds)
 
 
@@ -369,7 +438,7 @@ def _preloaded(node: Node, blobs: dict[bytes, bytes | Exception]) -> Iterator[tu
 def _batchable(node: Node) -> bool:
     """A file restored in a batch: at most one chunk, small, and not one of several names
     (those wait for their first name's content)."""
-    return len(node.content or ()) <= 1 and node.size <= _SMALL and fsmeta.hardlink_key(node) is None
+    return len(node.content or ()) <= 1 and node.size <= _BATCH_FILE_MAX and fsmeta.hardlink_key(node) is None
 
 
 # What the OS calls raise for values no file can have (a NUL in a symlink target or xattr name, a

@@ -45,7 +45,7 @@ def retag(repo: Repository, sid: str, snap: Snapshot, tags: list[str]) -> TagCha
         replaces=[old, *(r for r in snap.replaces if r != old)],
     )
     new_id = repo.save_snapshot(new)
-    removable = not repo.backend.info().append_only
+    removable = not repo.storage_info().append_only
     if removable:
         repo.remove_snapshot(sid, snap)
     return TagChange(sid, new_id, tags, removable)

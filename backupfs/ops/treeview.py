@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 
 from backupfs.errors import BackupfsError, UsageError
 from backupfs.format.tree import DIR, UNREADABLE, EntryProblem, Listing, Node
+from backupfs.ops.walk import Kind, Step, walk
 from backupfs.repository.repo import Repository
 
 # Told of each entry a listing left out or repaired: (the folder's path, what happened).
@@ -48,30 +49,24 @@ def lookup(repo: Repository, root: bytes, path: str | bytes) -> Node:
 def iter_tree(
     repo: Repository, tree_id: bytes, prefix: bytes = b"", on_problem: ProblemSink | None = None
 ) -> Iterator[tuple[bytes, Node]]:
-    """Depth-first (path, node) pairs, each directory before its contents. A sub-folder whose
-    listing cannot be read is reported (as an UNREADABLE entry of its parent) and skipped;
-    only the first listing's failure raises."""
-    yield from _walk(repo, repo.load_tree(tree_id), prefix, on_problem)
+    """Depth-first (path, node) pairs, each directory before its contents, through `walk` (so
+    of any depth). A sub-folder whose listing cannot be read, or that would close a cycle, is
+    reported (as an UNREADABLE entry of its parent) and skipped; only the first listing's
+    failure raises."""
 
+    def unreadable(folder: Step[Listing], exc: BackupfsError) -> None:
+        if on_problem is None or folder.node is None:
+            raise exc
+        parent, _slash, name = folder.path.rpartition(b"/")
+        on_problem(parent or b"/", EntryProblem(name, -1, f"its listing: {exc}", UNREADABLE))
 
-def _walk(
-    repo: Repository, listing: Listing, prefix: bytes, on_problem: ProblemSink | None
-) -> Iterator[tuple[bytes, Node]]:
-    if on_problem is not None:
-        for problem in listing.problems:
-            on_problem(prefix or b"/", problem)
-    for node in listing:
-        path = prefix + b"/" + node.name
-        yield path, node
-        if node.type == DIR and node.subtree is not None:
-            try:
-                sub = repo.load_tree(node.subtree)
-            except BackupfsError as exc:
-                if on_problem is None:
-                    raise
-                on_problem(prefix or b"/", EntryProblem(node.name, -1, f"its listing: {exc}", UNREADABLE))
-                continue
-            yield from _walk(repo, sub, path, on_problem)
+    for step in walk(repo.load_tree, tree_id, prefix=prefix, listings=on_problem is not None, on_error=unreadable):
+        if step.kind is Kind.ENTRY:
+            assert step.node is not None
+            yield step.path, step.node
+        elif on_problem is not None and step.listing is not None:
+            for problem in step.listing.problems:
+                on_problem(step.path or b"/", problem)
 
 
 def _node_name(node: Node) -> bytes:

@@ -3,6 +3,10 @@
 New packs, then an index that supersedes every old index file and lists every kept pack, then old
 index files are deleted, then packs. Packs that hold nothing in use are deleted in a first round
 before anything is repacked, so a full disk gets space back first (design.md "Prune").
+
+A delete the storage refuses because the file's retention has not passed (S3 Object Lock) is
+recorded in the plan's `held` and is no error: the order above leaves an old index file refused
+superseded, and a pack refused in no index, both as a kill at that moment would (design.md 19).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from backupfs.backends.base import FileType
-from backupfs.errors import BackendError, BackupfsError, IntegrityError, NotFound
+from backupfs.errors import BackendError, BackupfsError, IntegrityError, NotFound, UnderRetention
 from backupfs.format import index as index_fmt
 from backupfs.format.pack import PackEntry, read_ranges
 from backupfs.prune.plan import Log, PackInfo, PrunePlan, PruneStats
@@ -73,7 +77,12 @@ class _Execution:
         self.repack = plan.repack
         self.unindexed = plan.unindexed
         self.obsolete_index_files = plan.obsolete_index_files
+        self.reindexed = plan.reindexed
         self._current_index = list(plan.index_files) + list(plan.obsolete_index_files)
+        self.held = plan.held
+        self._sizes = {p.id.hex(): p.size for p in (*plan.delete, *plan.repack)}
+        self._repacked = {p.id.hex() for p in plan.repack}
+        self._held_lock = threading.Lock()
 
     def run(self, log: Log, hook: Hook) -> PruneStats:
         hook("planned")
@@ -81,24 +90,33 @@ class _Execution:
             if self.unindexed:
                 # In no index, so no snapshot uses them, and with the exclusive lock no backup runs.
                 log(f"deleting {len(self.unindexed)} unindexed packs")
-                self._remove(FileType.DATA, self.unindexed, lambda _p: None)
+                self._remove(FileType.DATA, self.unindexed, lambda _p: None, "unindexed")
             # Temporary files of writers killed mid-save; prune holds the exclusive lock, and the
             # age limit keeps even a stalled concurrent writer's file safe.
-            if self.repo.backend.info().sweeps_temporaries:
-                n = self.repo.backend.remove_stale_temporaries()
-                if n:
-                    log(f"removed {n} abandoned temporary files")
+            n = self.repo.remove_stale_temporaries()
+            if n:
+                log(f"removed {n} abandoned temporary files")
             hook("garbage-deleted")
-            if self.delete:
+            # Under Object Lock the index written between the two rounds would be superseded at
+            # once and stay, undeletable, for the whole retention: one round does both there
+            # (object storage has no full disk to give space back to first).
+            one_round = self.repo.retention_on and bool(self.repack)
+            if self.delete and not one_round:
                 log(f"deleting {len(self.delete)} packs with nothing in use")
                 self._commit("delete", self.keep + self.repack, [], [p.id.hex() for p in self.delete], log, hook)
             if self.repack:
                 log(f"repacking {len(self.repack)} packs")
                 new = self._repack(hook)
                 hook("repack:packs-written")
-                self._commit("repack", self.keep, new, [p.id.hex() for p in self.repack], log, hook)
+                old = self.repack + self.delete if one_round else self.repack
+                self._commit("repack", self.keep, new, [p.id.hex() for p in old], log, hook)
+            elif not self.delete and self.reindexed:
+                # packs no live index listed hold blobs in use: step 2 with nothing to delete
+                # writes the index that lists them again (and supersedes the rest)
+                log(f"listing {len(self.reindexed)} packs in the index again")
+                self._commit("delete", self.keep, [], [], log, hook)
             elif not self.delete and self.obsolete_index_files:
-                self._remove(FileType.INDEX, self.obsolete_index_files, lambda _p: None)
+                self._remove(FileType.INDEX, self.obsolete_index_files, lambda _p: None, "index")
         except BackupfsError as exc:
             raise type(exc)(
                 f"prune stopped: {exc}. The repository is consistent and nothing in use was deleted; "
@@ -127,10 +145,10 @@ class _Execution:
             raise
         self._current_index = written
         hook(f"{phase}:index-written")
-        self._remove(FileType.INDEX, [n for n in old if n not in written], lambda _p: None)
+        self._remove(FileType.INDEX, [n for n in old if n not in written], lambda _p: None, "index")
         hook(f"{phase}:old-index-deleted")
         log(f"deleting {len(remove)} packs")
-        self._remove(FileType.DATA, remove, lambda _p: hook(f"{phase}:pack-deleted"))
+        self._remove(FileType.DATA, remove, lambda _p: hook(f"{phase}:pack-deleted"), "unused")
         hook(f"{phase}:packs-deleted")
 
     def _write_index(
@@ -170,17 +188,20 @@ class _Execution:
         self.stats.index_files_written += len(written)
         return written
 
-    def _remove(self, ftype: FileType, names: list[str], after_first: Callable[[str], None]) -> None:
-        """Deletes files (several at a time: remote backends have latency); gone already is fine."""
+    def _remove(self, ftype: FileType, names: list[str], after_first: Callable[[str], None], kind: str) -> None:
+        """Deletes files (several at a time: remote backends have latency); gone already is fine,
+        and so is a file still under retention: it is recorded in `held` as `kind`."""
         if not names:
             return
         self.repo.check_lock()  # each deleting phase: with the lock lost, a backup may need these
 
         def rm(name: str) -> None:
             try:
-                self.repo.backend.remove(ftype, name)
+                self.repo.remove_file(ftype, name)
             except NotFound:
                 pass
+            except UnderRetention as exc:
+                self._refused(ftype, name, kind, exc.until)
 
         rm(names[0])
         after_first(names[0])
@@ -188,6 +209,21 @@ class _Execution:
             with ThreadPoolExecutor(8, thread_name_prefix="bfs-prune-rm") as pool:
                 for _ in pool.map(rm, names[1:]):
                     pass
+
+    def _refused(self, ftype: FileType, name: str, kind: str, until: float | None) -> None:
+        size = self._sizes.get(name, 0) if ftype is FileType.DATA else 0
+        if kind == "unused" and name in self._repacked:
+            kind = "repack"
+        with self._held_lock:
+            self.held.add(kind, size, until)
+            s = self.stats
+            if kind == "unused":
+                s.delete_packs -= 1
+                s.delete_bytes -= size
+            elif kind == "repack":
+                s.repack_bytes -= size
+            elif kind == "unindexed":
+                s.unindexed_packs -= 1
 
     def _discard_packs(self, pack_ids: list[bytes]) -> None:
         """Best effort: new packs in no index in force are garbage; give their space back now."""
@@ -205,7 +241,7 @@ class _Execution:
         lock = threading.Lock()
 
         def upload(name: str, data: bytes, entries: list[PackEntry]) -> None:
-            repo.backend.save(FileType.DATA, name, data)
+            repo.save_pack(name, data)
             recs = b"".join(REC.pack(e.id, e.type, e.offset, e.length, e.raw_length) for e in entries)
             with lock:
                 new.append((bytes.fromhex(name), recs))
@@ -227,7 +263,7 @@ class _Execution:
                 for group in read_ranges(live, _span, _READ_GAP):
                     start = group[0].offset
                     end = group[-1].offset + group[-1].length
-                    data = repo.backend.load(FileType.DATA, name, start, end - start)
+                    data = repo.load_pack(name, start, end - start)
                     for e in group:
                         envelope = data[e.offset - start : e.offset - start + e.length]
                         plain = repo.open_blob(e.type, e.id, envelope, name)
@@ -249,7 +285,7 @@ class _Execution:
 
 def _remove_quietly(repo: Repository, ftype: FileType, name: str) -> None:
     try:
-        repo.backend.remove(ftype, name)
+        repo.remove_file(ftype, name)
     except BackendError:
         pass
 

@@ -5,6 +5,12 @@ own). It loads every index file into one compact table (`table.BlobTable`), walk
 snapshot's trees once, marks the blobs in use, and decides which packs to delete (nothing in
 use), which to repack (much unused) and which unindexed packs are left-overs of killed backups.
 `execute.execute()` carries the plan out.
+
+It trusts no index file about what a pack holds before deleting it (design.md 16, "Whatever the
+index says"): a pack that no live index lists is read (its authenticated header) and re-indexed
+when it holds a blob in use; of a blob in use stored several times, the copy kept is read and
+checked first; and the header of every listed pack to be deleted or repacked must not hold a blob
+in use that the index places elsewhere.
 """
 
 from __future__ import annotations
@@ -13,15 +19,17 @@ import bisect
 import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from backupfs.backends.base import FileType
-from backupfs.errors import BackupfsError, IntegrityError
+from backupfs.errors import BackupfsError, IntegrityError, NotFound
 from backupfs.format import index as index_fmt
-from backupfs.format.pack import TREE
+from backupfs.format.pack import TREE, PackEntry, read_ranges
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, Node, decode_tree
+from backupfs.ops.walk import Kind, Step, TreeCycle, shown, walk
+from backupfs.prune.locked import Held, locked_dates
 from backupfs.prune.options import PruneOptions
 from backupfs.prune.table import BlobTable
 from backupfs.repository.masterindex import BlobLocation
@@ -41,6 +49,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 TREE_READERS = 4
+VERIFY_READ_GAP = 1 << 20  # as repacking: on S3 a request costs about as much as a megabyte
 
 Log = Callable[[str], None]
 _DEFAULT_OPTIONS = PruneOptions()
@@ -63,6 +72,7 @@ class PackInfo:
     used_count: int = 0
     used_bytes: int = 0
     reason: str = ""  # why it is repacked: one of REPACK_REASONS
+    unlisted: bool = False  # in no live index: its entries come from its own header
 
     @property
     def unused_bytes(self) -> int:
@@ -77,6 +87,7 @@ class PackInfo:
 # Why a pack is repacked: a tree pack with anything unused; a data pack needed to get the repository
 # under --max-unused; a data pack at or above --repack-threshold on its own.
 REPACK_REASONS = ("tree", "max-unused", "threshold")
+
 
 @dataclasses.dataclass(slots=True)
 class PruneStats:
@@ -97,6 +108,9 @@ class PruneStats:
     repack_used_bytes: int = 0  # live blob bytes they hold (rewritten)
     unindexed_packs: int = 0
     unindexed_bytes: int = 0
+    reindexed_packs: int = 0  # in no live index, but holding blobs in use: listed again
+    verified_copies: int = 0  # copies of blobs stored several times, read to choose a good one
+    damaged_copies: int = 0  # ... of which failed
     missing_packs: int = 0  # indexed, file gone, nothing in use: only dropped from the index
     obsolete_index_files: int = 0
     index_files: int = 0
@@ -138,10 +152,16 @@ class PrunePlan:
     index_files: list[str]
     obsolete_index_files: list[str]
     stats: PruneStats
+    held: Held = dataclasses.field(default_factory=Held)  # left for later: Object Lock (locked.py)
+
+    @property
+    def reindexed(self) -> list[PackInfo]:
+        """Packs no live index lists that hold blobs in use: the next index lists them again."""
+        return [p for p in self.keep + self.repack if p.unlisted]
 
     @property
     def nothing_to_do(self) -> bool:
-        return not (self.delete or self.repack or self.unindexed or self.obsolete_index_files)
+        return not (self.delete or self.repack or self.unindexed or self.obsolete_index_files or self.reindexed)
 
 
 def plan_prune(
@@ -174,13 +194,14 @@ class _Planner:
     def run(self, ignore: frozenset[str]) -> PrunePlan:
         self.log("loading index files")
         index_names, obsolete = self._load_index()
-        present = dict(self.repo.backend.list(FileType.DATA))
+        present = self.repo.pack_files()
         indexed = set()
         for p in self.packs:
             h = p.id.hex()
             indexed.add(h)
             p.size = present.get(h, -1)
-        unindexed = sorted((n, s) for n, s in present.items() if n not in indexed)
+        unindexed = self._add_unlisted(sorted((n, s) for n, s in present.items() if n not in indexed))
+        self._build()
         self.log("loading snapshots")
         snapshots = self._load_snapshots(ignore)
         self.stats.snapshots = len(snapshots)
@@ -189,12 +210,19 @@ class _Planner:
         self._count()
         self._dedupe()
         self._count()
+        for p in self.packs:
+            if p.unlisted and p.used_count == 0:
+                unindexed.append((p.id.hex(), p.size))  # nothing in use: garbage, as before
+        self.packs = [p for p in self.packs if not (p.unlisted and p.used_count == 0)]
         delete, repack, keep = self._choose()
+        held = self._hold_locked(delete, repack, keep, unindexed)
+        self._check_headers(delete + repack)
         s = self.stats
         s.index_files = len(index_names)
         s.obsolete_index_files = len(obsolete)
         s.unindexed_packs = len(unindexed)
         s.unindexed_bytes = sum(size for _n, size in unindexed)
+        s.reindexed_packs = sum(1 for p in keep + repack if p.unlisted)
         return PrunePlan(
             self.repo,
             self.opts,
@@ -203,31 +231,38 @@ class _Planner:
             delete=delete,
             repack=repack,
             used=self.used,
-            unindexed=[n for n, _s in unindexed],
+            unindexed=sorted(n for n, _s in unindexed),
             index_files=index_names,
             obsolete_index_files=obsolete,
             stats=s,
+            held=held,
         )
 
     # ---------------------------------------------------------------- index
 
     def _load_index(self) -> tuple[list[str], list[str]]:
         """Returns (live index files, superseded ones); fills the table and the pack list."""
-        names = sorted(n for n, _s in self.repo.backend.list(FileType.INDEX))
+        names = sorted(self.repo.file_names(FileType.INDEX))
         superseded: set[bytes] = set()
         per_file: dict[str, list[tuple[bytes, int, int]]] = {}
 
         def load(name: str) -> bytes:
             return self.repo.load_file(FileType.INDEX, name, index_fmt.AAD)
 
-        for name, plain in _bounded_map(load, names, 4):
-            try:
-                supersedes, per_file[name] = self.table.add_index_file(plain)
-            except IntegrityError as exc:
-                raise PruneRefused(
-                    f"refusing to prune: index file {name} is damaged ({exc}); nothing was deleted. Run `backupfs check`"
-                ) from exc
-            superseded.update(supersedes)
+        try:
+            for name, plain in _bounded_map(load, names, 4):
+                try:
+                    supersedes, per_file[name] = self.table.add_index_file(plain)
+                except IntegrityError as exc:
+                    raise IntegrityError(f"index/{name}: {exc}") from exc
+                superseded.update(supersedes)
+        except IntegrityError as exc:
+            # From a partial index prune would take the packs of the damaged file for garbage.
+            raise PruneRefused(
+                f"refusing to prune: index file {str(exc).removeprefix('index/')[:8]} is damaged ({exc}); "
+                "nothing was deleted. Run `backupfs repair index` to rebuild the index from the packs, "
+                "then prune again"
+            ) from exc
         live = [n for n in names if bytes.fromhex(n) not in superseded]
         obsolete = [n for n in names if bytes.fromhex(n) in superseded]
         seen: set[bytes] = set()
@@ -238,12 +273,30 @@ class _Planner:
                 seen.add(pid)
                 btype = self.table.entry(start).type
                 self.packs.append(PackInfo(pid, start, count, btype, -1))
+        self.stats.packs = len(self.packs)
+        return live, obsolete
+
+    def _add_unlisted(self, unlisted: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Reads the header of every pack no live index lists and adds its blobs to the table,
+        so that marking sees them: a forged index that supersedes the real ones, or index files
+        deleted by hand, must not make prune take the packs the snapshots use for garbage.
+        Returns the packs whose header cannot be read (nothing can use them: garbage)."""
+        if unlisted:
+            self.log(f"reading the headers of {len(unlisted)} packs that no index lists")
+        garbage: list[tuple[str, int]] = []
+        for name, size, entries in self.repo.read_headers(unlisted):
+            if isinstance(entries, IntegrityError) or not entries:
+                garbage.append((name, size))
+                continue
+            start, count = self.table.add_pack(entries)
+            self.packs.append(PackInfo(bytes.fromhex(name), start, count, entries[0].type, size, unlisted=True))
+        return garbage
+
+    def _build(self) -> None:
         self.packs.sort(key=lambda p: p.start)
         self._starts = [p.start for p in self.packs]
         self.table.build_hash((p.start, p.count) for p in self.packs)
         self.used = bytearray(len(self.table))
-        self.stats.packs = len(self.packs)
-        return live, obsolete
 
     def _pack_of(self, g: int) -> PackInfo:
         return self.packs[bisect.bisect_right(self._starts, g) - 1]
@@ -252,7 +305,7 @@ class _Planner:
 
     def _load_snapshots(self, ignore: frozenset[str]) -> list[tuple[str, Snapshot]]:
         out = []
-        for name, _size in sorted(self.repo.backend.list(FileType.SNAPSHOT)):
+        for name in sorted(self.repo.file_names(FileType.SNAPSHOT)):
             if name in ignore:
                 continue
             try:
@@ -260,7 +313,8 @@ class _Planner:
             except BackupfsError as exc:
                 raise PruneRefused(
                     f"refusing to prune: snapshot {name[:8]} cannot be read ({exc}); nothing was deleted. "
-                    "Run `backupfs check`, and `backupfs forget` the snapshot if it is beyond repair"
+                    f"The file itself is damaged, so nothing can repair it: `backupfs forget {name[:8]}` "
+                    "removes it (no other snapshot is affected)"
                 ) from exc
         return out
 
@@ -283,50 +337,49 @@ class _Planner:
                 "refusing to prune, nothing was deleted: cannot read all data of "
                 + "; ".join(problems[:3])
                 + more
-                + ". Run `backupfs check`; forget the damaged snapshots or restore the missing files first"
+                + ". Run `backupfs check`: it names the command that fixes each problem (`backupfs repair snapshots` "
+                "rewrites a snapshot without what is lost; a new backup stores again what its source still has)"
             )
 
     def _mark_tree(self, root: bytes, pool: ThreadPoolExecutor) -> None:
+        """Marks what one snapshot uses, through the one tree walk: a tree is marked in use when
+        the walk claims it, so no walk (of this or a later snapshot) loads it again; a few
+        listings of each folder are fetched ahead by the pool's threads."""
         table, used = self.table, self.used
         find = table.find
-        todo: deque[tuple[bytes, str]] = deque([(root, "/")])
-        running: dict[Future[list[Node]], str] = {}
-        try:
-            while todo or running:
-                while todo and len(running) < 4 * TREE_READERS:
-                    tid, path = todo.popleft()
-                    g = find(tid)
-                    if g < 0:
-                        raise _Missing(f"tree {tid.hex()[:16]} of {path} is not in the index")
-                    if not used[g]:
-                        used[g] = 1  # claimed: no other walk loads it again
-                        running[pool.submit(self._load_tree, g, tid, path)] = path
-                if not running:
-                    continue
-                done, _pending = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    path = running.pop(fut)
-                    nodes = fut.result()
-                    self.stats.trees += 1
-                    base = path.rstrip("/") + "/"
-                    for node in nodes:
-                        if node.type == DIR:
-                            if node.subtree is not None:
-                                todo.append((node.subtree, base + node.name.decode("utf-8", "backslashreplace")))
-                        elif node.content:
-                            for _off, bid in node.content:
-                                b = find(bid)
-                                if b < 0:
-                                    name = base + node.name.decode("utf-8", "backslashreplace")
-                                    raise _Missing(f"{name}: data blob {bid.hex()[:16]} is not in the index")
-                                used[b] = 1
-        finally:
-            for fut in running:
-                fut.cancel()
-            wait(running)
 
-    def _load_tree(self, g: int, tid: bytes, path: str) -> list[Node]:
-        """Tries each indexed copy of the tree: one may sit in a pack that is gone."""
+        def unreadable(folder: Step[list[Node]], exc: BackupfsError) -> None:
+            if isinstance(exc, TreeCycle):
+                raise _Missing(f"{shown(folder.path)}: {exc}") from exc
+            tid = folder.node.subtree if folder.node is not None and folder.node.subtree is not None else root
+            raise _Missing(f"tree {tid.hex()[:16]} of {shown(folder.path)} {exc}") from exc
+
+        steps = walk(
+            self._load_tree,
+            root,
+            listings=True,
+            seen=_Marks(table, used),
+            on_error=unreadable,
+            readahead=TREE_READERS,
+            pool=pool,
+        )
+        for step in steps:
+            node = step.node
+            if step.kind is Kind.LISTING:
+                self.stats.trees += 1
+            elif node is not None and node.type != DIR:
+                for _off, bid in node.content or ():
+                    b = find(bid)
+                    if b < 0:
+                        raise _Missing(f"{shown(step.path)}: data blob {bid.hex()[:16]} is not in the index")
+                    used[b] = 1
+
+    def _load_tree(self, tid: bytes) -> list[Node]:
+        """Tries each indexed copy of the tree: one may sit in a pack that is gone. (Runs in
+        the walk's reader threads.)"""
+        g = self.table.find(tid)
+        if g < 0:
+            raise IntegrityError("is not in the index")
         error: Exception | None = None
         for c in self.table.copies(g):
             e = self.table.entry(c)
@@ -336,7 +389,7 @@ class _Planner:
                 return decode_tree(raw)
             except BackupfsError as exc:
                 error = exc
-        raise _Missing(f"tree {tid.hex()[:16]} of {path} cannot be read: {error}")
+        raise IntegrityError(f"cannot be read: {error}")
 
     # ---------------------------------------------------------------- accounting
 
@@ -350,9 +403,15 @@ class _Planner:
             p.used_bytes = sum(n for n, u in zip(lengths, flags, strict=True) if u)
 
     def _dedupe(self) -> None:
-        """Of a blob stored several times, keeps the copy in the fullest pack that exists."""
+        """Of a blob in use stored several times, keeps one good copy: the one in the fullest pack
+        that exists and whose copy reads back (authenticates and hashes to its id).
+
+        Reading it first matters because an index can claim a copy that is not there: an
+        append-only client holding the key can upload a pack of garbage and an index that lists
+        every blob in it. Trusting the "fullest" copy unread would let the real packs go.
+        """
         table, used = self.table, self.used
-        missing: list[str] = []
+        pending: dict[int, list[int]] = {}  # first record -> candidates left, best first
         for first, others in table.dups.items():
             self.stats.duplicate_blobs += len(others)
             if not used[first]:
@@ -360,9 +419,26 @@ class _Planner:
             candidates = [g for g in (first, *others) if self._pack_of(g).size >= 0]
             if not candidates:
                 continue  # reported below as a used blob in a missing pack
-            best = max(candidates, key=lambda g: _fullness(self._pack_of(g)))
             used[first] = 0
-            used[best] = 1
+            pending[first] = sorted(candidates, key=lambda g: _fullness(self._pack_of(g)), reverse=True)
+        if pending:
+            self.log(f"reading {len(pending)} blobs stored more than once, to keep a good copy")
+        while pending:
+            bad = self._verify([c[0] for c in pending.values()])
+            self.stats.verified_copies += len(pending)
+            self.stats.damaged_copies += len(bad)
+            for first, candidates in list(pending.items()):
+                if candidates[0] not in bad:
+                    used[candidates[0]] = 1
+                    del pending[first]
+                elif len(candidates) == 1:
+                    # every copy is damaged: keep the first one in use (so no pack holding one is
+                    # judged empty), as for a blob stored once; check --read-data names it
+                    used[first] = 1
+                    del pending[first]
+                else:
+                    candidates.pop(0)
+        missing: list[str] = []
         for p in self.packs:
             if p.size < 0 and any(used[g] for g in range(p.start, p.start + p.count)):
                 missing.append(p.id.hex())
@@ -370,8 +446,80 @@ class _Planner:
             raise PruneRefused(
                 f"refusing to prune, nothing was deleted: pack {missing[0]}"
                 + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                + " is missing but holds data that snapshots need. Run `backupfs check`"
+                + " is missing but holds data that snapshots need. Run `backupfs check`: it names the "
+                "snapshots affected and the commands that fix them"
             )
+
+    def _verify(self, records: list[int]) -> set[int]:
+        """The records whose blob does not read back from its pack (each pack's records are read
+        with as few ranged requests as repacking uses). A storage failure raises: prune then
+        stops before changing anything."""
+        by_pack: dict[int, list[tuple[PackEntry, int]]] = {}
+        for g in records:
+            p = bisect.bisect_right(self._starts, g) - 1
+            by_pack.setdefault(p, []).append((self.table.entry(g), g))
+        repo = self.repo
+
+        def check(item: tuple[int, list[tuple[PackEntry, int]]]) -> list[int]:
+            p, entries = item
+            name = self.packs[p].id.hex()
+            entries.sort(key=lambda eg: eg[0].offset)
+            failed: list[int] = []
+            for group in read_ranges(entries, _span, VERIFY_READ_GAP):
+                start = group[0][0].offset
+                end = max(e.offset + e.length for e, _g in group)
+                try:
+                    data = repo.load_pack(name, start, end - start)
+                except NotFound:
+                    data = b""
+                for e, g in group:
+                    envelope = data[e.offset - start : e.offset - start + e.length]
+                    try:
+                        if len(envelope) != e.length:
+                            raise IntegrityError("the blob lies beyond the end of its pack")
+                        repo.open_verified(e.type, e.id, envelope, name, e.raw_length)
+                    except IntegrityError:
+                        failed.append(g)
+            return failed
+
+        bad: set[int] = set()
+        with ThreadPoolExecutor(TREE_READERS, thread_name_prefix="bfs-prune-verify") as pool:
+            for failed in pool.map(check, by_pack.items()):
+                bad.update(failed)
+        return bad
+
+    def _check_headers(self, packs: list[PackInfo]) -> None:
+        """Before a listed pack is deleted or repacked, its own header (one ranged read, kept
+        locally) must not hold a blob in use that the index does not place in it: that index
+        is damaged or forged, and deleting the pack could lose the only good copy. A header
+        that cannot be read holds nothing a reader could find; the index entries decide."""
+        listed = [p for p in packs if not p.unlisted and p.size >= 0]
+        if not listed:
+            return
+        by_name = {p.id.hex(): p for p in listed}
+        wrong: list[str] = []
+        for name, _size, entries in self.repo.read_headers([(p.id.hex(), p.size) for p in listed]):
+            if isinstance(entries, IntegrityError):
+                continue
+            p = by_name[name]
+            indexed = {
+                (e.type, e.id, e.offset, e.length) for e in map(self.table.entry, range(p.start, p.start + p.count))
+            }
+            for e in entries:
+                if (e.type, e.id, e.offset, e.length) not in indexed and self._in_use(e.id):
+                    wrong.append(name)
+                    break
+        if wrong:
+            raise PruneRefused(
+                f"refusing to prune, nothing was deleted: pack {wrong[0]}"
+                + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "")
+                + " holds data that snapshots need where the index does not say so (the index is damaged "
+                "or forged). Run `backupfs repair index` to rebuild it from the packs' own headers, then prune again"
+            )
+
+    def _in_use(self, blob_id: bytes) -> bool:
+        g = self.table.find(blob_id)
+        return g >= 0 and any(self.used[c] for c in self.table.copies(g))
 
     def _choose(self) -> tuple[list[PackInfo], list[PackInfo], list[PackInfo]]:
         """Packs to delete, to repack and to keep as they are."""
@@ -434,12 +582,76 @@ class _Planner:
         return delete, repack, keep
 
 
+    # ---------------------------------------------------------------- Object Lock
+
+    def _hold_locked(
+        self, delete: list[PackInfo], repack: list[PackInfo], keep: list[PackInfo], unindexed: list[tuple[str, int]]
+    ) -> Held:
+        """On a repository under Object Lock (design.md 19) a pack whose retention has not passed
+        is neither deleted nor repacked. One to repack stays listed in the index as it is; one with
+        nothing in use leaves the index (a later prune deletes it as unindexed): its entries serve
+        no reader, and if an attacker forged them, listing them again would keep the lie in force.
+        An unindexed one stays where it is. So no index names a pack that is gone, and no needed
+        pack is in no index."""
+        held = Held()
+        names = [p.id.hex() for p in (*delete, *repack) if p.size >= 0] + [n for n, _s in unindexed]
+        locked = locked_dates(self.repo, FileType.DATA, names)
+        if not locked:
+            return held
+        s = self.stats
+        unlisted_bytes = 0  # held packs with nothing in use: still stored, in no index
+        for kind, packs in (("unused", delete), ("repack", repack)):
+            stay = [p for p in packs if p.size >= 0 and p.id.hex() in locked]
+            packs[:] = [p for p in packs if not (p.size >= 0 and p.id.hex() in locked)]
+            for p in stay:
+                held.add(kind, p.size, locked[p.id.hex()])
+                s.unused_after += p.unused_bytes
+                if kind == "unused":
+                    s.delete_packs -= 1
+                    s.delete_bytes -= p.size
+                    unlisted_bytes += p.size
+                else:
+                    s.repack_packs -= 1
+                    s.repack_bytes -= p.size
+                    s.repack_used_bytes -= p.used_bytes
+                    p.reason = ""
+                    keep.append(p)
+        for name, size in unindexed:
+            if name in locked:
+                held.add("unindexed", size, locked[name])
+        unindexed[:] = [u for u in unindexed if u[0] not in locked]
+        s.size_after = sum(p.size for p in keep) + s.repack_used_bytes + unlisted_bytes
+        return held
+
+
 def _fullness(p: PackInfo) -> tuple[float, bytes]:
     return (p.used_bytes / max(1, p.blob_bytes), p.id)
 
 
+def _span(item: tuple[PackEntry, int]) -> tuple[int, int]:
+    return item[0].offset, item[0].length
+
+
 class _Missing(Exception):
     """A snapshot's tree or blob cannot be found or read (internal, becomes PruneRefused)."""
+
+
+class _Marks:
+    """The walk's `seen`: the trees marked in use in the blob table."""
+
+    def __init__(self, table: BlobTable, used: bytearray) -> None:
+        self._find = table.find
+        self._used = used
+
+    def __contains__(self, tree_id: object, /) -> bool:
+        assert isinstance(tree_id, bytes)
+        g = self._find(tree_id)
+        return g >= 0 and bool(self._used[g])
+
+    def add(self, tree_id: bytes, /) -> None:
+        g = self._find(tree_id)
+        if g >= 0:  # one not indexed: its load fails and says so
+            self._used[g] = 1
 
 
 def _bounded_map(fn: Callable[[T], R], items: Sequence[T], width: int) -> Iterator[tuple[T, R]]:

@@ -116,6 +116,12 @@ class BlobTable:
 
         return decode_index(plain, add), packs
 
+    def add_pack(self, entries: Sequence[PackEntry]) -> tuple[int, int]:
+        """Appends one pack's entries as read from its own header; returns (first record, count)."""
+        start = len(self)
+        self.recs += b"".join([REC.pack(e.id, e.type, e.offset, e.length, e.raw_length) for e in entries])
+        return start, len(entries)
+
 
 def entries_of(recs: bytes | bytearray | memoryview) -> Iterator[Entry]:
     """Records as index entries `(type, id, offset, length, raw_length)`, for format.index's encoder."""

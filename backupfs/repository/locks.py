@@ -21,6 +21,7 @@ STALE_AFTER_NS = int(STALE_AFTER * 10**9)
 # Unrefreshed for this long, the lock may be stale to another host: its clock may run ahead of
 # ours, and it judges by the time in the file (restic uses the same margin).
 LOST_AFTER = STALE_AFTER - 1.5 * REFRESH_INTERVAL
+RETRY_SLEEP_RANGE = (0.2, 5.0)  # seconds between looks at a conflicting lock (`--retry-lock`)
 SUSPEND_SLACK = 60.0  # the wall clock ran ahead of the monotonic one by more: the machine slept
 
 
@@ -187,7 +188,7 @@ def acquire(
             pass
         if time.monotonic() >= deadline:
             raise LockError(conflict)
-        time.sleep(min(5.0, max(0.2, deadline - time.monotonic())))
+        time.sleep(min(RETRY_SLEEP_RANGE[1], max(RETRY_SLEEP_RANGE[0], deadline - time.monotonic())))
 
 
 def _find_conflict(backend: Backend, read_lock: Callable[[str], LockInfo], own: str, exclusive: bool) -> str | None:

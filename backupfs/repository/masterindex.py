@@ -6,6 +6,12 @@ no Python object per blob - searched through a fan-out table. That form is also 
 cache stores, so a cached index loads without parsing. Blobs added while the process runs go to a
 small dict overlay.
 
+A blob stored in several packs (two concurrent backups, a chunk stored again after its first copy
+was found damaged, or an index that claims a blob lives somewhere it does not) keeps every copy:
+a reader that finds one damaged uses another (design.md 15). In the sorted arrays the copies are
+adjacent rows of the same id, in the order they were loaded; copies added while the process runs
+go to a small side table (`extra`). Neither costs a Python object per blob.
+
 Readers (the mount's worker threads) take no lock. So everything a lookup reads is published as
 one object in one attribute assignment: the sorted arrays, their fan-out table and the overlay
 that goes with them (`_State`). Compaction builds a new state and swaps it in; it never changes
@@ -27,7 +33,9 @@ from typing import overload
 from backupfs.format.pack import PackEntry
 
 ID_SIZE = 32
+FANOUT = 1 << 16  # one entry per value of an id's first two bytes
 REC = struct.Struct("<IBIII")  # pack number, type, offset, length, raw_length
+Rec = tuple[int, int, int, int, int]  # a record unpacked
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,7 +91,8 @@ class CompactTable:
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class _Base:
-    """Sorted ids (n*32), their records (n*17) and the fan-out table over them; never changed."""
+    """Sorted ids (n*32), their records (n*17) and the fan-out table over them; never changed.
+    An id stored in several packs has one row per copy, adjacent."""
 
     ids: bytes
     recs: bytes | memoryview
@@ -103,11 +112,19 @@ class _Base:
         # (Counter counts in C: loading a 106k-blob index from the cache took 73 ms with 65,536
         # bisections, 33 ms so; it is on the path of every command, and of a mount's first ls).
         counts = collections.Counter(prefixes)
-        fanout = array.array("I", itertools.accumulate((counts.get(p, 0) for p in range(65536)), initial=0))
+        fanout = array.array("I", itertools.accumulate((counts.get(p, 0) for p in range(FANOUT)), initial=0))
         return cls(bytes(ids), recs, fanout)
 
     def __len__(self) -> int:
         return len(self.ids) // ID_SIZE
+
+    def run(self, i: int) -> range:
+        """The rows of the id at row `i` (its first row): one per copy."""
+        ids, end = self.ids, i + 1
+        blob_id = ids[i * ID_SIZE : (i + 1) * ID_SIZE]
+        while end < len(self) and ids[end * ID_SIZE : (end + 1) * ID_SIZE] == blob_id:
+            end += 1
+        return range(i, end)
 
     def find(self, blob_id: bytes) -> int:
         """A C-speed substring search inside the id's fan-out run (a few dozen ids)."""
@@ -138,10 +155,13 @@ _EMPTY_BASE = _Base.of(b"", b"")
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class _State:
     """What a reader sees, published whole. `overlay`: blob id -> (pack number, type, offset,
-    length, raw_length) for blobs not in `base`; it grows in place, under the writer lock."""
+    length, raw_length) for blobs not in `base`; `extra`: blob id -> further copies of a blob in
+    `base` or `overlay`, added while the process runs (a value is replaced, never changed, so a
+    reader holding one sees a whole tuple). Both grow in place, under the writer lock."""
 
     base: _Base
-    overlay: dict[bytes, tuple[int, int, int, int, int]]
+    overlay: dict[bytes, Rec]
+    extra: dict[bytes, tuple[Rec, ...]] = dataclasses.field(default_factory=dict)
 
 
 class MasterIndex:
@@ -158,9 +178,7 @@ class MasterIndex:
     # ---------------------------------------------------------------- building
 
     @classmethod
-    def from_table(
-        cls, table: CompactTable, packs: Iterable[tuple[bytes, Iterable[PackEntry]]] = ()
-    ) -> MasterIndex:
+    def from_table(cls, table: CompactTable, packs: Iterable[tuple[bytes, Iterable[PackEntry]]] = ()) -> MasterIndex:
         """The cached table, with `packs` (index files the cache does not cover) in the overlay."""
         idx = cls()
         idx._packs = table.pack_list()
@@ -202,22 +220,30 @@ class MasterIndex:
         """
         with self._lock:
             state = self._state
-            if state.overlay:
+            if state.overlay or state.extra:
                 rows = [*state.base.rows(), *state.overlay.items()]
+                rows += [(bid, rec) for bid, recs in state.extra.items() for rec in recs]
                 self._state = _State(_sorted_base(rows), {})
 
     def add_pack(self, pack_id: bytes, entries: Iterable[PackEntry]) -> None:
+        """Adds a pack's blobs; a blob already known in another pack gains this copy. A pack
+        added twice (an index file read again, a pack both indexed and found by its header)
+        adds nothing the second time."""
         with self._lock:
             no = self._number(pack_id)
             state = self._state
-            overlay, base_find = state.overlay, state.base.find
+            overlay, extra = state.overlay, state.extra
             for e in entries:
-                if e.id not in overlay and base_find(e.id) < 0:
-                    overlay[e.id] = (no, e.type, e.offset, e.length, e.raw_length)
+                rec = (no, e.type, e.offset, e.length, e.raw_length)
+                known = self._recs(state, e.id)
+                if not known:
+                    overlay[e.id] = rec
+                elif all(r[0] != no for r in known):
+                    extra[e.id] = (*extra.get(e.id, ()), rec)
 
     # ---------------------------------------------------------------- queries
 
-    def _raw(self, blob_id: bytes) -> tuple[int, int, int, int, int] | None:
+    def _raw(self, blob_id: bytes) -> Rec | None:
         state = self._state  # one read: base and overlay of the same moment
         rec = state.overlay.get(blob_id)
         if rec is not None:
@@ -225,7 +251,21 @@ class MasterIndex:
         i = state.base.find(blob_id)
         return None if i < 0 else state.base.rec(i)
 
+    @staticmethod
+    def _recs(state: _State, blob_id: bytes) -> list[Rec]:
+        """Every copy of a blob in one state: base rows, the overlay, then the extra copies."""
+        out: list[Rec] = []
+        i = state.base.find(blob_id)
+        if i >= 0:
+            out += [state.base.rec(j) for j in state.base.run(i)]
+        rec = state.overlay.get(blob_id)
+        if rec is not None:
+            out.append(rec)
+        out += state.extra.get(blob_id, ())
+        return out
+
     def __len__(self) -> int:
+        """Blobs (a blob with several copies in the sorted arrays counts once per copy there)."""
         state = self._state
         return len(state.base) + len(state.overlay)
 
@@ -242,6 +282,11 @@ class MasterIndex:
         no, btype, off, length, raw = rec
         return BlobLocation(self._packs[no], btype, off, length, raw)
 
+    def locations(self, blob_id: bytes) -> list[BlobLocation]:
+        """Every copy of a blob, the first one `lookup` gives first; empty if none."""
+        packs = self._packs
+        return [BlobLocation(packs[no], t, off, n, raw) for no, t, off, n, raw in self._recs(self._state, blob_id)]
+
     def raw_length(self, blob_id: bytes) -> int | None:
         rec = self._raw(blob_id)
         return None if rec is None else rec[4]
@@ -250,19 +295,29 @@ class MasterIndex:
         return set(self._pack_no)
 
     def items(self) -> Iterator[tuple[bytes, BlobLocation]]:
+        """Every copy of every blob."""
         state, packs = self._state, self._packs
-        for bid, (no, btype, off, length, raw) in itertools.chain(state.base.rows(), list(state.overlay.items())):
+        extra = [(bid, rec) for bid, recs in list(state.extra.items()) for rec in recs]
+        for bid, (no, btype, off, length, raw) in itertools.chain(
+            state.base.rows(), list(state.overlay.items()), extra
+        ):
             yield bid, BlobLocation(packs[no], btype, off, length, raw)
 
 
-def _sorted_base(rows: list[tuple[bytes, tuple[int, int, int, int, int]]]) -> _Base:
+def _sorted_base(rows: list[tuple[bytes, Rec]]) -> _Base:
+    """Rows sorted by id (stable: a blob's copies keep their order, the first loaded first); a
+    copy listed twice in the same pack is kept once."""
     rows.sort(key=lambda r: r[0])
     ids: list[bytes] = []
     recs: list[bytes] = []
     last = b""
+    packs_of_last: set[int] = set()
     for bid, rec in rows:
-        if bid != last:  # a blob stored twice (concurrent backups): either copy is good
-            ids.append(bid)
-            recs.append(REC.pack(*rec))
-            last = bid
+        if bid != last:
+            last, packs_of_last = bid, set()
+        elif rec[0] in packs_of_last:
+            continue
+        packs_of_last.add(rec[0])
+        ids.append(bid)
+        recs.append(REC.pack(*rec))
     return _Base.of(b"".join(ids), b"".join(recs))

@@ -24,9 +24,6 @@ class _OpenPack:
         self.entries: list[PackEntry] = []
 
 
-FinishedPack = tuple[str, bytes, list[PackEntry]]  # name, bytes, entries
-
-
 class Packer:
     """One open pack per blob type; full packs go to `upload(name, data, entries)`."""
 
@@ -90,10 +87,6 @@ class Packer:
     def _done(self, fut: Future[None]) -> None:
         with self._lock:
             self._futures.discard(fut)
-
-    def pending_bytes(self) -> int:
-        with self._lock:
-            return sum(len(p.buf) for p in self._open.values())
 
     def raise_error(self) -> None:
         if self._error is not None:

@@ -15,6 +15,9 @@ Safety properties, each enforced here and not trusted to the client:
   written while absent. Re-uploading an existing file with identical content (a retried request)
   succeeds without touching it.
 - `--htpasswd`: every request needs valid HTTP basic credentials; `--private-repos` confines a
-  user to paths under `/<user>/`.
+  user to paths under `/<user>/`. Verified logins are remembered and answered ahead of the
+  bcrypt queue; failed ones are rate-limited per client address (`ratelimit`), in bounded memory.
+- What a client can make the server spend is bounded: uploads declared too large are refused
+  before their body, listings are streamed, a client gone or silent frees its upload.
 """
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
+import math
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Final
 
 import blake3
@@ -15,6 +14,7 @@ import trio
 from backupfs.backends.base import FileType
 from backupfs.errors import UsageError
 from backupfs.server.auth import Htpasswd, basic_credentials
+from backupfs.server.ratelimit import LoginLimiter
 from backupfs.server.routes import parse_target
 from backupfs.server.storage import (
     READ_CHUNK,
@@ -23,7 +23,7 @@ from backupfs.server.storage import (
     Upload,
     create_repository,
     file_path,
-    list_files,
+    open_listing,
     open_read,
     pread,
     remove_file,
@@ -36,8 +36,12 @@ Send = Callable[[Message], Awaitable[None]]
 
 MAX_UPLOAD: Final = (1 << 30) + (64 << 20)  # the largest pack (1 GiB, design.md 7) plus its header
 WRITE_CHUNK: Final = 1 << 20
-MAX_DRAIN: Final = 64 << 20  # a refused upload is read (and dropped) up to this size
+# A refused upload is read (and dropped) up to this size, so the client sees the answer rather
+# than a reset and its kept-alive connection stays usable. Larger ones are answered at once and
+# the connection closed: reading gigabytes to refuse them is what an attacker would want.
+MAX_DRAIN: Final = 64 << 20
 IO_THREADS: Final = 16  # blocking file work at once
+LIST_BATCH: Final = 10_000  # listing entries per piece sent (~0.9 MB of JSON)
 AUTH_THREADS: Final = 2  # bcrypt checks at once: CPU-bound, so a burst of logins cannot starve the I/O
 JSON_V2: Final = b"application/vnd.x.restic.rest.v2"
 APPEND_ONLY_HEADER: Final = b"x-backupfs-append-only"
@@ -58,6 +62,8 @@ class RestApp:
         htpasswd: Htpasswd | None = None,
         private_repos: bool = False,
         io_threads: int = IO_THREADS,
+        list_batch: int = LIST_BATCH,
+        logins: LoginLimiter | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         if private_repos and htpasswd is None:
@@ -67,7 +73,9 @@ class RestApp:
         self.htpasswd = htpasswd
         self.private_repos = private_repos
         self._io = trio.CapacityLimiter(io_threads)
+        self._list_batch = list_batch
         self._auth = trio.CapacityLimiter(AUTH_THREADS)  # bcrypt: kept off the I/O threads
+        self.logins = logins if logins is not None else LoginLimiter()
         self._log = log or (lambda _m: None)
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -102,27 +110,34 @@ class RestApp:
         except (Refused, OSError) as exc:
             if started:  # too late for a status: dropping the connection tells the client
                 raise
+            close = False
             if not body_done:
-                # Read what the client is still sending, so it sees our answer rather than a reset
-                # and the kept-alive connection stays usable. Beyond a limit, let it close instead.
-                with contextlib.suppress(_ClientGone, Refused):
-                    await _drain(tracking_receive, MAX_DRAIN)
-            await self._error_response(scope, exc, tracking_send)
+                close = not _worth_draining(exc, headers)
+                if not close:
+                    try:
+                        await _drain(tracking_receive, MAX_DRAIN)
+                    except Refused:
+                        close = True
+                    except _ClientGone:
+                        pass
+            await self._error_response(scope, exc, tracking_send, close)
         except _ClientGone:
             pass
 
-    async def _error_response(self, scope: Scope, exc: Exception, send: Send) -> None:
+    async def _error_response(self, scope: Scope, exc: Exception, send: Send, close: bool) -> None:
+        # the body left unread makes the connection unusable: say so, and hypercorn closes it
+        extra = [(b"connection", b"close")] if close else []
         if isinstance(exc, Refused):
-            await _respond(send, exc.status, exc.reason.encode() + b"\n", exc.headers)
+            await _respond(send, exc.status, exc.reason.encode() + b"\n", [*exc.headers, *extra])
             return
         assert isinstance(exc, OSError)
         self._log(f"{scope['method']} {scope.get('path')}: {exc}")
         status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 500  # 507: not worth retrying
-        await _respond(send, status, f"server storage error: {exc.strerror or exc}\n".encode())
+        await _respond(send, status, f"server storage error: {exc.strerror or exc}\n".encode(), extra)
 
     async def _handle(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send) -> None:
         method: str = scope["method"]
-        user = await self._authenticate(headers)
+        user = await self._authenticate(scope, headers)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
         raw_path = raw_path.split(b"?", 1)[0]
         target = parse_target(raw_path)
@@ -142,8 +157,7 @@ class RestApp:
             if method not in ("GET", "HEAD"):
                 raise Refused(405, "a folder can only be listed", _allow(b"GET, HEAD"))
             assert target.ftype is not None
-            body = json.dumps(await self._run(list_files, repo_dir, target.ftype)).encode()
-            await _respond(send, 200, body, [(b"content-type", JSON_V2)], head=method == "HEAD")
+            await self._list(repo_dir, target.ftype, send, head=method == "HEAD")
             return
         assert target.ftype is not None
         path = file_path(repo_dir, target.ftype, target.name)
@@ -156,17 +170,47 @@ class RestApp:
         else:
             raise Refused(405, f"method {method} is not supported", _allow(b"GET, HEAD, POST, DELETE"))
 
-    async def _authenticate(self, headers: dict[bytes, bytes]) -> str:
-        if self.htpasswd is None:
+    async def _authenticate(self, scope: Scope, headers: dict[bytes, bytes]) -> str:
+        """The user, once the credentials are verified.
+
+        A login verified before is answered from the cache, here on the event loop, never
+        queued behind the bcrypt checks of others; only the others take a failed-login token
+        of their address (given back on success) and then a bcrypt thread.
+        """
+        htpasswd = self.htpasswd
+        if htpasswd is None:
             return ""
         creds = basic_credentials(headers)
         challenge = [(b"www-authenticate", b'Basic realm="backupfs"')]
         if creds is None:
             raise Refused(401, "authentication required", challenge)
-        ok = await trio.to_thread.run_sync(self.htpasswd.check, creds[0], creds[1], limiter=self._auth)
-        if not ok:
+        user, password = creds
+        if htpasswd.reload_due() and await self._run(htpasswd.refresh):
+            for warning in htpasswd.warnings:
+                self._log(f"warning: {warning}")
+        if htpasswd.verified(user, password):
+            return user
+        client = scope.get("client")
+        address = str(client[0]) if client else None
+        wait = self.logins.take(address)
+        if wait > 0:
+            retry = str(max(1, math.ceil(wait))).encode()
+            raise Refused(429, "too many failed logins from this address; try again later", [(b"retry-after", retry)])
+        if not await trio.to_thread.run_sync(htpasswd.check, user, password, limiter=self._auth):
             raise Refused(401, "wrong user name or password", challenge)
-        return creds[0]
+        self.logins.give_back(address)
+        return user
+
+    async def _list(self, repo_dir: str, ftype: FileType, send: Send, head: bool) -> None:
+        """Streams the listing (chunked, no length): memory bounded by one piece, not the folder."""
+        pieces: Generator[bytes, None, None] = await self._run(open_listing, repo_dir, ftype, self._list_batch)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", JSON_V2)]})
+            while not head and (piece := await self._run(next, pieces, None)) is not None:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            pieces.close()  # gives back the folder's descriptor if the client left mid-way
 
     async def _load(self, path: str, headers: dict[bytes, bytes], send: Send, head: bool) -> None:
         read: Read = await self._run(open_read, path, headers.get(b"range"), head)
@@ -244,6 +288,14 @@ class RestApp:
             raise Refused(403, f"append-only: deleting {ftype.value} files is not allowed (run prune on the server)")
         await self._run(remove_file, path)
         await _respond(send, 200)
+
+
+def _worth_draining(exc: Exception, headers: dict[bytes, bytes]) -> bool:
+    """Whether to read an unread request body before answering (else the connection closes)."""
+    if isinstance(exc, Refused) and exc.status == 413:
+        return False
+    declared = headers.get(b"content-length")
+    return declared is None or (declared.isdigit() and int(declared) <= MAX_DRAIN)
 
 
 def _allow(methods: bytes) -> list[tuple[bytes, bytes]]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import itertools
+import json
 import os
+from collections.abc import Generator, Iterator
 from typing import Final
 
 import blake3
@@ -156,10 +159,26 @@ def pread(fd: int, n: int, pos: int) -> bytes:
     return data
 
 
-def list_files(repo_dir: str, ftype: FileType) -> list[dict[str, object]]:
+def open_listing(repo_dir: str, ftype: FileType, batch: int) -> Generator[bytes, None, None]:
+    """A folder's v2 listing (a JSON array of name and size), in pieces of `batch` entries.
+
+    In pieces, because a folder can be huge: built whole, 200,000 lock files (which even an
+    append-only client may create) took 270 MB of the server's memory per listing at once.
+    Refused (404) here, before any piece, if there is no repository.
+    """
     if not os.path.isdir(repo_dir):
         raise Refused(404, "no repository at this path")
-    return [{"name": n, "size": s} for n, s in LocalBackend(repo_dir).list(ftype)]
+    return _listing_pieces(LocalBackend(repo_dir).list(ftype), batch)
+
+
+def _listing_pieces(entries: Iterator[tuple[str, int]], batch: int) -> Generator[bytes, None, None]:
+    yield b"["
+    separator = b""
+    while chunk := list(itertools.islice(entries, batch)):
+        array = json.dumps([{"name": n, "size": s} for n, s in chunk]).encode()
+        yield separator + array[1:-1]  # the entries, without the brackets: one dumps per piece
+        separator = b","
+    yield b"]"
 
 
 def remove_file(path: str) -> None:

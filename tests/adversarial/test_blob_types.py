@@ -30,7 +30,10 @@ def test_check_reports_references_to_blobs_of_the_wrong_type(tmp_path: Path) -> 
         proc = cli(*args, check=False)
         assert proc.returncode == 4
         assert_clean(proc.stderr)
+        fix = f" (fix: `backupfs repair snapshots {sid[:8]}`)"
         assert [line for line in proc.stderr.decode().splitlines() if line.startswith("error: ")] == [
-            f"error: snapshot {sid[:8]}: /data_as_listing: listing {data_blob.hex()[:16]} is file data, not a listing",
-            f"error: snapshot {sid[:8]}: /tree_as_chunk: chunk {tree_blob.hex()[:16]} is a folder listing, not a chunk",
+            f"error: snapshot {sid[:8]}: /data_as_listing: listing {data_blob.hex()[:16]} is file data, not a listing"
+            + fix,
+            f"error: snapshot {sid[:8]}: /tree_as_chunk: chunk {tree_blob.hex()[:16]} is a folder listing, not a chunk"
+            + fix,
         ]

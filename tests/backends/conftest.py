@@ -6,7 +6,7 @@ test takes a fresh repository on them with `server.url(name)` and passes `**serv
 `open_backend`. Tests that stop or break a server start a private one (`private_sshd`,
 `private_s3`) so they never disturb the shared ones; a Ceph cluster is too slow to start for
 that, so the RGW kill test restarts the shared gateway on its port, the cluster untouched. The
-classes live in backend_servers.py for reuse outside pytest.
+classes live in tools/support/servers.py for reuse outside pytest.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from ceph_rgw import ensure_packages as ensure_ceph
-from rest_server import RestServer
+from support.rest_server import RestServer
+from support.servers import MotoServer, RGWServer, SSHDServer, ensure_sshd, env_vars
 
 from backupfs.backends.base import Backend
 
-from .backend_servers import BackendFactory, MotoServer, RGWServer, SSHDServer, ensure_sshd, env_vars
+from .factory import BackendFactory
 
 
 def _sshd(workdir: Path) -> SSHDServer:
@@ -33,6 +34,13 @@ def _sshd(workdir: Path) -> SSHDServer:
 @pytest.fixture(scope="session")
 def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDServer]:
     with _sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def jump_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDServer]:
+    """A second sshd, for ProxyJump hops to `sshd_server`."""
+    with _sshd(tmp_path_factory.mktemp("jump-sshd")) as server:
         yield server
 
 
@@ -85,7 +93,7 @@ def private_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Moto
         yield server
 
 
-BACKENDS = ["memory", "local", "sftp", "s3", "rgw", "rest"]
+BACKENDS = ["memory", "local", "sftp", "sftp-paramiko", "s3", "rgw", "rest"]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -14,14 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
-
-from backupfs.backends.base import Backend, FileType
-from backupfs.backends.registry import open_backend
-from backupfs.backends.retry import RetryBackend
-from backupfs.backends.sftp.backend import SFTPBackend
-from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
-
-from .backend_servers import (
+from support.servers import (
     FAST,
     FAST_S3,
     FAST_SFTP,
@@ -33,9 +27,21 @@ from .backend_servers import (
     write_ed25519_key,
 )
 
+from backupfs.backends.base import Backend, FileType
+from backupfs.backends.registry import open_backend
+from backupfs.backends.retry import RetryBackend
+from backupfs.backends.sftp.backend import SFTPBackend
+from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
+
 T = TypeVar("T")
 MiB = 1024 * 1024
 NO_RETRY = {"retry_attempts": 1}
+
+
+@pytest.fixture(params=["openssh", "paramiko"])
+def transport(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Each SFTP transport in turn: the system's ssh client, then paramiko."""
+    return {"sftp_transport": request.param}
 
 
 def file_id(data: bytes) -> str:
@@ -70,15 +76,17 @@ def patient(backend: Backend) -> RetryBackend:
 # --- connections cut in the middle of an upload ---
 
 
-def test_sftp_connection_cut_mid_upload(sshd_server: SSHDServer) -> None:
+def test_sftp_connection_cut_mid_upload(sshd_server: SSHDServer, transport: dict[str, str]) -> None:
     name = f"cut-{uuid.uuid4().hex[:8]}"
-    direct = open_backend(sshd_server.url(name), **sshd_server.options, **FAST_SFTP)
+    direct = open_backend(sshd_server.url(name), **sshd_server.options, **FAST_SFTP, **transport)
     direct.create()
     data = os.urandom(4 * MiB)
     fid = file_id(data)
     with TcpProxy(sshd_server.port) as proxy:
         sshd_server.trust_port(proxy.port)
-        cut = open_backend(sshd_server.url(name, port=proxy.port), **sshd_server.options, **{**FAST_SFTP, **NO_RETRY})
+        cut = open_backend(
+            sshd_server.url(name, port=proxy.port), **sshd_server.options, **{**FAST_SFTP, **NO_RETRY, **transport}
+        )
         cut.save(FileType.KEY, "cd" * 32, b"connects before the cut")
         proxy.cut_after(MiB)
         with pytest.raises(TransientBackendError):
@@ -161,8 +169,8 @@ def _load_while_server_stops(backend: Backend, name: str, stop: Callable[[], Non
     assert len(outcome) == 1 and isinstance(outcome[0], TransientBackendError), outcome
 
 
-def test_sftp_server_stop_and_restart(private_sshd: SSHDServer) -> None:
-    backend = open_backend(private_sshd.url("repo"), **private_sshd.options, **FAST_SFTP)
+def test_sftp_server_stop_and_restart(private_sshd: SSHDServer, transport: dict[str, str]) -> None:
+    backend = open_backend(private_sshd.url("repo"), **private_sshd.options, **FAST_SFTP, **transport)
     backend.create()
     data = os.urandom(4 * MiB)
     name = file_id(data)
@@ -204,9 +212,12 @@ def test_s3_server_stop_and_restart(private_s3: MotoServer) -> None:
 
 
 def test_sftp_server_with_few_sessions(tmp_path: Path) -> None:
-    """A server allowing fewer sessions than sftp_connections: the pool shrinks, nothing fails."""
+    """A server allowing fewer sessions (channels of one paramiko connection) than sftp_connections:
+    the pool shrinks, nothing fails."""
     with SSHDServer(tmp_path, max_sessions=2) as server:
-        backend = open_backend(server.url("repo"), **server.options, **FAST_SFTP, sftp_connections=8)
+        backend = open_backend(
+            server.url("repo"), **server.options, **FAST_SFTP, sftp_connections=8, sftp_transport="paramiko"
+        )
         backend.create()
         blobs = [os.urandom(300_000) for _ in range(16)]
 
@@ -218,6 +229,25 @@ def test_sftp_server_with_few_sessions(tmp_path: Path) -> None:
             assert all(within(60, lambda: list(pool.map(roundtrip, blobs))))
         assert len(dict(backend.list(FileType.DATA))) == 16
         backend.close()
+
+
+def test_sftp_paramiko_socket_failing_under_an_active_transport(sshd_server: SSHDServer) -> None:
+    """The socket fails before paramiko's reader notices (here: its sending side shut): the call
+    fails with TransientBackendError, not the EOFError paramiko raises while closing the channels
+    of the broken connection, and the next call reconnects."""
+    options = {**sshd_server.options, **FAST_SFTP, **NO_RETRY, "sftp_transport": "paramiko"}
+    backend = open_backend(sshd_server.url(f"halfdead-{uuid.uuid4().hex[:8]}"), **options)
+    backend.create()
+    backend.save(FileType.KEY, "cd" * 32, b"key")
+    sftp = cast(SFTPBackend, cast(RetryBackend, backend).inner)
+    assert sftp._conn is not None
+    transport = sftp._conn.carrier.transport  # type: ignore[attr-defined]
+    transport.sock.shutdown(socket.SHUT_WR)
+    assert transport.is_active()
+    with pytest.raises(TransientBackendError, match=r"connection to 127\.0\.0\.1 failed"):
+        backend.load(FileType.KEY, "cd" * 32)
+    assert backend.load(FileType.KEY, "cd" * 32) == b"key"
+    backend.close()
 
 
 def test_sftp_without_posix_rename_or_fsync(sshd_server: SSHDServer) -> None:
@@ -242,46 +272,56 @@ def test_sftp_without_posix_rename_or_fsync(sshd_server: SSHDServer) -> None:
 # --- refusals: permanent errors, reported at once ---
 
 
-def _open_sftp(server: SSHDServer, **options: Any) -> Backend:
-    return open_backend(server.url("refused"), **{**server.options, **FAST_SFTP, **options})
+@pytest.fixture
+def open_sftp(transport: dict[str, str]) -> Callable[..., Backend]:
+    def open_it(server: SSHDServer, **options: Any) -> Backend:
+        return open_backend(server.url("refused"), **{**server.options, **FAST_SFTP, **transport, **options})
+
+    return open_it
 
 
-def test_sftp_unknown_host_key_is_refused(sshd_server: SSHDServer, tmp_path: Path) -> None:
+def test_sftp_unknown_host_key_is_refused(
+    sshd_server: SSHDServer, tmp_path: Path, open_sftp: Callable[..., Backend]
+) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
-    backend = _open_sftp(sshd_server, sftp_known_hosts=str(empty))
+    backend = open_sftp(sshd_server, sftp_known_hosts=str(empty))
     with pytest.raises(BackendError, match=r"not in .*known_hosts") as info:
         within(30, backend.exists)
     assert not isinstance(info.value, TransientBackendError)
-    accepting = _open_sftp(sshd_server, sftp_known_hosts=str(empty), sftp_strict_host_keys="no")
+    accepting = open_sftp(sshd_server, sftp_known_hosts=str(empty), sftp_strict_host_keys="no")
     assert accepting.exists() is False
     accepting.close()
 
 
-def test_sftp_changed_host_key_is_refused(sshd_server: SSHDServer, tmp_path: Path) -> None:
+def test_sftp_changed_host_key_is_refused(
+    sshd_server: SSHDServer, tmp_path: Path, open_sftp: Callable[..., Backend]
+) -> None:
     other = write_ed25519_key(tmp_path / "other_host_key", "impostor")
     wrong = tmp_path / "known_hosts"
     wrong.write_text(f"[127.0.0.1]:{sshd_server.port} {other}\n")
     for strict in (True, False):  # a changed key is never accepted
-        backend = _open_sftp(sshd_server, sftp_known_hosts=str(wrong), sftp_strict_host_keys=strict)
+        backend = open_sftp(sshd_server, sftp_known_hosts=str(wrong), sftp_strict_host_keys=strict)
         with pytest.raises(BackendError, match="host key differs") as info:
             within(30, backend.exists)
         assert not isinstance(info.value, TransientBackendError)
 
 
-def test_sftp_wrong_user_key_is_refused(sshd_server: SSHDServer, tmp_path: Path) -> None:
+def test_sftp_wrong_user_key_is_refused(
+    sshd_server: SSHDServer, tmp_path: Path, open_sftp: Callable[..., Backend]
+) -> None:
     write_ed25519_key(tmp_path / "id_other", "stranger")
-    backend = _open_sftp(sshd_server, sftp_key=str(tmp_path / "id_other"))
+    backend = open_sftp(sshd_server, sftp_key=str(tmp_path / "id_other"))
     with pytest.raises(BackendError, match="authentication failed") as info:
         within(30, backend.exists)
     assert not isinstance(info.value, TransientBackendError)
-    missing = _open_sftp(sshd_server, sftp_key=str(tmp_path / "no_such_key"))
+    missing = open_sftp(sshd_server, sftp_key=str(tmp_path / "no_such_key"))
     with pytest.raises(BackendError, match="does not exist"):
         missing.exists()
 
 
-def test_sftp_nothing_listening_is_transient(tmp_path: Path) -> None:
-    backend = open_backend(f"sftp://me@127.0.0.1:{free_port()}//repo", **FAST_SFTP)
+def test_sftp_nothing_listening_is_transient(tmp_path: Path, transport: dict[str, str]) -> None:
+    backend = open_backend(f"sftp://me@127.0.0.1:{free_port()}//repo", **FAST_SFTP, **transport)
     with pytest.raises(TransientBackendError, match="cannot connect"):
         within(30, backend.exists)
 

@@ -1,5 +1,6 @@
-"""Every command through the real CLI on SFTP (real sshd) and S3 (a real moto server and a real
-Ceph RGW), mount included."""
+"""Every command through the real CLI on SFTP (real sshd; directly, and through a ProxyJump hop
+over a second sshd with the key named only in an ssh_config file) and S3 (a real moto server and
+a real Ceph RGW), mount included."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from richtree import rsync_diff
-
-from backends.backend_servers import MotoServer, RGWServer, SSHDServer
+from support.richtree import rsync_diff
+from support.servers import MotoServer, RGWServer, SSHDServer, proxyjump_config
 
 PASSWORD = "remote tests"
 CAN_MOUNT = os.path.exists("/dev/fuse") and os.geteuid() == 0
@@ -44,11 +44,15 @@ class RemoteCli:
         return proc
 
 
-@pytest.fixture(params=["sftp", "s3", "rgw"])
+@pytest.fixture(params=["sftp", "sftp-proxyjump", "s3", "rgw"])
 def remote(request: pytest.FixtureRequest, tmp_path: Path) -> RemoteCli:
-    if request.param == "sftp":
+    if request.param.startswith("sftp"):
         sshd: SSHDServer = request.getfixturevalue("sshd_server")
-        return RemoteCli(sshd.url(tmp_path.name), sshd.options, tmp_path, {})
+        if request.param == "sftp":
+            return RemoteCli(sshd.url(tmp_path.name), sshd.options, tmp_path, {})
+        # Through a second sshd, with the key and known hosts only in the ssh_config file
+        config = proxyjump_config(tmp_path / "ssh_config", request.getfixturevalue("jump_sshd"), sshd)
+        return RemoteCli(f"sftp:target:{sshd.root / tmp_path.name}", {"sftp_args": f"-F {config}"}, tmp_path, {})
     s3: MotoServer | RGWServer = request.getfixturevalue(f"{request.param}_server")
     return RemoteCli(s3.url(tmp_path.name), s3.options, tmp_path, dict(s3.env))
 

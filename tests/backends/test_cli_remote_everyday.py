@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.servers import MotoServer, SSHDServer
 
 from backupfs.backends.base import FileType
 from backupfs.backends.registry import open_backend
-
-from .backend_servers import MotoServer, SSHDServer
 
 PASSWORD = "remote everyday"
 

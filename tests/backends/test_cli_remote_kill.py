@@ -1,5 +1,5 @@
 """A backup whose server dies, or whose network breaks, half-way: the real CLI on SFTP (a real
-OpenSSH sshd) and S3 (a real moto server, and a real Ceph cluster whose gateway is killed).
+OpenSSH sshd, through the system's ssh client) and S3 (a real moto server, and a real Ceph cluster whose gateway is killed).
 
 The promise (issue 4, "Reliability"): the backup ends with one clear error and a documented exit
 code, within a bounded time; the repository stays consistent; the next backup completes, re-uses
@@ -26,13 +26,13 @@ from typing import Any
 
 import boto3
 import pytest
+from support.servers import MotoServer, RGWServer, SSHDServer, free_port, shutdown_all, write_ed25519_key
 
 from backupfs.backends.base import FileType
 from backupfs.backends.s3 import S3Backend
 from backupfs.backends.sftp.backend import SFTPBackend
 from backupfs.errors import TransientBackendError
 
-from .backend_servers import MotoServer, RGWServer, SSHDServer, free_port, shutdown_all, write_ed25519_key
 from .test_cli_remote import RemoteCli
 
 MiB = 1 << 20
@@ -320,7 +320,12 @@ def silent_port() -> Iterator[int]:
         yield listener.getsockname()[1]
 
 
-def _sftp(tmp_path: Path, port: int, timeout: float) -> SFTPBackend:
+@pytest.fixture(params=["openssh", "paramiko"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _sftp(tmp_path: Path, port: int, timeout: float, transport: str) -> SFTPBackend:
     key = tmp_path / "id_ed25519"
     if not key.exists():
         write_ed25519_key(key, "unused")
@@ -332,26 +337,29 @@ def _sftp(tmp_path: Path, port: int, timeout: float) -> SFTPBackend:
         key_filename=str(key),
         known_hosts=str(tmp_path / "known_hosts"),
         timeout=timeout,
+        transport=transport,
     )
 
 
-def test_sftp_names_refused_and_unanswered_connections(tmp_path: Path, silent_port: int) -> None:
-    refused = _sftp(tmp_path, free_port(), timeout=5)
-    # paramiko's own text: "[Errno None] Unable to connect to port N on 127.0.0.1"
+def test_sftp_names_refused_and_unanswered_connections(tmp_path: Path, silent_port: int, transport: str) -> None:
+    refused = _sftp(tmp_path, free_port(), timeout=5, transport=transport)
+    # ssh's own text: "ssh: connect to host 127.0.0.1 port N: Connection refused";
+    # paramiko's: "[Errno None] Unable to connect to port N on 127.0.0.1"
     with pytest.raises(TransientBackendError, match=r"^cannot connect to .*127\.0\.0\.1:\d+: connection refused$"):
         refused.stat(FileType.CONFIG, "config")
     refused.close()
-    silent = _sftp(tmp_path, silent_port, timeout=1)
-    # paramiko's: "Error reading SSH protocol banner" or "No existing session", whichever wait ends first
+    silent = _sftp(tmp_path, silent_port, timeout=1, transport=transport)
+    # ssh says nothing until its own ConnectTimeout; paramiko: "Error reading SSH protocol
+    # banner" or "No existing session", whichever wait ends first
     with pytest.raises(TransientBackendError, match=r"^cannot connect to .*: the server did not answer \(timed out\)$"):
         silent.stat(FileType.CONFIG, "config")
     silent.close()
 
 
-def test_sftp_threads_share_a_failed_reconnect(tmp_path: Path, silent_port: int) -> None:
+def test_sftp_threads_share_a_failed_reconnect(tmp_path: Path, silent_port: int, transport: str) -> None:
     """Threads waiting for another's reconnect take its failure instead of each sitting through a
     timeout of their own in turn (which made a partitioned backup take threads x timeout)."""
-    backend = _sftp(tmp_path, silent_port, timeout=1)
+    backend = _sftp(tmp_path, silent_port, timeout=1, transport=transport)
     errors: list[BaseException] = []
 
     def call() -> None:
@@ -368,7 +376,7 @@ def test_sftp_threads_share_a_failed_reconnect(tmp_path: Path, silent_port: int)
         t.join(30)
     elapsed = time.monotonic() - started
     assert len(errors) == 5 and all(isinstance(e, TransientBackendError) for e in errors), errors
-    # the handshake fails on whichever of paramiko's waits ends first; the message says what happened
+    # paramiko's handshake fails on whichever of its waits ends first; the message says what happened
     assert {str(e).split(": ", 1)[1] for e in errors} == {"the server did not answer (timed out)"}, errors
     assert elapsed < 3.5, f"{elapsed:.1f} s: the threads waited for each other's timeouts"  # one after another: >= 5 s
     backend.close()

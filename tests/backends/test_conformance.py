@@ -1,8 +1,9 @@
 """The Backend contract (backupfs/backends/base.py), checked on every backend over real servers.
 
-Each test runs against memory, local (a tmp dir), sftp (a real OpenSSH sshd), s3 (a real
-moto server), rgw (a real Ceph cluster's S3 gateway) and rest (a real `backupfs serve`), each
-opened through open_backend and so wrapped in RetryBackend, as in use.
+Each test runs against memory, local (a tmp dir), sftp (a real OpenSSH sshd, through the
+system's ssh client), sftp-paramiko (the same sshd, through paramiko), s3 (a real moto server),
+rgw (a real Ceph cluster's S3 gateway) and rest (a real `backupfs serve`), each opened through
+open_backend and so wrapped in RetryBackend, as in use.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from backupfs.backends import layout
 from backupfs.backends.base import Backend, BackendInfo, FileType
 from backupfs.errors import AlreadyExists, BackendError, NotFound
 
-from .backend_servers import BackendFactory
+from .factory import BackendFactory
 
 NON_CONFIG = [t for t in FileType if t is not FileType.CONFIG]
 MiB = 1024 * 1024
@@ -270,7 +271,8 @@ def test_invalid_names_are_refused(backend: Backend, make_backend: BackendFactor
 @pytest.mark.parametrize("make_backend", ["local", "sftp", "s3", "rgw", "rest"], indirect=True)
 def test_foreign_files_are_not_listed(make_backend: BackendFactory) -> None:
     """Only files the layout can name are listed: a load of anything listed can succeed, and a
-    stray or hostile file name never reaches the repository code."""
+    stray or hostile file name never reaches the repository code. `list_foreign` alone names
+    them, for check to report."""
     backend = make_backend()
     key = put(backend, FileType.KEY, b"key")
     pack = put(backend, FileType.DATA, data_named("ab"))
@@ -295,6 +297,9 @@ def test_foreign_files_are_not_listed(make_backend: BackendFactory) -> None:
     assert list(backend.list(FileType.KEY)) == [(key, 3)]
     assert list(backend.list(FileType.DATA)) == [(pack, len(data_named("ab")))]
     assert list(backend.list(FileType.INDEX)) == list(backend.list(FileType.SNAPSHOT)) == []
+    # ... but `check` hears of them (a REST server shows repository files only: check runs there)
+    expected = [] if make_backend.kind == "rest" else sorted(foreign)
+    assert sorted(backend.list_foreign()) == expected
 
 
 @pytest.mark.parametrize("make_backend", ["local"], indirect=True)
@@ -357,6 +362,7 @@ INFO = {
     "memory": BackendInfo(local=True, append_only=False, sweeps_temporaries=False),
     "local": BackendInfo(local=True, append_only=False, sweeps_temporaries=True),
     "sftp": BackendInfo(local=False, append_only=False, sweeps_temporaries=True),
+    "sftp-paramiko": BackendInfo(local=False, append_only=False, sweeps_temporaries=True),
     "s3": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),
     "rgw": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),
     "rest": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),  # append-only: test_server.py

@@ -86,25 +86,59 @@ def test_bad_sftp_urls(url: str) -> None:
 
 def test_sftp_backend_and_options(tmp_path: Path) -> None:
     key = tmp_path / "id"
-    backend = inner(
-        "sftp://alice@example.org//srv/repo",
-        sftp_port="2200",
-        sftp_key=str(key),
-        sftp_known_hosts=str(tmp_path / "kh"),
-        sftp_strict_host_keys="no",
-        sftp_connections=4,
-        sftp_timeout=5,
-        retry_attempts=3,
-    )
-    assert isinstance(backend, SFTPBackend)
-    assert (backend.user, backend.host, backend.port, backend.path) == ("alice", "example.org", 2200, "/srv/repo")
-    assert (backend.key_filename, backend.known_hosts) == (str(key), str(tmp_path / "kh"))
-    assert backend.strict_host_keys is False
-    assert (backend.connections, backend.timeout) == (4, 5.0)
-    assert backend.location == "sftp://alice@example.org:2200//srv/repo"
+    for transport in ("openssh", "paramiko"):
+        backend = inner(
+            "sftp://alice@example.org//srv/repo",
+            sftp_port="2200",
+            sftp_key=str(key),
+            sftp_known_hosts=str(tmp_path / "kh"),
+            sftp_strict_host_keys="no",
+            sftp_connections=4,
+            sftp_timeout=5,
+            sftp_transport=transport,
+            retry_attempts=3,
+        )
+        assert isinstance(backend, SFTPBackend)
+        assert backend.transport == transport
+        assert (backend.user, backend.host, backend.port, backend.path) == ("alice", "example.org", 2200, "/srv/repo")
+        assert (backend.key_filename, backend.known_hosts) == (str(key), str(tmp_path / "kh"))
+        assert backend.strict_host_keys is False
+        assert (backend.connections, backend.timeout) == (4, 5.0)
+        assert backend.location == "sftp://alice@example.org:2200//srv/repo"
+    # OpenSSH: what the URL does not say, ssh's configuration decides
     defaults = inner("sftp:bob@example.org:repo")
-    assert (defaults.port, defaults.strict_host_keys, defaults.path) == (22, True, "repo")
-    assert defaults.location == "sftp://bob@example.org:22/repo"
+    assert defaults.transport == "openssh"
+    assert (defaults.port, defaults.strict_host_keys, defaults.path) == (None, None, "repo")
+    assert defaults.location == "sftp://bob@example.org/repo"
+    plain = inner("sftp:bob@example.org:repo", sftp_transport="paramiko")
+    assert (plain.port, plain.strict_host_keys) == (22, None)
+
+
+def test_ssh_command_and_args_are_split_like_a_shell() -> None:
+    backend = inner("sftp:h:/r", sftp_args="-F '/my dir/config' -o ProxyJump=gw")
+    assert backend.ssh_args == ["-F", "/my dir/config", "-o", "ProxyJump=gw"]
+    custom = inner("sftp:h:/r", sftp_command="ssh -p 2222 'me@h' -s sftp")
+    assert custom.ssh_command == ["ssh", "-p", "2222", "me@h", "-s", "sftp"]
+    # ssh does not expand ~ in `-F ~/config`; a shell would, and these strings are quoted past it
+    home = os.environ["HOME"]
+    assert inner("sftp:h:/r", sftp_args="-F ~/backup.conf").ssh_args == ["-F", f"{home}/backup.conf"]
+    assert inner("sftp:h:/r", sftp_command="~/bin/ssh h -s sftp").ssh_command == [f"{home}/bin/ssh", "h", "-s", "sftp"]
+    with pytest.raises(UsageError, match="sftp_args"):
+        open_backend("sftp:h:/r", sftp_args="-F 'unclosed")
+    with pytest.raises(UsageError, match="paramiko"):
+        open_backend("sftp:h:/r", sftp_command="ssh h -s sftp", sftp_transport="paramiko")
+    with pytest.raises(UsageError, match="unknown SFTP transport"):
+        open_backend("sftp:h:/r", sftp_transport="putty")
+
+
+def test_openssh_is_chosen_when_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert inner("sftp:h:/r").transport == "openssh"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ssh here
+    assert inner("sftp:h:/r").transport == "paramiko"
+    with pytest.raises(UsageError, match="no ssh client found"):
+        open_backend("sftp:h:/r", sftp_transport="openssh")
+    # an explicit command is run as given
+    assert inner("sftp:h:/r", sftp_command="/opt/ssh h -s sftp").transport == "openssh"
 
 
 def test_sftp_port_in_url_and_option_must_agree() -> None:
@@ -121,11 +155,15 @@ def test_ssh_config_is_honoured(isolated_home: Path) -> None:
         "Host backup\n  HostName backup.example.org\n  User carol\n  Port 2022\n"
         "  IdentityFile ~/.ssh/id_backup\n  StrictHostKeyChecking accept-new\n"
     )
-    backend = inner("sftp:backup:/srv/repo")
+    # OpenSSH reads the file itself: the alias goes to ssh untouched
+    openssh = inner("sftp:backup:/srv/repo")
+    assert (openssh.host, openssh.user, openssh.port, openssh.key_filename) == ("backup", None, None, None)
+    # paramiko does not: the settings are read for it
+    backend = inner("sftp:backup:/srv/repo", sftp_transport="paramiko")
     assert (backend.host, backend.user, backend.port) == ("backup.example.org", "carol", 2022)
     assert backend.key_filename == str(ssh / "id_backup")
     assert backend.strict_host_keys is False
-    explicit = inner("sftp://dave@backup:23//srv/repo", sftp_strict_host_keys=True)
+    explicit = inner("sftp://dave@backup:23//srv/repo", sftp_strict_host_keys=True, sftp_transport="paramiko")
     assert (explicit.user, explicit.port, explicit.strict_host_keys) == ("dave", 23, True)
 
 

@@ -13,13 +13,12 @@ from typing import Any
 
 import boto3
 import pytest
+from support.servers import FAST_S3, MotoServer, RGWServer
 
 from backupfs.backends import s3
 from backupfs.backends.base import Backend, FileType
 from backupfs.backends.registry import open_backend
 from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBackendError
-
-from .backend_servers import FAST_S3, MotoServer, RGWServer
 
 S3Server = MotoServer | RGWServer
 

@@ -1,7 +1,7 @@
 """Helpers for real-mount tests: the CLI on a fast repository, a running mount, the mount table.
 
-Not a conftest.py: test modules elsewhere import `conftest` by name, and a second conftest.py
-would shadow it for them.
+A plain module, not a conftest.py: tests/adversarial imports it too (pyproject's pythonpath has
+tests/fuse).
 """
 
 from __future__ import annotations

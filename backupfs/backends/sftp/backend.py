@@ -2,13 +2,14 @@
 
 The Backend protocol in terms of paths and SFTP status codes: requests go through
 protocol.Session, sessions come from a pool.SessionPool, and how the connection is made is the
-connector's business (connect.py: paramiko's SSH by default).
+connector's business: openssh.py (the system's ssh client) or connect.py (paramiko).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import posixpath
 import stat as stat_mod
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from backupfs.backends import layout
 from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
+from backupfs.backends.sftp import openssh
 from backupfs.backends.sftp.connect import connect, default_user
 from backupfs.backends.sftp.pool import SessionPool, SessionRefused
 from backupfs.backends.sftp.protocol import (
@@ -24,6 +26,7 @@ from backupfs.backends.sftp.protocol import (
     END_OF_FILE,
     NO_SUCH_FILE,
     UNSUPPORTED,
+    Attrs,
     Session,
     Status,
     describe,
@@ -35,6 +38,25 @@ log = logging.getLogger(__name__)
 
 _INFO = BackendInfo(local=False, append_only=False, sweeps_temporaries=True)
 _DIR_BATCH = 256  # directories listed at once (each holds a server-side handle meanwhile)
+# Sessions per backend unless sftp_connections says otherwise (docs/backends.md has the
+# measurements): each is shared by any number of threads; with OpenSSH each is an ssh process,
+# a login of its own. On loopback (2 cores) two carried twice what one did with chacha20, as
+# much with AES-GCM; four, less than two.
+DEFAULT_CONNECTIONS = 2
+TRANSPORTS = ("auto", "openssh", "paramiko")
+
+
+def choose_transport(transport: str, ssh_command: Sequence[str] | None = None) -> str:
+    """openssh or paramiko: "auto" means OpenSSH when its client is installed."""
+    if transport not in TRANSPORTS:
+        raise BackendError(f"unknown SFTP transport {transport!r} (use {', '.join(TRANSPORTS)})")
+    if ssh_command and transport == "paramiko":
+        raise BackendError("an ssh command needs the openssh transport, not paramiko")
+    if transport == "auto":
+        return "openssh" if ssh_command or openssh.find_ssh() else "paramiko"
+    if transport == "openssh" and not ssh_command and not openssh.find_ssh():
+        raise BackendError("no ssh client found: install OpenSSH's client, or use sftp_transport=paramiko")
+    return transport
 
 
 class SFTPBackend:
@@ -42,8 +64,11 @@ class SFTPBackend:
 
     `path` may be absolute or relative to the login directory. Connects lazily and reconnects
     after a connection failure (the failed call raises TransientBackendError; the retry
-    wrapper repeats it). `connector` makes a connection: by default paramiko's SSH with the
-    settings given here; it raises BackendError (TransientBackendError if worth retrying).
+    wrapper repeats it). `transport` is "openssh" (the system's ssh client, `ssh_command`
+    replacing its whole command line or `ssh_args` added to it), "paramiko", or "auto": OpenSSH
+    when an ssh client is installed. What is None here, the ssh configuration decides (OpenSSH;
+    paramiko: the registry read ~/.ssh/config). `connector` replaces all of that: it makes a
+    connection and raises BackendError (TransientBackendError if worth retrying).
     """
 
     def __init__(
@@ -52,24 +77,32 @@ class SFTPBackend:
         path: str,
         *,
         user: str | None = None,
-        port: int = 22,
+        port: int | None = None,
         key_filename: str | None = None,
         known_hosts: str | None = None,
-        strict_host_keys: bool = True,
-        connections: int = 8,
+        strict_host_keys: bool | None = None,
+        connections: int | None = None,
         timeout: float = 30.0,
+        transport: str = "auto",
+        ssh_command: Sequence[str] | None = None,
+        ssh_args: Sequence[str] = (),
         connector: Callable[[], SessionPool] | None = None,
     ) -> None:
         self.host = host
         self.port = port
-        self.user = user or default_user()
+        self.user = user
         self.path = path.rstrip("/") or ("/" if path.startswith("/") else "")
         self.key_filename = key_filename
         self.known_hosts = known_hosts
         self.strict_host_keys = strict_host_keys
-        self.connections = max(1, connections)
         self.timeout = timeout
-        self._connector = connector or self._paramiko_connection
+        self.transport = choose_transport(transport, ssh_command)
+        self.ssh_command = list(ssh_command) if ssh_command else None
+        self.ssh_args = list(ssh_args)
+        self.connections = max(1, connections or DEFAULT_CONNECTIONS)
+        if connector is None:
+            connector = self._openssh_connection if self.transport == "openssh" else self._paramiko_connection
+        self._connector = connector
         self._lock = threading.Lock()
         self._conn: SessionPool | None = None
         self._connect_error: tuple[float, BackendError] | None = None  # when and how the latest attempt failed
@@ -80,18 +113,41 @@ class SFTPBackend:
     @property
     def location(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"sftp://{self.user}@{host}:{self.port}/{self.path}"
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"sftp://{user}{host}{port}/{self.path}"
 
     # --- connection management ---
+
+    def _where(self) -> str:
+        """user@host:port as far as known here (OpenSSH may take the rest from ssh_config)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.user + '@' if self.user else ''}{host}{':' + str(self.port) if self.port else ''}"
+
+    def _openssh_connection(self) -> SessionPool:
+        if self.key_filename and not os.path.exists(self.key_filename):
+            raise BackendError(f"SFTP identity file {self.key_filename} does not exist")  # ssh: only a warning
+        if self.ssh_command is None:  # built once: it asks `ssh -G` about the ciphers
+            self.ssh_command = openssh.ssh_command(
+                self.host,
+                user=self.user,
+                port=self.port,
+                key_filename=self.key_filename,
+                known_hosts=self.known_hosts,
+                strict_host_keys=self.strict_host_keys,
+                timeout=self.timeout,
+                args=self.ssh_args,
+            )
+        return openssh.connect(self.ssh_command, self._where(), self.connections, self.timeout, self.known_hosts)
 
     def _paramiko_connection(self) -> SessionPool:
         return connect(
             self.host,
-            self.port,
-            self.user,
+            self.port or 22,
+            self.user or default_user(),
             self.key_filename,
             self.known_hosts,
-            self.strict_host_keys,
+            self.strict_host_keys is not False,
             self.connections,
             self.timeout,
         )
@@ -123,7 +179,7 @@ class SFTPBackend:
 
     @contextlib.contextmanager
     def _session(self, what: str) -> Iterator[Session]:
-        """Lend a session; turn connection failures into TransientBackendError.
+        """A session to use; connection failures become TransientBackendError.
 
         Status (the server's answer to a request) passes through untouched: the caller knows
         what a missing file means for its operation.
@@ -136,21 +192,13 @@ class SFTPBackend:
         except CONNECTION_ERRORS as exc:
             conn.close()
             raise TransientBackendError(f"{what}: connection to {self.host} failed: {describe(exc)}") from exc
-        healthy = False
         try:
             yield session
-            healthy = True
-        except Status:
-            healthy = True
-            raise
-        except BackendError:
-            healthy = True
-            raise
-        except CONNECTION_ERRORS as exc:  # includes socket timeouts: the stream state is unknown
+        except CONNECTION_ERRORS as exc:  # includes timeouts: the stream state is unknown
             conn.close()
             raise TransientBackendError(f"{what}: connection to {self.host} failed: {describe(exc)}") from exc
         finally:
-            conn.release(session, healthy)
+            conn.release(session)
 
     # --- paths ---
 
@@ -306,7 +354,7 @@ class SFTPBackend:
         what = self._what(ftype, name)
         with self._session(f"stat {what}") as s:
             try:
-                return int(s.stat(self._file(ftype, name)).st_size)
+                return _size(s.stat(self._file(ftype, name)), what)
             except Status as exc:
                 raise status_error(exc, what) from exc
 
@@ -346,7 +394,30 @@ class SFTPBackend:
                 raise status_error(entries, f"cannot list {d}")
             for e in entries:
                 if layout.belongs(ftype, rel, e.filename) and stat_mod.S_ISREG(e.st_mode or 0):
-                    yield e.filename, int(e.st_size)
+                    yield e.filename, _size(e, f"{rel}/{e.filename}")
+
+    def list_foreign(self) -> Iterator[str]:
+        base = self._remote(FileType.DATA.value)
+        with self._session(f"list {base}") as s:
+            found = s.listdirs([base])[base]
+        subs = (
+            []
+            if isinstance(found, Status)
+            else [e.filename for e in found if not e.filename.startswith(".") and stat_mod.S_ISDIR(e.st_mode or 0)]
+        )
+        rels = layout.foreign_folders(subs)
+        for i in range(0, len(rels), _DIR_BATCH):
+            group = rels[i : i + _DIR_BATCH]
+            with self._session("list foreign files") as s:
+                listed = s.listdirs([self._remote(rel) for rel in group])
+            for rel in group:
+                entries = listed[self._remote(rel)]
+                if isinstance(entries, Status):
+                    continue
+                for e in entries:
+                    is_dir = e.filename in (".", "..") or stat_mod.S_ISDIR(e.st_mode or 0)
+                    if not is_dir and layout.is_foreign(rel, e.filename):
+                        yield f"{rel}/{e.filename}" if rel else e.filename
 
     def remove(self, ftype: FileType, name: str) -> None:
         what = self._what(ftype, name)
@@ -384,3 +455,8 @@ class SFTPBackend:
                 self._conn.close()
                 self._conn = None
 
+
+def _size(attrs: Attrs, what: str) -> int:
+    if attrs.st_size is None:  # OpenSSH always says; a server that does not cannot hold a repository
+        raise BackendError(f"{what}: the SFTP server does not report file sizes")
+    return attrs.st_size

@@ -1,16 +1,18 @@
-"""Connecting to an SSH server with paramiko: ~/.ssh/config, host keys, and one-line errors.
+"""SFTP over paramiko's SSH: ~/.ssh/config, host keys, and one-line connect errors.
 
-The SSH transport is paramiko's own (its encryption runs in Python, in one thread per
-connection). `connect` returns a SessionPool over it; another transport provides a Carrier of
-its own and a SessionPool over that, and the protocol and backend modules stay as they are.
+paramiko's encryption runs in Python, in one thread per connection: slower than the OpenSSH
+client (openssh.py), kept for systems without one. `connect` returns a SessionPool whose
+sessions are channels of one SSH transport, each running our SFTP client (protocol.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any, Final
 
 import paramiko
@@ -112,6 +114,38 @@ def connect(
     return SessionPool(_ParamikoCarrier(ssh, timeout), connections, timeout)
 
 
+class _ChannelStream:
+    """An SSH channel running the sftp subsystem, as a protocol.Stream."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+
+    def write(self, parts: Sequence[bytes | memoryview]) -> None:
+        try:
+            self.channel.sendall(b"".join(parts))
+        except paramiko.SSHException as exc:
+            raise EOFError(describe(exc)) from exc
+
+    def read_into(self, view: memoryview) -> int:
+        try:
+            data = self.channel.recv(len(view))
+        except paramiko.SSHException as exc:
+            raise EOFError(describe(exc)) from exc
+        if not data:
+            raise EOFError("the server closed the connection")
+        view[: len(data)] = data
+        return len(data)
+
+    def shutdown(self) -> None:
+        # Closing sends a message; on a connection whose socket failed before paramiko's reader
+        # noticed, that raises. There is nothing left to close then.
+        with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
+            self.channel.close()
+
+    def close(self) -> None:
+        self.shutdown()
+
+
 class _ParamikoCarrier:
     """SFTP sessions as channels of one paramiko SSH transport."""
 
@@ -122,18 +156,18 @@ class _ParamikoCarrier:
 
     def open_session(self) -> Session:
         try:
-            client = paramiko.SFTPClient.from_transport(self.transport, window_size=_WINDOW, max_packet_size=_PACKET)
-            if client is None:
-                raise paramiko.SSHException("the server refused an SFTP session")
+            channel = self.transport.open_session(window_size=_WINDOW, max_packet_size=_PACKET, timeout=self.timeout)
+            channel.settimeout(self.timeout)
+            channel.invoke_subsystem("sftp")
         except paramiko.SSHException as exc:
             if not self.transport.is_active():
-                raise
+                raise EOFError(describe(exc)) from exc
             # The connection is fine, so the server refused the channel. (paramiko does not
             # always say so: concurrent opens can swap their ChannelExceptions.)
             raise SessionRefused(describe(exc)) from exc
-        session = Session(client)
+        session = Session(_ChannelStream(channel), self.timeout)
         try:
-            client.get_channel().settimeout(self.timeout)
+            session.handshake()
         except BaseException:
             session.close()
             raise

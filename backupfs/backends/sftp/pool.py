@@ -1,9 +1,8 @@
-"""A pool of SFTP sessions over one connection, lent to one thread at a time.
+"""A pool of SFTP sessions over one connection, shared by the backend's threads.
 
-One SSH connection carries several SFTP sessions (channels), so several threads have requests
-in flight at once. The pool knows nothing of how a session is carried: a `Carrier` opens
-sessions over one connection (paramiko's SSH transport, connect.py; later the pipes of an
-OpenSSH client) and says whether that connection still lives.
+The pool knows nothing of how a session is carried: a `Carrier` opens sessions (channels of
+paramiko's SSH transport, connect.py; ssh processes, openssh.py) and says whether its
+connection still lives.
 """
 
 from __future__ import annotations
@@ -38,7 +37,13 @@ class Carrier(Protocol):
 
 
 class SessionPool:
-    """Up to `size` sessions over one carrier; fewer if the server grants fewer."""
+    """Up to `size` sessions over one carrier, shared by the threads that use the backend.
+
+    A thread gets the session with the fewest users; another session is opened only when every
+    open one already has a user, up to `size` (fewer if the server refuses more). A session
+    keeps many requests in flight for all of its users, so more sessions add parallel work on
+    the server and more encryption capacity (OpenSSH: processes), not requests in flight.
+    """
 
     def __init__(self, carrier: Carrier, size: int, timeout: float) -> None:
         self.carrier = carrier
@@ -46,12 +51,16 @@ class SessionPool:
         self.broken = False
         self.chunks: tuple[int, int] | None = None  # (read, write) request sizes, probed once
         self._limit = size
-        self._open = 0
-        self._idle: list[Session] = []
+        self._sessions: list[Session] = []
+        self._opening = 0
         self._cond = threading.Condition()
 
     def alive(self) -> bool:
-        return not self.broken and self.carrier.alive()
+        return not self.broken and self.carrier.alive() and not any(s.broken for s in self._sessions)
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
 
     def acquire(self) -> Session:
         deadline = time.monotonic() + self.timeout
@@ -60,33 +69,45 @@ class SessionPool:
                 while True:
                     if not self.alive():
                         raise TransientBackendError("SFTP connection lost")
-                    if self._idle:
-                        return self._idle.pop()
-                    if self._open < self._limit:
-                        self._open += 1  # counts sessions open or being opened
+                    best = min(self._sessions, key=lambda s: s.users, default=None)
+                    if len(self._sessions) + self._opening < self._limit and (best is None or best.users > 0):
+                        self._opening += 1  # open one more, outside the lock
                         break
-                    left = deadline - time.monotonic()
+                    if best is not None:
+                        best.users += 1
+                        return best
+                    left = deadline - time.monotonic()  # the first session is being opened
                     if left <= 0:
-                        raise TransientBackendError("timed out waiting for a free SFTP session")
+                        raise TransientBackendError("timed out waiting for an SFTP session")
                     self._cond.wait(left)
             try:
-                return self._new_session()
+                session = self._new_session()
             except SessionRefused:
                 with self._cond:
-                    self._open -= 1
+                    self._opening -= 1
                     self._cond.notify_all()
-                    if self._open == 0:
+                    if not self._sessions and not self._opening:
                         raise SessionRefused("the server refused every SFTP session") from None
-                    # The server caps sessions per connection (OpenSSH MaxSessions): use the
-                    # ones it granted, and wait for one of them.
-                    self._limit = self._open
+                    # The server caps sessions per connection (OpenSSH MaxSessions, MaxStartups):
+                    # share the ones it granted.
+                    self._limit = len(self._sessions) + self._opening
                     limit = self._limit
-                log.info("the SFTP server allows at most %d sessions per connection", limit)
+                log.info("the SFTP server allows at most %d sessions", limit)
+                continue
             except BaseException:
                 with self._cond:
-                    self._open -= 1
-                    self._cond.notify()
+                    self._opening -= 1
+                    self._cond.notify_all()
                 raise
+            with self._cond:
+                self._opening -= 1
+                self._cond.notify_all()
+                if not self.broken:
+                    session.users = 1
+                    self._sessions.append(session)
+                    return session
+            session.close()
+            raise TransientBackendError("SFTP connection closed")
 
     def _new_session(self) -> Session:
         session = self.carrier.open_session()
@@ -99,23 +120,26 @@ class SessionPool:
         session.read_chunk, session.write_chunk = self.chunks
         return session
 
-    def release(self, session: Session, healthy: bool) -> None:
-        keep = False
+    def release(self, session: Session) -> None:
         with self._cond:
-            if healthy and self.alive():
-                self._idle.append(session)
-                keep = True
-            else:
-                self._open -= 1
-            self._cond.notify()
-        if not keep:
+            session.users -= 1
+            last = self.broken and not session.users and session in self._sessions
+            if last:
+                self._sessions.remove(session)
+            self._cond.notify_all()
+        if last:
             session.close()
 
     def close(self) -> None:
-        self.broken = True
+        """End every session; those in use release their resources when given back."""
         with self._cond:
-            idle, self._idle = self._idle, []
+            self.broken = True
+            sessions = list(self._sessions)
+            idle = [s for s in sessions if not s.users]
+            self._sessions = [s for s in sessions if s.users]
             self._cond.notify_all()
+        for session in sessions:
+            session.shutdown()
         for session in idle:
             session.close()
         with contextlib.suppress(Exception):

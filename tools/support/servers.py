@@ -1,9 +1,7 @@
-"""Real servers for backend tests: an OpenSSH sshd, a moto S3 server, a Ceph RGW (a real
-distributed object store, tools/ceph_rgw.py) and a cuttable TCP proxy, plus the backend factory
-the conformance suite is parametrized with.
+"""Real servers for backend tests and benchmarks: an OpenSSH sshd, a moto S3 server, a Ceph RGW
+(a real distributed object store, tools/ceph_rgw.py) and a cuttable TCP proxy.
 
-Plain classes so fixtures anywhere, and throwaway benchmark scripts, can reuse them (test modules
-import from here, never from conftest: several conftest modules share that name).
+Plain classes, no pytest, so fixtures anywhere and benchmark scripts alike can reuse them.
 Everything listens on 127.0.0.1 only.
 """
 
@@ -21,21 +19,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from ceph_rgw import CephRGW  # tools/, on pytest's pythonpath
+from ceph_rgw import CephRGW  # tools/ is on the path of pytest and of every tool
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rest_server import RestServer
-
-from backupfs.backends.base import Backend
-from backupfs.backends.memory import MemoryBackend
-from backupfs.backends.registry import open_backend
-from backupfs.backends.retry import RetryBackend
 
 SSHD = "/usr/sbin/sshd"
 
@@ -69,7 +59,7 @@ def _wait_for(check: Any, what: str, timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every process below `pid` (sshd forks session processes into their own sessions)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -91,12 +81,36 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def write_ed25519_key(path: Path, comment: str) -> str:
+def ssh_clients(parent: int | None = None, port: int | None = None) -> list[int]:
+    """Running `ssh` processes below `parent` (this process), to `port` if given (by its -p)."""
+    found = []
+    for pid in descendants(os.getpid() if parent is None else parent):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if state != "Z" and argv[0].endswith(b"ssh") and (port is None or str(port).encode() in argv):
+            found.append(pid)
+    return found
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def write_ed25519_key(path: Path, comment: str, passphrase: bytes | None = None) -> str:
     """Write an OpenSSH-format private key; return the public key line."""
     key = Ed25519PrivateKey.generate()
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-    )
+    protection = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, protection))
     path.chmod(0o600)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return f"{public.decode()} {comment}"
@@ -124,9 +138,17 @@ class SSHDServer:
 
     Repositories go under `root`; `url(name)` gives an sftp URL for a fresh one there and
     `options` the `open_backend` keyword options that authenticate and pin the host key.
+    `sftp=False` leaves out the sftp subsystem; `extra` adds sshd_config lines.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, max_sessions: int = 64) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        max_sessions: int = 64,
+        sftp: bool = True,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.user = getpass.getuser()
@@ -156,10 +178,11 @@ class SSHDServer:
                     "KbdInteractiveAuthentication no",
                     "UsePAM no",
                     "StrictModes no",
-                    "Subsystem sftp internal-sftp",
+                    "Subsystem sftp internal-sftp" if sftp else "",
                     f"MaxSessions {max_sessions}",
                     "MaxStartups 64",
                     "LogLevel ERROR",
+                    *extra,
                     "",
                 ]
             )
@@ -205,14 +228,14 @@ class SSHDServer:
     def kill_sessions(self) -> None:
         """Kill every connection's server process, as if the network dropped; keep listening."""
         if self._proc is not None:
-            for pid in _descendants(self._proc.pid):
+            for pid in descendants(self._proc.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
         if self._proc is None:
             return
-        sessions = _descendants(self._proc.pid)
+        sessions = descendants(self._proc.pid)
         self._proc.kill()
         self._proc.wait()
         for pid in sessions:
@@ -229,6 +252,24 @@ class SSHDServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def proxyjump_config(path: Path, jump: SSHDServer, target: SSHDServer, alias: str = "target") -> Path:
+    """An ssh_config file (for `ssh -F`) that reaches `target` as `alias` through `jump`
+    (ProxyJump), each server's user key and known-hosts file named in it: the repository URL
+    and this file are all the ssh command needs."""
+    stanzas = [
+        ("jump", jump, ""),
+        (alias, target, "  ProxyJump jump\n"),
+    ]
+    path.write_text(
+        "".join(
+            f"Host {name}\n  HostName 127.0.0.1\n  Port {server.port}\n  User {server.user}\n"
+            f"  IdentityFile {server.client_key}\n  UserKnownHostsFile {server.known_hosts}\n{extra}"
+            for name, server, extra in stanzas
+        )
+    )
+    return path
 
 
 class MotoServer:
@@ -454,44 +495,3 @@ def env_vars(values: dict[str, str], unset: tuple[str, ...] = ()) -> Iterator[No
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-class BackendFactory:
-    """Makes backends of one kind on fresh repositories, and closes them after the test."""
-
-    def __init__(self, kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-        self.kind = kind
-        self._request = request
-        self._tmp = tmp_path
-        self._opened: list[Backend] = []
-        self.fs_root: Path | None = None  # where the files are, for kinds with a local directory
-
-    def __call__(self, create: bool = True, name: str | None = None, **options: Any) -> Backend:
-        name = name or f"repo-{uuid.uuid4().hex[:12]}"
-        backend: Backend
-        if self.kind == "memory":
-            backend = RetryBackend(MemoryBackend())
-        elif self.kind == "local":
-            self.fs_root = self._tmp / name
-            backend = open_backend(str(self.fs_root), **{**FAST, **options})
-        elif self.kind == "sftp":
-            server: SSHDServer = self._request.getfixturevalue("sshd_server")
-            self.fs_root = server.root / name
-            backend = open_backend(server.url(name), **{**server.options, **FAST_SFTP, **options})
-        elif self.kind in ("s3", "rgw"):
-            s3: MotoServer | RGWServer = self._request.getfixturevalue(f"{self.kind}_server")
-            backend = open_backend(s3.url(name), **{**FAST_S3, **options})
-        elif self.kind == "rest":
-            rest: RestServer = self._request.getfixturevalue("rest_server")
-            self.fs_root = rest.path / name
-            backend = open_backend(rest.url(name), **{**FAST, **options})
-        else:
-            raise AssertionError(self.kind)
-        self._opened.append(backend)
-        if create:
-            backend.create()
-        return backend
-
-    def close(self) -> None:
-        for backend in self._opened:
-            backend.close()
