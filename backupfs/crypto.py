@@ -22,6 +22,8 @@ SALT_SIZE: Final = 16  # Argon2id salt of a key file
 SEED_BITS: Final = 63  # pyfastcdc shifts the chunker seed left by one: 64 bits would overflow
 # Above this size BLAKE3 hashes a file with several threads; below, starting them costs more.
 PARALLEL_HASH_MIN: Final = 4 << 20
+FILE_HASH_CONTEXT: Final = b"bfs1 file hash"  # derives the whole-file hash key from the id key
+_ZEROS: Final = bytes(1 << 20)  # a hole's bytes, fed to a file hash a MiB at a time
 
 ARGON2_OPS: Final = 3
 ARGON2_MEM: Final = 64 * 1024 * 1024
@@ -65,6 +67,11 @@ class MasterKey:
         if any(len(k) != KEY_SIZE for k in (key.enc, key.id, key.chunker)):
             raise IntegrityError("master key has wrong lengths")
         return key
+
+    def file_hash_key(self) -> bytes:
+        """The key of whole-file hashes (design.md 9 `fh`): derived, so that a file hash can never
+        be taken for (or tested against) a blob id of the same bytes."""
+        return blake3.blake3(FILE_HASH_CONTEXT, key=self.id).digest()
 
     def chunker_seed(self) -> int:
         """63-bit odd seed for pyfastcdc's gear table (it shifts the seed left, so 64 bits overflow)."""
@@ -122,6 +129,35 @@ class IdHasher:
 
     def __call__(self, data: bytes | memoryview) -> bytes:
         return blake3.blake3(data, key=self._key).digest()
+
+
+class ContentHasher:
+    """The keyed hash of one file's whole content, fed in file order: what a restore of it gives,
+    holes as zero bytes. BLAKE3 releases the GIL on large inputs, so it runs in file threads."""
+
+    __slots__ = ("_h", "size")
+
+    def __init__(self, key: bytes) -> None:
+        self._h = blake3.blake3(key=key)
+        self.size = 0  # bytes fed so far
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._h.update(data)
+        self.size += len(data)
+
+    def zeros_to(self, offset: int) -> None:
+        """Feeds zero bytes up to `offset` (a hole); nothing when already there."""
+        while self.size < offset:
+            n = min(offset - self.size, len(_ZEROS))
+            self.update(memoryview(_ZEROS)[:n])
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+
+def file_hash(key: bytes, data: bytes | memoryview) -> bytes:
+    """The whole-file hash of `data` in one call."""
+    return blake3.blake3(data, key=key).digest()
 
 
 def derive_wrapping_key(password: bytes, salt: bytes, ops: int, mem: int) -> bytes:

@@ -119,9 +119,19 @@ def test_bench_runs_end_to_end_and_reports_every_figure(tmp_path: Path) -> None:
         assert len(rsync) == len(tools) * (len(TREES) - 1)  # every tree of files, not the mixed one
         assert not [c for c in rsync if c["tool"] == "backupfs" and c["rsync_differences"]], rsync
 
-    # 2. check (of the repositories run 1 left) and prune, twice each, the tools taking turns
+    # 2. check and verify (of the repositories run 1 left) and prune, twice each, the tools taking turns
     data, log = bench(
-        work, tools, ["check", "prune"], "--repeat", "2", "--trees", "tiny", "--prune-steps", "2", "--keep-last", "1"
+        work,
+        tools,
+        ["check", "prune", "verify"],
+        "--repeat",
+        "2",
+        "--trees",
+        "tiny",
+        "--prune-steps",
+        "2",
+        "--keep-last",
+        "1",
     )
     check_rows(data, tools, 2, ("tiny",))
     [check] = [s for s in data["sections"] if s["name"] == "check"]

@@ -26,7 +26,7 @@ TIME_KEYS = {"time", "mtime", "atime", "ctime", "last_used", "created"}
 UNPRIVILEGED = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
 CAN_MOUNT = os.path.exists("/dev/fuse") and os.geteuid() == 0
 # commands whose stdout is JSON lines (docs/usage.md): the rest print exactly one document
-LINES = {"backup", "restore", "check", "prune", "copy", "ls", "diff", "mount", "serve"}
+LINES = {"backup", "restore", "check", "prune", "copy", "verify", "ls", "diff", "mount", "serve"}
 
 
 def conventions(doc: object, where: str) -> None:
@@ -144,6 +144,10 @@ def test_every_command_prints_json_and_json_errors(tmp_path: Path, cli_env: dict
     one("dump", "dump", "latest", src, "-t", tmp_path / "out.tar")
     assert one("restore", "restore", "latest", "--target", tmp_path / "r")["message_type"] == "summary"
     assert one("check", "check", "--read-data")["message_type"] == "summary"
+    drill = one("verify", "verify", "--files", "1")
+    assert drill["message_type"] == "summary" and drill["ok"] and drill["record_id"]
+    status = one("verify --status", "verify", "--status")
+    assert status["message_type"] == "verify_status" and status["last"]["hostname"]  # type: ignore[index]
     one("tag", "tag", "latest", "--add", "x")
     one("forget", "forget", "--keep-last", "5", "--dry-run")
     one("prune", "prune", "--dry-run")
@@ -174,7 +178,11 @@ def test_every_command_prints_json_and_json_errors(tmp_path: Path, cli_env: dict
     if CAN_MOUNT:
         mnt = tmp_path / "mnt"
         mnt.mkdir()
-        assert first_line_then_stop(cli, "mount", mnt) == {"message_type": "mounted", "mountpoint": str(mnt)}
+        every = {"message_type": "mounted", "mountpoint": str(mnt), "snapshot_id": None, "path": None}
+        assert first_line_then_stop(cli, "mount", mnt) == every
+        latest = documents(cli("ls", "latest", "--json"), "ls")[0]["id"]  # `tag` has replaced `second`
+        one_folder = first_line_then_stop(cli, "mount", mnt, f"latest:{src}")
+        assert one_folder == {**every, "snapshot_id": latest, "path": str(src)}
     seen.add("mount")
     # failures: a usage error argparse finds, one the command finds, no repository, wrong password,
     # and an error after output was printed (the error document is the last line)

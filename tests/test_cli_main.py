@@ -36,3 +36,12 @@ def test_only_the_chosen_command_module_is_imported() -> None:
     assert "backupfs.cli.snapshots" in out
     for heavy in ("'trio'", "'pyfuse3'", "'hypercorn'", "backupfs.cli.mount", "backupfs.cli.serve"):
         assert heavy not in out
+
+
+@pytest.mark.parametrize("name", ["backup", "restore", "mount"])
+def test_every_option_and_argument_has_help(name: str) -> None:
+    parser = build_parser(name)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = sub.choices[name]
+    missing = [a.option_strings or a.dest for a in command._actions if not a.help]
+    assert missing == []

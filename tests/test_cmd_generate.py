@@ -109,8 +109,12 @@ zmodload zsh/zpty
 zpty z zsh -f -i
 zpty -w z "fpath=($1 \\$fpath); autoload -Uz compinit; compinit -u -D; PS1='%% '"
 zpty -w -n z "$2"$'\\t'
-sleep 3
 out=""
+for i in {1..600}; do  # until the completion shows $3: a loaded machine may take many seconds
+  while zpty -rt z chunk; do out+=$chunk; done
+  [[ $out == *"$3"* ]] && break
+  sleep 0.1
+done
 while zpty -rt z chunk; do out+=$chunk; done
 zpty -d z
 print -r -- "$out"
@@ -124,22 +128,23 @@ def test_zsh_completes_in_a_real_zsh(generated: tuple[CLI, Path, list[str]]) -> 
     cli, out, ids = generated
     assert subprocess.run(["zsh", "-n", out / "_backupfs"], check=False).returncode == 0
 
-    def complete(line: str) -> str:
+    def complete(line: str, shows: str) -> str:
+        """What zsh shows once `shows` appears (or after 60 s, when the assertions then fail)."""
         proc = subprocess.run(
-            ["zsh", "-f", "-c", ZSH_HARNESS, "harness", out, line],
+            ["zsh", "-f", "-c", ZSH_HARNESS, "harness", out, line, shows],
             capture_output=True,
             text=True,
             env=cli.env,
-            timeout=60,
+            timeout=90,
             check=True,
         )
         return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]|[\x00-\x09\x0b-\x1f]", "", proc.stdout)
 
-    assert "backupfs stats" in complete("backupfs sta")
-    listed = complete(f"backupfs -r {cli.repo} diff latest ")
+    assert "backupfs stats" in complete("backupfs sta", "stats")
+    listed = complete(f"backupfs -r {cli.repo} diff latest ", ids[-1][:8])
     assert all(i[:8] in listed for i in ids) and "latest" in listed
-    assert "files-by-contents" in complete("backupfs stats --mode ")
-    assert "write the master key" in complete("backupfs key ")  # actions with their help
+    assert "files-by-contents" in complete("backupfs stats --mode ", "files-by-contents")
+    assert "write the master key" in complete("backupfs key ", "write the master key")  # actions with their help
 
 
 def test_man_pages_render_cleanly(generated: tuple[CLI, Path, list[str]]) -> None:

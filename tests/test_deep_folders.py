@@ -111,6 +111,20 @@ def test_restore_is_identical(deep: Deep, scratch: Path) -> None:
     assert (a.st_ino, a.st_nlink) == (b.st_ino, 2)
 
 
+def test_restore_again_and_delete_at_any_depth(deep: Deep, scratch: Path) -> None:
+    """A second restore finds all 2,000 levels as they are; --delete removes a stray folder
+    as deep, through folder fds (no path, no recursion), and nothing else."""
+    assert run(deep.cli, "restore", "latest", "--target", scratch).returncode == 0
+    restored = scratch / str(deep.src).lstrip("/")
+    make_deep(restored / "stray", DEPTH)
+    proc = run(deep.cli, "restore", "latest", "--target", scratch, "--delete", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert (summary["added"], summary["updated"], summary["deleted"]) == (0, 0, 1)
+    assert summary["unchanged"] > DEPTH
+    assert list(describe(restored)) == list(describe(deep.src))
+
+
 def test_check_passes(deep: Deep) -> None:
     proc = run(deep.cli, "check", "--read-data")
     assert proc.returncode == 0, proc.stderr.decode()

@@ -106,7 +106,8 @@ def test_only_the_cli_reads_the_crash_variable() -> None:
         "print(stats.delete_packs, stats.executed)\n"
     )
     tests = Path(__file__).parent
-    env = {**os.environ, CRASH_ENV: "planned", "PYTHONPATH": str(tests)}
+    path = os.pathsep.join([str(tests), str(tests.parent / "tools")])  # test_prune imports the support package
+    env = {**os.environ, CRASH_ENV: "planned", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=tests, capture_output=True, check=False)
     assert proc.returncode == 0, proc.stderr.decode()
     deleted, executed = proc.stdout.decode().split()

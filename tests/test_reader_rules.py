@@ -76,11 +76,11 @@ def test_read_listing_leaves_out_repairs_or_marks_each_bad_entry() -> None:
     entries = [
         f(b"z-good"), f(b".."), f(b"z-good", s=1), f(b"nul\0"), {"n": b"t", "t": "?"},
         f(b"uid", u=-1), f(b"mode", m=0o100644), f(b"holes", c=[[5, bid], [5, bid]]), f(b"size", s=-1),
-        {"n": b"l", "t": "l", "lt": b""}, {"n": b"d", "t": "d"}, f(b"mt", mt=1.5),
+        {"n": b"l", "t": "l", "lt": b""}, {"n": b"d", "t": "d"}, f(b"mt", mt=1.5), f(b"fh", fh=b"short"),
     ]  # fmt: skip
     listing = tree_fmt.read_listing(msgpack.packb({"v": 1, "entries": entries}, use_bin_type=True))
     _assert_reader_rules(listing)
-    assert [n.name for n in listing] == [b"d", b"holes", b"l", b"mode", b"mt", b"size", b"uid", b"z-good"]
+    assert [n.name for n in listing] == [b"d", b"fh", b"holes", b"l", b"mode", b"mt", b"size", b"uid", b"z-good"]
     assert listing.unsorted
     good = listing[-1]
     assert (good.size, good.uid, good.gid, good.mode, good.defect) == (10, 1, 2, 0o644, None)
@@ -88,11 +88,12 @@ def test_read_listing_leaves_out_repairs_or_marks_each_bad_entry() -> None:
     skipped, repaired, unreadable = tree_fmt.SKIPPED, tree_fmt.REPAIRED, tree_fmt.UNREADABLE
     assert kinds == {
         (b"..", skipped), (b"z-good", skipped), (b"nul\0", skipped), (b"t", skipped), (b"uid", repaired),
-        (b"mode", repaired), (b"mt", repaired), (b"holes", unreadable), (b"size", unreadable), (b"l", unreadable),
+        (b"mode", repaired), (b"mt", repaired), (b"fh", repaired), (b"holes", unreadable), (b"size", unreadable), (b"l", unreadable),
         (b"d", unreadable),
     }  # fmt: skip
     by_name = {n.name: n for n in listing}
     assert by_name[b"uid"].uid == tree_fmt.NOBODY and by_name[b"mode"].mode == 0o644 and by_name[b"mt"].mtime_ns == 0
+    assert by_name[b"fh"].file_hash is None
     assert listing.repairs_of(b"uid") == ["uid -1 is out of range: shown as 65534"] and listing.repairs_of(b"d") == []
     # prune's decoder keeps every entry as stored, and refuses the malformed ones
     with pytest.raises(IntegrityError):

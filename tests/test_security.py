@@ -245,7 +245,8 @@ def _with(node: Node, **changes: object) -> Node:
 
 
 def test_restore_into_planted_symlinks(cli: CLI, tmp_path: Path) -> None:
-    """Someone with write access to the target plants symlinks where restore will create entries."""
+    """Someone with write access to the target plants symlinks where restore will put entries:
+    they are replaced (renamed over, unlinked), never followed; --overwrite never keeps them."""
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "file.txt").write_bytes(b"from the backup\n")
@@ -255,28 +256,31 @@ def test_restore_into_planted_symlinks(cli: CLI, tmp_path: Path) -> None:
     outside.mkdir()
     (outside / "victim.txt").write_bytes(b"untouched\n")
 
-    # 1. the first path component of the restore is a symlink out of the target
-    t1 = tmp_path / "t1"
-    t1.mkdir()
-    first = str(src).lstrip("/").split("/")[0]
-    (t1 / first).symlink_to(outside)
-    proc = cli("restore", "latest", "--target", t1, check=False)
-    assert proc.returncode == 4 and b"Traceback" not in proc.stderr
-    assert _listing(outside) == {"victim.txt"}
+    def plant(target: Path, first_component: bool) -> Path:
+        dst = target / str(src).lstrip("/")
+        if first_component:  # the first folder of the restore is a symlink out of the target
+            target.mkdir()
+            (target / str(src).lstrip("/").split("/")[0]).symlink_to(outside)
+        else:  # a file and a folder inside the restored tree are symlinks out of it
+            dst.mkdir(parents=True)
+            (dst / "file.txt").symlink_to(outside / "victim.txt")
+            (dst / "sub").symlink_to(outside)
+        return dst
 
-    # 2. a file and a directory inside the restored tree are pre-planted symlinks
-    t2 = tmp_path / "t2"
-    dst = t2 / str(src).lstrip("/")
-    dst.mkdir(parents=True)
-    (dst / "file.txt").symlink_to(outside / "victim.txt")
-    (dst / "sub").symlink_to(outside)
-    proc = cli("restore", "latest", "--target", t2, check=False)
-    err = proc.stderr.decode()
-    assert proc.returncode == 4 and "Traceback" not in err
-    assert "file.txt" in err and "sub" in err
-    assert (outside / "victim.txt").read_bytes() == b"untouched\n"
-    assert _listing(outside) == {"victim.txt"}
-    assert (dst / "file.txt").is_symlink() and (dst / "sub").is_symlink()
+    for n, first_component in enumerate((True, False)):
+        target = tmp_path / f"never{n}"
+        plant(target, first_component)
+        proc = cli("restore", "latest", "--target", target, "--overwrite", "never", check=False)
+        assert proc.returncode == 1 and b"Traceback" not in proc.stderr and b"kept (--overwrite never)" in proc.stderr
+        assert _listing(outside) == {"victim.txt"} and (outside / "victim.txt").read_bytes() == b"untouched\n"
+
+        target = tmp_path / f"always{n}"
+        dst = plant(target, first_component)
+        cli("restore", "latest", "--target", target)
+        assert _listing(outside) == {"victim.txt"} and (outside / "victim.txt").read_bytes() == b"untouched\n"
+        assert not (dst / "file.txt").is_symlink() and (dst / "file.txt").read_bytes() == b"from the backup\n"
+        assert not (dst / "sub").is_symlink() and (dst / "sub" / "inner.txt").read_bytes() == b"inner\n"
+        assert not any(p.name.startswith(".backupfs-") for p in dst.iterdir())
 
 
 @pytest.mark.parametrize("path", ["../..", "/x/../..", "a/../../etc"])

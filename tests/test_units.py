@@ -21,6 +21,7 @@ import pytest
 import zstandard
 
 from backupfs import compress as comp
+from backupfs import crypto
 from backupfs.backends.base import FileType
 from backupfs.backends.memory import MemoryBackend
 from backupfs.chunker import Chunker
@@ -33,6 +34,7 @@ from backupfs.format import lock as lock_fmt
 from backupfs.format import pack as pack_fmt
 from backupfs.format import snapshot as snapshot_fmt
 from backupfs.format import tree as tree_fmt
+from backupfs.format import verifyrecord as verify_fmt
 from backupfs.format.pack import DATA, TREE, PackEntry, blob_aad
 from backupfs.prune.table import BlobTable
 from backupfs.repository.masterindex import MasterIndex
@@ -283,6 +285,7 @@ def test_tree_round_trip_every_field() -> None:
             nlink=2,
             xattrs=[(b"user.a", b"\x00\xff"), (b"system.posix_acl_access", b"acl")],
             content=[(0, b"i" * 32), (1 << 20, b"j" * 32)],
+            file_hash=b"h" * 32,
         ),
         _node(b"a", type=tree_fmt.DIR, subtree=b"s" * 32),
         _node(b"L" * 255, type=tree_fmt.SYMLINK, link_target=b"/t\xe9"),
@@ -293,6 +296,32 @@ def test_tree_round_trip_every_field() -> None:
     assert decoded == sorted(nodes, key=lambda n: n.name)
     # entry order does not change the blob (equal directories deduplicate)
     assert tree_fmt.encode_tree(nodes) == tree_fmt.encode_tree(list(reversed(nodes)))
+
+
+def test_tree_readers_ignore_keys_they_do_not_know() -> None:
+    """What keeps the format at version 1 when a node gains an optional key (`fh` did, design.md 9):
+    both decoders take the keys they know and drop the others, in either decoding path."""
+    entry = {"n": b"f", "t": "f", "m": 0o644, "s": 3, "c": [[0, b"i" * 32]], "fh": b"h" * 32, "zz-future": [1]}
+    blob = msgpack.packb({"v": 1, "entries": [entry]}, use_bin_type=True)
+    for nodes in (tree_fmt.decode_tree(blob), tree_fmt.read_listing(blob)):
+        assert [(n.name, n.size, n.file_hash) for n in nodes] == [(b"f", 3, b"h" * 32)]
+    assert not tree_fmt.read_listing(blob).problems
+    without = {k: v for k, v in entry.items() if k != "zz-future"}
+    assert tree_fmt.decode_tree(msgpack.packb({"v": 1, "entries": [without]}, use_bin_type=True))[0].file_hash
+
+
+def test_file_hash_is_keyed_distinct_from_blob_ids_and_counts_holes_as_zeros() -> None:
+    master = MasterKey.generate()
+    key = master.file_hash_key()
+    data = os.urandom(3000)
+    assert crypto.file_hash(key, data) != IdHasher(master.id)(data)
+    assert crypto.file_hash(key, data) != crypto.file_hash(MasterKey.generate().file_hash_key(), data)
+    hasher = crypto.ContentHasher(key)
+    hasher.update(data[:1000])
+    hasher.zeros_to(5000 + (2 << 20))  # a hole of more than one zero buffer
+    hasher.update(data[1000:])
+    assert hasher.size == 5000 + (2 << 20) + 2000
+    assert hasher.digest() == crypto.file_hash(key, data[:1000] + bytes(4000 + (2 << 20)) + data[1000:])
 
 
 @pytest.mark.parametrize("name", [b"", b".", b"..", b"../x", b"a/b", b"/", b"nul\0"])
@@ -317,6 +346,7 @@ def _decoders() -> dict[str, Callable[[bytes], object]]:
         "key meta": keyfile_fmt.decode_meta,
         "config header": config_fmt.ConfigHeader.decode,
         "config body": config_fmt.ConfigBody.decode,
+        "verify record": verify_fmt.VerifyRecord.decode,
     }
 
 
@@ -342,7 +372,25 @@ def _valid_encodings() -> dict[str, bytes]:
         "key meta": keyfile_fmt.encode_meta("h", "u", 5),
         "config header": config_fmt.ConfigHeader(b"i" * 32, XCHACHA, b"body").encode(),
         "config body": config_fmt.ConfigBody((1, 2, 3), 1 << 24, "lz4").encode(),
+        "verify record": _record().encode(),
     }
+
+
+def _record() -> verify_fmt.VerifyRecord:
+    return verify_fmt.VerifyRecord(
+        1, 2, "h", "u", "backupfs 1", verify_fmt.RESTORE, 7, False, 3, 4000, 1,
+        [verify_fmt.SnapshotTally(b"s" * 32, 3, 4000, 1)], [b"p" * 32], [b"/a\xff: differs"],
+    )  # fmt: skip
+
+
+def test_verify_record_round_trip_and_bounded_problems() -> None:
+    record = _record()
+    assert verify_fmt.VerifyRecord.decode(record.encode()) == record
+    record.problems = [b"/f%d: differs" % i for i in range(150)]
+    assert len(verify_fmt.VerifyRecord.decode(record.encode()).problems) == verify_fmt.MAX_PROBLEMS
+    other = msgpack.unpackb(record.encode())
+    other["later"] = 1  # a key added later: ignored
+    assert verify_fmt.VerifyRecord.decode(msgpack.packb(other)).seed == 7
 
 
 def _mutations(obj: Any) -> list[Any]:

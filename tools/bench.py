@@ -13,6 +13,9 @@ Sections (choose with --only, default all):
            with the mount process's CPU time and peak RSS
   prune    twenty snapshots of an evolving corpus (~5 % changed per step), then forget all but the
            last five and prune; wall time, peak RSS, repository size before and after
+  verify   restore drills: backupfs `verify --sample 10%` beside restic `check --read-data-subset
+           10%` and borg `check --verify-data` (MiB/s checked), and `restore --verify` of each tree
+           (borg: `extract --dry-run`)
 
 Trees (choose with --trees, default all; each has its own repository per tool):
 

@@ -12,7 +12,8 @@ pip_extra=""
 if [[ "${1:-}" == "--test" ]]; then
     # ceph-*, radosgw: a single-node Ceph cluster with its S3 gateway (tools/ceph_rgw.py);
     # zbar-tools: zbarimg decodes the QR code of `key export --qr-html`; zsh, fish: completion tests
-    apt_pkgs+=(rsync acl attr restic borgbackup python3-llfuse openssh-server openssh-client zbar-tools zsh fish
+    # sqlite3: the verify --exec test checks a database with it
+    apt_pkgs+=(rsync acl attr sqlite3 restic borgbackup python3-llfuse openssh-server openssh-client zbar-tools zsh fish
               ceph-mon ceph-mgr ceph-osd radosgw ceph-common)
     pip_extra="[test]"
 fi

@@ -26,6 +26,7 @@ class FileType(enum.Enum):
     INDEX = "index"
     SNAPSHOT = "snapshots"
     LOCK = "locks"
+    VERIFY = "verify"  # restore drills' records (design.md 20); folder absent in older repositories
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import getpass
 import os
+import re
 import subprocess
 import sys
 import time
@@ -158,3 +159,11 @@ def iso_time(ns: int) -> str:
     tm = time.localtime(sec)
     off = time.strftime("%z", tm)
     return time.strftime("%Y-%m-%dT%H:%M:%S", tm) + f".{frac:09d}" + off[:3] + ":" + off[3:]
+
+
+def parse_size(text: str) -> int:
+    """`64M`, `1.5G`, `512k` or a number of bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise UsageError(f"invalid size {text!r} (use e.g. 64M, 1G or a number of bytes)")
+    return int(float(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_"))

@@ -76,6 +76,18 @@ def err(msg: str) -> None:
         sys.stderr.flush()
 
 
+def print_line(text: str) -> None:
+    """One line on stdout (a -v listing) while a status line may be on the terminal: the status
+    line is cleared first and drawn again below, as `err` does. `text` is escaped already."""
+    with _lock:
+        if _status is not None:
+            _status.clear()
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        if _status is not None:
+            _status.redraw()
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":

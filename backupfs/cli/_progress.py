@@ -1,9 +1,9 @@
 """Progress while a command works: a status line on a terminal, status JSON lines with --json.
 
 The services count what they do in plain counters (BackupStats and ScanTotals, RestoreStats,
-CheckResult, PruneStats, CopyStats) and never print. Here a ticker thread reads those counters a
-few times a second and shows them, as restic does: on a terminal, one line on stderr redrawn in
-place, cut to the terminal's width and cleared before any message (`_output.err` asks it to);
+CheckResult, PruneStats, CopyStats, a drill's DrillProgress) and never print. Here a ticker
+thread reads those counters a few times a second and shows them, as restic does: on a terminal,
+one line on stderr redrawn in place, cut to the terminal's width and cleared before any message (`_output.err` asks it to);
 with --json, a `{"message_type": "status", ...}` line on stdout; with -q, or when stderr is no
 terminal, nothing. BACKUPFS_PROGRESS_FPS sets how many times a second (restic's
 RESTIC_PROGRESS_FPS).
@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # only the command that shows progress imports its service
     from backupfs.ops.check import CheckResult
     from backupfs.ops.copy import CopyStats
     from backupfs.ops.restore import RestoreStats
+    from backupfs.ops.verify import DrillProgress
     from backupfs.prune.plan import PruneStats
 
 FPS_ENV = "BACKUPFS_PROGRESS_FPS"
@@ -290,11 +291,12 @@ def stream_figures(stats: BackupStats) -> Callable[[], Figures]:
 
 
 def restore_figures(stats: RestoreStats, total_files: int | None, total_bytes: int | None) -> Callable[[], Figures]:
-    """Files and bytes written, of the snapshot's own totals when the whole of it is restored."""
+    """Files and bytes written (or found there already, --overwrite), of the snapshot's own
+    totals when the whole of it is restored."""
     return lambda: Figures(
         unit="files",
-        done=stats.files,
-        done_bytes=stats.bytes_written,
+        done=stats.files + stats.kept_files,
+        done_bytes=stats.bytes_written + stats.kept_bytes,
         total=total_files,
         total_bytes=total_bytes,
         errors=len(stats.errors),
@@ -323,3 +325,25 @@ def copy_figures(stats: CopyStats, total: int) -> Callable[[], Figures]:
     return lambda: Figures(
         unit="snapshots", done=stats.copied + stats.skipped, done_bytes=stats.bytes_read, total=total, verb="copied"
     )
+
+
+def drill_figures(
+    latest: Callable[[], DrillProgress | None], planned_files: int, planned_bytes: int
+) -> Callable[[], Figures]:
+    """A restore drill (`verify`): sampled files checked of those drawn, the file last checked;
+    files found wrong are its errors. `latest` is what the drill last reported (None at first)."""
+
+    def figures() -> Figures:
+        p = latest()
+        return Figures(
+            unit="files",
+            done=p.files if p is not None else 0,
+            done_bytes=p.nbytes if p is not None else 0,
+            total=planned_files,
+            total_bytes=planned_bytes,
+            errors=p.failed if p is not None else 0,
+            verb="verified",
+            current=p.path if p is not None else None,
+        )
+
+    return figures

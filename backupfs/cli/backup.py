@@ -8,34 +8,74 @@ import subprocess
 import sys
 import threading
 
-from backupfs.cli._common import format_time, iso_time, open_repository
-from backupfs.cli._output import err, human_size, print_json
+from backupfs.cli._common import format_time, iso_time, open_repository, parse_size
+from backupfs.cli._output import err, human_size, print_json, print_line
 from backupfs.cli._progress import Progress, backup_figures, progress_mode, stream_figures
-from backupfs.cli._quote import json_name
+from backupfs.cli._quote import escape, json_name
 from backupfs.errors import BackupfsError, UsageError
 from backupfs.format.snapshot import Snapshot
+from backupfs.format.tree import DIR, FILE, Node
 from backupfs.ops.backup import Archiver, BackupOptions
-from backupfs.ops.excludes import read_exclude_file
+from backupfs.ops.excludes import TagFile, read_exclude_file
+from backupfs.ops.sources import ListKind, parse_files_from
 from backupfs.repository.retention import ProtectStats
 
 EXIT_SKIPPED = 3
+_PATTERNS = "patterns: see docs/usage.md (a later !PATTERN takes back what an earlier one matched)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("backup", help="create a new snapshot of files and directories")
-    p.add_argument(
-        "paths", nargs="*", metavar="PATH", help="files and folders to back up (with --stdin-from-command: the command)"
+    p = sub.add_parser(
+        "backup",
+        help="create a new snapshot of files and directories",
+        description="Saves PATHs as a new snapshot. Exit code 3: saved, but some paths could not be read "
+        "(a missing PATH included); they are listed on stderr.",
+        epilog=_PATTERNS,
     )
     p.add_argument(
-        "-e",
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="PATTERN",
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="files and folders to back up (missing ones are skipped; with --stdin-from-command: the command)",
+    )
+    p.add_argument("-n", "--dry-run", action="store_true", help="read and hash everything, write nothing to the repository")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="list each file and folder as new, modified or unchanged"
+    )
+    p.add_argument(
+        "--files-from", action="append", default=[], metavar="FILE",
+        help="back up the paths in FILE: one glob pattern a line, # comments (- reads stdin; repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--files-from-verbatim", action="append", default=[], metavar="FILE",
+        help="back up the paths in FILE: one path a line, taken literally (- reads stdin; repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--files-from-raw", action="append", default=[], metavar="FILE",
+        help="back up the paths in FILE, each ended by a NUL byte, as `find -print0` writes (- reads stdin)",
+    )  # fmt: skip
+    p.add_argument(
+        "-e", "--exclude", action="append", default=[], metavar="PATTERN",
         help="leave out what matches (repeatable; syntax: docs/usage.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--iexclude", action="append", default=[], metavar="PATTERN", help="as --exclude, ignoring case"
     )
-    p.add_argument("--exclude-file", action="append", default=[], metavar="FILE", help="patterns, one per line")
+    p.add_argument(
+        "--exclude-file", action="append", default=[], metavar="FILE",
+        help="patterns from FILE, one a line, # comments, $VAR expanded",
+    )  # fmt: skip
+    p.add_argument(
+        "--iexclude-file", action="append", default=[], metavar="FILE", help="as --exclude-file, ignoring case"
+    )
     p.add_argument("--exclude-caches", action="store_true", help="skip folders holding a valid CACHEDIR.TAG")
+    p.add_argument(
+        "--exclude-if-present", action="append", default=[], metavar="NAME[:CONTENT]",
+        help="skip the contents (but NAME) of folders holding a file NAME that starts with CONTENT if given",
+    )  # fmt: skip
+    p.add_argument(
+        "--exclude-larger-than", metavar="SIZE", help="skip files larger than SIZE (e.g. 500K, 2M, 1G; bytes without unit)"
+    )
     p.add_argument("-x", "--one-file-system", action="store_true", help="do not cross file system boundaries")
     p.add_argument("--tag", action="append", default=[], help="tag the snapshot (repeatable, or a,b)")
     p.add_argument("--host", help="override the host name recorded")
@@ -52,10 +92,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    paths = list(args.paths)
+    for kind, files in (
+        (ListKind.PATTERNS, args.files_from),
+        (ListKind.VERBATIM, args.files_from_verbatim),
+        (ListKind.RAW, args.files_from_raw),
+    ):
+        for name in files:
+            listed, warnings = parse_files_from(_read_list(name, kind), kind, name)
+            for msg in warnings:
+                err(f"warning: {msg}")
+            if not listed:
+                err(f"warning: --{kind.value} {name} names no path")
+            paths += listed
     opts = BackupOptions(
-        paths=list(args.paths),
+        paths=paths,
         excludes=list(args.exclude) + [p for f in args.exclude_file for p in read_exclude_file(f)],
+        iexcludes=list(args.iexclude) + [p for f in args.iexclude_file for p in read_exclude_file(f)],
         exclude_caches=args.exclude_caches,
+        exclude_if_present=[TagFile.parse(spec) for spec in args.exclude_if_present],
+        exclude_larger_than=parse_size(args.exclude_larger_than) if args.exclude_larger_than is not None else None,
+        dry_run=args.dry_run,
         one_file_system=args.one_file_system,
         tags=[t for tag in args.tag for t in tag.split(",") if t],
         parent=args.parent,
@@ -66,14 +123,29 @@ def run(args: argparse.Namespace) -> int:
     if args.stdin and args.stdin_from_command:
         raise UsageError("--stdin and --stdin-from-command cannot be combined")
     if not (args.stdin or args.stdin_from_command) and not opts.paths:
+        if args.files_from or args.files_from_verbatim or args.files_from_raw:
+            raise UsageError("nothing to back up: the --files-from lists name no path")
         raise UsageError("nothing to back up: give at least one path (or --stdin)")
     if args.stdin_from_command and not opts.paths:
         raise UsageError("--stdin-from-command needs a command after --")
     if args.stdin and opts.paths:
         raise UsageError("--stdin takes no paths")
     stream = args.stdin or args.stdin_from_command
+
+    def item(action: str, path: bytes, node: Node) -> None:
+        if args.json:
+            size = node.size if node.type == FILE else None
+            print_json({"message_type": "verbose_status", "action": action, **json_name("item", path), "size": size})
+        else:  # under the status line's lock: it is cleared first and drawn again below
+            print_line(f"{action:<9} {escape(path)}{'/' if node.type == DIR else ''}")
+
     with open_repository(args, lock="shared") as repo:
-        archiver = Archiver(repo, opts, scan=not stream and progress_mode(args.quiet, args.json) != "off")
+        archiver = Archiver(
+            repo,
+            opts,
+            on_item=item if args.verbose else None,
+            scan=not stream and progress_mode(args.quiet, args.json) != "off",
+        )
         figures = stream_figures(archiver.stats) if stream else backup_figures(archiver)
         with Progress(args.quiet, args.json, figures):
             if args.stdin_from_command:
@@ -91,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         err(f"warning: {msg}")
     for path in stats.changed_during_read:
         err(f"warning: {path}: file changed while reading (saved as read)")
+    parent = archiver.parent_id
     if args.json:
         print_json(
             {
@@ -98,18 +171,25 @@ def run(args: argparse.Namespace) -> int:
                 **stats.as_dict(),
                 "skipped_paths": [{**_path_json(path), "error": msg} for path, msg in stats.skipped],
                 "changed_during_backup": [_path_json(path) for path in stats.changed_during_read],
+                "parent_snapshot_id": parent,
+                "dry_run": args.dry_run,
                 "snapshot_id": snap_id,
                 **({"object_lock": _lock_json(locked)} if locked is not None else {}),
             }
         )
     elif not args.quiet:
+        if not (args.stdin or args.stdin_from_command):
+            print(f"using parent snapshot {parent[:8]}" if parent else "no parent snapshot: every file was read")
         print(f"Files:  {stats.files_new:6} new, {stats.files_changed:6} changed, {stats.files_unchanged:6} unmodified")
         print(f"Dirs:   {stats.dirs_new:6} new, {stats.dirs_changed:6} changed, {stats.dirs_unchanged:6} unmodified")
         print(
             f"Others: {stats.others_new:6} new, {stats.others_changed:6} changed, "
             f"{stats.others_unchanged:6} unmodified  (symlinks, devices, fifos)"
         )
-        print(f"Added to the repository: {human_size(stats.data_added)}")
+        if args.dry_run:
+            print(f"Would add to the repository: {human_size(stats.data_added)} (before compression)")
+        else:
+            print(f"Added to the repository: {human_size(stats.data_added)}")
         print(
             f"processed {stats.total_files} files, {human_size(stats.total_bytes)} in {stats.duration:.2f}s "
             f"({human_size(stats.bytes_read)} read)"
@@ -121,9 +201,10 @@ def run(args: argparse.Namespace) -> int:
                 f"Object Lock: the {locked.files} files it needs stay undeletable until {format_time(promise)} "
                 f"or later ({locked.extended} extended, {locked.checked} dates read)"
             )
-        print(f"snapshot {snap_id[:8]} saved")
+        print(f"snapshot {snap_id[:8]} saved" if snap_id else "dry run: nothing was saved")
     if stats.skipped:
-        err(f"Warning: {len(stats.skipped)} files could not be read and are missing from snapshot {snap_id[:8]}")
+        where = f"snapshot {snap_id[:8]}" if snap_id else "the snapshot (dry run)"
+        err(f"Warning: {len(stats.skipped)} files could not be read and are missing from {where}")
         return EXIT_SKIPPED
     return 0
 
@@ -138,7 +219,18 @@ def _path_json(path: str) -> dict[str, str]:
     return json_name("path", os.fsencode(path))
 
 
-def _backup_command(archiver: Archiver, command: list[str], name: str) -> tuple[str, Snapshot]:
+def _read_list(name: str, kind: ListKind) -> bytes:
+    """A --files-from list: a file, or standard input for `-`."""
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read --{kind.value} {name}: {exc.strerror}") from exc
+
+
+def _backup_command(archiver: Archiver, command: list[str], name: str) -> tuple[str | None, Snapshot]:
     """Streams a command's stdout; if the command fails, no snapshot is written."""
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE)

@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mount": ("backupfs.cli.mount", "mount the repository as a read-only filesystem"),
     "check": ("backupfs.cli.check", "check the repository for errors"),
     "tag": ("backupfs.cli.tag", "add, remove or set the tags of snapshots"),
+    "verify": ("backupfs.cli.verify", "restore a sample of files and check them (a restore drill)"),
     "forget": ("backupfs.cli.forget", "remove snapshots, by id or by a retention policy"),
     "prune": ("backupfs.cli.prune", "remove data that no snapshot uses"),
     "copy": ("backupfs.cli.copy", "copy snapshots from another repository into this one"),

@@ -1,21 +1,24 @@
-"""`backupfs mount MOUNTPOINT`: every snapshot as a read-only filesystem, in the foreground."""
+"""`backupfs mount MOUNTPOINT [SNAPSHOT]`: every snapshot (or one) as a read-only filesystem, in the
+foreground."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
-import re
 import shutil
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from backupfs.cli._common import open_repository
+from backupfs.cli._common import open_repository, parse_size
 from backupfs.cli._output import err, print_json
 from backupfs.cli._quote import EscapingFilter
 from backupfs.errors import BackupfsError, UsageError
+from backupfs.format.tree import DIR, Node
+from backupfs.ops.treeview import lookup
 
 
 class FuseUnavailable(BackupfsError):
@@ -26,9 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "mount",
         help="mount the repository as a read-only filesystem",
-        description="Serves every snapshot under MOUNTPOINT until Ctrl-C, SIGTERM or `fusermount3 -u MOUNTPOINT`.",
+        description="Serves every snapshot under MOUNTPOINT (or, given SNAPSHOT, that snapshot's files "
+        "at MOUNTPOINT itself) until Ctrl-C, SIGTERM or `fusermount3 -u MOUNTPOINT`.",
     )
     p.add_argument("mountpoint", help="an existing empty directory")
+    p.add_argument(
+        "snapshot",
+        nargs="?",
+        help="mount only this snapshot (id, prefix or 'latest'; SNAP:PATH for a folder of it) at MOUNTPOINT, "
+        "as borg mount REPO::ARCHIVE",
+    )
     p.add_argument(
         "--allow-other", action="store_true", help="let other users in (the kernel then enforces stored permissions)"
     )
@@ -50,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.refresh <= 0:
         raise UsageError("--refresh must be positive")
-    cache_bytes = _parse_size(args.cache_size)
+    cache_bytes = parse_size(args.cache_size)
     mountpoint = check_mountpoint(args.mountpoint)
     check_fuse_available()
     # trio and pyfuse3 take ~0.2 s to import: not at the top, so that other commands do not pay
@@ -59,12 +69,15 @@ def run(args: argparse.Namespace) -> int:
     importer = threading.Thread(target=_import_quietly, args=("backupfs.mount.lifecycle",), daemon=True)
     importer.start()
 
+    what = "every snapshot"
+    one: dict[str, str | None] = {"snapshot_id": None, "path": None}  # --json: what is mounted
+
     def ready() -> None:
         logging.getLogger(__name__).info("mounted")
         if args.json:  # a script waits for this line before it uses the mount
-            print_json({"message_type": "mounted", "mountpoint": mountpoint})
+            print_json({"message_type": "mounted", "mountpoint": mountpoint, **one})
         elif not args.quiet:
-            err(f"mounted at {mountpoint}; Ctrl-C or `fusermount3 -u {mountpoint}` unmounts")
+            err(f"mounted {what} at {mountpoint}; Ctrl-C or `fusermount3 -u {mountpoint}` unmounts")
 
     # No lock: a mount may stay up for weeks and must not stop prune; it copes with packs that
     # prune removes (index reload) and with snapshots that forget removes (they disappear).
@@ -74,15 +87,33 @@ def run(args: argparse.Namespace) -> int:
         pool = ThreadPoolExecutor(1, thread_name_prefix="bfs-index-load")
         index = pool.submit(repo.load_index)
         pool.shutdown(wait=False)  # not `with`: that would wait for the load right here
+        ref, _, sub = (args.snapshot or "").partition(":")
+        found = repo.find_snapshot(ref) if args.snapshot else None  # a bad one fails before mounting
         importer.join()
         try:
             from backupfs.mount import lifecycle
             from backupfs.mount.api import VfsOptions
+            from backupfs.mount.layout import snapshot_root
         except ImportError as exc:  # pyfuse3 or libfuse3 missing
             raise FuseUnavailable(f"FUSE is not available: {exc}") from exc
 
+        root: Node | None = None
+        if found is not None:
+            sid, snap = found
+            root = snapshot_root(b"", snap)
+            if sub:
+                index.result()  # the folder is looked up through the snapshot's listings
+                node = lookup(repo, snap.tree, sub)
+                if node.type != DIR or node.subtree is None:
+                    raise UsageError(f"{sub} is not a folder in snapshot {sid[:8]}")
+                root = dataclasses.replace(node, name=b"")
+            what = f"snapshot {sid[:8]}{':' + sub if sub else ''}"
+            one.update(snapshot_id=sid, path="/" + sub.strip("/"))
+
         options = lifecycle.MountOptions(
-            allow_other=args.allow_other, vfs=VfsOptions(cache_bytes=cache_bytes, refresh_interval=args.refresh)
+            allow_other=args.allow_other,
+            vfs=VfsOptions(cache_bytes=cache_bytes, refresh_interval=args.refresh),
+            root=root,
         )
         lifecycle.run(repo, mountpoint, options, ready, load_index=index.result)
     return 0
@@ -123,10 +154,3 @@ def _import_quietly(name: str) -> None:
     except ImportError:
         pass  # the main thread imports it again and reports the error
 
-
-def _parse_size(text: str) -> int:
-    """`64M`, `1.5G`, `512k` or a number of bytes (binary units)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
-    if m is None:
-        raise UsageError(f"invalid size {text!r} (use e.g. 64M, 1G or a number of bytes)")
-    return int(float(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_"))

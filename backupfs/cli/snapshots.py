@@ -9,6 +9,7 @@ from backupfs.cli._output import err, human_size, print_json
 from backupfs.cli._quote import escape
 from backupfs.errors import IntegrityError
 from backupfs.format.snapshot import Snapshot
+from backupfs.ops.drillsample import load_history
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -32,8 +33,9 @@ def matches(snap: Snapshot, args: argparse.Namespace) -> bool:
     return not (args.path and not set(args.path) <= set(snap.paths))
 
 
-def snapshot_json(sid: str, snap: Snapshot) -> dict[str, object]:
-    return {
+def snapshot_json(sid: str, snap: Snapshot, drills: dict[bytes, tuple[int, bool]] | None = None) -> dict[str, object]:
+    """`drills` (History.by_snapshot) adds when the snapshot was last verified, if it was."""
+    out: dict[str, object] = {
         "id": sid,
         "short_id": sid[:8],
         "time": iso_time(snap.time_ns),
@@ -50,6 +52,10 @@ def snapshot_json(sid: str, snap: Snapshot) -> dict[str, object]:
         "program_version": snap.program,
         **({"repaired": snap.repaired.hex()} if snap.repaired else {}),
     }
+    if drills is not None:  # the newest restore drill that sampled files of it (design.md 20)
+        verified = drills.get(bytes.fromhex(sid))
+        out["last_verified"] = {"time": iso_time(verified[0]), "ok": verified[1]} if verified else None
+    return out
 
 
 def summary_count(summary: dict[str, object], key: str) -> int | None:
@@ -68,13 +74,14 @@ def run(args: argparse.Namespace) -> int:
 
     with open_repository(args, lock="shared", load_index=False) as repo:
         snaps = [(sid, s) for sid, s in repo.list_snapshots(on_damaged=report) if matches(s, args)]
+        drills = load_history(repo, lambda m: err(f"warning: {m}")).by_snapshot()
     if args.latest:
         groups: dict[tuple[str, tuple[str, ...]], list[tuple[str, Snapshot]]] = {}
         for sid, s in snaps:
             groups.setdefault((s.host, tuple(sorted(s.paths))), []).append((sid, s))
         snaps = sorted((p for g in groups.values() for p in g[-args.latest :]), key=lambda p: (p[1].time_ns, p[0]))
     if args.json:
-        print_json([snapshot_json(sid, s) for sid, s in snaps])
+        print_json([snapshot_json(sid, s, drills) for sid, s in snaps])
         return _exit_code(damaged)
     rows = [
         (
@@ -84,10 +91,11 @@ def run(args: argparse.Namespace) -> int:
             escape(",".join(s.tags)),
             escape(", ".join(s.paths)),
             human_size(summary_count(s.summary, "total_bytes_processed") or 0),
+            _verified(drills.get(bytes.fromhex(sid))),
         )
         for sid, s in snaps
     ]
-    header = ("ID", "Time", "Host", "Tags", "Paths", "Size")
+    header = ("ID", "Time", "Host", "Tags", "Paths", "Size", "Verified")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     print(line)
@@ -97,6 +105,12 @@ def run(args: argparse.Namespace) -> int:
     print("-" * len(line))
     print(f"{len(rows)} snapshots")
     return _exit_code(damaged)
+
+
+def _verified(drill: tuple[int, bool] | None) -> str:
+    if drill is None:
+        return "-"
+    return format_time(drill[0]) + ("" if drill[1] else " FAILED")
 
 
 def _exit_code(damaged: list[str]) -> int:

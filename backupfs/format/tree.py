@@ -36,6 +36,7 @@ NOBODY = 65534  # what the kernel shows for an id it cannot map (overflowuid): o
 SIZE_MAX = 2**63 - 1  # off_t
 NLINK_MAX = 2**32 - 1  # the FUSE protocol's link count
 U64_MAX = 2**64 - 1  # ino_t, dev_t
+FILE_HASH_SIZE = 32  # `fh`: keyed BLAKE3 of a file's whole content (design.md 9)
 NODE_TYPES = frozenset({FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV})
 # node type -> the S_IFMT bits of st_mode, for everything that shows nodes as files (ls, mount)
 FMT_OF_TYPE = {
@@ -71,6 +72,7 @@ _KEYS: dict[str, str] = {
     "xattrs": "x",
     "content": "c",
     "subtree": "st",
+    "file_hash": "fh",
 }
 _FIELDS = {v: k for k, v in _KEYS.items()}
 _FAST_KEYS = frozenset(_KEYS.values())
@@ -99,6 +101,8 @@ class Node:
     xattrs: list[tuple[bytes, bytes]] | None = None
     content: list[tuple[int, bytes]] | None = None
     subtree: bytes | None = None
+    # keyed hash of the whole content as read at backup (`crypto.ContentHasher`); None: not recorded
+    file_hash: bytes | None = None
     # Not stored: set by `read_listing` when the entry's content (data, symlink target, listing)
     # cannot be used as stored; readers show the entry but refuse to read it, saying this.
     defect: str | None = None
@@ -130,6 +134,8 @@ class Node:
             out["c"] = self.content
         if self.subtree is not None:
             out["st"] = self.subtree
+        if self.file_hash is not None:
+            out["fh"] = self.file_hash
         return out
 
     @classmethod
@@ -141,7 +147,7 @@ class Node:
             try:
                 node = cls(
                     obj["n"], obj["t"], g("m", 0), g("u", 0), g("g", 0), g("U"), g("G"), g("mt", 0), g("at", 0),
-                    g("ct", 0), g("s", 0), g("i"), g("dv"), g("nl"), g("rd"), g("lt"), g("x"), g("c"), g("st"),
+                    g("ct", 0), g("s", 0), g("i"), g("dv"), g("nl"), g("rd"), g("lt"), g("x"), g("c"), g("st"), g("fh"),
                 )  # fmt: skip
             except KeyError as exc:
                 raise IntegrityError(f"tree node lacks a required field: {exc}") from exc
@@ -190,6 +196,8 @@ class Node:
             self.content = content
         if self.subtree is not None and (not isinstance(self.subtree, bytes) or len(self.subtree) != 32):
             raise IntegrityError("tree node has a malformed subtree id")
+        if self.file_hash is not None and not _is_file_hash(self.file_hash):
+            raise IntegrityError("tree node has a malformed file hash")
 
     def is_safe_name(self) -> bool:
         """Whether the name can be created inside a directory without escaping it."""
@@ -227,6 +235,10 @@ def decode_tree(data: bytes) -> list[Node]:
     if not isinstance(obj, dict) or obj.get("v") != 1 or not isinstance(obj.get("entries"), list):
         raise IntegrityError("tree blob has an unknown layout")
     return [Node.from_msgpack_obj(e) for e in obj["entries"]]
+
+
+def _is_file_hash(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == FILE_HASH_SIZE
 
 
 def _as_list(value: object, what: str) -> list[Any]:
@@ -391,6 +403,11 @@ def _salvage(raw: object) -> tuple[Node | None, list[str]]:
             node.content = _as_content(content)
         except IntegrityError:
             node.defect = "its chunk list is malformed"
+    file_hash = raw.get("fh")
+    if _is_file_hash(file_hash):
+        node.file_hash = file_hash
+    elif file_hash is not None:
+        notes.append("its field 'fh' (whole-file hash) is malformed: left out")
     subtree = raw.get("st")
     if isinstance(subtree, bytes) and len(subtree) == 32:
         node.subtree = subtree

@@ -97,9 +97,10 @@ class VersionEntry(Inode):
 
 class InodeTable:
     """What the kernel holds: an entry is added when a lookup or an accepted readdir entry
-    tells the kernel about it, and removed when `forget` brings its count to 0."""
+    tells the kernel about it, and removed when `forget` brings its count to 0. With `root`,
+    the mount's root is that folder of a snapshot (`mount MNT SNAP`), not the layout's."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Node | None = None) -> None:
         self._inodes: dict[int, Inode] = {}
         fixed = (
             (ROOT_INO, b""),
@@ -111,6 +112,8 @@ class InodeTable:
         for ino, name in fixed:
             self._inodes[ino] = LayoutDir(ino, 0, ROOT_INO, name)
         self._inodes[VERSIONS_INO] = VersionsDir(VERSIONS_INO, 0, ROOT_INO, b"versions", None)
+        if root is not None:  # the layout's other folders stay in the table, out of reach
+            self._inodes[ROOT_INO] = TreeDir(ROOT_INO, 0, ROOT_INO, b"", root, ROOT_INO)
 
     def __len__(self) -> int:
         return len(self._inodes)

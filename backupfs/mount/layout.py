@@ -168,16 +168,20 @@ class Layout:
         ino, check, live = self._table.slot(snapshot_key(parent, name, s.sid))
         if live is not None:
             return live
-        snap = s.snap
-        node = Node(
-            name=name,
-            type=DIR,
-            mode=SNAPSHOT_ROOT_MODE,
-            uid=clamp_id(snap.uid),  # a snapshot's ids are not checked when it is read
-            gid=clamp_id(snap.gid),
-            mtime_ns=snap.time_ns,
-            atime_ns=snap.time_ns,
-            ctime_ns=snap.time_ns,
-            subtree=snap.tree,
-        )
-        return TreeDir(ino, check, parent, name, node, ino)
+        return TreeDir(ino, check, parent, name, snapshot_root(name, s.snap), ino)
+
+
+def snapshot_root(name: bytes, snap: Snapshot) -> Node:
+    """A snapshot's root folder as an entry: the stored tree has none for "/" itself, so it
+    takes the snapshot's owner and time."""
+    return Node(
+        name=name,
+        type=DIR,
+        mode=SNAPSHOT_ROOT_MODE,
+        uid=clamp_id(snap.uid),  # a snapshot's ids are not checked when it is read
+        gid=clamp_id(snap.gid),
+        mtime_ns=snap.time_ns,
+        atime_ns=snap.time_ns,
+        ctime_ns=snap.time_ns,
+        subtree=snap.tree,
+    )

@@ -64,15 +64,19 @@ class Vfs:
         invalidate: Callable[[int, bytes], None] | None = None,
         store: Callable[[int, memoryview], None] | None = None,
         load_index: Callable[[], set[str]] | None = None,
+        root: Node | None = None,
     ) -> None:
         """`invalidate` tells the kernel that a name it may cache has changed; `store` puts a
         file's content into the kernel's page cache (called from worker threads only);
         `load_index` loads repo.index and returns the index files it covers (the mount passes
-        one that waits for a load started before trio and pyfuse3 had finished importing)."""
+        one that waits for a load started before trio and pyfuse3 had finished importing).
+        With `root` (a folder of a snapshot: `mount MNT SNAP`), that folder is the root and
+        the snapshot set is neither loaded nor polled."""
         self.repo = repo
         self.options = options or VfsOptions()
         self._storage = Storage(repo, self.options, load_index)
-        self._table = InodeTable()
+        self._single = root is not None
+        self._table = InodeTable(root)
         damage = DamageLog(self._table)
         self._layout = Layout(self._table, self._storage, invalidate)
         self._trees = Trees(self._table, self._storage, damage)
@@ -93,6 +97,9 @@ class Vfs:
             self._storage.attach(nursery)
             task_status.started()
             nursery.start_soon(self._storage.load_index)
+            if self._single:
+                self._layout.ready.set()
+                await trio.sleep_forever()  # the nursery serves the storage's tasks
             await self._layout.load()
             while True:
                 await trio.sleep(self.options.refresh_interval)

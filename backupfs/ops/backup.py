@@ -4,6 +4,9 @@ The walker thread lists directories and decides per file; file jobs run on a thr
 heavy library releases the GIL, so two workers keep two cores busy); packs upload on the packer's
 own threads. Unchanged files (same inode, size, mtime, ctime as in the parent snapshot) are not
 read again.
+
+With `dry_run`, everything is read, chunked and hashed as usual but nothing is written: blob ids
+are looked up in the index to count what the backup would add (before compression).
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ from typing import IO
 from pyfastcdc import BinaryStreamReader, FastCDC
 
 from backupfs import __version__
+from backupfs.crypto import ContentHasher
 from backupfs.errors import BackupfsError, IntegrityError
-from backupfs.format.pack import DATA
+from backupfs.format.pack import DATA, TREE
 from backupfs.format.snapshot import Snapshot
-from backupfs.format.tree import DIR, FILE, Node
+from backupfs.format.tree import DIR, FILE, Node, encode_tree
 from backupfs.ops import fsmeta
 from backupfs.ops.dirfds import DIR_FLAGS, DirChain, open_dir
-from backupfs.ops.excludes import Excluder, is_cache_dir
+from backupfs.ops.excludes import CACHEDIR, Excluder, TagFile
 from backupfs.repository.repo import Repository
 
 # A file up to this size is read whole and cut in memory, in the file's own thread; a larger one
@@ -46,7 +50,11 @@ MAX_PENDING_FILES = 64  # files handed to the pool and not yet read (each holds 
 class BackupOptions:
     paths: list[str]
     excludes: list[str] = dataclasses.field(default_factory=list)
+    iexcludes: list[str] = dataclasses.field(default_factory=list)  # matched ignoring case
     exclude_caches: bool = False
+    exclude_if_present: list[TagFile] = dataclasses.field(default_factory=list)
+    exclude_larger_than: int | None = None  # bytes: larger regular files are left out
+    dry_run: bool = False  # read and hash everything, write nothing
     one_file_system: bool = False
     tags: list[str] = dataclasses.field(default_factory=list)
     host: str = dataclasses.field(default_factory=socket.gethostname)
@@ -54,6 +62,13 @@ class BackupOptions:
     force: bool = False  # read every file even if unchanged
     workers: int = max(2, min(4, (os.cpu_count() or 2)))
     time_ns: int | None = None
+
+
+# Told of each entry saved, once its folder is done (folders after their contents): the action
+# (`new`, `modified` or `unchanged` against the parent snapshot), its absolute path, its node.
+ItemSink = Callable[[str, bytes, Node], None]
+
+NEW, MODIFIED, UNCHANGED = "new", "modified", "unchanged"
 
 
 @dataclasses.dataclass
@@ -163,20 +178,28 @@ class Archiver:
         repo: Repository,
         options: BackupOptions,
         progress: Callable[[BackupStats, str], None] | None = None,
+        on_item: ItemSink | None = None,
         *,
         scan: bool = False,
     ) -> None:
-        """`progress` is called after each file; with `scan`, a thread counts ahead of the walk
-        into `totals`, and `current` names the file being read: what a progress line shows."""
+        """`progress` is called after each file and `on_item` of each entry saved (-v); with
+        `scan`, a thread counts ahead of the walk into `totals`, and `current` names the file
+        being read: what a progress line shows."""
         self.repo = repo
         self.opts = options
         self.stats = BackupStats()
         self.totals = ScanTotals()
         self.current = b""
+        self.parent_id: str | None = None  # the parent snapshot used, once `run` has chosen it
         self._progress = progress
         self._scan_ahead = scan
-        self._excluder = Excluder(options.excludes)
+        self._on_item = on_item
+        self._excluder = Excluder(options.excludes, options.iexcludes)
+        self._tags = [*options.exclude_if_present, *([CACHEDIR] if options.exclude_caches else [])]
+        self._dry = _DryRun(repo) if options.dry_run else None
+        self._save_blob = self._dry.save_blob if self._dry is not None else repo.save_blob
         self._chunker = repo.chunker()
+        self._file_hash_key = repo.master.file_hash_key()
         self._tls = threading.local()
         self._pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bfs-file")
         self._blob_pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bfs-blob")
@@ -188,7 +211,15 @@ class Archiver:
 
     # ---------------------------------------------------------------- entry points
 
-    def run(self) -> tuple[str, Snapshot]:
+    @property
+    def added_bytes(self) -> int:
+        """Stored bytes added so far (with `dry_run`: bytes it would add, before compression)."""
+        return self._dry.added if self._dry is not None else self.repo.stats_added_bytes
+
+    def run(self) -> tuple[str | None, Snapshot]:
+        """The snapshot's id (None with `dry_run`: nothing saved) and the snapshot. Paths that do
+        not exist are skipped (listed in `stats.skipped`), as restic does; if none exists, nothing
+        is saved."""
         start = time.monotonic()
         paths = self._normalise_paths(self.opts.paths)
         stop_scan = threading.Event()
@@ -196,10 +227,13 @@ class Archiver:
         if self._scan_ahead:
             scanner.start()
         try:
-            self.repo.index_leftover_packs()
+            if not self.opts.dry_run:
+                self.repo.index_leftover_packs()
             parent_id, parent_tree = self._find_parent(paths)
+            self.parent_id = parent_id
             root_tree = self._build_root(paths, parent_tree)
-            self.repo.flush()
+            if not self.opts.dry_run:
+                self.repo.flush()
         finally:
             stop_scan.set()
             if scanner.is_alive():
@@ -208,14 +242,18 @@ class Archiver:
             self._blob_pool.shutdown(wait=True, cancel_futures=True)
         return self._save_snapshot(root_tree, paths, parent_id, start)
 
-    def run_stream(self, name: str, stream: IO[bytes], check: Callable[[], None] | None = None) -> tuple[str, Snapshot]:
+    def run_stream(
+        self, name: str, stream: IO[bytes], check: Callable[[], None] | None = None
+    ) -> tuple[str | None, Snapshot]:
         """Backs up one stream as /NAME; `check` raises (and no snapshot is saved) if the source failed."""
         start = time.monotonic()
         if not name or "/" in name.strip("/") or name in (".", ".."):
             raise BackupfsError(f"invalid --stdin-filename {name!r}")
         name = name.strip("/")
         self.repo.index_leftover_packs()
-        content, size = self._save_stream(stream)
+        hasher = ContentHasher(self._file_hash_key)
+        content: list[tuple[int, bytes]] = []
+        size = self._save_chunks(stream, 0, content, inline=False, hasher=hasher)
         if check is not None:
             check()
         now = time.time_ns()
@@ -230,18 +268,24 @@ class Archiver:
             ctime_ns=now,
             size=size,
             content=content,
+            file_hash=hasher.digest(),
         )
         self.stats.add(files_new=1, total_files=1, total_bytes=size)
+        if self._on_item is not None:
+            self._on_item(NEW, b"/" + node.name, node)
         root = self._save_tree([node])
-        self.repo.flush()
+        if not self.opts.dry_run:
+            self.repo.flush()
         self._pool.shutdown(wait=True)
         self._blob_pool.shutdown(wait=True)
         return self._save_snapshot(root, ["/" + name], None, start)
 
     # ---------------------------------------------------------------- snapshot
 
-    def _save_snapshot(self, root: bytes, paths: list[str], parent: str | None, start: float) -> tuple[str, Snapshot]:
-        self.stats.data_added = self.repo.stats_added_bytes
+    def _save_snapshot(
+        self, root: bytes, paths: list[str], parent: str | None, start: float
+    ) -> tuple[str | None, Snapshot]:
+        self.stats.data_added = self.added_bytes
         self.stats.duration = time.monotonic() - start
         snap = Snapshot(
             time_ns=self.opts.time_ns or time.time_ns(),
@@ -257,6 +301,8 @@ class Archiver:
             summary=self.stats.as_dict(),
             program=f"backupfs {__version__}",
         )
+        if self.opts.dry_run:
+            return None, snap
         return self.repo.save_snapshot(snap), snap
 
     def _normalise_paths(self, paths: list[str]) -> list[str]:
@@ -265,15 +311,22 @@ class Archiver:
         The folders leading to a path are stored as directories in the snapshot; a symlink among
         them (`/home/me/data -> /srv/data`, then backing up `/home/me/data/docs`) was stored as a
         symlink node carrying a subtree, which ls and restore do not enter: the data was saved but
-        unreachable. A path that is itself a symlink is still saved as the symlink.
+        unreachable. A path that is itself a symlink is still saved as the symlink. One that
+        cannot be found is skipped and the others are backed up; if none is left, nothing is.
         """
         out = []
         for p in paths:
             parent, leaf = os.path.split(os.path.abspath(p))
             ap = os.path.join(os.path.realpath(parent), leaf) if leaf else parent
-            if not os.path.lexists(ap):
-                raise BackupfsError(f"{p}: no such file or directory")
+            try:
+                os.lstat(ap)
+            except OSError as exc:
+                self._skip(os.fsencode(p), exc)
+                continue
             out.append(ap)
+        if not out:
+            missing = "; ".join(f"{p}: {msg}" for p, msg in self.stats.skipped)
+            raise BackupfsError(f"nothing to back up: {missing}")
         # a path inside another one is already covered
         out = sorted(set(out))
         return [p for p in out if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in out)]
@@ -345,7 +398,7 @@ class Archiver:
                     if sub is not None:
                         dirs.append(sub)
                     continue
-                tree_id = self._finish(d)
+                tree_id = self._finish(d, bytes(buf[: d.path_len]))
                 dirs.pop()
                 if not dirs:
                     return tree_id
@@ -399,12 +452,24 @@ class Archiver:
         except OSError as exc:
             self._skip(path, exc)
             names = []
-        if self.opts.exclude_caches and is_cache_dir(fd):
-            names = [n for n in names if n == b"CACHEDIR.TAG"]
-        return _Dir(node, pnode, self._parent_children(parent_tree), names, path_len)
+        return _Dir(node, pnode, self._parent_children(parent_tree), self._kept(fd, names), path_len)
 
-    def _finish(self, d: _Dir) -> bytes:
-        """A folder's tree, once every entry is saved."""
+    def _kept(self, fd: int, names: list[bytes]) -> list[bytes]:
+        """The names of folder `fd` that the walk enters, and the scanner counts: a tag file
+        (--exclude-if-present, CACHEDIR.TAG) keeps only itself (two tags keep nothing: restic's
+        rule). Patterns are matched per entry, by `_excluder`."""
+        present = [tag for tag in self._tags if tag.present(fd)]
+        if present:
+            names = [n for n in names if all(n == tag.name for tag in present)]
+        return names
+
+    def _too_large(self, st: os.stat_result) -> bool:
+        """--exclude-larger-than: a regular file past the limit is left out, by walk and scanner."""
+        limit = self.opts.exclude_larger_than
+        return limit is not None and stat.S_ISREG(st.st_mode) and st.st_size > limit
+
+    def _finish(self, d: _Dir, path: bytes) -> bytes:
+        """A folder's tree, once every entry is saved (`path` is the folder's)."""
         nodes = []
         for item in d.pending:
             node = item.result() if isinstance(item, Future) else item
@@ -412,13 +477,22 @@ class Archiver:
                 nodes.append(node)
         tree_id = self._save_tree(nodes)
         if d.plan is not None:
-            pass  # a folder on the way to a backed-up path is not counted
-        elif d.pnode is not None and d.pnode.subtree == tree_id:
+            return tree_id  # a folder on the way to a backed-up path is not counted
+        if d.pnode is not None and d.pnode.subtree == tree_id:
             self.stats.add(dirs_unchanged=1)
+            action = UNCHANGED
         elif d.pnode is not None:
             self.stats.add(dirs_changed=1)
+            action = MODIFIED
         else:
             self.stats.add(dirs_new=1)
+            action = NEW
+        if self._on_item is not None:
+            for node in nodes:
+                if node.type != DIR:  # a folder is told of by its own `_finish`
+                    self._on_item(_action(node, d.parent_nodes.get(node.name)), path + b"/" + node.name, node)
+            if d.node is not None:
+                self._on_item(action, path, d.node)
         return tree_id
 
     def _parent_children(self, tree_id: bytes | None) -> dict[bytes, Node]:
@@ -431,14 +505,12 @@ class Archiver:
             return {}
 
     def _scan_listing(self, path: bytes) -> list[tuple[bytes, os.stat_result]]:
-        """The entries of a folder that the walk will take, as the walk decides (excludes,
-        CACHEDIR.TAG), with their lstat. By path: a folder past PATH_MAX is left out of the
+        """The entries of a folder that the walk will take, as the walk decides (`_kept`, then
+        the patterns), with their lstat. By path: a folder past PATH_MAX is left out of the
         count (the walk still saves it). OSError if the folder cannot be listed."""
         fd = os.open(path, DIR_FLAGS)
         try:
-            names = [os.fsencode(n) for n in os.listdir(fd)]
-            if self.opts.exclude_caches and is_cache_dir(fd):
-                names = [n for n in names if n == b"CACHEDIR.TAG"]
+            names = self._kept(fd, [os.fsencode(n) for n in os.listdir(fd)])
             base = path.rstrip(b"/")
             out = []
             for name in names:
@@ -466,6 +538,8 @@ class Archiver:
         devices = {st.st_dev for _p, st in roots}
 
         def count(path: bytes, st: os.stat_result, top: bool) -> None:
+            if self._too_large(st):
+                return
             if stat.S_ISREG(st.st_mode):
                 totals.files += 1
                 totals.bytes += st.st_size
@@ -511,16 +585,19 @@ class Archiver:
                 chain.push(name, open_dir(chain.fd, name))
             except OSError as exc:  # saved as an empty folder, as one whose listing fails
                 self._skip(path, exc)
-                node.subtree = self._finish(_Dir(node, pnode, {}, [], len(path)))
+                node.subtree = self._finish(_Dir(node, pnode, {}, [], len(path)), path)
                 return None
             return self._listed(chain.fd, path, len(path), node, ptree, pnode)
         if node.type != FILE:
             self._count_other(node, pnode)
             d.pending.append(node)
             return None
+        if self._too_large(st):
+            return None
         if self._unchanged(node, pnode):
             assert pnode is not None
             node.content = pnode.content
+            node.file_hash = pnode.file_hash  # same content: its hash, or none if it had none
             self.current = path
             # one lock per file
             self.stats.add(total_files=1, total_bytes=st.st_size, files_unchanged=1, bytes_done=st.st_size)
@@ -573,6 +650,7 @@ class Archiver:
             return None
         node.content = done.content
         node.size = done.size
+        node.file_hash = done.file_hash
         self._count_saved(node, pnode)
         self.stats.add(bytes_done=done.size)
         return node
@@ -598,7 +676,7 @@ class Archiver:
             self.stats.add(others_changed=1)
 
     def _save_tree(self, nodes: list[Node]) -> bytes:
-        tree_id = self.repo.save_tree(nodes)
+        tree_id = self._save_blob(TREE, encode_tree(nodes))[0]
         self.stats.add(tree_blobs=1)
         return tree_id
 
@@ -633,10 +711,13 @@ class Archiver:
             os.set_blocking(fd, True)
             extents = fsmeta.data_extents(fd, st.st_size)
             content: list[tuple[int, bytes]] = []
+            hasher = ContentHasher(self._file_hash_key)
             if st.st_size == 0 or extents == [(0, st.st_size)]:
-                node.size = self._save_whole(fd, st.st_size, content)
+                node.size = self._save_whole(fd, st.st_size, content, hasher)
             else:  # sparse: only the data extents, the holes stay holes
-                node.size = self._save_sparse(fd, st.st_size, extents, content)
+                node.size = self._save_sparse(fd, st.st_size, extents, content, hasher)
+            hasher.zeros_to(node.size)  # a trailing hole
+            node.file_hash = hasher.digest() if hasher.size == node.size else None
             after = os.fstat(fd)
             if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
                 with self.stats._lock:
@@ -651,7 +732,7 @@ class Archiver:
         self._report(path)
         return node
 
-    def _save_whole(self, fd: int, size: int, content: list[tuple[int, bytes]]) -> int:
+    def _save_whole(self, fd: int, size: int, content: list[tuple[int, bytes]], hasher: ContentHasher) -> int:
         """Reads a file to its end, whatever `stat` said (/proc files say 0, a log grows while it is
         read); returns the size read.
 
@@ -660,7 +741,7 @@ class Archiver:
         allocates a max-chunk-size buffer per file, which dominated the cost of small files. A file
         that outgrows READ_WHOLE_MAX goes on streaming after the bytes already read."""
         if size > READ_WHOLE_MAX:
-            return self._save_chunks(_LimitedReader(fd, 0, None), 0, content, inline=False)
+            return self._save_chunks(_LimitedReader(fd, 0, None), 0, content, inline=False, hasher=hasher)
         pieces: list[bytes] = []
         total = 0
         want = size + 1  # one read usually holds the whole file; the next one confirms the end
@@ -673,22 +754,34 @@ class Archiver:
             want = READ_PIECE
             if total > READ_WHOLE_MAX:  # large after all: stream the rest after what is read
                 reader = _LimitedReader(fd, total, None, prefix=b"".join(pieces))
-                return self._save_chunks(reader, 0, content, inline=False)
+                return self._save_chunks(reader, 0, content, inline=False, hasher=hasher)
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        hasher.update(data)
         for view, off in _with_offsets(self._chunker.cut(data)):
-            content.append((off, self.repo.save_blob(DATA, view)[0]))
+            content.append((off, self._save_blob(DATA, view)[0]))
         self.stats.add(bytes_read=len(data), bytes_done=len(data))
         return len(data)
 
-    def _save_sparse(self, fd: int, size: int, extents: list[tuple[int, int]], content: list[tuple[int, bytes]]) -> int:
+    def _save_sparse(
+        self,
+        fd: int,
+        size: int,
+        extents: list[tuple[int, int]],
+        content: list[tuple[int, bytes]],
+        hasher: ContentHasher,
+    ) -> int:
         """The data extents of a sparse file, then whatever was appended past `size` since stat;
-        returns the file's size as read (a trailing hole counts, bytes read past `size` too)."""
+        returns the file's size as read (a trailing hole counts, bytes read past `size` too). The
+        holes are hashed as the zeros a restore gives back."""
         end = 0
         for off, length in extents:
-            got = self._save_chunks(_LimitedReader(fd, off, length), off, content, inline=length <= READ_WHOLE_MAX)
+            hasher.zeros_to(off)
+            reader = _LimitedReader(fd, off, length)
+            got = self._save_chunks(reader, off, content, inline=length <= READ_WHOLE_MAX, hasher=hasher)
             end = max(end, off + got)
         if os.pread(fd, 1, size):  # it grew: the tail is data (one byte probed, not a chunker buffer)
-            return size + self._save_chunks(_LimitedReader(fd, size, None), size, content, inline=False)
+            hasher.zeros_to(size)
+            return size + self._save_chunks(_LimitedReader(fd, size, None), size, content, inline=False, hasher=hasher)
         return max(end, min(size, os.fstat(fd).st_size))
 
     def _cdc(self) -> FastCDC:
@@ -697,27 +790,29 @@ class Archiver:
             cdc = self._tls.cdc = self._chunker.new_fastcdc()
         return cdc
 
-    def _save_stream(self, stream: IO[bytes]) -> tuple[list[tuple[int, bytes]], int]:
-        content: list[tuple[int, bytes]] = []
-        total = self._save_chunks(stream, 0, content, inline=False)
-        return content, total
-
     def _save_chunks(
-        self, reader: BinaryStreamReader, base: int, content: list[tuple[int, bytes]], inline: bool
+        self,
+        reader: BinaryStreamReader,
+        base: int,
+        content: list[tuple[int, bytes]],
+        inline: bool,
+        hasher: ContentHasher,
     ) -> int:
-        """Chunks in this thread; hashing, compression and encryption of the chunks run on the
-        blob pool with a bounded window, so one large file keeps every core busy. Small files skip
-        the hand-off (its cost is comparable to their work)."""
+        """Chunks in this thread, and hashes the whole file here in order (`fh`); hashing,
+        compression and encryption of the chunks run on the blob pool with a bounded window, so
+        one large file keeps every core busy. Small files skip the hand-off (its cost is
+        comparable to their work)."""
         total = 0
-        repo = self.repo
+        save = self._save_blob
         window: deque[tuple[int, Future[tuple[bytes, int]]]] = deque()
         try:
             for chunk in self._cdc().cut_stream(reader):
                 data = bytes(chunk.data)
+                hasher.update(data)
                 if inline:
-                    content.append((base + total, repo.save_blob(DATA, data)[0]))
+                    content.append((base + total, save(DATA, data)[0]))
                 else:
-                    window.append((base + total, self._blob_pool.submit(repo.save_blob, DATA, data)))
+                    window.append((base + total, self._blob_pool.submit(save, DATA, data)))
                     if len(window) >= self._window:
                         off, fut = window.popleft()
                         content.append((off, fut.result()[0]))
@@ -741,6 +836,43 @@ class Archiver:
     def _report(self, path: bytes) -> None:
         if self._progress is not None:
             self._progress(self.stats, os.fsdecode(path))
+
+
+def _action(node: Node, pnode: Node | None) -> str:
+    """What a backup did to a non-folder entry, against its entry in the parent snapshot."""
+    if pnode is None:
+        return NEW
+    if node.type == FILE and pnode.type == FILE:
+        # `_add` hands an unchanged file its parent's very content list: it was not read again
+        return UNCHANGED if node.content is pnode.content else MODIFIED
+    same = (node.type, node.link_target, node.rdev, node.mode, node.uid, node.gid, node.mtime_ns, node.xattrs) == (
+        pnode.type, pnode.link_target, pnode.rdev, pnode.mode, pnode.uid, pnode.gid, pnode.mtime_ns, pnode.xattrs
+    )  # fmt: skip
+    return UNCHANGED if same else MODIFIED
+
+
+class _DryRun:
+    """Stands in for `Repository.save_blob` in a dry run: ids are computed and looked up, and
+    what is new is counted (before compression), never stored."""
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+        self._new: set[bytes] = set()
+        self._lock = threading.Lock()
+        self.added = 0
+
+    def save_blob(self, btype: int, data: bytes | memoryview) -> tuple[bytes, int]:
+        if len(data) > self._repo.max_blob_size(btype):  # as a real backup would fail
+            raise BackupfsError(f"a blob of {len(data)} bytes exceeds what this repository allows (design.md 9)")
+        blob_id = self._repo.blob_id(data)
+        if self._repo.has_blob(blob_id):
+            return blob_id, 0
+        with self._lock:
+            if blob_id in self._new:
+                return blob_id, 0
+            self._new.add(blob_id)
+            self.added += len(data)
+        return blob_id, len(data)
 
 
 def _with_offsets(views: Iterator[memoryview]) -> Iterator[tuple[memoryview, int]]:

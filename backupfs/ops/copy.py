@@ -171,7 +171,9 @@ class Copier:
             else:
                 assert node is not None
                 folder = folders[-1]
-                new = dataclasses.replace(node)
+                # `fh` is keyed with the source's id key, and keying it for the destination would
+                # mean reading every file whole: copied files are verified chunk by chunk
+                new = dataclasses.replace(node, file_hash=None)
                 if node.content is not None:
                     new.content = [(off, self._data[bid]) for off, bid in node.content]
                 if step.enter and node.subtree is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import stat
 from collections.abc import Sequence
 
 MAX_OPEN_DIRS = 32  # folder fds a chain keeps open besides its root
@@ -144,3 +145,33 @@ def open_beneath(base_fd: int, names: Sequence[bytes]) -> int:
 def _is(fd: int, level: _Level) -> bool:
     st = os.fstat(fd)
     return (st.st_dev, st.st_ino) == (level.dev, level.ino)
+
+
+def remove_tree(dir_fd: int, name: bytes) -> None:
+    """Removes entry `name` of `dir_fd` and, if it is a folder, everything in it: restore's
+    --delete and a folder in the way of a file. Never follows a symlink (one is removed as
+    itself) and never uses a path, so it is safe in a target others can write to and works at
+    any depth (iterative, with a `DirChain`). Raises OSError for what it cannot remove."""
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    chain = DirChain(dir_fd)
+    try:
+        chain.push(name, open_dir(dir_fd, name))
+        while chain.depth:
+            sub = None
+            with os.scandir(chain.fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        sub = os.fsencode(entry.name)
+                        break
+                    os.unlink(entry.name, dir_fd=chain.fd)
+            if sub is not None:
+                chain.push(sub, open_dir(chain.fd, sub))
+                continue
+            emptied = chain.path_names()[-1]
+            chain.pop()
+            os.rmdir(emptied, dir_fd=chain.fd)
+    finally:
+        chain.close()

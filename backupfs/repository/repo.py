@@ -42,6 +42,7 @@ from backupfs.errors import (
 from backupfs.format import index as index_fmt
 from backupfs.format import lock as lock_fmt
 from backupfs.format import snapshot as snapshot_fmt
+from backupfs.format import verifyrecord as verify_fmt
 from backupfs.format.config import (
     LOCKED_VERSION,
     PACK_SIZE_RANGE,
@@ -68,6 +69,7 @@ from backupfs.format.pack import (
 )
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, Listing, Node, decode_tree, encode_tree, read_listing
+from backupfs.format.verifyrecord import VerifyRecord
 from backupfs.repository import locks, retention
 from backupfs.repository.cache import IndexCache, prepare_cache
 from backupfs.repository.filecache import FileCache
@@ -83,6 +85,9 @@ INDEX_CACHE_REFRESH_FILES = 16
 TREE_ZSTD_LEVEL = 3  # tree blobs, whatever the data's compression (design.md 3)
 MAX_TREE_BLOB = 256 << 20  # one folder's listing (design.md 9): ~1 million entries; more is a bomb
 MAX_KEY_FILE = 64 << 10  # a key file is ~300 bytes; a bigger one is not read
+# Kept in the local cache of a remote repository: read whole by every `snapshots` and drill,
+# never changed once written.
+_CACHED_TYPES = (FileType.SNAPSHOT, FileType.VERIFY)
 READ_GAP = 256 << 10  # unused bytes a batched read goes through rather than making another request
 SHORT_ID_CANDIDATE = 12  # digits shown of each snapshot an ambiguous prefix matches
 MAX_CANDIDATES = 10  # of those, at most this many are named
@@ -298,12 +303,12 @@ class Repository:
         self.keeper().cache.until[(ftype, name)] = until
 
     def load_file(self, ftype: FileType, name: str, aad: bytes) -> bytes:
-        cached = self.files.get(ftype, name) if self.files is not None and ftype is FileType.SNAPSHOT else None
+        cached = self.files.get(ftype, name) if self.files is not None and ftype in _CACHED_TYPES else None
         if cached is not None:
             data = cached
         else:
             data = _load_verified(self.backend, ftype, name)
-            if self.files is not None and ftype is FileType.SNAPSHOT:
+            if self.files is not None and ftype in _CACHED_TYPES:
                 self.files.put(ftype, name, data)
         try:
             return self._open(data, aad)
@@ -1109,6 +1114,35 @@ class Repository:
             f"snapshots/{name}",
             f"snapshot {name[:8]} cannot be read and was skipped ({exc}); `backupfs forget {name[:8]}` removes it",
         )
+
+    # ---------------------------------------------------------------- verify records
+
+    def save_verify_record(self, record: VerifyRecord) -> str:
+        return self.save_file(FileType.VERIFY, record.encode(), verify_fmt.AAD)
+
+    def list_verify_records(
+        self, on_damaged: Callable[[str, IntegrityError], None]
+    ) -> list[tuple[str, VerifyRecord]]:
+        """Every drill's record, oldest first; one that cannot be read is told to `on_damaged`
+        and left out (records only schedule and report, design.md 20)."""
+        names = [n for n, _ in self.backend.list(FileType.VERIFY)]
+        if self.files is not None:
+            self.files.forget_except(FileType.VERIFY, set(names))
+
+        def load(name: str) -> VerifyRecord | None:
+            try:
+                data = self.load_file(FileType.VERIFY, name, verify_fmt.AAD)
+                return _decode_named(VerifyRecord.decode, data, f"verify/{name}")
+            except IntegrityError as exc:
+                on_damaged(name, exc)
+            except NotFound:  # removed by hand meanwhile
+                pass
+            return None
+
+        with ThreadPoolExecutor(8, thread_name_prefix="bfs-verify-record") as pool:
+            records = list(pool.map(load, names))
+        found = [(n, r) for n, r in zip(names, records, strict=True) if r is not None]
+        return sorted(found, key=lambda p: (p[1].end_ns, p[0]))
 
     # ---------------------------------------------------------------- misc
 

@@ -345,3 +345,28 @@ def test_mount_shows_the_rest_and_logs_each_bad_entry_once(
     for message in ABOUT_X:
         assert log.count(f"backupfs: {prefix}{message}\n") == ABOUT_X.count(message), (message, log)
     assert not any(ord(c) < 0x20 and c != "\n" for c in log)
+
+
+def test_verify_names_each_bad_entry_and_passes_the_rest(hostile: Hostile) -> None:
+    """A drill of every file: what it cannot restore or restores differently is named once with
+    its path and what is wrong; everything good passes (design.md 20)."""
+    proc = hostile.cli("verify", hostile.sid, "--files", "1000", "--json", check=False)
+    assert proc.returncode == 4
+    assert_clean(proc.stderr)
+    out = json.loads(proc.stdout.splitlines()[-1])
+    said = Counter((f["path"], f["what"]) for f in out["failures"])
+    assert +Counter(("/x", m.removeprefix("/x: ")) for m in LEFT_OUT) - said == Counter()
+    by_path = Counter(f["path"] for f in out["failures"])
+    drawn = [n for n in REPAIRED + UNREADABLE_FILES if n not in (b"huge_size", b"neg_size", b"bad\nsize\x1b[2J")]
+    for name in drawn:  # (a file whose size is out of range is shown as empty: never drawn)
+        assert by_path[f"/x/{os.fsdecode(name)}"] == 1, name
+    what = {f["path"]: f["what"] for f in out["failures"]}
+    assert all(what[f"/x/{os.fsdecode(n)}"].startswith("not restored: ") for n in drawn)
+    assert what["/c/overlap"] == "its chunk at offset 0 runs into the next one"
+    assert what["/t/tree_as_chunk"].startswith("not restored: ") and "authentication failed" in what["/t/tree_as_chunk"]
+    assert what["/t/data_as_listing"].startswith("its folder listing cannot be read")
+    assert len(out["failures"]) == len(LEFT_OUT) + len(drawn) + 3
+    # fine.txt, a, sub/inner.txt, the three control names, /y's three, /c/short, /t/fine
+    assert out["files_verified"] == 11
+    human = hostile.cli("verify", hostile.sid, "--files", "1000", check=False).stderr
+    assert b"error: snapshot " in human and not any(b < 0x20 and b != 0x0A for b in human)

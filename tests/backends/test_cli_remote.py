@@ -134,3 +134,21 @@ def test_every_command_on_remote_repository(remote: RemoteCli, tmp_path: Path, m
     target2 = tmp_path / "restored2"
     remote("restore", "latest", "--target", target2)
     assert rsync_diff(src, target2 / str(src).lstrip("/")) == ""
+
+
+def test_restore_into_a_filled_target_over_sftp(sshd_server: SSHDServer, tmp_path: Path) -> None:
+    """A second restore from a remote repository fetches only what differs in the target."""
+    remote = RemoteCli(sshd_server.url(tmp_path.name), sshd_server.options, tmp_path, {})
+    src = _tree(tmp_path)
+    remote("init")
+    remote("backup", src)
+    target = tmp_path / "restored"
+    remote("restore", "latest", "--target", target)
+    dst = target / str(src).lstrip("/")
+    (dst / "docs" / "note.txt").write_text("edited after the restore\n")
+    (dst / "docs" / "stray.txt").write_text("not in the snapshot\n")
+    out = remote("restore", "latest", "--target", target, "--delete", "--json")
+    summary = json.loads(out.stdout.splitlines()[-1])
+    assert (summary["added"], summary["updated"], summary["deleted"], summary["errors"]) == (0, 1, 1, 0)
+    assert summary["bytes_restored"] == len("remote note\n")  # data.bin (3 MiB) was compared, not fetched
+    assert rsync_diff(src, dst) == ""

@@ -66,7 +66,7 @@ def test_create_makes_the_layout(make_backend: BackendFactory) -> None:
     make_backend()
     root = make_backend.fs_root
     assert root is not None
-    assert sorted(p.name for p in root.iterdir()) == ["data", "index", "keys", "locks", "snapshots"]
+    assert sorted(p.name for p in root.iterdir()) == ["data", "index", "keys", "locks", "snapshots", "verify"]
     assert sorted(p.name for p in (root / "data").iterdir()) == [f"{i:02x}" for i in range(256)]
 
 

@@ -66,5 +66,5 @@ def test_temporary_names() -> None:
     assert a.startswith(f".{ID}{layout.TEMP_MARK}") and layout.is_temporary(a)
     assert not layout.is_valid_name(FileType.DATA, a)
     assert not layout.is_temporary(ID) and not layout.is_temporary("config")
-    assert layout.directories()[: len(layout.FOLDERS)] == ["keys", "data", "index", "snapshots", "locks"]
+    assert layout.directories()[: len(layout.FOLDERS)] == ["keys", "data", "index", "snapshots", "locks", "verify"]
     assert len(layout.directories()) == len(layout.FOLDERS) + 256

@@ -39,13 +39,13 @@ def mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     whatever happened (SIGTERM, then SIGKILL and fusermount3 -u -z), so no test leaves a mount."""
     started: list[Mount] = []
 
-    def start(cli: Cli, *extra: str, mountpoint: Path | None = None) -> Mount:
+    def start(cli: Cli, *extra: str, mountpoint: Path | None = None, ready: str = "snapshots") -> Mount:
         mnt = mountpoint or tmp_path / f"mnt{len(started)}"
         mnt.mkdir(exist_ok=True)
         log = tmp_path / f"mount{len(started)}.log"
         with open(log, "wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "backupfs", "-r", str(cli.repo), "mount", str(mnt), "--refresh", "0.5", *extra],
+                [sys.executable, "-m", "backupfs", "-r", str(cli.repo), "mount", str(mnt), *extra, "--refresh", "0.5"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -56,7 +56,7 @@ def mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         m.wait_for(lambda: proc.poll() is not None or is_mounted(mnt), what="the mount")
         if proc.poll() is not None:
             raise AssertionError(f"mount exited with {proc.returncode}: {m.stderr()}")
-        m.wait_for(lambda: os.path.exists(mnt / "snapshots"), what="the mount to answer")
+        m.wait_for(lambda: os.path.exists(mnt / ready), what="the mount to answer")
         return m
 
     yield start
@@ -87,6 +87,37 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cli, Path]:
     (src / "file").write_text("x")
     cli("backup", src)
     return cli, src
+
+
+def test_one_snapshot_at_the_root(cli: Cli, mount: Callable[..., Mount], tmp_path: Path) -> None:
+    """`mount MNT SNAP`, as `borg mount REPO::ARCHIVE`: that snapshot's files at the mount point
+    itself; SNAP:PATH puts a folder of it there."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "file").write_text("first\n")
+    (src / "sub" / "inner").write_text("inner\n")
+    cli("backup", src)
+    (src / "file").write_text("second version\n")
+    cli("backup", src)
+    first, latest = json.loads(cli("snapshots", "--json").stdout)
+    top = str(src).lstrip("/").split("/")[0]
+
+    m = mount(cli, first["short_id"], ready=top)
+    assert os.listdir(m.path) == [top]  # no snapshots/, ids/, latest: the snapshot's own root
+    assert (m.path / str(src).lstrip("/") / "file").read_text() == "first\n"
+    assert "mounted snapshot" in m.stderr()
+
+    m2 = mount(cli, f"latest:{src}", ready="file")
+    assert sorted(os.listdir(m2.path)) == ["file", "sub"]
+    assert rsync_diff(src, m2.path) == ""  # the folder's own metadata at the root too
+    assert m2.stop() == 0 and not is_mounted(m2.path)
+
+    for bad in ("0000dead", f"latest:{src}/file", f"{latest['short_id']}:/no/such"):
+        mnt = tmp_path / "mnt-bad"
+        mnt.mkdir(exist_ok=True)
+        proc = cli("mount", mnt, bad, check=False)
+        assert proc.returncode == 2 and proc.stderr.count(b"\n") == 1, proc.stderr
+        assert not is_mounted(mnt)
 
 
 def sha256(path: Path) -> str:

@@ -85,6 +85,18 @@ class Tool:
     def count_snapshots(self, repo: Path) -> int | None:
         raise NotImplementedError
 
+    def drill(self, repo: Path, snap: str, percent: int, scratch: Path) -> list[str]:
+        """Its closest to a restore drill of `percent` of the data (sections/verify.py)."""
+        raise NotImplementedError
+
+    def drilled_bytes(self, run: Run, repo_bytes: int, percent: int) -> float:
+        """What `drill` read and checked: the share of the repository by default."""
+        return repo_bytes * percent / 100
+
+    def restore_verify(self, repo: Path, snap: str, target: Path) -> tuple[list[str], Path | None]:
+        """A full restore that checks what it wrote (or the closest the tool has)."""
+        raise NotImplementedError
+
 
 class ResticStyle(Tool):
     """backupfs follows restic's command line, so both build the same commands."""
@@ -114,6 +126,13 @@ class ResticStyle(Tool):
         r = run_cmd([self.exe, "-r", str(repo), "--json", "snapshots"], self.env(), timeout=600)
         return next((len(o) for o in json_lines(r.stdout) if isinstance(o, list)), None)
 
+    def drill(self, repo: Path, snap: str, percent: int, scratch: Path) -> list[str]:
+        return [self.exe, "-r", str(repo), "-q", "check", f"--read-data-subset={percent}%"]
+
+    def restore_verify(self, repo: Path, snap: str, target: Path) -> tuple[list[str], Path | None]:
+        cmd, cwd = self.restore(repo, snap, target)
+        return [*cmd, "--verify"], cwd
+
 
 class Backupfs(ResticStyle):
     compression: str = "lz4"
@@ -137,6 +156,26 @@ class Backupfs(ResticStyle):
 
     def repo_key(self) -> dict[str, str]:
         return {"compression": self.compression}
+
+    def drill(self, repo: Path, snap: str, percent: int, scratch: Path) -> list[str]:
+        return [
+            self.exe,
+            "-r",
+            str(repo),
+            "--json",
+            "verify",
+            snap,
+            "--sample",
+            f"{percent}%",
+            "--scratch",
+            str(scratch),
+        ]
+
+    def drilled_bytes(self, run: Run, repo_bytes: int, percent: int) -> float:
+        for obj in json_lines(run.stdout):
+            if isinstance(obj, dict) and obj.get("message_type") == "summary":
+                return float(obj["bytes_verified"])
+        raise RuntimeError(f"no summary in backupfs verify output: {run.stdout[-500:]}")
 
 
 class Restic(ResticStyle):
@@ -190,6 +229,15 @@ class Borg(Tool):
 
     def path_in_mount(self, mnt: Path, snap: str, abs_path: Path) -> Path:
         return mnt / snap / str(abs_path).lstrip("/")
+
+    def drill(self, repo: Path, snap: str, percent: int, scratch: Path) -> list[str]:
+        return self.check(repo, read_data=True)  # borg 1.x verifies no subset of the data
+
+    def drilled_bytes(self, run: Run, repo_bytes: int, percent: int) -> float:
+        return float(repo_bytes)
+
+    def restore_verify(self, repo: Path, snap: str, target: Path) -> tuple[list[str], Path | None]:
+        return [self.exe, "extract", "--dry-run", f"{repo}::{snap}"], target  # reads and checks every chunk
 
     def forget_prune(self, repo: Path, keep_last: int) -> list[list[str]]:
         return [[self.exe, "prune", "--keep-last", str(keep_last), str(repo)], [self.exe, "compact", str(repo)]]

@@ -10,7 +10,7 @@ from benchlib.core import Bench
 from benchlib.options import SECTIONS
 from benchlib.report import Section, section_markdown
 from benchlib.runner import log
-from benchlib.sections import backup, check, mount, prune, restore
+from benchlib.sections import backup, check, mount, prune, restore, verify
 
 RUNNERS: dict[str, Callable[[Bench, Section], None]] = {
     "backup": backup.run,
@@ -18,6 +18,7 @@ RUNNERS: dict[str, Callable[[Bench, Section], None]] = {
     "check": check.run,
     "mount": mount.run,
     "prune": prune.run,
+    "verify": verify.run,
 }
 
 
@@ -28,6 +29,7 @@ def titles(bench: Bench) -> dict[str, str]:
         "check": "check --read-data",
         "mount": "Mount",
         "prune": f"forget + prune ({bench.args.prune_steps} snapshots, keep last {bench.args.keep_last})",
+        "verify": "Restore drills",
     }
 
 

@@ -10,7 +10,7 @@ from benchlib.adapters import TOOLS
 from benchlib.realtree import DEFAULT_SOURCES
 from benchlib.trees import TREES
 
-SECTIONS = ("backup", "restore", "check", "mount", "prune")
+SECTIONS = ("backup", "restore", "check", "mount", "prune", "verify")
 DEFAULT_REPEAT = 3
 
 
