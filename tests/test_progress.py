@@ -1,6 +1,7 @@
 """Progress: on a real terminal (a pty) the backup's status line shows the total the scanner
 counted, a percent and an ETA, fits the width and is cleared; with --json the same comes as
-status lines; restore, check --read-data, prune's repack, copy and stdin backups show progress.
+status lines; restore, check --read-data, prune's repack, copy, verify and stdin backups show
+progress.
 
 To see the line in the middle of a backup without depending on how fast the machine is, the
 backup runs with its pack uploads held back (`GATED`): the real CLI, whose storage writes of
@@ -24,10 +25,12 @@ from pathlib import Path
 
 import pytest
 from conftest import CLI, PASSWORD
-from everyday import fast_cli
+from everyday import fast_cli, open_repo
 
 from backupfs.backends.local import LocalBackend
-from backupfs.cli._progress import Figures, status_json, status_line
+from backupfs.cli._progress import Figures, restore_figures, status_json, status_line
+from backupfs.cli.snapshots import summary_count
+from backupfs.ops.restore import Restorer
 from backupfs.repository.repo import Repository
 
 GATED = """
@@ -244,3 +247,93 @@ def test_the_line_is_cut_to_the_width_from_the_path_start() -> None:
     assert status_line(counting, 5, 200) == "[0:05] 5/10+ files 3.0 MiB/6.0 MiB+ 0 errors"
     doc = status_json(counting, 5)
     assert doc["percent_done"] is None and doc["seconds_remaining"] is None and doc["total_files"] == 10
+
+
+def test_the_scanned_total_is_what_the_backup_saves(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """The scanner leaves out what the walk leaves out (patterns with `!` and ignoring case, tag
+    files, --exclude-larger-than, paths from --files-from): a total that counted more would keep
+    the percent and ETA short of the end. The backup waits at its last pack upload (GATED) until
+    the scanner has said its total is final."""
+    cli = fast_cli(tmp_path, cli_env)
+    tree = tmp_path / "tree"
+    files = {
+        "keep/a.txt": b"kept\n",
+        "keep/big.bin": b"x" * 5000,  # larger than 4K
+        "keep/B.TMP": b"ignoring case\n",
+        "logs/x.log": b"left out\n",
+        "logs/keep.log": b"taken back by !\n",
+        "tagged/.nobackup": b"",
+        "tagged/secret": b"inside a tagged folder\n",
+        "cache/CACHEDIR.TAG": b"Signature: 8a477f597d28d172789f06886806bc55\n",
+        "cache/blob": b"cached\n",
+        "other/unlisted": b"not in the list\n",
+    }
+    for name, data in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(data)
+    listed = tmp_path / "list"
+    listed.write_text(f"# what to back up\n{tree}/keep\n{tree}/l*s\n{tree}/tagged\n{tree}/cache\n")
+    saved = ["keep/a.txt", "logs/keep.log", "tagged/.nobackup", "cache/CACHEDIR.TAG"]
+    options = ["--files-from", str(listed), "--exclude", "*.log", "--exclude", "!keep.log", "--iexclude", "*.tmp"]
+    options += ["--exclude-if-present", ".nobackup", "--exclude-caches", "--exclude-larger-than", "4K", "--json"]
+    fifo = tmp_path / "gate"
+    proc = gated_backup(cli, fifo, *options, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+
+        def final_total(raw: bytes) -> bool:
+            docs = [json.loads(line) for line in raw.splitlines(keepends=True) if line.endswith(b"\n")]
+            return any(d["message_type"] == "status" and d["scan_finished"] for d in docs)
+
+        out = read_until(proc.stdout.fileno(), final_total, "status line with the scanner's final total")
+        release(fifo)
+        rest, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    docs = [json.loads(line) for line in (out + rest).splitlines()]
+    status = next(d for d in docs if d["message_type"] == "status" and d["scan_finished"])
+    summary = docs[-1]
+    assert summary["total_files_processed"] == len(saved)
+    assert summary["total_bytes_processed"] == sum(len(files[name]) for name in saved)
+    assert (status["total_files"], status["total_bytes"]) == (len(saved), summary["total_bytes_processed"])
+
+
+def test_a_restore_over_its_own_files_reaches_the_total(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """A second restore into the same folder writes nothing (the files there are the snapshot's):
+    they count as done, so the line ends at 100%, not at 0 of the snapshot's totals."""
+    cli = fast_cli(tmp_path, cli_env)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(os.urandom(5000))
+    cli("backup", src)
+    cli("restore", "latest", "--target", tmp_path / "r")
+    repo = open_repo(cli.repo)
+    try:
+        _sid, snap = repo.find_snapshot("latest")
+        restorer = Restorer(repo, snap.tree, str(tmp_path / "r"))
+        totals = [summary_count(snap.summary, key) for key in ("total_files_processed", "total_bytes_processed")]
+        figures = restore_figures(restorer.stats, *totals)
+        stats = restorer.run()
+    finally:
+        repo.close()
+    assert stats.files == 0 and stats.bytes_written == 0 and stats.unchanged >= 20  # nothing written
+    doc = status_json(figures(), 1.0)
+    assert (doc["files_done"], doc["bytes_done"], doc["percent_done"]) == (20, 20 * 5000, 1.0), doc
+
+
+def test_verify_shows_progress_on_a_terminal_and_as_json(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    cli = fast_cli(tmp_path, cli_env)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"f{i}").write_bytes(os.urandom(5000))
+    cli("backup", src)
+    drawn_lines = on_a_terminal(cli, "verify", "--files", "5")
+    assert any(re.fullmatch(r"\[\d+:\d\d\] [\d.]+% \d/5 files .* verified 0 errors.*", t) for t in drawn_lines), drawn_lines
+    proc = cli("verify", "--files", "5", "--json")
+    docs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [d["message_type"] for d in docs] == ["status"] * (len(docs) - 1) + ["summary"]
+    assert docs[-1]["files_verified"] == 5
