@@ -337,3 +337,35 @@ def test_verify_shows_progress_on_a_terminal_and_as_json(tmp_path: Path, cli_env
     docs = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [d["message_type"] for d in docs] == ["status"] * (len(docs) - 1) + ["summary"]
     assert docs[-1]["files_verified"] == 5
+
+
+def test_verbose_lines_go_above_the_status_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """`backup -v` on a terminal: each listed entry starts a line of its own; the status line is
+    cleared before it and drawn again below, never left with a listing glued to its end."""
+    cli = fast_cli(tmp_path, cli_env)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(os.urandom(5000))
+    master, slave = terminal(200)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backupfs", "-r", str(cli.repo), "backup", "-v", str(src)],
+            env={**cli.env, "BACKUPFS_PROGRESS_FPS": "60"},
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+        )
+        os.close(slave)
+        slave = -1
+        out = drain(master).decode("utf-8", "replace")
+        assert proc.wait(timeout=120) == 0, out
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert "\x1b[K[0:" in out, out  # a status line was drawn
+    starts = [m.start() for m in re.finditer(r"new {7}/", out)]
+    assert len(starts) == 20 + 1, out  # the files and the folder
+    for at in starts:
+        assert out[:at].endswith(("\n", "\r\x1b[K")), repr(out[max(0, at - 80) : at + 20])
