@@ -355,7 +355,8 @@ def test_verify_names_each_bad_entry_and_passes_the_rest(hostile: Hostile) -> No
     proc = hostile.cli("verify", hostile.sid, "--files", "1000", "--json", check=False)
     assert proc.returncode == 4
     assert_clean(proc.stderr)
-    out = json.loads(proc.stdout.splitlines()[-1])
+    *_, out, error = map(json.loads, proc.stdout.splitlines())  # --json: the failure after the summary
+    assert out["message_type"] == "summary" and error["code"] == 4
     said = Counter((f["path"], f["what"]) for f in out["failures"])
     assert +Counter(("/x", m.removeprefix("/x: ")) for m in LEFT_OUT) - said == Counter()
     by_path = Counter(f["path"] for f in out["failures"])
