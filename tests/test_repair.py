@@ -314,7 +314,7 @@ def test_repair_packs_then_repair_snapshots(repo: tuple[CLI, Path, list[str]], t
     assert "victim.bin" in dry and "dry run" in dry
     out = json.loads(cli("repair", "snapshots", "--forget", "--json").stdout)
     repaired = [s for s in out["snapshots"] if s["changed"]]
-    assert {s["snapshot"] for s in repaired} == set(snaps) and all(s["forgotten"] for s in repaired)
+    assert {s["snapshot_id"] for s in repaired} == set(snaps) and all(s["forgotten"] for s in repaired)
     cli("check", "--read-data")
     listed = json.loads(cli("snapshots", "--json").stdout)
     assert {s["repaired"] for s in listed} == set(snaps) and all("repaired" in s["tags"] for s in listed)
