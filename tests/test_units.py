@@ -371,7 +371,7 @@ def _valid_encodings() -> dict[str, bytes]:
         ).encode(),
         "key meta": keyfile_fmt.encode_meta("h", "u", 5),
         "config header": config_fmt.ConfigHeader(b"i" * 32, XCHACHA, b"body").encode(),
-        "config body": config_fmt.ConfigBody((1, 2, 3), 1 << 24, "lz4").encode(),
+        "config body": config_fmt.ConfigBody((1024, 4096, 16384), 1 << 24, "lz4").encode(),
         "verify record": _record().encode(),
     }
 
