@@ -322,6 +322,22 @@ def test_repair_packs_then_repair_snapshots(repo: tuple[CLI, Path, list[str]], t
         assert (got / name).read_bytes() == (src / name).read_bytes(), name
 
 
+def test_backup_after_repair_snapshots_reads_the_repaired_file_again(
+    repo: tuple[CLI, Path, list[str]], tmp_path: Path
+) -> None:
+    """The repaired snapshot is the next backup's parent; its damaged file matches the source's
+    metadata, but its content is the repair's (a hole where a chunk was lost). The backup must
+    read that file again from the unchanged source, so that the new snapshot restores whole."""
+    cli, src, _snaps = repo
+    pack = flip_blob(cli.repo, src / "victim.bin")
+    cli("repair", "packs", pack.name[:12], check=False)
+    cli("repair", "snapshots", "--forget")
+    summary = json.loads(cli("backup", src, "--json").stdout.splitlines()[-1])
+    assert summary["files_unchanged"] == summary["total_files_processed"] - 1, summary  # all but the victim
+    restores(cli, "latest", src, tmp_path / "t")
+    cli("check", "--read-data")
+
+
 def test_missing_pack_names_the_snapshots_and_index_repair_first(repo: tuple[CLI, Path, list[str]]) -> None:
     """The pack holding the latest snapshot's listings is deleted: check names the snapshots
     that need it and sends to `repair index` first, and only then to `repair snapshots`."""

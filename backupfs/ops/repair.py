@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
@@ -407,6 +408,7 @@ class _Rewriter:
         self.repo = repo
         self.dry_run = dry_run
         self.done: dict[bytes, bytes | None] = {}  # tree id -> its replacement (itself if whole)
+        self.now_ns = time.time_ns()  # the change time of the files it repairs
         self._empty: bytes | None = None
 
     def empty_tree(self) -> bytes:
@@ -539,6 +541,9 @@ class _Frame:
                         f"{self.child_path(node.name)}: {len(node.content) - len(kept)} of {len(node.content)} chunks lost"
                     )
                     node.content = kept
+                    # its change time is now: the next backup's parent check (inode, size, mtime,
+                    # ctime) then fails, and the file is read again from the source, not reused
+                    node.ctime_ns = rw.now_ns
                     self.changed = True
             self.nodes.append(node)
         return None
