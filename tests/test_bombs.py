@@ -7,6 +7,7 @@ real processes whose peak memory is measured.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -287,3 +288,21 @@ def test_a_bad_stored_config_value_is_damage_not_a_usage_error(field: str, value
     repo.close()
     with pytest.raises(IntegrityError, match="repository config"):
         Repository.open(backend, b"pw")
+
+
+def test_prune_repack_bounds_a_blob_by_its_raw_length(bombed: tuple[CLI, Path], tmp_path: Path) -> None:
+    """A data blob that inflates to 4 MiB (within the chunker's 8 MiB) where the index says
+    21,000 bytes, in a pack prune repacks: refused from its size prefix against the index's
+    raw_length, not inflated up to the chunker maximum first."""
+    cli, src = bombed
+    victim = src / "docs" / "victim.txt"
+    data_id, _tree = blob_ids(cli, victim)
+    replace_blob(cli.repo, data_id, DATA, bytes([LZ4]) + lz4_bomb(4 * MiB))
+    first = json.loads(cli("snapshots", "--json").stdout)[0]["id"]
+    (src / "other.txt").unlink()  # its blob, in the bomb's pack, is then unused: the pack is repacked
+    cli("backup", src)
+    cli("forget", first)
+    proc = cli("prune", "--max-unused", "0", check=False)
+    err = one_line(proc)
+    assert proc.returncode == 4, err
+    assert f"declares {4 * MiB} bytes, more than the {victim.stat().st_size}" in err and data_id.hex()[:16] in err, err
