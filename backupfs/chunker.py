@@ -7,9 +7,25 @@ from collections.abc import Iterator
 from pyfastcdc import FastCDC
 
 DEFAULT_PARAMS = (512 * 1024, 512 * 1024, 8 * 1024 * 1024)  # min, FastCDC avg parameter, max
-# The largest maximum chunk size a repository may set: it bounds every data blob a reader will
-# inflate (design.md 5), so a config cannot lift that bound to gigabytes.
-MAX_CHUNK_LIMIT = 64 * 1024 * 1024
+# The (lowest, highest) value of each of min, avg and max that pyfastcdc accepts (it raises
+# ValueError outside them), and so all a repository config may set (design.md 5). The maximum
+# also bounds every data blob a reader will inflate (design.md 3): a config cannot lift that
+# bound to gigabytes.
+MIN_RANGE = (64, 1 << 20)
+AVG_RANGE = (256, 4 << 20)
+MAX_RANGE = (1024, 16 << 20)
+
+
+def params_error(params: tuple[int, int, int]) -> str | None:
+    """Why the chunker cannot take these (min, avg, max), or None: checked where they are read
+    or chosen, so that a bad value is refused there and not met as a crash in the middle of a backup."""
+    lo, avg, hi = params
+    for name, value, (low, high) in (("min", lo, MIN_RANGE), ("avg", avg, AVG_RANGE), ("max", hi, MAX_RANGE)):
+        if not low <= value <= high:
+            return f"chunk {name} {value} out of range ({low}-{high})"
+    if not lo <= avg <= hi:
+        return f"chunk sizes {lo}/{avg}/{hi} not in order (min <= avg <= max)"
+    return None
 
 
 class Chunker:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from typing import Final
+
 
 class BackupfsError(Exception):
     """Base of every error the CLI turns into one line on stderr."""
@@ -92,3 +95,23 @@ class UnderRetention(BackendError):
     def __init__(self, message: str, until: float | None = None) -> None:
         super().__init__(message)
         self.until = until
+
+
+# SIGINT (Ctrl-C), SIGTERM (systemd's stop), SIGHUP (a closed terminal): each ends a command, a
+# mount or the server cleanly. The mount and the server receive them in their trio loops.
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The only exception inside nested groups, else the group itself: trio wraps what ended a
+    loop (a damaged index file, a port in use) in nursery groups, and a command reports that one
+    error on one line, as every other command does."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else group

@@ -7,6 +7,7 @@ real processes whose peak memory is measured.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -222,6 +223,57 @@ def test_config_cannot_lift_the_chunk_bound() -> None:
         Repository.init(MemoryBackend(), b"pw", chunker=(512 * 1024, 512 * 1024, 128 * MiB), kdf=FAST_KDF)
 
 
+# Chunker parameters the old reader accepted (min <= max <= 64 MiB) but pyfastcdc refuses: a
+# backup then ended in "internal error: ValueError" at its first file larger than min.
+OUT_OF_CHUNKER_RANGE = [
+    (2 * MiB, 2 * MiB, 8 * MiB),  # min above 1 MiB
+    (512 * 1024, 8 * MiB, 16 * MiB),  # avg above 4 MiB
+    (512 * 1024, 512 * 1024, 32 * MiB),  # max above 16 MiB
+    (32, 512 * 1024, 8 * MiB),  # min below 64
+    (512 * 1024, 128, 8 * MiB),  # avg below 256 (and below min)
+    (1 * MiB, 512 * 1024, 8 * MiB),  # avg below min
+]
+
+
+def _store_config_body(backend: MemoryBackend | LocalBackend, repo: Repository, body: dict[str, object]) -> None:
+    """Replaces the config's body with `body`, sealed with the real key (as the key's holder can)."""
+    header = dataclasses.replace(
+        repo.header, body=repo.cipher.seal(b"\0" + msgpack.packb(body), config_aad(repo.header.repo_id))
+    )
+    backend.remove(FileType.CONFIG, "config")
+    backend.save(FileType.CONFIG, "config", header.encode())
+
+
+@pytest.mark.parametrize("chunker", OUT_OF_CHUNKER_RANGE, ids=lambda c: "/".join(map(str, c)))
+def test_chunker_parameters_the_chunker_refuses_are_damage(chunker: tuple[int, int, int]) -> None:
+    backend = MemoryBackend()
+    repo = Repository.init(backend, b"pw", kdf=FAST_KDF)
+    body = {"chunker": list(chunker), "pack_size": repo.config.pack_size, "compression": "lz4"}
+    _store_config_body(backend, repo, body)
+    repo.close()
+    with pytest.raises(IntegrityError, match="repository config: chunk"):
+        Repository.open(backend, b"pw")
+    with pytest.raises(UsageError, match="chunk"):
+        Repository.init(MemoryBackend(), b"pw", chunker=chunker, kdf=FAST_KDF)
+
+
+def test_backup_to_a_config_the_chunker_refuses_is_one_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """Through the real CLI: exit 4 and the reason, before anything is read or written."""
+    init_fast(tmp_path / "repo")
+    backend = LocalBackend(str(tmp_path / "repo"))
+    repo = Repository.open(backend, PASSWORD.encode())
+    body = {"chunker": [2 * MiB, 2 * MiB, 8 * MiB], "pack_size": repo.config.pack_size, "compression": "lz4"}
+    _store_config_body(backend, repo, body)
+    repo.close()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "big").write_bytes(os.urandom(3 * MiB))  # above min: FastCDC cuts it
+    proc = CLI(tmp_path / "repo", cli_env).run("backup", tmp_path / "src", check=False)
+    assert proc.returncode == IntegrityError.exit_code, proc.stderr.decode()
+    [line] = proc.stderr.decode().splitlines()
+    assert line.startswith("backupfs: ") and line.endswith("repository config: chunk min 2097152 out of range (64-1048576)")
+    assert not list((tmp_path / "repo" / "snapshots").iterdir())
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("compression", "brotli"), ("compression", "zstd:99"), ("pack_size", 0), ("pack_size", 1 << 40)],
@@ -232,11 +284,25 @@ def test_a_bad_stored_config_value_is_damage_not_a_usage_error(field: str, value
     backend = MemoryBackend()
     repo = Repository.init(backend, b"pw", kdf=FAST_KDF)
     body = {"chunker": list(repo.config.chunker), "pack_size": repo.config.pack_size, "compression": "lz4", field: value}
-    header = dataclasses.replace(
-        repo.header, body=repo.cipher.seal(b"\0" + msgpack.packb(body), config_aad(repo.header.repo_id))
-    )
+    _store_config_body(backend, repo, body)
     repo.close()
-    backend.remove(FileType.CONFIG, "config")
-    backend.save(FileType.CONFIG, "config", header.encode())
     with pytest.raises(IntegrityError, match="repository config"):
         Repository.open(backend, b"pw")
+
+
+def test_prune_repack_bounds_a_blob_by_its_raw_length(bombed: tuple[CLI, Path], tmp_path: Path) -> None:
+    """A data blob that inflates to 4 MiB (within the chunker's 8 MiB) where the index says
+    21,000 bytes, in a pack prune repacks: refused from its size prefix against the index's
+    raw_length, not inflated up to the chunker maximum first."""
+    cli, src = bombed
+    victim = src / "docs" / "victim.txt"
+    data_id, _tree = blob_ids(cli, victim)
+    replace_blob(cli.repo, data_id, DATA, bytes([LZ4]) + lz4_bomb(4 * MiB))
+    first = json.loads(cli("snapshots", "--json").stdout)[0]["id"]
+    (src / "other.txt").unlink()  # its blob, in the bomb's pack, is then unused: the pack is repacked
+    cli("backup", src)
+    cli("forget", first)
+    proc = cli("prune", "--max-unused", "0", check=False)
+    err = one_line(proc)
+    assert proc.returncode == 4, err
+    assert f"declares {4 * MiB} bytes, more than the {victim.stat().st_size}" in err and data_id.hex()[:16] in err, err

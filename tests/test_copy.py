@@ -61,6 +61,7 @@ def test_copy_is_complete_and_idempotent(source: tuple[CLI, Path], make_cli, tmp
     assert out["snapshots_copied"] == 1 and out["snapshots_skipped"] == 1
     # the second snapshot was diffed against the first's copy: only new data was read
     assert 1 << 20 <= int(out["bytes_read"]) < 2 << 20  # type: ignore[call-overload]
+    assert int(out["trees_written"]) >= 2  # type: ignore[call-overload]  # the root and docs/ changed
 
     src_snaps = _snapshots(src_cli)
     dst_cli = make_cli(tmp_path / "dst-repo")
@@ -74,6 +75,7 @@ def test_copy_is_complete_and_idempotent(source: tuple[CLI, Path], make_cli, tmp
     before = {sub: _files(dst_cli.repo, sub) for sub in ("snapshots", "data", "index")}
     out = _json(dst("copy", "--from-repo", src_cli.repo, "--json", env=from_env).stdout)
     assert out["snapshots_copied"] == 0 and out["snapshots_skipped"] == 2 and out["data_added"] == 0
+    assert out["trees_written"] == 0
     assert {sub: _files(dst_cli.repo, sub) for sub in ("snapshots", "data", "index")} == before
 
     target = tmp_path / "restored"

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from support import richtree
 
+from backupfs.cli._quote import escape
 from backupfs.errors import IntegrityError
 from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SYMLINK, Node, decode_tree, encode_tree
 from backupfs.ops import fsmeta
@@ -425,3 +426,20 @@ def test_inherited_acl_is_removed_and_xattr_failures_are_warnings(tmp_path: Path
     assert len(warnings) == 1 and "user.no" in warnings[0]
 
 
+
+
+def test_warnings_and_errors_show_a_stored_name_escaped_once(tmp_path: Path) -> None:
+    """A name with a control character shows as `\\x01` on the terminal (the CLI escapes each
+    message once), not `\\\\x01` (it was repr()'d first)."""
+    target = tmp_path / "f"
+    target.write_bytes(b"")
+    node = Node(name=b"f", type=FILE, mode=0o644, xattrs=[(b"nonamespace.a\x01", b"v")])
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        (warning,) = fsmeta.apply_metadata_fd(fd, node, owner=False)
+    finally:
+        os.close(fd)
+    assert escape(f"/f: {warning}") == "/f: cannot set xattr 'nonamespace.a\\x01': Operation not supported"
+    with pytest.raises(IntegrityError) as exc:
+        fsmeta.create_file(str(tmp_path).encode(), Node(name=b"a/\x01", type=FILE))
+    assert escape(str(exc.value)) == "refusing unsafe entry name 'a/\\x01'"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from backupfs.backends.base import FileType
 from backupfs.backends.local import LocalBackend
+from backupfs.crypto import file_id
 from backupfs.format.pack import DATA, PackEntry
+from backupfs.repository.filecache import FileCache
 from backupfs.repository.masterindex import MasterIndex
 from backupfs.repository.repo import Repository
 
@@ -175,3 +178,39 @@ def test_damaged_cached_tree_pack_is_refetched(tmp_path: Path) -> None:
     r1._tree_cache.clear()
     assert r1.load_tree(tree_id) == []
     r1.close()
+
+
+def test_threads_storing_one_cache_file_use_their_own_temporaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads of one process store the same cached snapshot at once, both having written
+    their temporary before either moves it into place (a barrier in os.replace, which still does
+    the move). With one temporary name per process, the second move found nothing: its file had
+    been moved by the first, which could thus have put a half-written file in place."""
+    cache = FileCache(str(tmp_path / "cache"), b"\1" * 32)
+    data = os.urandom(100_000)
+    name = file_id(data)
+    both_written = threading.Barrier(2, timeout=30)
+    real_replace = os.replace
+    moved: list[str] = []
+    failed: list[str] = []
+
+    def replace(src: str, dst: str) -> None:
+        both_written.wait()
+        try:
+            real_replace(src, dst)
+        except OSError as exc:
+            failed.append(f"{src}: {exc}")
+            raise
+        moved.append(src)
+
+    monkeypatch.setattr(os, "replace", replace)
+    threads = [threading.Thread(target=cache.put, args=(FileType.SNAPSHOT, name, data)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.undo()
+    assert not failed and len(set(moved)) == 2, (moved, failed)
+    assert cache.get(FileType.SNAPSHOT, name) == data
+    assert os.listdir(tmp_path / "cache" / ("01" * 32) / "snapshots") == [name]  # no temporary left

@@ -54,8 +54,8 @@ def _init(backend: MemoryBackend, lock: ObjectLockConfig | None = LOCK30) -> Rep
 
 def test_a_repository_without_object_lock_keeps_the_version_1_config() -> None:
     """Old repositories stay as they are: no new key in the body, version 1 in the header."""
-    body = ConfigBody((1, 2, 3), 1 << 24, "lz4")
-    assert msgpack.unpackb(body.encode()) == {"chunker": [1, 2, 3], "pack_size": 1 << 24, "compression": "lz4"}
+    body = ConfigBody((1024, 4096, 16384), 1 << 24, "lz4")
+    assert msgpack.unpackb(body.encode()) == {"chunker": [1024, 4096, 16384], "pack_size": 1 << 24, "compression": "lz4"}
     assert ConfigBody.decode(body.encode()) == body
     header = ConfigHeader(b"i" * 32, "aegis256", b"body")
     assert msgpack.unpackb(header.encode())["v"] == 1
@@ -92,7 +92,7 @@ def test_the_retention_is_recorded_in_the_encrypted_body_of_a_version_2_config()
     ],
 )
 def test_a_malformed_retention_in_the_config_is_refused(value: object) -> None:
-    body = msgpack.packb({"chunker": [1, 2, 3], "pack_size": 1 << 24, "compression": "lz4", "object_lock": value})
+    body = msgpack.packb({"chunker": [1024, 4096, 16384], "pack_size": 1 << 24, "compression": "lz4", "object_lock": value})
     with pytest.raises(IntegrityError, match="object_lock"):
         ConfigBody.decode(body)
 

@@ -8,8 +8,12 @@ The index-partial phases need index files split in parts; tests/test_prune.py co
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import random
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -26,6 +30,7 @@ from backupfs.prune.plan import plan_prune
 
 __all__ = ["scenario", "scenario_base"]  # fixtures shared with test_prune
 
+PIPE_MIN = 4096  # the smallest pipe buffer Linux allows (one page)
 CLI_PHASES = [p for p in PHASES if not p.endswith(":index-partial")]
 
 
@@ -62,31 +67,94 @@ def test_exit_at_phase_boundary(scenario: Scenario, tmp_path: Path, phase: str) 
     _finish_and_verify(scenario, tmp_path, cli=False)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_sigkill_at_random_points(scenario: Scenario, tmp_path: Path, seed: int) -> None:
-    """Waits for a progress line chosen at random, then kills prune a random few milliseconds later."""
-    rng = random.Random(seed)
+# Where the random kills aim: a progress line prune prints in this scenario (a pattern for the whole
+# line, and which occurrence of it; pack counts vary with the repository's chunker key). Each is
+# asserted to be seen, so a line prune stops printing fails the test instead of turning it into a
+# kill at exit.
+KILL_POINTS = [
+    (r"finding data in use by 2 snapshots", 1),
+    (r"deleting 1 unindexed packs", 1),
+    (r"deleting \d+ packs with nothing in use", 1),
+    (r"writing new index", 1),
+    (r"deleting \d+ packs", 1),
+    (r"repacking \d+ packs", 1),
+    (r"writing new index", 2),
+    (r"deleting \d+ packs", 2),  # the last line: the repacked packs go
+]
+_POLL = 1.0  # seconds between looks at what prune waits for while it prints nothing
+_GUARD = 300.0  # seconds without a line before the test gives up (a hang guard, as CLI.run's)
+
+
+def _full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is already full: a process given its write end as stdout blocks on its
+    first flush, so prune (which prints only its summary to stdout, after the last step) cannot exit
+    before the test kills it."""
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_MIN)
+    os.set_blocking(w, False)
+    for size in (PIPE_MIN, 1):  # then byte by byte: not one byte of room may remain
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(w, b"x" * size)
+    os.set_blocking(w, True)
+    return r, w
+
+
+def _blocked_on_stdout(pid: int) -> bool:
+    """Whether prune's main thread waits to write into a full pipe: with stderr drained, that is
+    stdout, which it writes only when it has finished (the kernel names the wait in wchan)."""
+    return "pipe_write" in Path(f"/proc/{pid}/wchan").read_text()
+
+
+def _wait_for(proc: subprocess.Popen[bytes], pattern: str, nth: int) -> None:
+    """Returns once prune has printed the nth line matching `pattern`; fails as soon as prune is
+    seen to have finished without printing it."""
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    buf, lines, seen, quiet = b"", [], 0, 0.0
+    while True:
+        ready, _w, _x = select.select([fd], [], [], _POLL)
+        if not ready:
+            quiet += _POLL
+            assert not _blocked_on_stdout(proc.pid) and quiet < _GUARD, f"{pattern!r} (#{nth}) not printed: {lines}"
+            continue
+        quiet = 0.0
+        data = os.read(fd, 4096)
+        assert data, f"prune ended its stderr without printing {pattern!r} (#{nth}): {lines}"
+        buf += data
+        *done, buf = buf.split(b"\n")
+        for raw in done:
+            lines.append(raw.decode())
+            seen += re.fullmatch(pattern, lines[-1]) is not None
+            if seen == nth:
+                return
+
+
+@pytest.mark.parametrize(("pattern", "nth"), KILL_POINTS, ids=[f"{t}#{n}" for t, n in KILL_POINTS])
+def test_sigkill_at_random_points(scenario: Scenario, tmp_path: Path, pattern: str, nth: int) -> None:
+    """Waits for a progress line, then SIGKILLs prune a random few milliseconds later: the kill
+    always lands (prune cannot exit on its own, see _full_pipe), wherever the machine's load has let it get to."""
+    rng = random.Random(f"{pattern}#{nth}")
     _forget_old(scenario)
-    triggers = ["unindexed packs", "nothing in use", "writing new index", "repacking", "deleting"]
-    trigger = rng.choice(triggers)
     cli = scenario.cli
+    out_r, out_w = _full_pipe()
     proc = subprocess.Popen(
         [sys.executable, "-m", "backupfs", "-r", str(cli.repo), "prune"],
         env=cli.env,
-        stdout=subprocess.DEVNULL,
+        stdout=out_w,
         stderr=subprocess.PIPE,
     )
-    assert proc.stderr is not None
+    os.close(out_w)
     try:
-        for raw in proc.stderr:
-            if trigger in raw.decode():
-                time.sleep(rng.uniform(0, 0.03))
-                break
-        proc.send_signal(signal.SIGKILL)
+        _wait_for(proc, pattern, nth)
+        time.sleep(rng.uniform(0, 0.03))
     finally:
+        proc.send_signal(signal.SIGKILL)
         proc.wait()
+        assert proc.stderr is not None
         proc.stderr.close()
-    assert proc.returncode in (-signal.SIGKILL, 0)
+        os.close(out_r)
+    assert proc.returncode == -signal.SIGKILL
     _finish_and_verify(scenario, tmp_path, cli=True)
 
 

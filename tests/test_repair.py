@@ -6,6 +6,7 @@ Everything runs the real command line on real repositories damaged on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -328,6 +329,56 @@ def test_repair_packs_then_repair_snapshots(repo: tuple[CLI, Path, list[str]], t
     assert b"\0" * 4096 in victim  # the lost chunk is a hole of zeros
     for name in ("other.bin", "small.txt", "later.txt", "dir/nested.txt", "dir/sub/deeper.bin"):
         assert (got / name).read_bytes() == (src / name).read_bytes(), name
+
+
+def test_backup_after_repair_snapshots_reads_the_repaired_file_again(
+    repo: tuple[CLI, Path, list[str]], tmp_path: Path
+) -> None:
+    """The repaired snapshot is the next backup's parent; its damaged file matches the source's
+    metadata, but its content is the repair's (a hole where a chunk was lost). The backup must
+    read that file again from the unchanged source, so that the new snapshot restores whole."""
+    cli, src, _snaps = repo
+    pack = flip_blob(cli.repo, src / "victim.bin")
+    cli("repair", "packs", pack.name[:12], check=False)
+    cli("repair", "snapshots", "--forget")
+    summary = json.loads(cli("backup", src, "--json").stdout.splitlines()[-1])
+    assert summary["files_unchanged"] == summary["total_files_processed"] - 1, summary  # all but the victim
+    restores(cli, "latest", src, tmp_path / "t")
+    cli("check", "--read-data")
+
+
+def test_backup_never_reuses_a_parent_entry_the_reader_rules_cannot_read(
+    repo: tuple[CLI, Path, list[str]], tmp_path: Path
+) -> None:
+    """The newest snapshot (the next backup's parent) is forged so that small.txt, its metadata
+    still the source's, has a chunk offset beyond its size: readers flag it (`defect`) and refuse
+    its content. The backup reads the file again from the source instead of reusing it."""
+    cli, src, _snaps = repo
+    r = _open(cli.repo)
+    try:
+        _sid, snap = r.find_snapshot("latest")
+        trees = [snap.tree]  # the listings from the root down to src
+        for name in src.parts[1:]:
+            trees.append(next(n.subtree for n in r.load_tree_as_stored(trees[-1]) if n.name == name.encode()))
+        new = None
+        for depth in range(len(trees) - 1, -1, -1):
+            nodes = r.load_tree_as_stored(trees[depth])
+            for n in nodes:
+                if depth == len(trees) - 1 and n.name == b"small.txt":
+                    assert n.content
+                    n.content = [(n.size + 1, n.content[0][1])]
+                elif new is not None and n.name == src.parts[depth + 1].encode():
+                    n.subtree = new
+            new = r.save_tree(nodes)
+        assert new is not None
+        r.flush()
+        r.save_snapshot(dataclasses.replace(snap, tree=new, time_ns=snap.time_ns + 1))
+    finally:
+        r.close()
+    assert b"small.txt" in cli("ls", "latest", src, check=False).stderr  # flagged by the readers
+    summary = json.loads(cli("backup", src, "--json").stdout.splitlines()[-1])
+    assert summary["files_unchanged"] == summary["total_files_processed"] - 1, summary  # all but small.txt
+    restores(cli, "latest", src, tmp_path / "t")
 
 
 def test_missing_pack_names_the_snapshots_and_index_repair_first(repo: tuple[CLI, Path, list[str]]) -> None:

@@ -26,7 +26,15 @@ from backupfs.backends.base import FileType
 from backupfs.backends.memory import MemoryBackend
 from backupfs.chunker import Chunker
 from backupfs.crypto import AEGIS256, SUITES, XCHACHA, Cipher, IdHasher, MasterKey, unwrap_master_key, wrap_master_key
-from backupfs.errors import BackendError, BlobNotIndexed, IntegrityError, PackMissing, UsageError, WrongPassword
+from backupfs.errors import (
+    BackendError,
+    BlobNotIndexed,
+    IntegrityError,
+    PackMissing,
+    UsageError,
+    WrongPassword,
+    sole_error,
+)
 from backupfs.format import config as config_fmt
 from backupfs.format import index as index_fmt
 from backupfs.format import keyfile as keyfile_fmt
@@ -371,7 +379,7 @@ def _valid_encodings() -> dict[str, bytes]:
         ).encode(),
         "key meta": keyfile_fmt.encode_meta("h", "u", 5),
         "config header": config_fmt.ConfigHeader(b"i" * 32, XCHACHA, b"body").encode(),
-        "config body": config_fmt.ConfigBody((1, 2, 3), 1 << 24, "lz4").encode(),
+        "config body": config_fmt.ConfigBody((1024, 4096, 16384), 1 << 24, "lz4").encode(),
         "verify record": _record().encode(),
     }
 
@@ -830,3 +838,11 @@ def test_packer_fails_fast_after_one_upload_failed_for_good() -> None:
         packer.flush()
     packer.close()
     assert len(calls) == 1
+
+
+def test_sole_error_finds_the_one_error_inside_nested_groups() -> None:
+    """What ended a trio loop (the mount's, the server's) is reported as itself, on one line."""
+    inner = UsageError("port in use")
+    assert sole_error(BaseExceptionGroup("a", [BaseExceptionGroup("b", [inner])])) is inner
+    two = BaseExceptionGroup("a", [inner, BaseExceptionGroup("b", [KeyboardInterrupt()])])
+    assert sole_error(two) is two

@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 "snapshots_skipped": stats.skipped,
                 "blobs_read": stats.blobs_read,
                 "bytes_read": stats.bytes_read,
+                "trees_written": stats.trees_written,
                 "data_added": added,
                 "duration_seconds": round(elapsed, 3),
             }

@@ -18,7 +18,7 @@ from backupfs import __version__
 from backupfs.cli._args import duration
 from backupfs.cli._output import err, print_error_json
 from backupfs.cli._shellmodel import ENVIRONMENT, EXIT_STATUS
-from backupfs.errors import BackupfsError, Terminated, UsageError
+from backupfs.errors import STOP_SIGNALS, BackupfsError, Terminated, UsageError
 from backupfs.malloc_arenas import cap_malloc_arenas
 
 # name -> (module, one-line help). Only the module of the command being run is imported: the
@@ -253,7 +253,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 # systemd stops a service with SIGTERM, a closed terminal sends SIGHUP: both end a command as
 # Ctrl-C does. `serve` answers them itself inside trio (a handler raising there would tear
 # through trio's internals); the mount's trio loop takes them over while it runs.
-TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+TERMINATING = tuple(s for s in STOP_SIGNALS if s != signal.SIGINT)  # SIGINT: Python's own
 OWN_SIGNALS = {"serve"}
 
 _Handler = Callable[[int, FrameType | None], Any] | int | None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Final
 
-from backupfs.chunker import MAX_CHUNK_LIMIT
+from backupfs.chunker import params_error
 from backupfs.compress import parse_compression
 from backupfs.errors import IntegrityError, UsageError
 from backupfs.format._msgpack import field, pack, unpack_map
@@ -109,8 +109,9 @@ class ConfigBody:
         chunker = field(obj, "chunker", list, what)
         if len(chunker) != 3 or not all(type(v) is int and v > 0 for v in chunker):
             raise IntegrityError("repository config: malformed chunker parameters")
-        if not chunker[0] <= chunker[2] <= MAX_CHUNK_LIMIT:
-            raise IntegrityError(f"repository config: chunk sizes {chunker[0]}-{chunker[2]} out of range")
+        problem = params_error((chunker[0], chunker[1], chunker[2]))
+        if problem:
+            raise IntegrityError(f"repository config: {problem}")
         pack_size = field(obj, "pack_size", int, what)
         if not PACK_SIZE_RANGE[0] <= pack_size <= PACK_SIZE_RANGE[1]:
             raise IntegrityError(f"repository config: pack size {pack_size} out of range")

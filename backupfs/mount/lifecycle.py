@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 import trio
 
-from backupfs.errors import BackupfsError, Terminated
+from backupfs.errors import STOP_SIGNALS, BackupfsError, Terminated, sole_error
 from backupfs.format.tree import Node
 from backupfs.malloc_arenas import cap_malloc_arenas
 from backupfs.mount import fuse
@@ -90,20 +90,7 @@ def _run(
     except BaseExceptionGroup as group:
         # trio wraps what ended the mount (a damaged index file, say) in nursery groups: the
         # command reports that one error on one line, as every other command does
-        raise _sole(group) from None
-
-
-def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The only exception inside nested groups, else the group itself."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else group
+        raise sole_error(group) from None
 
 
 async def _trim_memory_periodically(interval: float = TRIM_INTERVAL) -> None:
@@ -136,7 +123,7 @@ async def _main(
     )
     connected = trio.Event()
     ops = fuse.Operations(vfs, enable_acl=options.allow_other, on_init=connected.set)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(vfs.serve)
             fuse.mount(ops, mountpoint, allow_other=options.allow_other)

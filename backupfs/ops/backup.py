@@ -683,7 +683,8 @@ class Archiver:
     # ---------------------------------------------------------------- files
 
     def _unchanged(self, node: Node, pnode: Node | None) -> bool:
-        if pnode is None or pnode.type != FILE or pnode.content is None:
+        # a parent entry the reader rules cannot read (its `defect`) is never reused
+        if pnode is None or pnode.type != FILE or pnode.content is None or pnode.defect is not None:
             return False
         if (pnode.inode, pnode.size, pnode.mtime_ns, pnode.ctime_ns) != (
             node.inode,

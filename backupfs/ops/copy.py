@@ -51,7 +51,7 @@ class CopyStats:
     skipped: int = 0
     blobs_read: int = 0
     bytes_read: int = 0
-    trees_written: int = 0
+    trees_written: int = 0  # folder listings saved in the destination (re-encrypted, or changed)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

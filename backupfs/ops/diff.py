@@ -24,6 +24,25 @@ METADATA_FIELDS = ("mode", "uid", "gid", "user", "group", "mtime_ns", "xattrs")
 UNTOUCHED_FIELDS = ("mtime_ns", "ctime_ns", "size", "inode")
 
 ADDED, REMOVED = "+", "-"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Where:
+    """An entry's place: its name and its folder's place. The walk keeps one per open folder,
+    and makes a path only for the entry it reports: a walk 10,000 levels deep then holds
+    O(depth) bytes of names, not O(depth^2) of paths."""
+
+    parent: _Where | None
+    name: bytes  # the top one's: its whole path
+
+    def path(self) -> bytes:
+        names: list[bytes] = []
+        where: _Where | None = self
+        while where is not None:
+            names.append(where.name)
+            where = where.parent
+        return b"/".join(reversed(names))
+
 CONTENT, METADATA, TYPE, BITROT = "M", "U", "T", "?"
 
 
@@ -85,12 +104,13 @@ class Differ:
         """Differences between two entries (folders, usually the roots), at `path`."""
         _blobs(old, self._before)
         _blobs(new, self._after)
-        stack: list[Iterator[tuple[bytes, Node | None, Node | None]]] = []  # one listing per level
+        stack: list[Iterator[tuple[_Where, Node | None, Node | None]]] = []  # one listing per level
+        top = _Where(None, path)
         if old is not None and new is not None and old.type == DIR and new.type == DIR:
             if old.subtree != new.subtree:
-                stack.append(self._pairs(path, old.subtree, new.subtree))
+                stack.append(self._pairs(top, old.subtree, new.subtree))
         else:
-            yield from self._entry(path, old, new, stack)
+            yield from self._entry(top, old, new, stack)
         while stack:
             item = next(stack[-1], None)
             if item is None:
@@ -100,20 +120,20 @@ class Differ:
         self._count_blobs()
 
     def _pairs(
-        self, prefix: bytes, old_tree: bytes | None, new_tree: bytes | None
-    ) -> Iterator[tuple[bytes, Node | None, Node | None]]:
+        self, folder: _Where, old_tree: bytes | None, new_tree: bytes | None
+    ) -> Iterator[tuple[_Where, Node | None, Node | None]]:
         """The entries of two listings by name; a listing is read only when its turn comes."""
         olds = {n.name: n for n in self.repo.load_tree(old_tree)} if old_tree is not None else {}
         news = {n.name: n for n in self.repo.load_tree(new_tree)} if new_tree is not None else {}
         for name in sorted(olds.keys() | news.keys()):
-            yield prefix + b"/" + name, olds.get(name), news.get(name)
+            yield _Where(folder, name), olds.get(name), news.get(name)
 
     def _entry(
         self,
-        path: bytes,
+        where: _Where,
         old: Node | None,
         new: Node | None,
-        stack: list[Iterator[tuple[bytes, Node | None, Node | None]]],
+        stack: list[Iterator[tuple[_Where, Node | None, Node | None]]],
     ) -> Iterator[Change]:
         _blobs(old, self._before)
         _blobs(new, self._after)
@@ -124,10 +144,10 @@ class Differ:
             assert node is not None
             side = self.stats.added if old is None else self.stats.removed
             side.count(node)
-            yield Change(path, ADDED if old is None else REMOVED, old, new)
+            yield Change(where.path(), ADDED if old is None else REMOVED, old, new)
             if node.type == DIR and node.subtree is not None:
                 stack.append(
-                    self._pairs(path, None, node.subtree) if old is None else self._pairs(path, node.subtree, None)
+                    self._pairs(where, None, node.subtree) if old is None else self._pairs(where, node.subtree, None)
                 )
             return
         modifier = ""
@@ -144,11 +164,11 @@ class Differ:
             if self.metadata:
                 modifier += METADATA
         if modifier:
-            yield Change(path, modifier, old, new)
+            yield Change(where.path(), modifier, old, new)
         old_dir = old.subtree if old.type == DIR else None
         new_dir = new.subtree if new.type == DIR else None
         if old_dir != new_dir:  # equal ids: equal folders, never read
-            stack.append(self._pairs(path, old_dir, new_dir))  # a side that is no folder: all added/removed
+            stack.append(self._pairs(where, old_dir, new_dir))  # a side that is no folder: all added/removed
 
     def _count_blobs(self) -> None:
         both = self._before.keys() & self._after.keys()

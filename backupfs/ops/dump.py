@@ -164,7 +164,7 @@ class Dumper:
             try:
                 key = "SCHILY.xattr." + xname.decode("utf-8")
             except UnicodeDecodeError:
-                self.warn(f"{name}: extended attribute {xname!r} has a name tar cannot hold; left out")
+                self.warn(f"{name}: extended attribute '{os.fsdecode(xname)}' has a name tar cannot hold; left out")
                 continue
             pax[key] = value.decode("utf-8", "surrogateescape")
         info.pax_headers = pax

@@ -234,18 +234,18 @@ def create_node(parent: Parent, node: Node, *, exist_ok: bool = False) -> None:
                 raise
     elif node.type == SYMLINK:
         if node.link_target is None:
-            raise IntegrityError(f"symlink node {node.name!r} has no target")
+            raise IntegrityError(f"symlink node {_shown(node.name)} has no target")
         os.symlink(node.link_target, path, dir_fd=dir_fd)
     elif node.type == FIFO:
         os.mkfifo(path, 0o600, dir_fd=dir_fd)
     elif node.type in _FMT_OF_DEVICE:
         if node.rdev is None:
-            raise IntegrityError(f"device node {node.name!r} has no device number")
+            raise IntegrityError(f"device node {_shown(node.name)} has no device number")
         os.mknod(path, 0o600 | _FMT_OF_DEVICE[node.type], node.rdev, dir_fd=dir_fd)
     elif node.type == FILE:
         raise ValueError("regular files are created with create_file")
     else:
-        raise IntegrityError(f"node {node.name!r} has unknown type {node.type!r}")
+        raise IntegrityError(f"node {_shown(node.name)} has unknown type {node.type!r}")
 
 
 def create_file(parent: Parent, node: Node) -> int:
@@ -332,7 +332,7 @@ def _apply_xattrs(
                 os.removexattr(path, attr, follow_symlinks=follow)
             except OSError as exc:
                 if exc.errno not in _XATTR_UNSUPPORTED:
-                    warnings.append(f"{node.name!r}: cannot remove inherited {attr!r}: {exc.strerror}")
+                    warnings.append(f"cannot remove inherited {_shown(attr)}: {exc.strerror}")
     current_values = dict(current)
     for attr, value in sorted(wanted.items()):
         if current_values.get(attr) == value:
@@ -340,16 +340,22 @@ def _apply_xattrs(
         try:
             os.setxattr(path, attr, value, follow_symlinks=follow)
         except OSError as exc:
-            warnings.append(f"{node.name!r}: cannot set xattr {attr!r}: {exc.strerror}")
+            warnings.append(f"cannot set xattr {_shown(attr)}: {exc.strerror}")
     return warnings
 
 
 # --------------------------------------------------------------------------- helpers
 
 
+def _shown(name: bytes) -> str:
+    """A stored name in a message, quoted, its bytes as they are: whoever prints the message
+    escapes it once (cli/_quote.py). repr() escaped it here already, so `\x01` was shown `\\x01`."""
+    return f"'{os.fsdecode(name)}'"
+
+
 def _check_name(name: bytes) -> None:
     if not Node(name=name, type=FILE).is_safe_name():
-        raise IntegrityError(f"refusing unsafe entry name {name!r}")
+        raise IntegrityError(f"refusing unsafe entry name {_shown(name)}")
 
 
 def _locate(parent: Parent, name: bytes) -> tuple[bytes, int | None]:

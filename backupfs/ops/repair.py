@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
@@ -407,6 +408,7 @@ class _Rewriter:
         self.repo = repo
         self.dry_run = dry_run
         self.done: dict[bytes, bytes | None] = {}  # tree id -> its replacement (itself if whole)
+        self.now_ns = time.time_ns()  # the change time of the files it repairs
         self._empty: bytes | None = None
 
     def empty_tree(self) -> bytes:
@@ -420,36 +422,40 @@ class _Rewriter:
         if root in self.done:
             return self.done[root]
         frames: list[_Frame] = []
-        start = self._open(root, "/", rep)
+        on_path: set[bytes] = set()  # the trees of `frames`: a cycle is found in O(1), not O(depth)
+        start = self._open(root, None, b"", rep)
         if start is None:
             self.done[root] = None
             return None
         frames.append(start)
+        on_path.add(root)
         while frames:
             frame = frames[-1]
             child = frame.step(self, rep)
             if child is not None:
-                tid, path = child
-                if any(f.tree_id == tid for f in frames):  # a cycle: cut here, on this path only
+                tid, name = child
+                if tid in on_path:  # a cycle: cut here, on this path only
                     frame.child_result(None, self)
-                    rep.lost_folders.append(path)
+                    rep.lost_folders.append(frame.child_path(name))
                     continue
-                sub = self._open(tid, path, rep)
+                sub = self._open(tid, frame, name, rep)
                 if sub is None:
                     self.done[tid] = None
                     frame.child_result(None, self)
-                    rep.lost_folders.append(path)
+                    rep.lost_folders.append(frame.child_path(name))
                 else:
                     frames.append(sub)
+                    on_path.add(tid)
                 continue
             frames.pop()
+            on_path.discard(frame.tree_id)
             result = frame.finish(self)
             self.done[frame.tree_id] = result
             if frames:
                 frames[-1].child_result(result, self)
         return self.done[root]
 
-    def _open(self, tree_id: bytes, path: str, rep: SnapshotRepair) -> _Frame | None:
+    def _open(self, tree_id: bytes, parent: _Frame | None, name: bytes, rep: SnapshotRepair) -> _Frame | None:
         loc = self.repo.index.lookup(tree_id)
         if loc is None or loc.type != TREE:
             return None
@@ -457,10 +463,10 @@ class _Rewriter:
             listing = self.repo.load_tree(tree_id)
         except BackupfsError:
             return None
-        frame = _Frame(tree_id, path, listing)
+        frame = _Frame(tree_id, parent, name, listing)
         for problem in listing.problems:
             if problem.kind == "skipped":
-                rep.dropped_entries.append(problem.text(path))
+                rep.dropped_entries.append(problem.text(frame.path()))
                 frame.changed = True
         if listing.problems or listing.unsorted:
             frame.changed = True  # rewritten as the reader rules show it
@@ -477,28 +483,42 @@ class _Rewriter:
 
 
 class _Frame:
-    """One folder being rewritten: its listing, how far the walk is, the nodes kept so far."""
+    """One folder being rewritten: its listing, how far the walk is, the nodes kept so far.
 
-    __slots__ = ("changed", "listing", "nodes", "path", "pos", "tree_id", "waiting")
+    It holds its name and parent, not its path: paths are made only for messages, so a walk
+    10,000 levels deep keeps O(depth) bytes of names, not O(depth^2) of paths."""
 
-    def __init__(self, tree_id: bytes, path: str, listing: Listing) -> None:
+    __slots__ = ("changed", "listing", "name", "nodes", "parent", "pos", "tree_id", "waiting")
+
+    def __init__(self, tree_id: bytes, parent: _Frame | None, name: bytes, listing: Listing) -> None:
         self.tree_id = tree_id
-        self.path = path
+        self.parent = parent
+        self.name = name
         self.listing = listing
         self.pos = 0
         self.nodes: list[Node] = []
         self.changed = False
         self.waiting: Node | None = None  # a folder node whose subtree is being rewritten
 
-    def step(self, rw: _Rewriter, rep: SnapshotRepair) -> tuple[bytes, str] | None:
-        """Handles entries until one needs its subtree rewritten: returns (its tree, its path),
+    def path(self) -> str:
+        names: list[bytes] = []
+        frame: _Frame | None = self
+        while frame is not None and frame.parent is not None:
+            names.append(frame.name)
+            frame = frame.parent
+        return "/" + "/".join(os.fsdecode(n) for n in reversed(names))
+
+    def child_path(self, name: bytes) -> str:
+        return self.path().rstrip("/") + "/" + os.fsdecode(name)
+
+    def step(self, rw: _Rewriter, rep: SnapshotRepair) -> tuple[bytes, bytes] | None:
+        """Handles entries until one needs its subtree rewritten: returns (its tree, its name),
         or None when the folder is done."""
         while self.pos < len(self.listing):
             node = self.listing[self.pos]
             self.pos += 1
-            path = self.path.rstrip("/") + "/" + os.fsdecode(node.name)
             if node.defect is not None and node.type != DIR:
-                rep.dropped_entries.append(f"{path}: cannot be read: {node.defect}")
+                rep.dropped_entries.append(f"{self.child_path(node.name)}: cannot be read: {node.defect}")
                 self.changed = True
                 continue
             if node.type == DIR:
@@ -510,17 +530,20 @@ class _Frame:
                     self.nodes.append(node)
                     continue
                 if node.subtree in rw.done:
-                    self._put_dir(node, rw.done[node.subtree], rw, rep, path)
+                    self._put_dir(node, rw.done[node.subtree], rw, rep)
                     continue
                 self.waiting = node
-                return node.subtree, path
+                return node.subtree, node.name
             if node.type == FILE and node.content:
                 kept = [(off, bid) for off, bid in node.content if rw.chunk_ok(bid)]
                 if len(kept) != len(node.content):
                     rep.damaged_files.append(
-                        f"{path}: {len(node.content) - len(kept)} of {len(node.content)} chunks lost"
+                        f"{self.child_path(node.name)}: {len(node.content) - len(kept)} of {len(node.content)} chunks lost"
                     )
                     node.content = kept
+                    # its change time is now: the next backup's parent check (inode, size, mtime,
+                    # ctime) then fails, and the file is read again from the source, not reused
+                    node.ctime_ns = rw.now_ns
                     self.changed = True
             self.nodes.append(node)
         return None
@@ -537,9 +560,9 @@ class _Frame:
             node.subtree = replacement
         self.nodes.append(node)
 
-    def _put_dir(self, node: Node, new: bytes | None, rw: _Rewriter, rep: SnapshotRepair, path: str) -> None:
+    def _put_dir(self, node: Node, new: bytes | None, rw: _Rewriter, rep: SnapshotRepair) -> None:
         if new is None:
-            rep.lost_folders.append(path)
+            rep.lost_folders.append(self.child_path(node.name))
         self.waiting = node
         self.child_result(new, rw)
 

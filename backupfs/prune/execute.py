@@ -266,7 +266,7 @@ class _Execution:
                     data = repo.load_pack(name, start, end - start)
                     for e in group:
                         envelope = data[e.offset - start : e.offset - start + e.length]
-                        plain = repo.open_blob(e.type, e.id, envelope, name)
+                        plain = repo.open_blob(e.type, e.id, envelope, name, e.raw_length)
                         if len(plain) != e.raw_length or repo.blob_id(plain) != e.id:
                             raise IntegrityError(f"pack {name}: blob {e.id.hex()[:16]} does not hash to its id")
                         packer.add(e.type, e.id, envelope, e.raw_length)

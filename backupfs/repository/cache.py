@@ -18,6 +18,7 @@ import time
 
 import blake3
 
+from backupfs.repository.localfile import write_atomic
 from backupfs.repository.masterindex import ID_SIZE, REC, CompactTable
 
 MAGIC = b"BFSIDXC1"
@@ -53,7 +54,7 @@ def prepare_cache(root: str, repo_id: bytes, max_age: float = MAX_AGE) -> list[s
         os.makedirs(root, mode=0o700, exist_ok=True)
         tag = os.path.join(root, "CACHEDIR.TAG")
         if not os.path.exists(tag):
-            _write_atomic(tag, CACHEDIR_TAG)
+            write_atomic(tag, CACHEDIR_TAG, mode=0o644, best_effort=False)
         mine = os.path.join(root, repo_id.hex())
         os.makedirs(mine, mode=0o700, exist_ok=True)
         os.utime(mine)
@@ -111,19 +112,6 @@ def _du(path: str) -> int:
     return total
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 class IndexCache:
     def __init__(self, root: str, repo_id: bytes, id_key: bytes) -> None:
         self.dir = os.path.join(root, repo_id.hex())
@@ -171,13 +159,4 @@ class IndexCache:
         ]
         body = b"".join(parts)
         data = body + blake3.blake3(body, key=self._mac_key).digest()
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        try:
-            os.makedirs(self.dir, mode=0o700, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        write_atomic(self.path, data)

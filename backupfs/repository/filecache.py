@@ -13,6 +13,7 @@ import os
 
 from backupfs.backends.base import FileType
 from backupfs.crypto import file_id
+from backupfs.repository.localfile import TEMP_MARK, write_atomic
 
 
 class FileCache:
@@ -50,17 +51,7 @@ class FileCache:
         """Best effort: a full disk or a read-only home must not fail the command."""
         if file_id(data) != name:
             return
-        path = self._path(ftype, name)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        write_atomic(self._path(ftype, name), data)
 
     def remove(self, ftype: FileType, name: str) -> None:
         with contextlib.suppress(OSError):
@@ -73,5 +64,5 @@ class FileCache:
         except OSError:
             return
         for name in names:
-            if name not in keep and ".tmp-" not in name:
+            if name not in keep and TEMP_MARK not in name:
                 self.remove(ftype, name)

@@ -19,24 +19,11 @@ import os
 import struct
 import threading
 
+from backupfs.repository.localfile import write_atomic
 from backupfs.repository.masterindex import ID_SIZE
 
 _SIZE = struct.Struct("<Q")  # the pack's size, before the envelope in a cached header file
 _HEX_ID = 2 * ID_SIZE
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Best effort: a full disk or a read-only home must not fail the command."""
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 class HeaderCache:
@@ -65,7 +52,7 @@ class HeaderCache:
         with self._lock:
             self._mem[pack] = (size, envelope)
         if self.dir is not None:
-            _write_atomic(os.path.join(self.dir, pack), _SIZE.pack(size) + envelope)
+            write_atomic(os.path.join(self.dir, pack), _SIZE.pack(size) + envelope)
 
     def remove(self, pack: str) -> None:
         with self._lock:
@@ -116,4 +103,4 @@ class DamagedBlobs:
             known.setdefault(blob, set()).update(packs)
         lines = sorted(f"{b.hex()} {p.hex()}\n" for b, packs in known.items() for p in packs)
         if lines or os.path.exists(self.path):
-            _write_atomic(self.path, "".join(lines).encode("ascii"))
+            write_atomic(self.path, "".join(lines).encode("ascii"))

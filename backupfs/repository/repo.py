@@ -14,7 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 from backupfs.backends.base import Backend, BackendInfo, FileType, ObjectLock
-from backupfs.chunker import DEFAULT_PARAMS, MAX_CHUNK_LIMIT, Chunker
+from backupfs.chunker import DEFAULT_PARAMS, Chunker, params_error
 from backupfs.compress import LZ4, NONE, ZSTD, compress, decompress, file_limit, parse_compression
 from backupfs.crypto import (
     ARGON2_MEM,
@@ -188,8 +188,9 @@ class Repository:
         parse_compression(compression)
         if not PACK_SIZE_RANGE[0] <= pack_size <= PACK_SIZE_RANGE[1]:
             raise UsageError("pack size must be between 1 MiB and 1 GiB")
-        if not 0 < chunker[0] <= chunker[2] <= MAX_CHUNK_LIMIT:
-            raise UsageError(f"chunk sizes must satisfy 0 < min <= max <= {MAX_CHUNK_LIMIT}")
+        problem = params_error(chunker)
+        if problem:
+            raise UsageError(problem)
         if backend.exists():
             raise BackupfsError(f"a repository already exists at {backend.location}")
         master = master or MasterKey.generate()

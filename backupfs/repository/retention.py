@@ -19,7 +19,6 @@ once passed, a date on record says nothing and prune reads it again before delet
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -32,6 +31,7 @@ import msgpack
 from backupfs.backends.base import FileType, ObjectLock
 from backupfs.errors import IntegrityError, NotFound
 from backupfs.format.config import ObjectLockConfig
+from backupfs.repository.localfile import write_atomic
 
 DAY: Final = 86400.0
 # How far past the promise a lock is set (and extended), in days: one extension request per file
@@ -117,16 +117,7 @@ class RetentionCache:
             use_bin_type=True,
         )
         data = body + blake3.blake3(body, key=self._mac_key).digest()
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        try:
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        write_atomic(self.path, data)
 
     def forget(self, keys: Iterable[Key]) -> None:
         for key in keys:

@@ -14,7 +14,6 @@ import functools
 import ipaddress
 import os
 import resource
-import signal
 import socket
 import ssl
 import sys
@@ -27,7 +26,7 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
-from backupfs.errors import BackupfsError, UsageError
+from backupfs.errors import STOP_SIGNALS, BackupfsError, UsageError, sole_error
 from backupfs.server.app import RestApp
 from backupfs.server.auth import Htpasswd
 
@@ -40,8 +39,6 @@ READ_TIMEOUT_SECONDS: Final = 120
 GRACEFUL_SECONDS: Final = 5
 BACKLOG: Final = 128
 MAX_PORT: Final = 65535
-# SIGINT (Ctrl-C), SIGTERM (systemd's stop), SIGHUP (a closed terminal): all stop it cleanly
-STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclasses.dataclass
@@ -213,7 +210,7 @@ def run(
         return trio.run(serve_until_signal, prepared, log, ready)
     except BaseExceptionGroup as group:
         # trio wraps what ended the server in nursery groups: report that one error, on one line
-        raise _sole(group) from None
+        raise sole_error(group) from None
     finally:
         prepared.listener.close()
 
@@ -229,15 +226,3 @@ def _raise_open_files_limit() -> None:
         except (ValueError, OSError):
             pass
 
-
-def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The only exception inside nested groups, else the group itself."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else group
