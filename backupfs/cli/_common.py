@@ -16,6 +16,7 @@ from typing import Any
 
 from backupfs.backends import registry
 from backupfs.backends.base import Backend
+from backupfs.backends.counting import transfer_of
 from backupfs.cli._quote import escape
 from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError
 from backupfs.repository.cache import default_cache_dir
@@ -150,6 +151,12 @@ def cache_dir(args: argparse.Namespace) -> str | None:
     if getattr(args, "no_cache", False):
         return None
     return getattr(args, "cache_dir", None) or os.environ.get("BACKUPFS_CACHE_DIR") or default_cache_dir()
+
+
+def transfer_json(*repos: Repository) -> dict[str, Any]:
+    """`"transfer"` for a command's --json summary: requests and bytes its repositories' storage
+    saw so far (backends/counting.py), summed over them (copy reads one and writes another)."""
+    return {"transfer": transfer_of(*(repo.backend for repo in repos)).json()}
 
 
 def print_json(obj: Any) -> None:

@@ -7,7 +7,16 @@ import subprocess
 import sys
 import threading
 
-from backupfs.cli._common import Progress, err, format_time, human_size, open_repository, parse_size, print_json
+from backupfs.cli._common import (
+    Progress,
+    err,
+    format_time,
+    human_size,
+    open_repository,
+    parse_size,
+    print_json,
+    transfer_json,
+)
 from backupfs.cli._quote import escape, json_name
 from backupfs.errors import BackupfsError, UsageError
 from backupfs.format.snapshot import Snapshot
@@ -169,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
                 "dry_run": args.dry_run,
                 "snapshot_id": snap_id,
                 **({"object_lock": locked.as_dict()} if locked is not None else {}),
+                **transfer_json(repo),
             }
         )
     elif not args.quiet:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from backupfs.cli._common import err, open_repository, print_json
+from backupfs.cli._common import err, open_repository, print_json, transfer_json
 from backupfs.cli._quote import escape
 from backupfs.errors import IntegrityError
 from backupfs.ops.check import Checker
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
                 "snapshots": result.snapshots,
                 "trees": result.trees,
                 "packs_read": result.packs_read,
+                **transfer_json(repo),
             }
         )
     else:

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from backupfs.cli._common import err, human_size, open_backend, open_repository, print_json
+from backupfs.cli._common import err, human_size, open_backend, open_repository, print_json, transfer_json
 from backupfs.cli.snapshots import add_filter_args, matches
 from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError, WrongPassword
 from backupfs.format.snapshot import Snapshot
@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
                 "bytes_read": stats.bytes_read,
                 "data_added": added,
                 "duration_seconds": round(elapsed, 3),
+                **transfer_json(src, dst),
             }
         )
     elif not args.quiet:

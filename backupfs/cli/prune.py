@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Iterable
+from typing import Any
 
-from backupfs.cli._common import err, format_time, human_size, open_repository, print_json
+from backupfs.cli._common import err, format_time, human_size, open_repository, print_json, transfer_json
 from backupfs.errors import UsageError
 from backupfs.prune.execute import Hook, execute
 from backupfs.prune.locked import KINDS, Held
@@ -93,7 +94,7 @@ def prune_repository(
         _print_packs(plan, args)
     if not dry_run:  # also when the plan is empty: execute sweeps abandoned temporary files
         execute(plan, log=log, hook=crash_hook())
-    _print_summary(plan, args, dry_run)
+    _print_summary(plan, args, dry_run, transfer_json(repo))
     return plan.stats
 
 
@@ -174,7 +175,7 @@ def _reasons(plan: PrunePlan) -> str:
     return "; " + ", ".join(parts) if parts else ""
 
 
-def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> None:
+def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool, transfer: dict[str, Any]) -> None:
     s = plan.stats
     if args.json:
         print_json(
@@ -189,6 +190,7 @@ def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> 
                 "unindexed": plan.unindexed,
                 "reindexed": [p.id.hex() for p in plan.reindexed],
                 **({"locked": plan.held.as_dict()} if plan.held else {}),
+                **transfer,
             }
         )
         return

@@ -6,7 +6,7 @@ import argparse
 import os
 import time
 
-from backupfs.cli._common import Progress, err, human_size, open_repository, print_json
+from backupfs.cli._common import Progress, err, human_size, open_repository, print_json, transfer_json
 from backupfs.cli._quote import escape, json_name
 from backupfs.errors import BackupfsError, IntegrityError, UsageError
 from backupfs.format.tree import DIR, FILE, Node
@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
                 "dry_run": args.dry_run,
                 "errors": len(stats.errors),
                 "duration_seconds": round(elapsed, 3),
+                **transfer_json(repo),
             }
         )
     elif not args.quiet:
