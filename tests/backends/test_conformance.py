@@ -363,11 +363,11 @@ def test_remove_stale_temporaries(make_backend: BackendFactory) -> None:
 INFO = {
     "memory": BackendInfo(local=True, append_only=False, sweeps_temporaries=False),
     "local": BackendInfo(local=True, append_only=False, sweeps_temporaries=True),
-    "sftp": BackendInfo(local=False, append_only=False, sweeps_temporaries=True),
-    "sftp-paramiko": BackendInfo(local=False, append_only=False, sweeps_temporaries=True),
-    "s3": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),
-    "rgw": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),
-    "rest": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),  # append-only: test_server.py
+    "sftp": BackendInfo(local=False, append_only=False, sweeps_temporaries=True, reads_in_flight=16),
+    "sftp-paramiko": BackendInfo(local=False, append_only=False, sweeps_temporaries=True, reads_in_flight=16),
+    "s3": BackendInfo(local=False, append_only=False, sweeps_temporaries=False, reads_in_flight=16),
+    "rgw": BackendInfo(local=False, append_only=False, sweeps_temporaries=False, reads_in_flight=16),
+    "rest": BackendInfo(local=False, append_only=False, sweeps_temporaries=False, reads_in_flight=16),  # append-only: test_server.py
 }
 
 
