@@ -5,7 +5,8 @@ that every attempt the storage saw is counted once and nowhere else: the figures
 the benchmarks report are what crossed the link, not what the layers above believe they asked.
 
 A request is one call of a Backend method: `load`, `save`, `stat`, `remove`, `exists`,
-`create`, `info`, one whole `list` or `list_foreign`. Over SFTP a call is a few protocol
+`create`, one whole `list` or `list_foreign` (`info` is not counted: only rest: asks its server,
+once). Over SFTP a call is a few protocol
 messages (open, reads, close), over S3 one HTTP request (a listing: one per 1,000 names); the
 count is what the caller's latency pays for, not packets.
 """
@@ -130,7 +131,8 @@ class CountingBackend:
         return self._count(lambda: iter(list(self.inner.list_foreign())))
 
     def info(self) -> BackendInfo:
-        return self._count(self.inner.info)
+        """Not counted: only rest: ever asks its server (once), the others answer themselves."""
+        return self.inner.info()
 
     def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
         return self._count(lambda: self.inner.remove_stale_temporaries(max_age))
