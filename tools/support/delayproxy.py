@@ -45,6 +45,7 @@ class DelayProxy:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="delay-proxy", daemon=True)
         self._thread.start()
@@ -80,6 +81,11 @@ class DelayProxy:
         async with server:
             await self._stop.wait()
         server.close()
+        # connections still open (a client that never closed): cut them, and let their pipes end
+        for writer in list(self._writers):
+            writer.transport.abort()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await asyncio.wait(others, timeout=5)
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
@@ -88,10 +94,12 @@ class DelayProxy:
             client_w.close()
             return
         self._add("connections", 1)
+        self._writers.update((client_w, up_w))
         await asyncio.gather(
             self._pipe(client_r, up_w, "bytes_up"), self._pipe(up_r, client_w, "bytes_down"), return_exceptions=True
         )
         for w in (client_w, up_w):
+            self._writers.discard(w)
             with contextlib.suppress(Exception):
                 w.close()
 
@@ -122,6 +130,8 @@ class DelayProxy:
             await sender
         except (OSError, asyncio.IncompleteReadError):
             sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
             with contextlib.suppress(Exception):
                 dst.close()
 
