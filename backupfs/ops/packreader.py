@@ -5,7 +5,8 @@ one or two at a time: over a link with 20 ms of latency that, not bandwidth, set
 restic's restorer does, the chunks every restored file needs are known before anything is
 written (the plan walks the snapshot's folders first), so they are fetched by pack: the needed
 blobs of a pack lie in a few runs, each run is one ranged read (unused bytes between two needed
-blobs are read through when at most READ_GAP), and no run is read twice. Runs are read in the
+blobs are read through when at most READ_GAP; a run longer than RUN_PIECE in pieces of about
+that size, so that its first blobs need not wait for its last), and no run is read twice. Runs are read in the
 order the restore first needs them, `in_flight` at once (what the storage declares it carries
 well: backends' `BackendInfo.reads_in_flight`), on threads of their own, while the restore's
 writers take the blobs already there: downloads and writes overlap.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from backupfs.errors import BackupfsError, IntegrityError
@@ -33,6 +34,10 @@ from backupfs.repository.masterindex import BlobLocation
 from backupfs.repository.repo import READ_GAP, Repository
 
 DEFAULT_BUDGET = 128 << 20  # decrypted bytes held ahead of the writers
+# A run longer than this is read in pieces of about this size, each a request of its own: the
+# blobs of a piece are usable once it arrives (a whole 16 MiB pack would hold the writers back
+# until its last byte), and a restore of a few large packs still keeps several reads in flight.
+RUN_PIECE = 4 << 20
 _STALE_FILES = 1024  # a blob whose uses all lie this many files behind the furthest one served was skipped
 
 
@@ -97,12 +102,13 @@ class PackReader:
         for pack, blobs in by_pack.items():
             blobs.sort(key=lambda b: b[1].offset)
             for group in read_ranges(blobs, lambda b: (b[1].offset, b[1].length), self.gap):
-                start = group[0][1].offset
-                end = max(loc.offset + loc.length for _, loc in group)
-                run = _Run(pack, start, end - start, group, min(first[b] for b, _ in group))
-                self._runs.append(run)
-                for blob_id, _ in group:
-                    self._run_of[blob_id] = run
+                for part in _pieces(group):
+                    start = part[0][1].offset
+                    end = max(loc.offset + loc.length for _, loc in part)
+                    run = _Run(pack, start, end - start, part, min(first[b] for b, _ in part))
+                    self._runs.append(run)
+                    for blob_id, _ in part:
+                        self._run_of[blob_id] = run
         self._runs.sort(key=lambda r: r.first_use)
 
     @property
@@ -233,3 +239,18 @@ class PackReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pieces(group: list[tuple[bytes, BlobLocation]]) -> Iterator[list[tuple[bytes, BlobLocation]]]:
+    """A run's blobs (in pack order) cut into consecutive pieces of about RUN_PIECE bytes."""
+    piece: list[tuple[bytes, BlobLocation]] = []
+    start = 0
+    for blob in group:
+        if piece and blob[1].offset + blob[1].length - start > RUN_PIECE:
+            yield piece
+            piece = []
+        if not piece:
+            start = blob[1].offset
+        piece.append(blob)
+    if piece:
+        yield piece
