@@ -239,7 +239,10 @@ def test_include_walks_and_makes_only_the_folders_on_the_way(tmp_path: Path, mon
     try:
         run([f"{src}/wanted"], "t1")
         assert len(made) == way + 1  # those, and wanted: no stray folder made
-        assert len(loads) == 1 + way + 1  # the listings of /, of those, and of wanted
+        # the listings of /, of those, and of wanted; each twice: the pack reader's plan walks
+        # the same folders before the restore does (ops/packreader.py)
+        assert len(loads) == 2 * (1 + way + 1)
+        assert len(set(loads)) == 1 + way + 1
         assert sorted(os.listdir(tmp_path / "t1" / str(src).lstrip("/"))) == ["wanted"]
         # a pattern that may match anywhere walks every listing, but makes only the way to a match
         run(["leaf.txt"], "t2")

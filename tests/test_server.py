@@ -384,7 +384,7 @@ def test_the_client_learns_append_only_from_the_server(tmp_path: Path) -> None:
                 if repo == "r":
                     RestBackend(srv.url(repo)).create()
                 fresh = open_backend(srv.url(repo))  # as every command gets it: wrapped in RetryBackend
-                assert fresh.info() == BackendInfo(local=False, append_only=bool(args), sweeps_temporaries=False)
+                assert fresh.info() == BackendInfo(local=False, append_only=bool(args), sweeps_temporaries=False, reads_in_flight=16)
                 fresh.close()
 
 

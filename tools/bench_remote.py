@@ -43,9 +43,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -57,15 +60,17 @@ import boto3
 from benchlib.adapters import Backupfs, Restic, Tool
 from benchlib.core import Bench
 from benchlib.corpus import Corpus, MiB, TreeInfo, evolve_step
-from benchlib.mounting import Step, mount_session
+from benchlib.mounting import Step, mount_session, start_mount, stop_mount
 from benchlib.options import add_common_arguments, check_common_arguments
 from benchlib.options import parse_args as bench_parse_args
 from benchlib.report import Section, section_markdown
 from benchlib.runner import Run, log, run_cmd
-from support.servers import MotoServer
+from support.delayproxy import DelayProxy
+from support.servers import MotoServer, RGWServer, SSHDServer
 
 TOOLS = ("backupfs", "restic")
-SECTIONS = ("prune", "mount")
+SECTIONS = ("prune", "mount", "restore")
+STORES = ("sftp", "s3", "rgw")
 # Tree sizes at --scale 1, as factors of tools/benchlib/corpus.py's sizes (see the module docstring).
 CORPUS_SCALE = {"evolve": 0.25, "mixed": 0.125, "small": 0.025}
 REQUEST_RE = re.compile(r'"([A-Z]+) /([^/ ?]+)')  # werkzeug's log line: "GET /bucket/key HTTP/1.1"
@@ -99,6 +104,41 @@ def clear_mountpoint(mnt: Path) -> None:
     if mounted:
         log(f"  {mnt} was still mounted (a dead mount process?): umount -l")
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=60)
+
+
+def placed(tool: Tool, args: list[str], env: dict[str, str]) -> Tool:
+    """`tool` with `args` after `-r REPO` in every command and `env` added to its environment:
+    the same tool against one server (an ssh command, S3 credentials)."""
+    out = copy.copy(tool)
+    base_env = tool.env
+
+    def wrap(method: Any) -> Any:
+        def build(*a: Any) -> Any:
+            result = method(*a)
+            if isinstance(result, tuple):
+                return (result[0][:3] + args + result[0][3:], *result[1:])
+            return result[:3] + args + result[3:]
+
+        return build
+
+    for name in ("init", "backup", "restore", "mount"):
+        setattr(out, name, wrap(getattr(tool, name)))
+    out.env = lambda: {**s3_env(base_env()), **env}  # type: ignore[method-assign]
+    return out
+
+
+def transfer_of(run: Run) -> dict[str, int]:
+    """backupfs's own count (--json summary's "transfer"), or {} for a tool without one."""
+    for line in reversed(run.stdout.splitlines()):
+        with contextlib.suppress(ValueError):
+            obj = json.loads(line)
+            if isinstance(obj, dict) and "transfer" in obj:
+                return dict(obj["transfer"])
+    return {}
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}" if values else "-"
 
 
 def mean(values: list[float]) -> float | None:
@@ -420,6 +460,228 @@ class RemoteBench(Bench):
         ]
         return mount_session(self, tool, self.repo(tool), mnt, small_in, steps)
 
+    # -- restore and mount from SFTP, S3 and Ceph RGW, with and without added latency (issue 15)
+
+    def store_url(self, store: str, tool: Tool, port: int) -> tuple[str, list[str]]:
+        """(repository URL, extra arguments) of `tool`'s repository on `store`, reached at `port`."""
+        if store == "sftp":
+            sshd = self.sshd
+            if tool.name == "backupfs":
+                opts = ["-o", f"sftp_key={sshd.client_key}", "-o", f"sftp_known_hosts={sshd.known_hosts}"]
+                return f"sftp://{sshd.user}@127.0.0.1:{port}/{sshd.root / tool.name}", opts
+            ssh = (
+                f"ssh -i {sshd.client_key} -o UserKnownHostsFile={sshd.known_hosts} -o StrictHostKeyChecking=yes "
+                f"-o BatchMode=yes -p {port} {sshd.user}@127.0.0.1 -s sftp"
+            )
+            return f"sftp:{sshd.user}@127.0.0.1:{sshd.root / tool.name}", ["-o", f"sftp.command={ssh}"]
+        if store == "local":
+            return str(self.sshd.root / tool.name), []
+        return f"s3:http://127.0.0.1:{port}/{self.bucket(tool)}/restore", []
+
+    def store_port(self, store: str) -> int:
+        return {"sftp": self.sshd.port, "s3": self.server.port, "rgw": self.rgw.port if self.rgw else 0}.get(store, 0)
+
+    def start_stores(self, sec: Section) -> list[str]:
+        self.sshd = SSHDServer(self.work / "sshd-restore")
+        shutil.rmtree(self.sshd.root, ignore_errors=True)
+        self.sshd.root.mkdir(parents=True)
+        self.sshd.start()
+        stores = ["sftp", "s3"]
+        self.rgw: RGWServer | None = None
+        if "rgw" in self.args.stores:
+            try:
+                log("starting a single-node Ceph cluster with RGW (tools/ceph_rgw.py)")
+                rgw = RGWServer(self.work / "rgw")
+                rgw.__enter__()
+                self.rgw = rgw
+                client = boto3.client(
+                    "s3",
+                    endpoint_url=rgw.endpoint,
+                    region_name=MotoServer.env["AWS_DEFAULT_REGION"],
+                    aws_access_key_id=MotoServer.env["AWS_ACCESS_KEY_ID"],
+                    aws_secret_access_key=MotoServer.env["AWS_SECRET_ACCESS_KEY"],
+                )
+                for tool in self.tools:
+                    with contextlib.suppress(Exception):
+                        client.create_bucket(Bucket=self.bucket(tool))
+                stores.append("rgw")
+            except Exception as e:  # no Ceph here: the other stores still run
+                sec.notes.append(f"Ceph RGW not measured: {type(e).__name__}: {e}")
+        return [st for st in stores if st in self.args.stores]
+
+    def stop_stores(self) -> None:
+        self.sshd.stop()
+        if self.rgw is not None:
+            self.rgw.__exit__(None, None, None)
+
+    def sec_restore(self, sec: Section) -> None:
+        info = self.corpora["mixed"].ensure("mixed", log)
+        self.corpus_meta({"mixed": info})
+        stores = self.start_stores(sec)
+        reps = self.args.remote_repeat
+        delays = [0.0, *([self.args.latency_ms] if self.args.latency_ms else [])]
+        snaps: dict[tuple[str, str], str] = {}
+        try:
+            for store in stores:
+                for tool in self.tools:
+                    url, extra = self.store_url(store, tool, self.store_port(store))
+                    placed_tool = placed(tool, extra, {})
+                    if store == "sftp":
+                        shutil.rmtree(self.sshd.root / tool.name, ignore_errors=True)
+                    else:
+                        self.empty_prefix_at(store, tool)
+                    r = run_cmd(placed_tool.init(cast(Path, url)), placed_tool.env(), timeout=600)
+                    if not r.ok:
+                        sec.notes.append(f"{tool.name} init on {store} failed: {r.error()}")
+                        continue
+                    log(f"backup into {store}: {tool.name}")
+                    r = self.measure(placed_tool, placed_tool.backup(cast(Path, url), info.root, "restore"))
+                    if not r.ok:
+                        sec.notes.append(f"{tool.name} backup into {store} failed: {r.error()}")
+                        continue
+                    snaps[(store, tool.name)] = tool.snapshot_id(r, "restore")
+                    sec.put(f"backup into {store}", "s", "lower", tool.name, r.wall_s)
+                    up = transfer_of(r)
+                    if up:
+                        sec.put(f"backup into {store}: MiB up", "MiB", "lower", tool.name, up["bytes_up"] / MiB)
+                        sec.put(f"backup into {store}: requests", "requests", "lower", tool.name, up["requests"])
+            places = [("local", 0.0)] + [(st, d) for d in delays for st in stores]
+            for store, delay in places:
+                for tool in self.tools:
+                    snap = snaps.get(("sftp" if store == "local" else store, tool.name))
+                    if snap is not None:
+                        self.restore_rows(sec, tool, store, delay, snap, info, reps)
+            if not self.args.no_mount:
+                for store, delay in places[1:]:
+                    for tool in self.tools:
+                        snap = snaps.get((store, tool.name))
+                        if snap is not None:
+                            self.mount_rows(sec, tool, store, delay, snap, info)
+        finally:
+            self.stop_stores()
+        sec.notes.append(
+            f"mixed tree {info.files} files, {info.bytes / MiB:.0f} MiB; local = the SFTP repository's own "
+            "directory read as a local repository; +N ms = through tools/support/delayproxy.py, N ms each way; "
+            f"times are medians of {reps} (range beside them), caches (tools' and pages) emptied before each"
+        )
+        sec.notes.append(
+            "MiB down/up: backupfs's own count (--json transfer); through the proxy also what crossed it, "
+            "for both tools (proxy MiB down). requests: backupfs's Backend calls (each attempt)"
+        )
+
+    def empty_prefix_at(self, store: str, tool: Tool) -> None:
+        if store == "s3":
+            self.empty_prefix(tool, "restore")
+        elif store == "rgw" and self.rgw is not None:
+            client = boto3.client(
+                "s3",
+                endpoint_url=self.rgw.endpoint,
+                region_name=MotoServer.env["AWS_DEFAULT_REGION"],
+                aws_access_key_id=MotoServer.env["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=MotoServer.env["AWS_SECRET_ACCESS_KEY"],
+            )
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket(tool), Prefix="restore/"):
+                for o in page.get("Contents", []):
+                    client.delete_object(Bucket=self.bucket(tool), Key=o["Key"])
+
+    @contextlib.contextmanager
+    def reach(self, store: str, tool: Tool, delay: float) -> Any:
+        """(tool placed on the store, URL, proxy or None) for one measured command."""
+        proxy = DelayProxy(self.store_port(store), delay / 1000) if delay else None
+        try:
+            port = proxy.port if proxy is not None else self.store_port(store)
+            if proxy is not None and store == "sftp":
+                self.sshd.trust_port(port)
+            url, extra = self.store_url(store, tool, port)
+            yield placed(tool, extra, {}), url, proxy
+        finally:
+            if proxy is not None:
+                proxy.close()
+
+    def restore_rows(
+        self, sec: Section, tool: Tool, store: str, delay: float, snap: str, info: TreeInfo, reps: int
+    ) -> None:
+        label = f"restore from {store}" + (f" +{delay:.0f} ms" if delay else "")
+        log(f"{label}: {tool.name}")
+        times: list[float] = []
+        transfers: list[dict[str, int]] = []
+        proxied: list[dict[str, int]] = []
+        for _ in range(reps):
+            target = self.work / "restore-target"
+            shutil.rmtree(target, ignore_errors=True)
+            self.wipe_cache(tool)
+            with self.reach(store, tool, delay) as (placed_tool, url, proxy):
+                cmd, cwd = placed_tool.restore(cast(Path, url), snap, target)
+                if tool.name == "backupfs":
+                    cmd = [c for c in cmd if c != "-q"]
+                    cmd.insert(3, "--json")
+                r = self.measure(placed_tool, cmd, cwd)
+                if proxy is not None:
+                    proxied.append(proxy.counts())
+            if not r.ok:
+                sec.notes.append(f"{tool.name}, {label}: FAILED: {r.error()}")
+                return
+            times.append(r.wall_s)
+            transfers.append(transfer_of(r))
+        median = statistics.median(times)
+        sec.put(label, "s", "lower", tool.name, median, note=spread(times))
+        sec.put(f"{label}: MiB/s", "MiB/s", "higher", tool.name, info.bytes / MiB / median)
+        sec.raw.append({"tool": tool.name, "what": label, "times": times, "transfer": transfers, "proxy": proxied})
+        if transfers and transfers[0]:
+            sec.put(
+                f"{label}: requests",
+                "requests",
+                "lower",
+                tool.name,
+                statistics.median(t["requests"] for t in transfers),
+            )
+            sec.put(f"{label}: MiB down", "MiB", "lower", tool.name, transfers[0]["bytes_down"] / MiB)
+        if proxied:
+            sec.put(f"{label}: proxy MiB down", "MiB", "lower", tool.name, proxied[0]["bytes_down"] / MiB)
+            sec.put(f"{label}: proxy MiB up", "MiB", "lower", tool.name, proxied[0]["bytes_up"] / MiB)
+
+    def mount_rows(self, sec: Section, tool: Tool, store: str, delay: float, snap: str, info: TreeInfo) -> None:
+        label = f"mount of {store}" + (f" +{delay:.0f} ms" if delay else "")
+        log(f"{label}: {tool.name}")
+        mnt = self.work / "mnt" / tool.name
+        clear_mountpoint(mnt)
+        firsts: list[float] = []
+        tars: list[float] = []
+        errors: list[str] = []
+        for _ in range(self.args.remote_repeat):
+            self.wipe_cache(tool)
+            self.caches.drop()
+            with self.reach(store, tool, delay) as (placed_tool, url, _proxy):
+                inside = tool.path_in_mount(mnt, snap, info.root)
+                try:
+                    proc, _mounted, first = start_mount(
+                        self, placed_tool, cast(Path, url), mnt, inside, mnt.parent / "m.log"
+                    )
+                except RuntimeError as e:
+                    sec.notes.append(f"{tool.name}, {label}: mount FAILED: {e}")
+                    return
+                try:
+                    self.caches.drop()
+                    r = run_cmd(
+                        ["bash", "-c", 'tar cf - -C "$1" . | cat >/dev/null', "tar", str(inside)],
+                        {},
+                        timeout=self.timeout,
+                    )
+                finally:
+                    stop_mount(proc, mnt, errors)
+            firsts.append(first)
+            if r.ok:
+                tars.append(r.wall_s)
+            else:
+                errors.append(f"tar failed: {r.error()}")
+        sec.put(f"{label}: first ls", "s", "lower", tool.name, statistics.median(firsts), note=spread(firsts))
+        if tars:
+            median = statistics.median(tars)
+            sec.put(f"{label}: tar of the tree", "s", "lower", tool.name, median, note=spread(tars))
+            sec.put(f"{label}: tar MiB/s", "MiB/s", "higher", tool.name, info.bytes / MiB / median)
+        for problem in errors:
+            sec.notes.append(f"{tool.name}, {label}: {problem}")
+
     # -- driver
 
     def markdown(self) -> str:
@@ -461,8 +723,9 @@ class RemoteBench(Bench):
         titles = {
             "prune": f"forget + prune on S3 ({self.args.prune_steps} snapshots, keep last {self.args.keep_last})",
             "mount": "Mount of an S3 repository",
+            "restore": "Restore and mount from SFTP, S3 (moto) and Ceph RGW, with and without added latency",
         }
-        funcs = {"prune": self.sec_prune, "mount": self.sec_mount}
+        funcs = {"prune": self.sec_prune, "mount": self.sec_mount, "restore": self.sec_restore}
         t_all = time.perf_counter()
         rc = 0
         printed = 0
@@ -506,7 +769,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         tools=TOOLS,
         timeout=1800,
     )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=20.0,
+        help="added latency each way for the restore section's second run (0: none)",
+    )
+    p.add_argument("--stores", default=",".join(STORES), help="restore section: stores to measure (sftp,s3,rgw)")
+    p.add_argument("--remote-repeat", type=int, default=3, help="restore section: runs of each measurement (median)")
+    p.add_argument("--no-mount", action="store_true", help="restore section: leave out the mount rows")
     args = p.parse_args(argv)
+    args.stores = [st for st in args.stores.split(",") if st]
     # Bench's constructor reads bench.py's options: start from their defaults
     full = bench_parse_args([])
     vars(full).update(vars(args))

@@ -39,11 +39,15 @@ class BackendInfo:
       serve --append-only`); prune, forget and key removal cannot work through it.
     - `sweeps_temporaries`: writers leave temporary files when killed, and
       `remove_stale_temporaries` finds and deletes them (local, sftp).
+    - `reads_in_flight`: how many loads at once keep this storage busy. A local disk needs only
+      enough to keep the cores decrypting; a remote one enough to cover its latency (restore and
+      the mount read ahead with that many).
     """
 
     local: bool
     append_only: bool
     sweeps_temporaries: bool
+    reads_in_flight: int = 4
 
 
 class Backend(Protocol):

@@ -8,7 +8,8 @@
     s3:s3.amazonaws.com/bucket/prefix               the same, https implied
     rest:https://user:password@host:8000/path       a `backupfs serve` server (docs/server.md)
 
-Every backend comes wrapped in RetryBackend, so callers never retry by themselves.
+Every backend comes wrapped in RetryBackend, so callers never retry by themselves, and under it in
+CountingBackend, which counts the requests and bytes a command's `--json` summary reports.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from backupfs.backends.base import Backend
+from backupfs.backends.counting import CountingBackend
 from backupfs.backends.retry import RetryBackend
 from backupfs.errors import BackupfsError, UsageError
 
@@ -81,7 +83,8 @@ def open_backend(url: str, **options: Any) -> Backend:
     retry = {
         _RETRY_OPTIONS[k][0]: _convert(k, v, _RETRY_OPTIONS[k][1]) for k, v in given.items() if k in _RETRY_OPTIONS
     }
-    return RetryBackend(inner, **retry)
+    # counted under the retries: every attempt the storage saw is a request (backends/counting.py)
+    return RetryBackend(CountingBackend(inner), **retry)
 
 
 def _split_scheme(url: str) -> tuple[str, str]:

@@ -72,6 +72,7 @@ class RestBackend:
         if parts.scheme == "https":
             context = ssl.create_default_context(cafile=cacert or os.environ.get("BACKUPFS_REST_CACERT"))
             options["ssl_context"] = context
+        self._connections = connections  # requests at once (the pool blocks beyond)
         self._pool = urllib3.connection_from_url(
             f"{parts.scheme}://{netloc}/",
             maxsize=connections,
@@ -220,7 +221,12 @@ class RestBackend:
         and before the first one a HEAD of the config asks (a 404 answers as well)."""
         if self._append_only is None:
             self._request("HEAD", self._file_path(FileType.CONFIG, layout.CONFIG_NAME), "config", allow=(404,))
-        return BackendInfo(local=False, append_only=bool(self._append_only), sweeps_temporaries=False)
+        return BackendInfo(
+            local=False,
+            append_only=bool(self._append_only),
+            sweeps_temporaries=False,
+            reads_in_flight=self._connections,
+        )
 
     def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
         return 0  # the server's, out of a client's reach: prune on the server side sweeps them

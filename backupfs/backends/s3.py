@@ -50,7 +50,6 @@ _THROTTLED = {
     "RequestTimeout",
     "BadDigest",  # the body was damaged on the way: sending it again helps
 }
-_INFO = BackendInfo(local=False, append_only=False, sweeps_temporaries=False)
 LIST_PAGE = 1000  # keys per ListObjectsV2 request: the most AWS and Ceph RGW return
 _CONDITIONAL_UNSUPPORTED = {"NotImplemented", "InvalidArgument", "InvalidRequest"}
 # A version the server refused to delete counts as still under retention when its retain-until
@@ -102,6 +101,7 @@ class S3Backend:
         self.endpoint = endpoint
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.connections = connections  # requests at once: each GET waits on its own connection
         self._conditional_put = True  # If-None-Match on PUT; cleared if the server rejects it
         self._retention: tuple[str, float] | None = None  # (S3 mode, seconds) for saves: set_retention
         try:
@@ -530,7 +530,7 @@ class S3Backend:
         return {"Mode": self._retention[0], "RetainUntilDate": _date(until)}
 
     def info(self) -> BackendInfo:
-        return _INFO
+        return BackendInfo(local=False, append_only=False, sweeps_temporaries=False, reads_in_flight=self.connections)
 
     def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
         return 0  # a PUT is atomic: there are none

@@ -11,9 +11,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from backupfs.backends import registry
 from backupfs.backends.base import Backend
+from backupfs.backends.counting import transfer_of
 from backupfs.cli._output import err
 from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError
 from backupfs.repository.cache import default_cache_dir
@@ -148,6 +150,12 @@ def cache_dir(args: argparse.Namespace) -> str | None:
     if getattr(args, "no_cache", False):
         return None
     return getattr(args, "cache_dir", None) or os.environ.get("BACKUPFS_CACHE_DIR") or default_cache_dir()
+
+
+def transfer_json(*repos: Repository) -> dict[str, Any]:
+    """`"transfer"` for a command's --json summary: requests and bytes its repositories' storage
+    saw so far (backends/counting.py), summed over them (copy reads one and writes another)."""
+    return {"transfer": transfer_of(*(repo.backend for repo in repos)).json()}
 
 
 def format_time(ns: int) -> str:

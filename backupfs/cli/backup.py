@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 
-from backupfs.cli._common import format_time, iso_time, open_repository, parse_size
+from backupfs.cli._common import format_time, iso_time, open_repository, parse_size, transfer_json
 from backupfs.cli._output import err, human_size, print_json, print_line
 from backupfs.cli._progress import Progress, backup_figures, progress_mode, stream_figures
 from backupfs.cli._quote import escape, json_name
@@ -175,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
                 "dry_run": args.dry_run,
                 "snapshot_id": snap_id,
                 **({"object_lock": _lock_json(locked)} if locked is not None else {}),
+                **transfer_json(repo),
             }
         )
     elif not args.quiet:

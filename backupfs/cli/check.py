@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from backupfs.cli._common import open_repository
+from backupfs.cli._common import open_repository, transfer_json
 from backupfs.cli._output import err, print_json
 from backupfs.cli._progress import Progress, check_figures
 from backupfs.cli._quote import escape
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
                 "snapshots": result.snapshots,
                 "trees": result.trees,
                 "packs_read": result.packs_read,
+                **transfer_json(repo),
             }
         )
     else:

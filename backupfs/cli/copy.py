@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from backupfs.cli._common import open_backend, open_repository
+from backupfs.cli._common import open_backend, open_repository, transfer_json
 from backupfs.cli._output import err, human_size, print_json
 from backupfs.cli._progress import Progress, copy_figures
 from backupfs.cli.snapshots import add_filter_args, matches
@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
                 "trees_written": stats.trees_written,
                 "data_added": added,
                 "duration_seconds": round(elapsed, 3),
+                **transfer_json(src, dst),
             }
         )
     elif not args.quiet:

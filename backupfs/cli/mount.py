@@ -42,7 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--allow-other", action="store_true", help="let other users in (the kernel then enforces stored permissions)"
     )
-    p.add_argument("--cache-size", default="16M", metavar="SIZE", help="decrypted chunks kept in memory (default 16M)")
+    p.add_argument(
+        "--cache-size",
+        metavar="SIZE",
+        help="decrypted chunks kept in memory (default 16M; 64M for a remote repository, for its read-ahead)",
+    )
     p.add_argument(
         "--refresh", type=float, default=3.0, metavar="SECONDS", help="how often to look for new snapshots (default 3)"
     )
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.refresh <= 0:
         raise UsageError("--refresh must be positive")
-    cache_bytes = parse_size(args.cache_size)
+    cache_bytes = parse_size(args.cache_size) if args.cache_size else None
     mountpoint = check_mountpoint(args.mountpoint)
     check_fuse_available()
     # trio and pyfuse3 take ~0.2 s to import: not at the top, so that other commands do not pay
@@ -92,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         importer.join()
         try:
             from backupfs.mount import lifecycle
-            from backupfs.mount.api import VfsOptions
+            from backupfs.mount.api import REMOTE_CACHE_BYTES, VfsOptions, sized_for_storage
             from backupfs.mount.layout import snapshot_root
         except ImportError as exc:  # pyfuse3 or libfuse3 missing
             raise FuseUnavailable(f"FUSE is not available: {exc}") from exc
@@ -110,9 +114,16 @@ def run(args: argparse.Namespace) -> int:
             what = f"snapshot {sid[:8]}{':' + sub if sub else ''}"
             one.update(snapshot_id=sid, path="/" + sub.strip("/"))
 
+        # prefetch sized for the storage: as many loads at once as it carries (api.py)
+        info = repo.storage_info()
+        default_cache = VfsOptions().cache_bytes if info.local else REMOTE_CACHE_BYTES
         options = lifecycle.MountOptions(
             allow_other=args.allow_other,
-            vfs=VfsOptions(cache_bytes=cache_bytes, refresh_interval=args.refresh),
+            vfs=sized_for_storage(
+                VfsOptions(cache_bytes=cache_bytes or default_cache, refresh_interval=args.refresh),
+                info.local,
+                info.reads_in_flight,
+            ),
             root=root,
         )
         lifecycle.run(repo, mountpoint, options, ready, load_index=index.result)
@@ -153,4 +164,3 @@ def _import_quietly(name: str) -> None:
         importlib.import_module(name)
     except ImportError:
         pass  # the main thread imports it again and reports the error
-

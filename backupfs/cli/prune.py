@@ -6,8 +6,9 @@ import argparse
 import math
 import os
 from collections.abc import Iterable
+from typing import Any
 
-from backupfs.cli._common import format_time, iso_time, open_repository
+from backupfs.cli._common import format_time, iso_time, open_repository, transfer_json
 from backupfs.cli._output import err, human_size, print_json
 from backupfs.cli._progress import Progress, prune_figures
 from backupfs.errors import UsageError
@@ -97,7 +98,7 @@ def prune_repository(
     if not dry_run:  # also when the plan is empty: execute sweeps abandoned temporary files
         with Progress(args.quiet or not plan.repack, args.json, prune_figures(plan.stats)):
             execute(plan, log=log, hook=crash_hook())
-    _print_summary(plan, args, dry_run)
+    _print_summary(plan, args, dry_run, transfer_json(repo))
     return plan.stats
 
 
@@ -200,7 +201,7 @@ def _reasons(plan: PrunePlan) -> str:
     return "; " + ", ".join(parts) if parts else ""
 
 
-def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> None:
+def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool, transfer: dict[str, Any]) -> None:
     s = plan.stats
     if args.json:
         print_json(
@@ -215,6 +216,7 @@ def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> 
                 "unindexed": plan.unindexed,
                 "reindexed": [p.id.hex() for p in plan.reindexed],
                 **held_json(plan.held),
+                **transfer,
             }
         )
         return

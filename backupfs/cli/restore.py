@@ -6,7 +6,7 @@ import argparse
 import os
 import time
 
-from backupfs.cli._common import open_repository
+from backupfs.cli._common import open_repository, transfer_json
 from backupfs.cli._output import err, human_size, print_json, print_line
 from backupfs.cli._progress import Progress, restore_figures
 from backupfs.cli._quote import escape, json_name
@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
                 "dry_run": args.dry_run,
                 "errors": len(stats.errors),
                 "duration_seconds": round(elapsed, 3),
+                **transfer_json(repo),
             }
         )
     elif not args.quiet:

@@ -21,7 +21,7 @@ class FsError(Exception):
 class VfsOptions:
     """Tunables. Timeouts are how long the kernel may cache entries and attributes."""
 
-    cache_bytes: int = 16 << 20  # decrypted chunks kept for partial and concurrent reads
+    cache_bytes: int = 16 << 20  # decrypted chunks kept for partial and concurrent reads (local storage)
     readahead_bytes: int = 8 << 20  # how far ahead of a sequential reader chunks are prefetched
     workers: int = 4  # threads decrypting chunks at once
     # Decoded folder entries kept (~600 bytes each). A walk needs only the folders on its path
@@ -33,6 +33,28 @@ class VfsOptions:
     blksize: int = 128 << 10  # st_blksize: the buffer size cp and friends choose
     uid: int = dataclasses.field(default_factory=os.getuid)  # owner of the layout's own folders
     gid: int = dataclasses.field(default_factory=os.getgid)
+
+
+# Remote storage: read-ahead per request the storage keeps in flight. A sequential reader then
+# has that many chunk loads under way, so the link's latency is paid once per batch of them,
+# not once per chunk (8 MiB with one chunk at a time left a 20 ms link mostly idle).
+REMOTE_READAHEAD_PER_REQUEST = 2 << 20
+REMOTE_CACHE_BYTES = 64 << 20  # the mount's default chunk cache over remote storage: holds the read-ahead
+
+
+def sized_for_storage(options: VfsOptions, local: bool, reads_in_flight: int) -> VfsOptions:
+    """`options` with prefetch sized for the storage: unchanged for a local one (the defaults
+    were measured on local disk), and for a remote one as many loads at once as it carries
+    (`BackendInfo.reads_in_flight`) with the read-ahead to keep them busy, within half the cache
+    (prefetched chunks wait there until read)."""
+    if local:
+        return options
+    readahead = max(options.readahead_bytes, reads_in_flight * REMOTE_READAHEAD_PER_REQUEST)
+    return dataclasses.replace(
+        options,
+        workers=max(options.workers, reads_in_flight),
+        readahead_bytes=max(options.readahead_bytes, min(readahead, options.cache_bytes // 2)),
+    )
 
 
 @dataclasses.dataclass(slots=True)

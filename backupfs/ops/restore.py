@@ -33,7 +33,6 @@ import errno
 import os
 import stat
 import threading
-from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -43,6 +42,7 @@ from backupfs.format.tree import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SKIPPED, SY
 from backupfs.ops import fsmeta
 from backupfs.ops.dirfds import DirChain, open_beneath, open_dir, remove_tree
 from backupfs.ops.excludes import Excluder
+from backupfs.ops.packreader import PackReader
 from backupfs.ops.walk import Kind, Step, shown, walk
 from backupfs.repository.repo import Repository
 
@@ -159,8 +159,11 @@ class Restorer:
         self._dry_run = dry_run
         self._owner = os.geteuid() == 0
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bfs-restore")
-        self._blob_pool = ThreadPoolExecutor(workers, thread_name_prefix="bfs-restore-blob")
-        self._window = workers * 2
+        # file content comes by runs of packs, planned before the walk (packreader.py); a dry
+        # run reads none
+        self._reader: PackReader | None = None
+        if not dry_run:
+            self._reader = PackReader(repo, repo.storage_info().reads_in_flight)
         # first restored name of each multiply-linked inode, and the job writing its content
         self._hardlinks: dict[tuple[int, int], tuple[bytes, Future[bool]]] = {}
         self._progress = progress
@@ -172,15 +175,41 @@ class Restorer:
         self.stats = RestoreStats()
 
     def run(self) -> RestoreStats:
+        try:
+            if self._reader is not None:
+                self._reader.plan(self._planned_files())
+                self._reader.start()
+            return self._run()
+        finally:
+            if self._reader is not None:
+                self._reader.close()
+
+    def _planned_files(self) -> Iterator[list[bytes]]:
+        """The chunk ids of each file the walk will write, in its order (as `_entry` decides,
+        short of what the target holds: a file kept there only leaves its chunks unread)."""
+        seen_links: set[tuple[int, int]] = set()
+        for step in walk(self.repo.load_tree, self.tree, on_error=lambda _folder, _exc: None):
+            node = step.node
+            assert node is not None
+            take, descend = self._wanted(step.path, node.type == DIR)
+            if node.type == DIR:
+                step.enter = descend or take
+            elif take and node.type == FILE and node.content:
+                key = fsmeta.hardlink_key(node)
+                if key is not None:
+                    if key in seen_links:
+                        continue  # linked to its first name, not written again
+                    seen_links.add(key)
+                yield [blob_id for _offset, blob_id in node.content]
+
+    def _run(self) -> RestoreStats:
         root_fd = self._open_target()
         self._root_fd = root_fd
         chain = DirChain(root_fd) if root_fd >= 0 else None
         root_state = _State.OPEN if root_fd >= 0 else _State.VIRTUAL
         folders = [_Folder(None, take=self._include is None, repairs=[], state=root_state)]
         try:
-            for step in walk(
-                self.repo.load_tree, self.tree, listings=True, post_order=True, on_error=self._unreadable
-            ):
+            for step in walk(self.repo.load_tree, self.tree, listings=True, post_order=True, on_error=self._unreadable):
                 if step.kind is Kind.ENTRY:
                     self._entry(step, chain, folders)
                 elif step.kind is Kind.LEAVE:
@@ -194,7 +223,6 @@ class Restorer:
             if chain is not None:
                 chain.close()
             self._pool.shutdown(wait=True)
-            self._blob_pool.shutdown(wait=True)
             if root_fd >= 0:
                 os.close(root_fd)
         return self.stats
@@ -571,13 +599,15 @@ class Restorer:
     # ---------------------------------------------------------------- file content
 
     def _write_batch(self, dir_fd: int, batch: list[tuple[int, Node, bytes]]) -> bool:
-        """Small files of one folder, each of one chunk at most: their chunks come in a few
-        ranged reads (they were backed up next to each other), in one thread job, instead of
-        a job and a backend request per file. Each file still fails or succeeds alone."""
+        """Small files of one folder, each of one chunk at most, in one thread job instead of a
+        job per file (their chunks come from the pack reader's runs). Each file still fails or
+        succeeds alone."""
         ok = True
         try:
-            wanted = [node.content[0][1] for _fd, node, _path in batch if node.content]
-            blobs = dict(zip(wanted, self.repo.load_data_blobs(wanted), strict=True)) if wanted else {}
+            blobs: dict[bytes, bytes | Exception] = {}
+            for _fd, node, _path in batch:
+                if node.content and node.content[0][1] not in blobs:
+                    blobs[node.content[0][1]] = self._blob_or_error(node.content[0][1])
             for fd, node, path in batch:
                 ok = self._write_one(dir_fd, fd, node, path, _preloaded(node, blobs)) and ok
             if self._progress is not None:
@@ -792,25 +822,18 @@ class Restorer:
         return ok
 
     def _blobs(self, content: list[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
-        """(offset, plaintext) of a file's chunks; a large file's chunks are fetched and decrypted
-        on the blob pool a few ahead, so one big file keeps every core busy."""
-        if len(content) <= 2:
-            for offset, blob_id in content:
-                yield offset, self.repo.load_blob(DATA, blob_id)
-            return
-        window: deque[tuple[int, Future[bytes]]] = deque()
+        """(offset, plaintext) of a file's chunks, from the pack reader (packreader.py: read
+        ahead by runs of packs while earlier files are written)."""
+        reader = self._reader
+        for offset, blob_id in content:
+            yield offset, reader.get(blob_id) if reader is not None else self.repo.load_blob(DATA, blob_id)
+
+    def _blob_or_error(self, blob_id: bytes) -> bytes | Exception:
+        """A batch's blob, or the error that fails the files needing it (and only them)."""
         try:
-            for offset, blob_id in content:
-                window.append((offset, self._blob_pool.submit(self.repo.load_blob, DATA, blob_id)))
-                if len(window) > self._window:
-                    off, fut = window.popleft()
-                    yield off, fut.result()
-            while window:
-                off, fut = window.popleft()
-                yield off, fut.result()
-        finally:
-            for _off, fut in window:
-                fut.cancel()
+            return self._reader.get(blob_id) if self._reader is not None else self.repo.load_blob(DATA, blob_id)
+        except IntegrityError as exc:
+            return exc
 
     def _write_content(self, fd: int, node: Node, path: bytes, chunks: Iterable[tuple[int, bytes]]) -> bool:
         written = 0

@@ -28,6 +28,7 @@ from support.servers import (
 )
 
 from backupfs.backends.base import Backend, FileType
+from backupfs.backends.counting import innermost
 from backupfs.backends.registry import open_backend
 from backupfs.backends.retry import RetryBackend
 from backupfs.backends.sftp.backend import SFTPBackend
@@ -239,7 +240,7 @@ def test_sftp_paramiko_socket_failing_under_an_active_transport(sshd_server: SSH
     backend = open_backend(sshd_server.url(f"halfdead-{uuid.uuid4().hex[:8]}"), **options)
     backend.create()
     backend.save(FileType.KEY, "cd" * 32, b"key")
-    sftp = cast(SFTPBackend, cast(RetryBackend, backend).inner)
+    sftp = cast(SFTPBackend, innermost(backend))
     assert sftp._conn is not None
     transport = sftp._conn.carrier.transport  # type: ignore[attr-defined]
     transport.sock.shutdown(socket.SHUT_WR)
@@ -253,7 +254,7 @@ def test_sftp_paramiko_socket_failing_under_an_active_transport(sshd_server: SSH
 def test_sftp_without_posix_rename_or_fsync(sshd_server: SSHDServer) -> None:
     """The fallbacks for servers lacking OpenSSH's extensions keep the contract."""
     backend = open_backend(sshd_server.url(f"plain-{uuid.uuid4().hex[:8]}"), **sshd_server.options, **FAST_SFTP)
-    sftp = cast(SFTPBackend, cast(RetryBackend, backend).inner)
+    sftp = cast(SFTPBackend, innermost(backend))
     sftp._posix_rename = sftp._fsync = False
     backend.create()
     name = file_id(b"pack")

@@ -12,12 +12,14 @@ import os
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import blake3
 import pytest
 
 from backupfs.backends import layout
 from backupfs.backends.base import Backend, BackendInfo, FileType
+from backupfs.backends.counting import innermost
 from backupfs.errors import AlreadyExists, BackendError, NotFound
 
 from .factory import BackendFactory
@@ -287,7 +289,7 @@ def test_foreign_files_are_not_listed(make_backend: BackendFactory) -> None:
         "snapshots/latest": b"x",
     }
     if make_backend.kind in ("s3", "rgw"):
-        s3 = backend.inner  # type: ignore[attr-defined]
+        s3: Any = innermost(backend)
         for rel, data in foreign.items():
             s3._client.put_object(Bucket=s3.bucket, Key=f"{s3.prefix}/{rel}", Body=data)
     else:
@@ -361,11 +363,11 @@ def test_remove_stale_temporaries(make_backend: BackendFactory) -> None:
 INFO = {
     "memory": BackendInfo(local=True, append_only=False, sweeps_temporaries=False),
     "local": BackendInfo(local=True, append_only=False, sweeps_temporaries=True),
-    "sftp": BackendInfo(local=False, append_only=False, sweeps_temporaries=True),
-    "sftp-paramiko": BackendInfo(local=False, append_only=False, sweeps_temporaries=True),
-    "s3": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),
-    "rgw": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),
-    "rest": BackendInfo(local=False, append_only=False, sweeps_temporaries=False),  # append-only: test_server.py
+    "sftp": BackendInfo(local=False, append_only=False, sweeps_temporaries=True, reads_in_flight=16),
+    "sftp-paramiko": BackendInfo(local=False, append_only=False, sweeps_temporaries=True, reads_in_flight=16),
+    "s3": BackendInfo(local=False, append_only=False, sweeps_temporaries=False, reads_in_flight=16),
+    "rgw": BackendInfo(local=False, append_only=False, sweeps_temporaries=False, reads_in_flight=16),
+    "rest": BackendInfo(local=False, append_only=False, sweeps_temporaries=False, reads_in_flight=16),  # append-only: test_server.py
 }
 
 
@@ -373,7 +375,7 @@ def test_info_declares_what_the_backend_is(make_backend: BackendFactory) -> None
     backend = make_backend(create=False)  # info() is the first call: a remote backend finds out by itself
     info = backend.info()
     assert info == INFO[make_backend.kind]
-    assert backend.inner.info() == info  # type: ignore[attr-defined]  # RetryBackend forwards
+    assert innermost(backend).info() == info  # type: ignore[attr-defined]  # the wrappers forward
     backend.create()
     if not info.sweeps_temporaries and make_backend.fs_root is not None:  # rest: the server's, out of reach
         stale = make_backend.fs_root / "keys" / ".k.tmp-1-2"

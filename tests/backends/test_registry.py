@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from backupfs.backends.counting import innermost
 from backupfs.backends.local import LocalBackend
 from backupfs.backends.registry import open_backend, parse_s3, parse_sftp
 from backupfs.backends.retry import RetryBackend
@@ -33,7 +34,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def inner(url: str, **options: Any) -> Any:
     backend = open_backend(url, **options)
     assert isinstance(backend, RetryBackend)
-    return backend.inner
+    return innermost(backend)
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,8 @@ from support.servers import (
 )
 
 from backupfs.backends.base import Backend, FileType
+from backupfs.backends.counting import innermost
 from backupfs.backends.registry import open_backend
-from backupfs.backends.retry import RetryBackend
 from backupfs.backends.sftp.backend import SFTPBackend
 from backupfs.backends.sftp.openssh import cpu_has_aes, fast_ciphers
 from backupfs.errors import BackendError, TransientBackendError
@@ -53,7 +53,7 @@ def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
 
 
 def sftp_of(backend: Backend) -> SFTPBackend:
-    return cast(SFTPBackend, cast(RetryBackend, backend).inner)
+    return cast(SFTPBackend, innermost(backend))
 
 
 def started(tmp_path: Path, name: str, **kwargs: Any) -> SSHDServer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 SSHD = "/usr/sbin/sshd"
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
 # Short timeouts and retry delays: a failing test must fail in seconds, not minutes.
 FAST = {"retry_attempts": 2, "retry_base_delay": 0.01, "retry_max_delay": 0.05}
@@ -138,7 +140,9 @@ class SSHDServer:
 
     Repositories go under `root`; `url(name)` gives an sftp URL for a fresh one there and
     `options` the `open_backend` keyword options that authenticate and pin the host key.
-    `sftp=False` leaves out the sftp subsystem; `extra` adds sshd_config lines.
+    `sftp=False` leaves out the sftp subsystem; `extra` adds sshd_config lines. `sftp_log` has
+    the SFTP server log each file it opens and, at its close, the bytes read and written there
+    (`sftp_transfers` sums them): what the server saw, for tests of a client's own counts.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class SSHDServer:
         max_sessions: int = 64,
         sftp: bool = True,
         extra: tuple[str, ...] = (),
+        sftp_log: bool = False,
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
@@ -157,6 +162,7 @@ class SSHDServer:
         self.client_key = workdir / "id_ed25519"
         self.known_hosts = workdir / "known_hosts"
         self.log_path = workdir / "sshd.log"
+        self.sftp_log_path = workdir / "sftp-server.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
         host_key = workdir / "ssh_host_ed25519_key"
@@ -178,7 +184,7 @@ class SSHDServer:
                     "KbdInteractiveAuthentication no",
                     "UsePAM no",
                     "StrictModes no",
-                    "Subsystem sftp internal-sftp" if sftp else "",
+                    self._subsystem(sftp, sftp_log),
                     f"MaxSessions {max_sessions}",
                     "MaxStartups 64",
                     "LogLevel ERROR",
@@ -224,6 +230,32 @@ class SSHDServer:
                 return s.recv(8).startswith(b"SSH-")
         except OSError:
             return False
+
+    def _subsystem(self, sftp: bool, log: bool) -> str:
+        if not sftp:
+            return ""
+        if not log:
+            return "Subsystem sftp internal-sftp"
+        # internal-sftp's log does not reach sshd -e's stderr: the server program, its log
+        # (-e: to stderr) appended to a file by the login shell that runs the subsystem
+        return f"Subsystem sftp {SFTP_SERVER} -e -l INFO 2>>{self.sftp_log_path}"
+
+    def sftp_transfers(self, since: int = 0) -> dict[str, int]:
+        """From the SFTP server's log, past byte `since`: files opened and bytes read and written
+        in them (each counted when closed)."""
+        if not self.sftp_log_path.exists():
+            return {"opens": 0, "closes": 0, "bytes_read": 0, "bytes_written": 0}
+        text = self.sftp_log_path.read_bytes()[since:].decode(errors="replace")
+        closes = re.findall(r'close "[^"]*" bytes read (\d+) written (\d+)', text)
+        return {
+            "opens": len(re.findall(r'open "[^"]*" flags', text)),
+            "closes": len(closes),
+            "bytes_read": sum(int(r) for r, _w in closes),
+            "bytes_written": sum(int(w) for _r, w in closes),
+        }
+
+    def sftp_log_size(self) -> int:
+        return self.sftp_log_path.stat().st_size if self.sftp_log_path.exists() else 0
 
     def kill_sessions(self) -> None:
         """Kill every connection's server process, as if the network dropped; keep listening."""

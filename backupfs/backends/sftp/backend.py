@@ -36,7 +36,9 @@ from backupfs.errors import AlreadyExists, BackendError, NotFound, TransientBack
 
 log = logging.getLogger(__name__)
 
-_INFO = BackendInfo(local=False, append_only=False, sweeps_temporaries=True)
+# Loads at once per session: each costs two round trips (open, then the pipelined reads) that
+# only other loads in flight can hide.
+_READS_PER_SESSION = 8
 _DIR_BATCH = 256  # directories listed at once (each holds a server-side handle meanwhile)
 # Sessions per backend unless sftp_connections says otherwise (docs/backends.md has the
 # measurements): each is shared by any number of threads; with OpenSSH each is an ssh process,
@@ -428,7 +430,12 @@ class SFTPBackend:
                 raise status_error(exc, f"cannot remove {what}") from exc
 
     def info(self) -> BackendInfo:
-        return _INFO
+        return BackendInfo(
+            local=False,
+            append_only=False,
+            sweeps_temporaries=True,
+            reads_in_flight=_READS_PER_SESSION * self.connections,
+        )
 
     def remove_stale_temporaries(self, max_age: float = STALE_TEMPORARY_AGE) -> int:
         """Delete temporary files that killed writers left behind, once surely abandoned."""
