@@ -14,6 +14,7 @@ import ctypes
 import dataclasses
 import logging
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
@@ -137,6 +138,11 @@ async def _main(
             finally:
                 fuse.unmount()
                 nursery.cancel_scope.cancel()
+                log.info("requests answered: %s", _counts(ops.requests))
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(counter.items())) or "none"
 
 
 async def _stop_on_signal(signals: AsyncIterator[int], task: _Task[T] | None) -> None:

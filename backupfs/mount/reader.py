@@ -144,9 +144,10 @@ class Reader:
         return b"".join(parts)  # one copy, no zero-filling
 
     def _prefetch_siblings(self, rec: Inode, node: Node) -> None:
-        """tar, cp -r and rsync open a folder's files one after another in listing order: once
-        two opens follow that order, the next small files' chunks are fetched concurrently, so
-        each open no longer waits for its own backend read and decryption in turn."""
+        """tar, cp -r and rsync open a folder's files one after another in listing order: from
+        the first open in a folder (or once two opens follow that order), the small files from
+        there on are fetched in one job, so each open no longer waits for its own backend read
+        and decryption in turn. The file being opened is in that job: its READ waits for it."""
         parent = self._table.find(rec.parent)
         if not isinstance(parent, TreeDir):
             return
@@ -156,10 +157,10 @@ class Reader:
         i = position(nodes, node.name)
         last, ahead = self._dir_reads.pop(parent.ino, (-1, 0))
         if 0 < i - last <= _SIBLINGS_AHEAD and ahead - i <= _SIBLINGS_AHEAD // 2:
-            start = max(i + 1, ahead)
+            start = max(i, ahead)
             ahead = min(len(nodes), i + 1 + _SIBLINGS_AHEAD)
             budget = self._options.cache_bytes // 2  # what one job may hold: the cache must fit it
-            batch: list[bytes] = []
+            keys: list[bytes] = []
             pushed: dict[bytes, list[int]] = {}
             for n in nodes[start:ahead]:
                 if not (n.type == FILE and n.content and len(n.content) == 1 and n.size <= _SIBLING_FILE_MAX):
@@ -168,17 +169,17 @@ class Reader:
                 if budget < 0:
                     break
                 bid = n.content[0][1]
-                ino = self._trees.known_child(parent, n) if self._store is not None and n.content[0][0] == 0 else None
+                keys.append(bid)
+                if n is node or self._store is None or n.content[0][0] != 0:
+                    continue  # the file opened now is read at once: kept for that READ
+                ino = self._trees.known_child(parent, n)
                 if ino is not None:
                     pushed.setdefault(bid, []).append(ino)
-                else:
-                    batch.append(bid)
-            self._storage.chunks.prefetch(batch, 4 * _SIBLINGS_AHEAD)
-            if pushed:
-                # Their pages go to the kernel, which then answers the reads itself: one request
-                # per file fewer, and nothing waits in our cache (keep=False).
-                push = functools.partial(self._push_pages, pushed)
-                self._storage.chunks.prefetch(list(pushed), 4 * _SIBLINGS_AHEAD, keep=False, then=push)
+            # Pages of files whose inode the kernel holds (a readdirplus told it) go to the kernel,
+            # which then answers the reads itself: one request per file fewer, and nothing waits
+            # in our cache; the others are kept for their READs.
+            push = functools.partial(self._push_pages, pushed) if pushed else None
+            self._storage.chunks.prefetch(keys, 4 * _SIBLINGS_AHEAD, unkept=pushed.keys(), then=push)
         self._dir_reads[parent.ino] = (i, ahead)
         if len(self._dir_reads) > _MAX_DIRS_TRACKED:
             self._dir_reads.popitem(last=False)

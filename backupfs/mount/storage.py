@@ -54,20 +54,26 @@ class Storage:
             lambda bid: self._load_blob(DATA, bid),
             len,
             options.cache_bytes,
-            trio.CapacityLimiter(options.workers),
+            options.workers,
             self._load_data_blobs,
+            name="bfs-mount-chunk",
         )
         self.trees: Loader[Listing] = Loader(
             lambda tid: _compact(read_listing(self._load_blob(TREE, tid))),
             lambda nodes: len(nodes) + 1,
             options.tree_cache_nodes,
-            trio.CapacityLimiter(TREE_WORKERS),
+            TREE_WORKERS,
+            name="bfs-mount-tree",
         )
 
-    def attach(self, nursery: trio.Nursery) -> None:
-        """Where the loaders run their jobs."""
-        self.chunks.attach(nursery)
-        self.trees.attach(nursery)
+    def start(self) -> None:
+        """Starts the loaders' threads (on the trio loop that serves the filesystem)."""
+        self.chunks.start()
+        self.trees.start()
+
+    def stop(self) -> None:
+        self.chunks.stop()
+        self.trees.stop()
 
     def chunk_len(self, content: list[tuple[int, bytes]], j: int, size: int) -> int:
         """How many bytes of a file (`size` bytes) its `j`th chunk gives: its plaintext length,

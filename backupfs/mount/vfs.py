@@ -93,20 +93,23 @@ class Vfs:
 
         Requests that need them wait, so the filesystem can be mounted before either is loaded.
         """
-        async with trio.open_nursery() as nursery:
-            self._storage.attach(nursery)
-            task_status.started()
-            nursery.start_soon(self._storage.load_index)
-            if self._single:
-                self._layout.ready.set()
-                await trio.sleep_forever()  # the nursery serves the storage's tasks
-            await self._layout.load()
-            while True:
-                await trio.sleep(self.options.refresh_interval)
-                try:
-                    await self.refresh()
-                except Exception as exc:  # the repository may be unreachable for a while: keep serving
-                    log.warning("cannot refresh the snapshot list: %s", exc)
+        self._storage.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                nursery.start_soon(self._storage.load_index)
+                if self._single:
+                    self._layout.ready.set()
+                    await trio.sleep_forever()  # the nursery loads the index
+                await self._layout.load()
+                while True:
+                    await trio.sleep(self.options.refresh_interval)
+                    try:
+                        await self.refresh()
+                    except Exception as exc:  # the repository may be unreachable for a while: keep serving
+                        log.warning("cannot refresh the snapshot list: %s", exc)
+        finally:
+            self._storage.stop()
 
     async def wait_loaded(self) -> None:
         """Returns once the snapshot list and the index are loaded (requests wait for them anyway)."""
