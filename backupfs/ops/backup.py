@@ -42,6 +42,15 @@ from backupfs.repository.repo import Repository
 READ_WHOLE_MAX = 8 * 1024 * 1024
 READ_PIECE = 64 * 1024  # further reads of a file that was not at its end after `stat`'s size
 MAX_PENDING_FILES = 64  # files handed to the pool and not yet read (each holds an fd)
+# A file up to this size (by `stat`) is read by the walking thread itself, not handed to the pool:
+# its work is mostly Python per-file overhead, which holds the GIL anyway, and each hand-off
+# between threads cost more CPU (futex wake-ups) than the file's own work (docs/benchmarks.md,
+# issue 11). Larger files go to the pool, where hashing, compression and encryption release the
+# GIL and keep both cores busy.
+INLINE_FILE_MAX = 64 * 1024
+# Small files of a folder opened ahead of their reads, each with a read-ahead hint: their data
+# arrives from disk in parallel while the walker works through them one by one.
+PREFETCH_FILES = 32
 
 
 @dataclasses.dataclass
@@ -149,7 +158,9 @@ class _Dir:
     path_len: int  # its path is the walk's path buffer up to here
     plan: dict[bytes, object] | None = None  # a folder on the way to the backed-up paths: these only
     at: int = 0
-    pending: list[Node | Future[Node | None]] = dataclasses.field(default_factory=list)
+    pending: list[Node | Future[Node | None] | None] = dataclasses.field(default_factory=list)
+    # small files opened and not read yet: (their place in `pending`, fd, path, node, parent node)
+    opened: list[tuple[int, int, bytes, Node, Node | None]] = dataclasses.field(default_factory=list)
 
 
 class Archiver:
@@ -376,6 +387,9 @@ class Archiver:
                     self._skip(bytes(buf[: parent.path_len]) or b"/", exc)
                     parent.at = len(parent.names)
         finally:
+            for d in dirs:
+                for _at, fd, *_rest in d.opened:
+                    os.close(fd)
             chain.close()
 
     def _entry(self, chain: DirChain, d: _Dir, name: bytes, path: bytes) -> _Dir | None:
@@ -424,6 +438,8 @@ class Archiver:
 
     def _finish(self, d: _Dir, path: bytes) -> bytes:
         """A folder's tree, once every entry is saved (`path` is the folder's)."""
+        if d.opened:
+            self._read_opened(d)
         nodes = []
         for item in d.pending:
             node = item.result() if isinstance(item, Future) else item
@@ -474,6 +490,8 @@ class Archiver:
         if node is None:
             return None
         if node.type == DIR:
+            if d.opened:  # before the folder's own subtree: its fds are not held that long
+                self._read_opened(d)
             d.pending.append(node)
             if self.opts.one_file_system and not top_level and st.st_dev not in self._root_devs:
                 node.subtree = self._save_tree([])
@@ -500,6 +518,18 @@ class Archiver:
             d.pending.append(node)
             return None
         self.stats.add(total_files=1, total_bytes=st.st_size)
+        if st.st_size <= INLINE_FILE_MAX and st.st_nlink == 1:
+            fd = self._open_file(chain.fd, name, path)
+            if fd >= 0:
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                except OSError:
+                    pass  # not a regular file after all (checked when read), or no hint taken
+                d.opened.append((len(d.pending), fd, path, node, pnode))
+                d.pending.append(None)
+                if len(d.opened) >= PREFETCH_FILES:
+                    self._read_opened(d)
+            return None
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             first = self._hardlinks.get(key)
@@ -537,6 +567,18 @@ class Archiver:
             self._slots.release()
             raise
 
+    def _read_opened(self, d: _Dir) -> None:
+        """Reads the small files `d` holds open, in this thread, in order."""
+        opened = d.opened
+        d.opened = []
+        for i, (at, fd, path, node, pnode) in enumerate(opened):
+            try:
+                d.pending[at] = self._save_opened(fd, path, node, pnode)
+            except BaseException:
+                for _at, later, *_rest in opened[i + 1 :]:
+                    os.close(later)
+                raise
+
     def _copy_content(self, first: Future[Node | None], path: bytes, node: Node) -> Node | None:
         """Another name of an inode read in this backup: same content, no second read."""
         done = first.result()
@@ -569,12 +611,20 @@ class Archiver:
 
     def _save_file(self, dir_fd: int, name: bytes, path: bytes, node: Node, pnode: Node | None) -> Node | None:
         """File `name` of folder `dir_fd` (whose path is for messages); None if it could not be read."""
+        fd = self._open_file(dir_fd, name, path)
+        return None if fd < 0 else self._save_opened(fd, path, node, pnode)
+
+    def _open_file(self, dir_fd: int, name: bytes, path: bytes) -> int:
+        """An fd of file `name` of folder `dir_fd`, or -1 if it cannot be opened (skip recorded)."""
         try:
-            fd = _open_noatime(dir_fd, name)
+            return _open_noatime(dir_fd, name)
         except OSError as exc:
             # ELOOP: O_NOFOLLOW met a symlink where the walker saw a file
             self._skip(path, _CHANGED_TYPE if exc.errno == errno.ELOOP else exc)
-            return None
+            return -1
+
+    def _save_opened(self, fd: int, path: bytes, node: Node, pnode: Node | None) -> Node | None:
+        """The content of file `fd` (closed here) into `node`; None if it could not be read."""
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
