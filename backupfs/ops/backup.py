@@ -159,6 +159,9 @@ class _Dir:
     plan: dict[bytes, object] | None = None  # a folder on the way to the backed-up paths: these only
     at: int = 0
     pending: list[Node | Future[Node | None] | None] = dataclasses.field(default_factory=list)
+    # the parent snapshot's listing of it is exactly what a backup writes (no reader repairs): if
+    # every entry is unchanged, its stored tree is the folder's tree, with no encoding or hashing
+    reusable: bool = False
     # small files opened and not read yet: (their place in `pending`, fd, path, node, parent node)
     opened: list[tuple[int, int, bytes, Node, Node | None]] = dataclasses.field(default_factory=list)
 
@@ -191,6 +194,7 @@ class Archiver:
         # files waiting for the pool: each holds a folder fd until its job is done
         self._slots = threading.BoundedSemaphore(MAX_PENDING_FILES)
         self._root_devs: set[int] = set()
+        self._clean_parent = False  # set by each `_parent_children`
 
     # ---------------------------------------------------------------- entry points
 
@@ -434,7 +438,9 @@ class Archiver:
         present = [tag for tag in self._tags if tag.present(fd)]
         if present:  # each tag keeps only itself (two tags keep nothing: restic's rule)
             names = [n for n in names if all(n == tag.name for tag in present)]
-        return _Dir(node, pnode, self._parent_children(parent_tree), names, path_len)
+        d = _Dir(node, pnode, self._parent_children(parent_tree), names, path_len)
+        d.reusable = bool(d.parent_nodes) and self._clean_parent
+        return d
 
     def _finish(self, d: _Dir, path: bytes) -> bytes:
         """A folder's tree, once every entry is saved (`path` is the folder's)."""
@@ -445,7 +451,9 @@ class Archiver:
             node = item.result() if isinstance(item, Future) else item
             if node is not None:
                 nodes.append(node)
-        tree_id = self._save_tree(nodes)
+        tree_id = self._stored_tree(d, nodes)
+        if tree_id is None:
+            tree_id = self._save_tree(nodes)
         if d.plan is not None:
             return tree_id  # a folder on the way to a backed-up path is not counted
         if d.pnode is not None and d.pnode.subtree == tree_id:
@@ -466,13 +474,18 @@ class Archiver:
         return tree_id
 
     def _parent_children(self, tree_id: bytes | None) -> dict[bytes, Node]:
+        """The parent snapshot's entries of a folder, in stored order; `_clean_parent` says
+        whether they are exactly as stored (no reader rule changed or dropped one)."""
+        self._clean_parent = False
         if tree_id is None:
             return {}
         try:
-            return {n.name: n for n in self.repo.load_tree(tree_id)}
+            listing = self.repo.load_tree(tree_id)
         except BackupfsError as exc:
             self.stats.warnings.append(f"parent snapshot tree unreadable, reading files again: {exc}")
             return {}
+        self._clean_parent = not listing.problems and not listing.unsorted
+        return {n.name: n for n in listing}
 
     def _add(
         self, chain: DirChain, d: _Dir, name: bytes, path: bytes, st: os.stat_result, pnode: Node | None, top_level: bool
@@ -589,6 +602,18 @@ class Archiver:
         node.size = done.size
         node.file_hash = done.file_hash
         return node
+
+    def _stored_tree(self, d: _Dir, nodes: list[Node]) -> bytes | None:
+        """The parent snapshot's tree of `d` when `nodes` are its very entries (equal nodes encode
+        to equal bytes): an unchanged folder costs a comparison, not an encoding and a hash."""
+        if not d.reusable or d.pnode is None or d.pnode.subtree is None or len(nodes) != len(d.parent_nodes):
+            return None
+        if any(a != b for a, b in zip(nodes, d.parent_nodes.values(), strict=True)):
+            return None
+        if not self.repo.has_blob(d.pnode.subtree):  # e.g. a local check found its copy damaged
+            return None
+        self.stats.add(tree_blobs=1)
+        return d.pnode.subtree
 
     def _save_tree(self, nodes: list[Node]) -> bytes:
         tree_id = self._save_blob(TREE, encode_tree(nodes))[0]
