@@ -141,10 +141,10 @@ def test_the_parent_snapshot_is_named(cli: CLI, tmp_path: Path) -> None:
     src = tmp_path / "src"
     make(src, "f")
     first = summary(cli("backup", src, "--json"))
-    assert first["parent"] is None
+    assert first["parent_snapshot_id"] is None
     assert b"no parent snapshot" in cli("backup", src, "--force").stdout
     second = summary(cli("backup", src, "--json"))
-    assert second["parent"] not in (None, first["snapshot_id"])  # the --force one is the latest
+    assert second["parent_snapshot_id"] not in (None, first["snapshot_id"])  # the --force one is the latest
     human = cli("backup", src).stdout.decode()
     assert f"using parent snapshot {str(second['snapshot_id'])[:8]}" in human
 

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
-import struct
-import subprocess
-import sys
-import termios
 from pathlib import Path
 
 from support.cli import CLI
@@ -86,47 +80,3 @@ def test_foreign_files_in_the_repository_are_ignored(cli: CLI, tmp_path: Path) -
         proc = cli(*args, check=False)
         assert proc.returncode == 0 and b"error" not in proc.stderr, (args, proc.stderr)
     assert all(p.exists() for p in foreign)
-
-
-def test_progress_line_on_a_terminal_only(cli: CLI, tmp_path: Path) -> None:
-    """backup and restore show a progress line when stderr is a terminal, and none otherwise."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(200):
-        (src / f"f{i:03}").write_bytes(os.urandom(2000))
-
-    def on_a_terminal(*args: str) -> bytes:
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))  # 200 columns
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "backupfs", "-r", str(cli.repo), *args],
-                env=cli.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=slave,
-                timeout=120,
-                check=False,
-            )
-            os.close(slave)
-            slave = -1
-            out = b""
-            while True:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: the other side is closed and drained
-                    break
-                if not chunk:
-                    break
-                out += chunk
-        finally:
-            os.close(master)
-            if slave >= 0:
-                os.close(slave)
-        assert proc.returncode == 0, out
-        return out
-
-    assert b" files, " in on_a_terminal("backup", str(src)) and b" read, " in on_a_terminal("backup", str(src))
-    assert b" restored" in on_a_terminal("restore", "latest", "--target", str(tmp_path / "t"))
-    quiet = cli("backup", str(src))
-    assert b" files, " not in quiet.stderr

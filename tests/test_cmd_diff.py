@@ -67,7 +67,7 @@ def test_diff_json_lines_and_byte_summary(two_snapshots: tuple[CLI, Path, list[s
     cli, src, (old, new) = two_snapshots
     docs = [json.loads(line) for line in cli("diff", old, "latest", "--json").stdout.splitlines()]
     stats = docs[-1]
-    assert stats["message_type"] == "statistics" and stats["source_snapshot"] == old and stats["target_snapshot"] == new
+    assert stats["message_type"] == "statistics" and stats["source_snapshot_id"] == old and stats["target_snapshot_id"] == new
     assert {d["message_type"] for d in docs[:-1]} == {"change"}
     edit = next(d for d in docs if d.get("path") == f"{src}/work/edit")
     assert edit == {

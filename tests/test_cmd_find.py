@@ -42,13 +42,13 @@ def test_find_by_glob_newest_snapshot_first(repo_with_history: tuple[CLI, Path, 
     assert out[0].startswith(f"Found matching entries in snapshot {first[:8]} from ")
     assert out[1].endswith(f"  {src}/music/song.mp3") and "1.953 KiB" in out[1]  # time, size, path
     docs = json.loads(cli("find", "*.pdf", "--json").stdout)
-    assert [d["snapshot"] for d in docs] == [second, first]  # newest first, as restic
+    assert [d["snapshot_id"] for d in docs] == [second, first]  # newest first, as restic
     assert [m["path"] for m in docs[0]["matches"]] == [f"{src}/docs/report.pdf"]
     assert docs[0]["hits"] == 1 and docs[0]["matches"][0]["size"] == 800
     assert docs[0]["matches"][0]["mtime"].startswith("2023-11-1")  # RFC 3339 with zone
     # -i: case does not matter; -R: oldest first
     docs = json.loads(cli("find", "*.pdf", "-i", "-R", "--json").stdout)
-    assert [d["snapshot"] for d in docs] == [first, second]
+    assert [d["snapshot_id"] for d in docs] == [first, second]
     assert sorted(m["path"] for m in docs[0]["matches"]) == [f"{src}/docs/old/Report.PDF", f"{src}/docs/report.pdf"]
 
 
@@ -59,7 +59,7 @@ def test_find_folder_name_includes_its_contents_and_anchored_paths(
     docs = json.loads(cli("find", "old", "--snapshot", second, "--json").stdout)
     assert [m["path"] for m in docs[0]["matches"]] == [f"{src}/docs/old", f"{src}/docs/old/Report.PDF"]
     docs = json.loads(cli("find", f"{src}/docs/*.txt", "--json").stdout)
-    assert [(d["snapshot"], [m["path"] for m in d["matches"]]) for d in docs] == [(second, [f"{src}/docs/notes.txt"])]
+    assert [(d["snapshot_id"], [m["path"] for m in d["matches"]]) for d in docs] == [(second, [f"{src}/docs/notes.txt"])]
     assert json.loads(cli("find", "/nowhere/*", "--json").stdout) == []
 
 
@@ -70,7 +70,7 @@ def test_find_time_bounds_and_snapshot_filters(repo_with_history: tuple[CLI, Pat
     docs = json.loads(cli("find", "*.pdf", "-i", "--oldest", "2020-01-01T00:00:00+00:00", "--json").stdout)
     assert {m["path"] for d in docs for m in d["matches"]} == {f"{src}/docs/report.pdf"}
     docs = json.loads(cli("find", "*.pdf", "--tag", "first", "--json").stdout)
-    assert [d["snapshot"] for d in docs] == [first]
+    assert [d["snapshot_id"] for d in docs] == [first]
 
 
 def test_find_blob_and_tree_ids(repo_with_history: tuple[CLI, Path, list[str]]) -> None:
@@ -84,13 +84,13 @@ def test_find_blob_and_tree_ids(repo_with_history: tuple[CLI, Path, list[str]]) 
     assert pdf.content and docs_dir.subtree
     blob = pdf.content[0][1].hex()
     hits = json.loads(cli("find", "--blob", blob[:10], "--json").stdout)
-    assert {(h["snapshot"], h["path"], h["object_type"]) for h in hits} == {
+    assert {(h["snapshot_id"], h["path"], h["object_type"]) for h in hits} == {
         (second, f"{src}/docs/report.pdf", "blob"),
         (first, f"{src}/docs/report.pdf", "blob"),
     }
     assert all(h["id"] == blob and h["pack"] and h["parent_tree"] for h in hits)
     hits = json.loads(cli("find", "--tree", docs_dir.subtree.hex(), "--json").stdout)
-    assert [(h["snapshot"], h["path"]) for h in hits] == [(first, f"{src}/music")]
+    assert [(h["snapshot_id"], h["path"]) for h in hits] == [(first, f"{src}/music")]
     text = cli("find", "--tree", docs_dir.subtree.hex()[:8]).stdout.decode()
     assert f" ... path {src}/music" in text and f"in snapshot {first[:8]}" in text
 

@@ -72,7 +72,7 @@ def test_tag_through_append_only_server_adds_and_hides(tagged: tuple[CLI, Path],
         # the hidden versions cannot be tagged by mistake: the error names the snapshot to use
         msg = one_line_error(client("tag", old[:8], "--add", "x", check=False), 2)
         assert f"replaced by {second[:8]}" in msg
-        assert json.loads(client("find", "f", "--json").stdout)[0]["snapshot"] == second
+        assert json.loads(client("find", "f", "--json").stdout)[0]["snapshot_id"] == second
     # on the server, forget removes the snapshot with the versions it hides (they would reappear)
     cli("forget", second)
     assert _snapshot_files(cli.repo) == set()

@@ -179,7 +179,8 @@ def test_damaged_old_snapshot_does_not_stop_backups(damaged: tuple[CLI, Path]) -
     assert old.name in err and str(src / "dir").encode() in proc.stdout
     proc = cli("backup", src)  # the damaged snapshot cannot be its parent: everything is read again
     assert f"warning: snapshot {old.name[:8]} is unreadable".encode() in proc.stderr
-    assert len(json.loads(cli("snapshots", "--json", check=False).stdout)) == 2
+    listing, error = cli("snapshots", "--json", check=False).stdout.splitlines()  # --json: the failure last
+    assert len(json.loads(listing)) == 2 and json.loads(error)["code"] == 4
     err = assert_clean_failure(cli("check", check=False), 4)
     assert old.name in err
 

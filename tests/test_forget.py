@@ -112,7 +112,7 @@ def test_json_lists_groups_with_keep_remove_and_reasons(fcli: CLI, tmp_path: Pat
     assert groups["alpha"]["paths"] == ["/data"] and groups["alpha"]["tags"] is None
     assert [s["id"] for s in groups["alpha"]["keep"]] == [ids[4]]
     assert {s["id"] for s in groups["alpha"]["remove"]} == set(ids[:4])
-    assert groups["alpha"]["reasons"] == [{"snapshot": ids[4], "matches": ["last snapshot"]}]
+    assert groups["alpha"]["reasons"] == [{"snapshot_id": ids[4], "matches": ["last snapshot"]}]
     assert [s["id"] for s in groups["beta"]["keep"]] == [ids[6]]
     assert set(js["removed"]) == set(ids[:4]) | {ids[5]}
     assert snapshot_ids(fcli) == set(ids)

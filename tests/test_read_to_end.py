@@ -134,7 +134,7 @@ def test_file_growing_while_read_is_saved_whole_and_reported(
     assert f"warning: {log}: file changed while reading" in err
     result = json.loads(out.splitlines()[-1])
     assert result["files_changed_during_backup"] == 1
-    assert result["changed_during_backup"] == [str(log)]
+    assert result["changed_during_backup"] == [{"path": str(log)}]
 
 
 def test_sparse_file_growing_while_read_keeps_its_holes_and_the_new_tail(

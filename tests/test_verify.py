@@ -71,7 +71,16 @@ def drill(cli: CLI, *args: str | os.PathLike[str], check: bool = False) -> tuple
     proc = cli("verify", "--json", *args, check=check)
     err = proc.stderr.decode(errors="replace")
     assert "Traceback" not in err and "internal error" not in err, err
-    return proc.returncode, json.loads(proc.stdout.splitlines()[-1]), err
+    if proc.returncode != 0:  # --json: a failure's error document is the last line
+        assert json.loads(proc.stdout.splitlines()[-1])["code"] == proc.returncode
+    return proc.returncode, document(proc.stdout), err
+
+
+def document(text: str | bytes, message_type: str = "summary") -> dict[str, object]:
+    """The one document of `message_type` among --json's lines: progress (`status`) lines may
+    come before a summary, an error document after it."""
+    [found] = [d for d in map(json.loads, text.splitlines()) if d["message_type"] == message_type]
+    return found  # type: ignore[no-any-return]
 
 
 def records(repo: Path) -> list[VerifyRecord]:
@@ -130,7 +139,7 @@ def test_a_clean_drill_passes_is_recorded_and_shows_in_snapshots_and_status(cli:
     assert snap["last_verified"]["ok"] is True
     assert "Verified" in cli("snapshots").stdout.decode()
     status = cli("verify", "--status", "--max-age", "1d", "--json")
-    assert json.loads(status.stdout)["coverage_7d"] == 1.0
+    assert document(status.stdout, "verify_status")["coverage_7d"] == 1.0
 
 
 def test_status_exit_codes_say_failed_or_too_old(cli: CLI, src: Path) -> None:
@@ -187,7 +196,7 @@ def test_a_damaged_chunk_is_caught_and_named(cli: CLI, src: Path) -> None:
     code, out, _err = drill(cli, "--max-bytes", "100M")
     assert code == EXIT_INTEGRITY
     [failure] = out["failures"]  # type: ignore[misc]
-    assert failure["snapshot"] == sid and failure["path"] == f"{src}/big.bin"
+    assert failure["snapshot_id"] == sid and failure["path"] == f"{src}/big.bin"
     assert "not restored" in failure["what"] and "authentication failed" in failure["what"]
     assert out["files_verified"] == 2
     text = cli("verify", "--max-bytes", "100M", check=False).stderr.decode()
@@ -234,7 +243,7 @@ def test_a_restore_bug_is_caught_and_named(
     assert code == 0, err  # the restore itself sees nothing
     code, out, err = in_process("verify", "--max-bytes", "100M", "--json")
     assert code == EXIT_INTEGRITY, err
-    summary = json.loads(out.splitlines()[-1])
+    summary = document(out)
     [failure] = summary["failures"]
     assert failure["path"] == f"{src}/big.bin"
     expect = "the chunk at offset 0" if old_snapshot else "(whole-file hash)"
@@ -251,7 +260,7 @@ def test_metadata_the_restore_failed_to_set_is_named(
     monkeypatch.setattr(restore_mod.fsmeta, "apply_metadata_fd", lambda fd, node, owner: [])
     code, out, err = in_process("verify", "--files", "1", "--json", "--seed", "1")
     assert code == EXIT_INTEGRITY, err
-    [failure] = json.loads(out.splitlines()[-1])["failures"]
+    [failure] = document(out)["failures"]
     assert "its mode is 600, the backup says" in failure["what"] and "its mtime is" in failure["what"]
 
 
@@ -353,7 +362,7 @@ def test_rotation_reads_every_pack_in_as_many_drills_as_there_are_packs(
         assert new not in seen, f"drill {run} read a pack that was read before"
         seen.add(new)
     assert seen == packs
-    assert json.loads(cli("verify", "--status", "--json").stdout)["coverage_7d"] == 1.0
+    assert document(cli("verify", "--status", "--json").stdout, "verify_status")["coverage_7d"] == 1.0
 
 
 def _tree_packs(r: Repository) -> set[bytes]:
@@ -442,7 +451,7 @@ def test_max_duration_stops_between_batches_and_says_so(
     monkeypatch.setattr(restore_mod.Restorer, "run", slow_run)
     code, out, err = in_process("verify", "--max-bytes", "1G", "--max-duration", "1m", "--json")
     assert code == 0, err
-    summary = json.loads(out.splitlines()[-1])
+    summary = document(out)
     assert summary["stopped_at_max_duration"] and summary["files_verified"] == 2 and summary["files_not_reached"] == 2
     [record] = records(cli.repo)
     assert record.ok and record.files == 2
@@ -457,10 +466,10 @@ def test_a_drill_of_an_append_only_server_records_its_result_there(
         remote("init")
         remote("backup", src)
         code, out, err = drill(remote, "--max-bytes", "100M")
-        assert code == 0 and out["record"], err
-        assert (tmp_path / "srv" / "repo" / "verify" / str(out["record"])).is_file()
-        assert json.loads(remote("verify", "--status", "--json").stdout)["ok"]
-        cached = list((tmp_path / "cache" / "backupfs").glob(f"*/verify/{out['record']}"))
+        assert code == 0 and out["record_id"], err
+        assert (tmp_path / "srv" / "repo" / "verify" / str(out["record_id"])).is_file()
+        assert document(remote("verify", "--status", "--json").stdout, "verify_status")["ok"]
+        cached = list((tmp_path / "cache" / "backupfs").glob(f"*/verify/{out['record_id']}"))
         assert len(cached) == 1  # read once, then from the cache
         [snap] = json.loads(remote("snapshots", "--json").stdout)
         assert snap["last_verified"]["ok"] is True

@@ -46,7 +46,19 @@ class LocalBackend:
         return os.path.join(self.root, layout.path(ftype, name))
 
     def exists(self) -> bool:
-        return os.path.exists(os.path.join(self.root, layout.CONFIG_NAME))
+        """A folder this user may not read is not "no repository": say why it cannot be opened."""
+        try:
+            os.stat(os.path.join(self.root, layout.CONFIG_NAME))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except PermissionError as exc:
+            raise BackendError(
+                f"cannot open the repository at {self.root}: permission denied "
+                "(run as the user that owns it, or give this user access)"
+            ) from exc
+        except OSError as exc:
+            raise _oserror(exc, f"cannot open the repository at {self.root}") from exc
+        return True
 
     def create(self) -> None:
         if self.exists():

@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
-import json
 import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from backupfs.backends import registry
 from backupfs.backends.base import Backend
-from backupfs.cli._quote import escape
+from backupfs.cli._output import err
 from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError
 from backupfs.repository.cache import default_cache_dir
 from backupfs.repository.repo import Repository
@@ -152,30 +150,6 @@ def cache_dir(args: argparse.Namespace) -> str | None:
     return getattr(args, "cache_dir", None) or os.environ.get("BACKUPFS_CACHE_DIR") or default_cache_dir()
 
 
-def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
-    sys.stdout.flush()
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, bytes):
-        return obj.hex()
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
-
-
-def err(msg: str) -> None:
-    """One line on stderr; stored names in it are escaped (they may hold newlines or escapes)."""
-    sys.stderr.write(escape(msg) + "\n")
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def format_time(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
 
@@ -185,33 +159,6 @@ def iso_time(ns: int) -> str:
     tm = time.localtime(sec)
     off = time.strftime("%z", tm)
     return time.strftime("%Y-%m-%dT%H:%M:%S", tm) + f".{frac:09d}" + off[:3] + ":" + off[3:]
-
-
-class Progress:
-    """A one-line status on a terminal's stderr, at most every 0.2 s; silent elsewhere."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._last = 0.0
-
-    def due(self) -> bool:
-        """Whether a line would be shown now: callers per file check it before formatting one."""
-        return self.enabled and time.monotonic() - self._last >= 0.2
-
-    def show(self, line: str, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if force or now - self._last >= 0.2:
-            self._last = now
-            width = os.get_terminal_size(sys.stderr.fileno()).columns if sys.stderr.isatty() else 80
-            sys.stderr.write("\r\x1b[K" + line[: max(10, width - 1)])
-            sys.stderr.flush()
-
-    def done(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
 
 
 def parse_size(text: str) -> int:

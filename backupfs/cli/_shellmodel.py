@@ -22,8 +22,13 @@ ENVIRONMENT = (
     ("BACKUPFS_FROM_PASSWORD, BACKUPFS_FROM_PASSWORD_FILE, BACKUPFS_FROM_PASSWORD_COMMAND", "copy: its password"),
     ("BACKUPFS_REST_USERNAME, BACKUPFS_REST_PASSWORD", "credentials for rest: repositories"),
     ("BACKUPFS_REST_CACERT", "CA certificate for an https rest: server"),
+    ("BACKUPFS_PROGRESS_FPS", "progress updates a second (default 10 on a terminal, 1 with --json; at most 60)"),
     ("BACKUPFS_DEBUG", "set to 1 to print a traceback for an internal error"),
     ("XDG_CACHE_HOME", "where the cache folder is when none is given (default ~/.cache)"),
+    (
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, AWS_DEFAULT_REGION, AWS_CA_BUNDLE",
+        "credentials and settings for s3: repositories (docs/backends.md)",
+    ),
 )
 EXIT_STATUS = (
     (0, "success"),
@@ -35,7 +40,8 @@ EXIT_STATUS = (
     (11, "repository is locked"),
     (12, "wrong password"),
     (13, "the repository lock was lost"),
-    (130, "interrupted"),
+    (130, "interrupted (Ctrl-C)"),
+    (143, "ended by SIGTERM (129: SIGHUP); the lock is removed, no snapshot saved"),
 )
 
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import threading
 
-from backupfs.cli._common import Progress, err, format_time, human_size, open_repository, parse_size, print_json
+from backupfs.cli._common import format_time, iso_time, open_repository, parse_size
+from backupfs.cli._output import err, human_size, print_json, print_line
+from backupfs.cli._progress import Progress, backup_figures, progress_mode, stream_figures
 from backupfs.cli._quote import escape, json_name
 from backupfs.errors import BackupfsError, UsageError
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, Node
-from backupfs.ops.backup import Archiver, BackupOptions, BackupStats
+from backupfs.ops.backup import Archiver, BackupOptions
 from backupfs.ops.excludes import TagFile, read_exclude_file
 from backupfs.ops.sources import ListKind, parse_files_from
+from backupfs.repository.retention import ProtectStats
 
 EXIT_SKIPPED = 3
 _PATTERNS = "patterns: see docs/usage.md (a later !PATTERN takes back what an earlier one matched)"
@@ -28,7 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "(a missing PATH included); they are listed on stderr.",
         epilog=_PATTERNS,
     )
-    p.add_argument("paths", nargs="*", metavar="PATH", help="files and folders to back up (missing ones are skipped)")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="files and folders to back up (missing ones are skipped; with --stdin-from-command: the command)",
+    )
     p.add_argument("-n", "--dry-run", action="store_true", help="read and hash everything, write nothing to the repository")
     p.add_argument(
         "-v", "--verbose", action="store_true", help="list each file and folder as new, modified or unchanged"
@@ -46,8 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="back up the paths in FILE, each ended by a NUL byte, as `find -print0` writes (- reads stdin)",
     )  # fmt: skip
     p.add_argument(
-        "-e", "--exclude", action="append", default=[], metavar="PATTERN", help="leave out what matches (repeatable)"
-    )
+        "-e", "--exclude", action="append", default=[], metavar="PATTERN",
+        help="leave out what matches (repeatable; syntax: docs/usage.md)",
+    )  # fmt: skip
     p.add_argument(
         "--iexclude", action="append", default=[], metavar="PATTERN", help="as --exclude, ignoring case"
     )
@@ -116,40 +126,36 @@ def run(args: argparse.Namespace) -> int:
         if args.files_from or args.files_from_verbatim or args.files_from_raw:
             raise UsageError("nothing to back up: the --files-from lists name no path")
         raise UsageError("nothing to back up: give at least one path (or --stdin)")
-    progress = Progress(not args.quiet and not args.json)
-
-    def report(stats: BackupStats, path: str) -> None:
-        if not progress.due():  # called for every file: format nothing in between
-            return
-        progress.show(
-            f"{stats.files_new + stats.files_changed + stats.files_unchanged} files, "
-            f"{human_size(stats.bytes_read)} read, {human_size(archiver.added_bytes)} added  {path}"
-        )
+    if args.stdin_from_command and not opts.paths:
+        raise UsageError("--stdin-from-command needs a command after --")
+    if args.stdin and opts.paths:
+        raise UsageError("--stdin takes no paths")
+    stream = args.stdin or args.stdin_from_command
 
     def item(action: str, path: bytes, node: Node) -> None:
-        progress.done()  # the status line is drawn again at the next file
         if args.json:
             size = node.size if node.type == FILE else None
             print_json({"message_type": "verbose_status", "action": action, **json_name("item", path), "size": size})
-        else:
-            shown = escape(path) + ("/" if node.type == DIR else "")
-            print(f"{action:<9} {shown}")
+        else:  # under the status line's lock: it is cleared first and drawn again below
+            print_line(f"{action:<9} {escape(path)}{'/' if node.type == DIR else ''}")
 
     with open_repository(args, lock="shared") as repo:
-        archiver = Archiver(repo, opts, report if progress.enabled else None, item if args.verbose else None)
-        if args.stdin_from_command:
-            if not opts.paths:
-                raise UsageError("--stdin-from-command needs a command after --")
-            snap_id, snap = _backup_command(archiver, opts.paths, args.stdin_filename)
-        elif args.stdin:
-            if opts.paths:
-                raise UsageError("--stdin takes no paths")
-            snap_id, snap = archiver.run_stream(args.stdin_filename, sys.stdin.buffer)
-        else:
-            snap_id, snap = archiver.run()
+        archiver = Archiver(
+            repo,
+            opts,
+            on_item=item if args.verbose else None,
+            scan=not stream and progress_mode(args.quiet, args.json) != "off",
+        )
+        figures = stream_figures(archiver.stats) if stream else backup_figures(archiver)
+        with Progress(args.quiet, args.json, figures):
+            if args.stdin_from_command:
+                snap_id, snap = _backup_command(archiver, opts.paths, args.stdin_filename)
+            elif args.stdin:
+                snap_id, snap = archiver.run_stream(args.stdin_filename, sys.stdin.buffer)
+            else:
+                snap_id, snap = archiver.run()
     locked = repo.retention_stats
     promise = snap.time_ns + repo.config.object_lock.days * 86400 * 10**9 if repo.config.object_lock else 0
-    progress.done()
     stats = archiver.stats
     for path, msg in stats.skipped:
         err(f"error: {path}: {msg}")
@@ -163,12 +169,12 @@ def run(args: argparse.Namespace) -> int:
             {
                 "message_type": "summary",
                 **stats.as_dict(),
-                "changed_during_backup": stats.changed_during_read,
-                "skipped_paths": [{"path": path, "error": msg} for path, msg in stats.skipped],
-                "parent": parent,
+                "skipped_paths": [{**_path_json(path), "error": msg} for path, msg in stats.skipped],
+                "changed_during_backup": [_path_json(path) for path in stats.changed_during_read],
+                "parent_snapshot_id": parent,
                 "dry_run": args.dry_run,
                 "snapshot_id": snap_id,
-                **({"object_lock": locked.as_dict()} if locked is not None else {}),
+                **({"object_lock": _lock_json(locked)} if locked is not None else {}),
             }
         )
     elif not args.quiet:
@@ -176,6 +182,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"using parent snapshot {parent[:8]}" if parent else "no parent snapshot: every file was read")
         print(f"Files:  {stats.files_new:6} new, {stats.files_changed:6} changed, {stats.files_unchanged:6} unmodified")
         print(f"Dirs:   {stats.dirs_new:6} new, {stats.dirs_changed:6} changed, {stats.dirs_unchanged:6} unmodified")
+        print(
+            f"Others: {stats.others_new:6} new, {stats.others_changed:6} changed, "
+            f"{stats.others_unchanged:6} unmodified  (symlinks, devices, fifos)"
+        )
         if args.dry_run:
             print(f"Would add to the repository: {human_size(stats.data_added)} (before compression)")
         else:
@@ -197,6 +207,16 @@ def run(args: argparse.Namespace) -> int:
         err(f"Warning: {len(stats.skipped)} files could not be read and are missing from {where}")
         return EXIT_SKIPPED
     return 0
+
+
+def _lock_json(locked: ProtectStats) -> dict[str, object]:
+    """Object Lock's cost, its date RFC 3339 as every time in JSON (null: nothing extended)."""
+    return {**locked.as_dict(), "until": iso_time(int(locked.until * 1e9)) if locked.until else None}
+
+
+def _path_json(path: str) -> dict[str, str]:
+    """A source path as `json_name` gives stored names: exact, even when it is not UTF-8."""
+    return json_name("path", os.fsencode(path))
 
 
 def _read_list(name: str, kind: ListKind) -> bytes:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from backupfs.cli._args import days
-from backupfs.cli._common import cache_dir, err, format_time, human_size, iso_time, print_json
+from backupfs.cli._common import cache_dir, format_time, iso_time
+from backupfs.cli._output import err, human_size, print_json
 from backupfs.errors import UsageError
 from backupfs.repository.cache import MAX_AGE, is_old, list_caches, remove
 

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json:
+        raise UsageError("cat writes the file itself to standard output: use `dump SNAPSHOT PATH --target FILE --json`")
     out = sys.stdout.buffer
     with open_repository(args, lock="shared") as repo:
         _sid, snap = repo.find_snapshot(args.snapshot)

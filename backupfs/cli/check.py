@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from backupfs.cli._common import err, open_repository, print_json
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import err, print_json
+from backupfs.cli._progress import Progress, check_figures
 from backupfs.cli._quote import escape
 from backupfs.errors import IntegrityError
-from backupfs.ops.check import Checker
+from backupfs.ops.check import Checker, select_subset
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,10 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.read_data_subset:
+        select_subset([], args.read_data_subset)  # a bad value fails now, not after the structure checks
     quiet = args.quiet or args.json
     with open_repository(args, lock="shared", load_index=False) as repo:
         checker = Checker(repo, log=(lambda _m: None) if quiet else err)
-        result = checker.run(read_data=args.read_data, subset=args.read_data_subset)
+        reading = bool(args.read_data or args.read_data_subset)  # the long part: progress for it
+        with Progress(args.quiet or not reading, args.json, check_figures(checker.result)):
+            result = checker.run(read_data=args.read_data, subset=args.read_data_subset)
     if args.json:
         print_json(
             {

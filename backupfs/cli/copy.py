@@ -11,7 +11,9 @@ import sys
 import time
 from collections.abc import Iterator
 
-from backupfs.cli._common import err, human_size, open_backend, open_repository, print_json
+from backupfs.cli._common import open_backend, open_repository
+from backupfs.cli._output import err, human_size, print_json
+from backupfs.cli._progress import Progress, copy_figures
 from backupfs.cli.snapshots import add_filter_args, matches
 from backupfs.errors import BackupfsError, RepositoryNotFound, UsageError, WrongPassword
 from backupfs.format.snapshot import Snapshot
@@ -113,7 +115,10 @@ def run(args: argparse.Namespace) -> int:
         if src.header.repo_id == dst.header.repo_id:
             raise UsageError("source and destination are the same repository")
         selected, everything = _select(src, args)
-        with Copier(src, dst, log=log) as copier:
+        with (
+            Copier(src, dst, log=log) as copier,
+            Progress(args.quiet, args.json, copy_figures(copier.stats, len(selected))),
+        ):
             copier.copy_all(selected, everything)
         stats, added = copier.stats, dst.stats_added_bytes
     elapsed = time.monotonic() - start

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from backupfs.cli._common import human_size, open_repository, print_json
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import human_size, print_json
+from backupfs.cli._quote import json_name
 from backupfs.errors import UsageError
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, TYPE_NAMES, Node
@@ -64,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
         print_json(
             {
                 "message_type": "statistics",
-                "source_snapshot": sid1,
-                "target_snapshot": sid2,
-                "path": os.fsdecode(base or b"/"),
+                "source_snapshot_id": sid1,
+                "target_snapshot_id": sid2,
+                **json_name("path", base or b"/"),
                 "changed_files": stats.changed_files,
                 "metadata_changed": stats.metadata_changed,
                 "type_changed": stats.type_changed,
@@ -102,7 +103,7 @@ def change_json(change: Change) -> dict[str, object]:
     old, new = change.old, change.new
     return {
         "message_type": "change",
-        "path": os.fsdecode(change.path or b"/"),
+        **json_name("path", change.path or b"/"),
         "modifier": change.modifier,
         "type": TYPE_NAMES[change.node.type],
         "size_before": old.size if old is not None and old.type == FILE else None,

@@ -11,7 +11,9 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from backupfs.cli._common import err, open_repository, print_json
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import err, print_json
+from backupfs.cli._quote import json_name
 from backupfs.errors import IntegrityError, UsageError
 from backupfs.format.tree import FILE
 from backupfs.ops.dump import Dumper
@@ -71,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
         print_json(
             {
                 "message_type": "summary",
-                "path": os.fsdecode(path),
+                **json_name("path", path),
                 "target": args.target,
                 "format": args.archive if archive else "file",
                 "bytes_written": out.count,
-                "damaged": [os.fsdecode(p) for p in dumper.damaged],
+                "damaged": [json_name("path", p) for p in dumper.damaged],
             }
         )
     if dumper.damaged:

@@ -8,7 +8,9 @@ import stat
 import sys
 
 from backupfs.cli._args import point_in_time
-from backupfs.cli._common import format_time, human_size, iso_time, open_repository, print_json
+from backupfs.cli._common import format_time, iso_time, open_repository
+from backupfs.cli._output import human_size, print_json
+from backupfs.cli._quote import json_name
 from backupfs.cli.ls import node_json
 from backupfs.cli.snapshots import add_filter_args, matches
 from backupfs.errors import UsageError
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                     out.write(_line(path, node, args.long) + b"\n")
                 hits += 1
             if hits and args.json:
-                found.append({"snapshot": sid, "time": iso_time(snap.time_ns), "hits": hits, "matches": matches})
+                found.append({"snapshot_id": sid, "time": iso_time(snap.time_ns), "hits": hits, "matches": matches})
             elif hits:
                 out.write(b"\n")
         out.flush()
@@ -144,9 +146,9 @@ def _hit_json(repo: Repository, hit: IdHit, sid: str, snap: Snapshot) -> dict[st
     return {
         "object_type": hit.kind,
         "id": hit.id.hex(),
-        "path": os.fsdecode(hit.path),
+        **json_name("path", hit.path),
         "parent_tree": hit.parent_tree.hex() if hit.parent_tree else None,
         "pack": loc.pack_id.hex() if loc is not None else None,
-        "snapshot": sid,
+        "snapshot_id": sid,
         "time": iso_time(snap.time_ns),
     }

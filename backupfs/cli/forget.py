@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from backupfs.backends.base import FileType
-from backupfs.cli._common import format_time, open_repository, print_json
+from backupfs.cli._common import format_time, open_repository
+from backupfs.cli._output import print_json
 from backupfs.cli._quote import escape
-from backupfs.cli.prune import add_prune_args, held_lines, prune_options, prune_repository, refuse_no_lock
+from backupfs.cli.prune import add_prune_args, held_json, held_lines, prune_options, prune_repository, refuse_no_lock
 from backupfs.cli.snapshots import add_filter_args, snapshot_json
 from backupfs.errors import UnderRetention, UsageError
 from backupfs.format.snapshot import Snapshot
@@ -125,7 +126,7 @@ def _by_id(repo: Repository, args: argparse.Namespace) -> list[str]:
     found = dict(repo.find_snapshot(ref, snapshots) for ref in args.snapshots)
     ids, held = _remove(repo, list(found), found, args.dry_run)
     if args.json:
-        print_json({"message_type": "forget", "dry_run": args.dry_run, "removed": ids, **_held_json(held)})
+        print_json({"message_type": "forget", "dry_run": args.dry_run, "removed": ids, **held_json(held)})
     elif not args.quiet:
         verb = "would remove" if args.dry_run else "removed"
         for sid in ids:
@@ -152,7 +153,7 @@ def _by_policy(repo: Repository, args: argparse.Namespace, policy: Policy) -> li
                 "policy": policy.describe(),
                 "groups": [_group_json(plan, snaps) for plan in plans],
                 "removed": remove,
-                **_held_json(held),
+                **held_json(held),
             }
         )
     elif not args.quiet:
@@ -188,8 +189,6 @@ def _print_held(held: Held) -> None:
         print(line)
 
 
-def _held_json(held: Held) -> dict[str, object]:
-    return {"locked": held.as_dict()} if held else {}
 
 
 def _adapt(sid: str, snap: Snapshot) -> PolicySnapshot:
@@ -206,7 +205,7 @@ def _group_json(plan: GroupPlan[PolicySnapshot], snaps: dict[str, Snapshot]) -> 
         "tags": list(key.tags) if key.tags is not None else None,
         "keep": [snapshot_json(sn.id, snaps[sn.id]) for sn in plan.keep],
         "remove": [snapshot_json(sn.id, snaps[sn.id]) for sn in plan.remove],
-        "reasons": [{"snapshot": d.snapshot.id, "matches": list(d.reasons)} for d in plan.decisions if d.keep],
+        "reasons": [{"snapshot_id": d.snapshot.id, "matches": list(d.reasons)} for d in plan.decisions if d.keep],
     }
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 
 from backupfs.cli import _completion, _manpage
-from backupfs.cli._common import err, print_json
+from backupfs.cli._output import err, print_json
 from backupfs.cli._shellmodel import model
 from backupfs.cli.main import build_parser
 from backupfs.errors import UsageError

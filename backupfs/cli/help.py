@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from backupfs.cli._output import print_json
 from backupfs.cli.main import COMMANDS, build_parser, close_matches
 from backupfs.errors import UsageError
 
@@ -16,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     if args.topic is None:
-        build_parser("").print_help()
+        _show(args, None, build_parser("").format_help())
         return 0
     if args.topic not in COMMANDS:
         close = close_matches(args.topic, list(COMMANDS))
@@ -24,5 +26,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown command {args.topic!r}{hint}")
     parser = build_parser(args.topic)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    sub.choices[args.topic].print_help()
+    _show(args, args.topic, sub.choices[args.topic].format_help())
     return 0
+
+
+def _show(args: argparse.Namespace, topic: str | None, text: str) -> None:
+    if args.json:
+        print_json({"message_type": "help", "command": topic, "text": text})
+    else:
+        sys.stdout.write(text)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from backupfs.chunker import DEFAULT_PARAMS
-from backupfs.cli._common import backend_options, err, get_password, open_backend, print_json, repo_url
+from backupfs.cli._common import backend_options, get_password, open_backend, repo_url
+from backupfs.cli._output import err, print_json
 from backupfs.cli.copy import add_from_repo_args, open_from_repository
 from backupfs.crypto import SUITES, MasterKey
 from backupfs.errors import UsageError
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(
             {
                 "message_type": "initialized",
-                "id": repo_id,
+                "repository_id": repo_id,
                 "repository": backend.location,
                 **({"object_lock": lock.encode()} if lock else {}),
             }

@@ -8,15 +8,15 @@ import sys
 
 from backupfs.cli._common import (
     backend_options,
-    err,
     format_time,
     get_password,
+    iso_time,
     new_password,
     open_backend,
     open_repository,
-    print_json,
     repo_url,
 )
+from backupfs.cli._output import err, print_json
 from backupfs.cli._qrhtml import key_html
 from backupfs.cli._quote import escape
 from backupfs.errors import BackupfsError, RepositoryNotFound, UnderRetention, UsageError
@@ -89,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
                         {
                             "id": k.name,
                             "current": k.current,
-                            "userName": k.user,
-                            "hostName": k.host,
-                            "created": format_time(k.created_ns),
+                            "username": k.user,
+                            "hostname": k.host,
+                            "created": iso_time(k.created_ns),
                         }
                         for k in keys
                     ]
@@ -103,13 +103,13 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{mark}{k.name[:8]}  {escape(k.user):<10}  {escape(k.host):<20} {format_time(k.created_ns)}")
         elif args.key_command == "add":
             name = repo.add_key(new_password(args))
-            err(f"saved new key {name[:8]}")
+            _done(args, {"message_type": "key_added", "key_id": name}, f"saved new key {name[:8]}")
         elif args.key_command == "remove":
             try:
                 repo.remove_key(args.id)
             except UnderRetention as exc:
                 raise BackupfsError(f"key {args.id} not removed: {_kept(exc)}") from exc
-            err(f"removed key {args.id}")
+            _done(args, {"message_type": "key_removed", "key_id": args.id}, f"removed key {args.id}")
         else:
             old = repo.key_name
             try:
@@ -119,8 +119,17 @@ def run(args: argparse.Namespace) -> int:
                     f"saved new key {repo.key_name[:8]}, but the old key {old[:8]} stays: {_kept(exc)}; "
                     "until then the old password opens the repository too"
                 ) from exc
-            err(f"saved new key {name[:8]}, removed the old one")
+            _done(
+                args, {"message_type": "key_changed", "key_id": name}, f"saved new key {name[:8]}, removed the old one"
+            )
     return 0
+
+
+def _done(args: argparse.Namespace, doc: dict[str, object], line: str) -> None:
+    if args.json:
+        print_json(doc)
+    elif not args.quiet:
+        err(line)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -13,7 +13,8 @@ import os
 import stat
 import sys
 
-from backupfs.cli._common import err, format_time, iso_time, open_repository, print_json
+from backupfs.cli._common import format_time, iso_time, open_repository
+from backupfs.cli._output import err, print_json
 from backupfs.cli._quote import escape, json_name
 from backupfs.cli.snapshots import snapshot_json
 from backupfs.errors import IntegrityError
@@ -48,6 +49,7 @@ def node_json(path: bytes, node: Node) -> dict[str, object]:
         "atime": iso_time(node.atime_ns),
         "ctime": iso_time(node.ctime_ns),
         "inode": node.inode,
+        **(json_name("link_target", node.link_target) if node.type == SYMLINK and node.link_target is not None else {}),
         "struct_type": "node",
     }
 

@@ -10,14 +10,15 @@ import re
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import FrameType
 from typing import Any, NoReturn
 
 from backupfs import __version__
 from backupfs.cli._args import duration
-from backupfs.cli._quote import escape
-from backupfs.errors import BackupfsError, Terminated
+from backupfs.cli._output import err, print_error_json
+from backupfs.cli._shellmodel import ENVIRONMENT, EXIT_STATUS
+from backupfs.errors import BackupfsError, Terminated, UsageError
 from backupfs.malloc_arenas import cap_malloc_arenas
 
 # name -> (module, one-line help). Only the module of the command being run is imported: the
@@ -52,45 +53,113 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+GLOBAL_OPTIONS = "global options"
+GLOBAL_HINT = "These go before or after the command. Environment variables: `backupfs --help`."
+
+
 def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """Global options go before or after the command, as with restic."""
+    """Global options go before or after the command, as with restic; in help they come after
+    the command's own, under their own heading, and stay out of its usage line."""
 
     def d(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument("-r", "--repo", default=d(None), help="repository location (env BACKUPFS_REPOSITORY)")
-    parser.add_argument("--repository-file", default=d(None), help="file holding the repository location")
-    parser.add_argument(
-        "-p", "--password-file", default=d(None), help="file holding the password (env BACKUPFS_PASSWORD_FILE)"
+    group = parser.add_argument_group(GLOBAL_OPTIONS, GLOBAL_HINT if suppress else None)
+    add = group.add_argument
+    add("-r", "--repo", default=d(None), help="repository location (env BACKUPFS_REPOSITORY)")
+    add(
+        "--repository-file",
+        default=d(None),
+        metavar="FILE",
+        help="file holding the repository location (env BACKUPFS_REPOSITORY_FILE)",
     )
-    parser.add_argument("--password-command", default=d(None), help="command printing the password")
-    parser.add_argument(
-        "--key-hint", default=d(None), metavar="ID", help="try this key file first (env BACKUPFS_KEY_HINT)"
+    add(
+        "-p",
+        "--password-file",
+        default=d(None),
+        metavar="FILE",
+        help="file holding the password (env BACKUPFS_PASSWORD_FILE)",
     )
-    parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
-    parser.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress output")
-    parser.add_argument(
-        "--no-lock", action="store_true", default=d(False), help="do not lock the repository (read-only commands)"
+    add(
+        "--password-command",
+        default=d(None),
+        metavar="COMMAND",
+        help="command printing the password (env BACKUPFS_PASSWORD_COMMAND)",
     )
-    parser.add_argument(
+    add("--key-hint", default=d(None), metavar="ID", help="try this key file first (env BACKUPFS_KEY_HINT)")
+    add("--json", action="store_true", default=d(False), help="JSON on standard output, errors too (docs/usage.md)")
+    add("-q", "--quiet", action="store_true", default=d(False), help="no progress and no summary, only errors")
+    add("--no-lock", action="store_true", default=d(False), help="do not lock the repository (read-only commands)")
+    add(
         "--retry-lock",
         type=duration,
         default=d(0),
         metavar="DURATION",
         help="wait this long for a lock (30s, 5m, 1h; a bare number is seconds)",
     )
-    parser.add_argument(
-        "-o", "--option", action="append", default=d(None), metavar="KEY=VALUE", help="backend option (repeatable)"
+    add(
+        "-o",
+        "--option",
+        action="append",
+        default=d(None),
+        metavar="KEY=VALUE",
+        help="backend option, e.g. sftp_port=2222 (repeatable; docs/backends.md)",
     )
-    parser.add_argument("--cache-dir", default=d(None), help="local cache folder (default ~/.cache/backupfs)")
-    parser.add_argument("--no-cache", action="store_true", default=d(False), help="do not use a local cache")
+    add(
+        "--cache-dir",
+        default=d(None),
+        metavar="DIR",
+        help="local cache folder (env BACKUPFS_CACHE_DIR; default ~/.cache/backupfs)",
+    )
+    add("--no-cache", action="store_true", default=d(False), help="do not use a local cache")
+    for action in group._group_actions:
+        action.global_option = True  # type: ignore[attr-defined]
+
+
+class _OwnUsage(argparse.HelpFormatter):
+    """A command's usage line shows its own options; the global ones are listed once, below."""
+
+    def add_usage(
+        self,
+        usage: str | None,
+        actions: Iterable[argparse.Action],
+        groups: Iterable[argparse._MutuallyExclusiveGroup],
+        prefix: str | None = None,
+    ) -> None:
+        own = [a for a in actions if not getattr(a, "global_option", False)]
+        super().add_usage(usage, own, groups, prefix)
+
+
+def _own_usage(formatter: object) -> type[argparse.HelpFormatter]:
+    """`formatter` (a command's own choice, e.g. RawDescriptionHelpFormatter) with _OwnUsage."""
+    base = formatter if isinstance(formatter, type) else argparse.HelpFormatter
+    return type(f"OwnUsage{base.__name__}", (_OwnUsage, base), {})
+
+
+def _environment_epilog() -> str:
+    """The environment variables and exit codes, at the end of `backupfs --help`."""
+    lines = ["environment variables:"]
+    for name, meaning in ENVIRONMENT:
+        lines += [f"  {name}", f"      {meaning}"]
+    lines += ["", "exit codes:"]
+    lines += [f"  {code:<4} {meaning}" for code, meaning in EXIT_STATUS]
+    return "\n".join(lines)
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with "did you mean ..." for a mistyped command, choice or option (as restic, git)."""
+    """argparse with "did you mean ..." for a mistyped command, choice or option (as restic, git).
+
+    A script that asked for `--json` reads stdout: a usage error reaches it there too, as the
+    error document every other failure prints (`json_errors`, set by `main` from the raw argv,
+    since the arguments that failed to parse cannot say whether --json was among them)."""
+
+    json_errors = False
 
     def error(self, message: str) -> NoReturn:
-        super().error(suggest(self, message))
+        message = suggest(self, message)
+        if Parser.json_errors:
+            print_error_json(UsageError.exit_code, message)
+        super().error(message)
 
 
 _INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)$")
@@ -159,6 +228,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = Parser(
         prog="backupfs",
         description="Deduplicating, encrypted, versioned backups you can mount.",
+        epilog=_environment_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_global_options(parser, suppress=False)
     parser.add_argument("--version", action="version", version=f"backupfs {__version__}")
@@ -170,10 +241,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name, help=helptext)
     for subparser in sub.choices.values():
         _add_global_options(subparser, suppress=True)
+        subparser.formatter_class = _own_usage(subparser.formatter_class)
         for action in subparser._actions:  # nested commands (`key list --json`) take them too
             if isinstance(action, argparse._SubParsersAction):
                 for nested in action.choices.values():
                     _add_global_options(nested, suppress=True)
+                    nested.formatter_class = _own_usage(nested.formatter_class)
     return parser
 
 
@@ -192,10 +265,20 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise Terminated(signum)
 
 
+def _wants_json(argv: Sequence[str]) -> bool:
+    """--json among the options (not after `--`, where a command's own arguments begin)."""
+    words = list(argv)
+    return "--json" in (words[: words.index("--")] if "--" in words else words)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     cap_malloc_arenas()
-    args = build_parser(_command_in(argv) or "").parse_args(argv)
+    Parser.json_errors = _wants_json(argv)
+    try:
+        args = build_parser(_command_in(argv) or "").parse_args(argv)
+    finally:
+        Parser.json_errors = False
     previous: dict[int, _Handler] = {}
     if args.command not in OWN_SIGNALS:
         previous = {sig: signal.signal(sig, _terminate) for sig in TERMINATING}
@@ -207,35 +290,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Runs the command; every error becomes one line on stderr and its exit code."""
+    """Runs the command; every error becomes one line on stderr and its exit code, and with
+    --json also an error document on stdout (the last line there)."""
     try:
         code: int = args.func(args)
+        return code
     except BackupfsError as exc:
-        sys.stderr.write(f"backupfs: {escape(str(exc))}\n")
-        code = exc.exit_code
+        message, code = str(exc), exc.exit_code
     except Terminated as exc:
-        sys.stderr.write(f"backupfs: terminated by {signal.Signals(exc.signum).name}\n")
-        code = 128 + exc.signum
+        message, code = f"terminated by {signal.Signals(exc.signum).name}", 128 + exc.signum
     except KeyboardInterrupt:
-        sys.stderr.write("backupfs: interrupted\n")
-        code = 130
+        message, code = "interrupted", 130
     except BrokenPipeError:
         # `backupfs ls ... | head`: the reader left; say nothing.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        code = 128 + signal.SIGPIPE
+        return 128 + signal.SIGPIPE
     except OSError as exc:
         name = exc.filename
-        where = f" '{escape(name if isinstance(name, str | bytes) else str(name))}'" if name else ""
-        sys.stderr.write(f"backupfs: {escape(str(exc.strerror or exc))}{where}\n")
-        code = 1
+        where = f" '{name if isinstance(name, str) else os.fsdecode(name) if isinstance(name, bytes) else name}'"
+        message, code = f"{exc.strerror or exc}{where if name else ''}", 1
     except Exception as exc:  # a bug: one line, the traceback only on request
         if os.environ.get("BACKUPFS_DEBUG"):
             traceback.print_exc()
-        sys.stderr.write(
-            f"backupfs: internal error: {type(exc).__name__}: {escape(str(exc))} (set BACKUPFS_DEBUG=1 for details)\n"
-        )
+        message = f"internal error: {type(exc).__name__}: {exc} (set BACKUPFS_DEBUG=1 for details)"
         code = 1
+    err(f"backupfs: {message}")
+    if getattr(args, "json", False):
+        print_error_json(code, message)
     return code
 
 

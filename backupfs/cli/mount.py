@@ -13,7 +13,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from backupfs.cli._common import err, open_repository, parse_size
+from backupfs.cli._common import open_repository, parse_size
+from backupfs.cli._output import err, print_json
 from backupfs.cli._quote import EscapingFilter
 from backupfs.errors import BackupfsError, UsageError
 from backupfs.format.tree import DIR, Node
@@ -69,10 +70,13 @@ def run(args: argparse.Namespace) -> int:
     importer.start()
 
     what = "every snapshot"
+    one: dict[str, str | None] = {"snapshot_id": None, "path": None}  # --json: what is mounted
 
     def ready() -> None:
         logging.getLogger(__name__).info("mounted")
-        if not args.quiet:
+        if args.json:  # a script waits for this line before it uses the mount
+            print_json({"message_type": "mounted", "mountpoint": mountpoint, **one})
+        elif not args.quiet:
             err(f"mounted {what} at {mountpoint}; Ctrl-C or `fusermount3 -u {mountpoint}` unmounts")
 
     # No lock: a mount may stay up for weeks and must not stop prune; it copes with packs that
@@ -104,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
                     raise UsageError(f"{sub} is not a folder in snapshot {sid[:8]}")
                 root = dataclasses.replace(node, name=b"")
             what = f"snapshot {sid[:8]}{':' + sub if sub else ''}"
+            one.update(snapshot_id=sid, path="/" + sub.strip("/"))
 
         options = lifecycle.MountOptions(
             allow_other=args.allow_other,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Iterable
 
-from backupfs.cli._common import err, format_time, human_size, open_repository, print_json
+from backupfs.cli._common import format_time, iso_time, open_repository
+from backupfs.cli._output import err, human_size, print_json
+from backupfs.cli._progress import Progress, prune_figures
 from backupfs.errors import UsageError
 from backupfs.prune.execute import Hook, execute
 from backupfs.prune.locked import KINDS, Held
@@ -92,7 +95,8 @@ def prune_repository(
     if dry_run or args.verbose:
         _print_packs(plan, args)
     if not dry_run:  # also when the plan is empty: execute sweeps abandoned temporary files
-        execute(plan, log=log, hook=crash_hook())
+        with Progress(args.quiet or not plan.repack, args.json, prune_figures(plan.stats)):
+            execute(plan, log=log, hook=crash_hook())
     _print_summary(plan, args, dry_run)
     return plan.stats
 
@@ -146,6 +150,28 @@ def held_lines(held: Held) -> list[str]:
     return out
 
 
+def held_json(held: Held) -> dict[str, object]:
+    """`held` as the `locked` member of a JSON summary, its times RFC 3339 as every time in JSON
+    (shared with forget); {} when nothing is held."""
+    if not held:
+        return {}
+
+    def when(t: float) -> str | None:
+        return iso_time(int(t * 1e9)) if t and t != math.inf else None
+
+    return {
+        "locked": {
+            kind: {
+                "count": h.count,
+                "bytes": h.size,
+                "deletable_from": when(h.earliest),
+                "all_deletable_from": when(h.latest),
+            }
+            for kind, h in held.kinds.items()
+        }
+    }
+
+
 def _pack_json(p: PackInfo) -> dict[str, object]:
     return {
         "id": p.id.hex(),
@@ -188,7 +214,7 @@ def _print_summary(plan: PrunePlan, args: argparse.Namespace, dry_run: bool) -> 
                 "repack": [_pack_json(p) for p in plan.repack],
                 "unindexed": plan.unindexed,
                 "reindexed": [p.id.hex() for p in plan.reindexed],
-                **({"locked": plan.held.as_dict()} if plan.held else {}),
+                **held_json(plan.held),
             }
         )
         return

@@ -12,13 +12,14 @@ import argparse
 from collections.abc import Callable
 
 from backupfs.backends.base import FileType
-from backupfs.cli._common import err, open_repository, print_json
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import err, print_json
 from backupfs.cli._quote import escape
 from backupfs.cli.prune import crash_hook, refuse_no_lock
 from backupfs.cli.snapshots import add_filter_args, matches
 from backupfs.errors import IntegrityError
 from backupfs.format.snapshot import Snapshot
-from backupfs.ops.repair import repair_index, repair_packs, repair_snapshots
+from backupfs.ops.repair import SnapshotRepair, repair_index, repair_packs, repair_snapshots
 from backupfs.repository.repo import Repository
 
 
@@ -145,7 +146,11 @@ def _snapshots(args: argparse.Namespace) -> int:
     bad = [r for r in results if r.unrepairable]
     if args.json:
         print_json(
-            {"message_type": "repair_snapshots", "dry_run": args.dry_run, "snapshots": [r.as_dict() for r in results]}
+            {
+                "message_type": "repair_snapshots",
+                "dry_run": args.dry_run,
+                "snapshots": [_snapshot_json(r) for r in results],
+            }
         )
     elif not args.quiet:
         for r in results:
@@ -173,6 +178,14 @@ def _snapshots(args: argparse.Namespace) -> int:
             f"`backupfs forget {bad[0].snapshot[:8]}` removes one"
         )
     return 0
+
+
+def _snapshot_json(r: SnapshotRepair) -> dict[str, object]:
+    """A snapshot is named by a key ending in `_id`, as in every other JSON document."""
+    doc = r.as_dict()
+    doc["snapshot_id"] = doc.pop("snapshot")
+    doc["new_snapshot_id"] = doc.pop("new_id")
+    return doc
 
 
 def _select(repo: Repository, args: argparse.Namespace) -> list[tuple[str, Snapshot | None]]:

@@ -6,11 +6,14 @@ import argparse
 import os
 import time
 
-from backupfs.cli._common import Progress, err, human_size, open_repository, print_json
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import err, human_size, print_json, print_line
+from backupfs.cli._progress import Progress, restore_figures
 from backupfs.cli._quote import escape, json_name
+from backupfs.cli.snapshots import summary_count
 from backupfs.errors import BackupfsError, IntegrityError, UsageError
 from backupfs.format.tree import DIR, FILE, Node
-from backupfs.ops.restore import Overwrite, Restorer, RestoreStats
+from backupfs.ops.restore import Overwrite, Restorer
 from backupfs.ops.treeview import lookup
 
 
@@ -52,20 +55,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
+_TOTALS = ("total_files_processed", "total_bytes_processed")
+
+
 def run(args: argparse.Namespace) -> int:
+    if os.path.lexists(args.target) and not os.path.isdir(args.target):
+        raise UsageError(f"--target {args.target} is not a folder: give a folder (one that does not exist is created)")
     ref, _, sub = args.snapshot.partition(":")
-    progress = Progress(not args.quiet and not args.json)
     start = time.monotonic()
     target = os.path.abspath(args.target)
 
     def item(action: str, path: bytes, node: Node | None) -> None:
-        progress.done()  # the status line is drawn again at the next file
         if args.json:
             size = node.size if node is not None and node.type == FILE else None
             print_json({"message_type": "verbose_status", "action": action, **json_name("item", path), "size": size})
-        else:
-            shown = escape(path or b"/") + ("/" if node is not None and node.type == DIR else "")
-            print(f"{action:<9} {shown}", flush=True)
+        else:  # under the status line's lock: it is cleared first and drawn again below
+            print_line(f"{action:<9} {escape(path or b'/')}{'/' if node is not None and node.type == DIR else ''}")
 
     with open_repository(args, lock="shared") as repo:
         sid, snap = repo.find_snapshot(ref)
@@ -75,10 +80,6 @@ def run(args: argparse.Namespace) -> int:
             if node.type != DIR or node.subtree is None:
                 raise UsageError(f"{sub} is not a directory in snapshot {sid[:8]}")
             tree = node.subtree
-
-        def report(stats: RestoreStats) -> None:
-            if progress.due():
-                progress.show(f"{stats.files} files, {human_size(stats.bytes_written)} restored")
 
         restorer = Restorer(
             repo,
@@ -90,14 +91,15 @@ def run(args: argparse.Namespace) -> int:
             overwrite=Overwrite(args.overwrite),
             delete=args.delete,
             dry_run=args.dry_run,
-            progress=report if progress.enabled else None,
             on_action=item if args.verbose else None,
         )
         if not args.json and not args.quiet:
             what = "would restore" if args.dry_run else "restoring"
             err(f"{what} snapshot {sid[:8]} of {', '.join(snap.paths)} to {target}")
-        stats = restorer.run()
-    progress.done()
+        whole = not (sub or args.include or args.exclude)  # then the snapshot's summary is the total
+        totals = [summary_count(snap.summary, k) if whole else None for k in _TOTALS]
+        with Progress(args.quiet, args.json, restore_figures(restorer.stats, *totals)):
+            stats = restorer.run()
     for w in stats.warnings:
         err(f"warning: {w}")
     for e in stats.errors:
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
                 "message_type": "summary",
                 "files_restored": stats.files,
                 "dirs_restored": stats.dirs,
+                "others_restored": stats.others,
                 "bytes_restored": stats.bytes_written,
                 "files_verified": stats.verified_files,
                 "added": stats.added,
@@ -122,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
         )
     elif not args.quiet:
         verb = "would restore" if args.dry_run else "restored"
-        print(f"{verb} {stats.files} files, {stats.dirs} dirs, {human_size(stats.bytes_written)} in {elapsed:.2f}s")
+        print(
+            f"{verb} {stats.files} files, {stats.dirs} dirs, {stats.others} others (symlinks, devices, fifos), "
+            f"{human_size(stats.bytes_written)} in {elapsed:.2f}s"
+        )
         print(
             f"entries: {stats.added} added, {stats.updated} updated, {stats.unchanged} unchanged, "
             f"{stats.deleted} deleted{' (dry run: nothing written)' if args.dry_run else ''}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 
+from backupfs.cli._output import err, print_json
 from backupfs.errors import Terminated
 from backupfs.server.run import ServerOptions
 from backupfs.server.run import run as run_server
@@ -36,7 +37,12 @@ def run(args: argparse.Namespace) -> int:
         htpasswd=args.htpasswd,
         private_repos=args.private_repos,
     )
-    signum = run_server(opts)
+
+    def ready(binds: list[str]) -> None:
+        if args.json:  # a script waits for this line before it connects
+            print_json({"message_type": "serving", "path": args.path, "addresses": binds})
+
+    signum = run_server(opts, err, ready)
     # stopped by a signal, after finishing (or cancelling) the requests in flight: the command
     # ends as every other does on it (one line; exit 130, 143 or 129)
     if signum == signal.SIGINT:

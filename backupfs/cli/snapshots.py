@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from backupfs.cli._common import err, format_time, human_size, iso_time, open_repository, print_json
+from backupfs.cli._common import format_time, iso_time, open_repository
+from backupfs.cli._output import err, human_size, print_json
 from backupfs.cli._quote import escape
 from backupfs.errors import IntegrityError
 from backupfs.format.snapshot import Snapshot
@@ -57,6 +58,13 @@ def snapshot_json(sid: str, snap: Snapshot, drills: dict[bytes, tuple[int, bool]
     return out
 
 
+def summary_count(summary: dict[str, object], key: str) -> int | None:
+    """A count from a snapshot's summary, or None where it is missing or absurd: the summary is
+    only ever shown, and a damaged or forged one must not stop a listing."""
+    value = summary.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63 else None
+
+
 def run(args: argparse.Namespace) -> int:
     damaged: list[str] = []
 
@@ -82,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             escape(s.host),
             escape(",".join(s.tags)),
             escape(", ".join(s.paths)),
-            human_size(int(s.summary.get("total_bytes_processed", 0))),
+            human_size(summary_count(s.summary, "total_bytes_processed") or 0),
             _verified(drills.get(bytes.fromhex(sid))),
         )
         for sid, s in snaps

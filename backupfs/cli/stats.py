@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from backupfs.cli._common import human_size, open_repository, print_json
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import human_size, print_json
 from backupfs.cli.snapshots import add_filter_args, matches
 from backupfs.ops.stats import Stats, collect
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from backupfs.cli._common import err, open_repository, print_json
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import err, print_json
 from backupfs.errors import UsageError
 from backupfs.format.snapshot import Snapshot
 from backupfs.ops.tag import TagChange, new_tags, retag

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from backupfs.cli._common import err, open_repository
+from backupfs.cli._common import open_repository
+from backupfs.cli._output import err, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -16,5 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     with open_repository(args, lock=None, load_index=False) as repo:
         n = repo.unlock_stale(remove_all=args.remove_all)
-    err(f"removed {n} lock{'s' if n != 1 else ''}")
+    if args.json:
+        print_json({"message_type": "unlock", "removed": n})
+    elif not args.quiet:
+        err(f"removed {n} lock{'s' if n != 1 else ''}")
     return 0

@@ -10,16 +10,9 @@ import time
 from collections.abc import Callable
 
 from backupfs.backends.base import FileType
-from backupfs.cli._common import (
-    Progress,
-    cache_dir,
-    err,
-    format_time,
-    human_size,
-    iso_time,
-    open_repository,
-    print_json,
-)
+from backupfs.cli._common import cache_dir, format_time, iso_time, open_repository
+from backupfs.cli._output import err, human_size, print_json
+from backupfs.cli._progress import Progress, drill_figures
 from backupfs.cli._quote import escape, json_name
 from backupfs.cli.mount import check_fuse_available
 from backupfs.errors import BackupfsError, IntegrityError, UsageError
@@ -111,13 +104,18 @@ def run(args: argparse.Namespace) -> int:
             compare_source=args.compare_source,
             exec_command=args.exec_command,
         )
-        progress = Progress(not quiet)
-        drill = Drill(repo, options, _reporter(progress) if progress.enabled else None)
-        if args.through_mount:
-            result = _through_mount(repo, scratch, lambda source: drill.run(plan, source))
-        else:
-            result = drill.run(plan, RestoreSource(repo, scratch))
-        progress.done()
+        latest: list[DrillProgress] = []  # what the drill last reported, read by the progress thread
+
+        def report(p: DrillProgress) -> None:
+            latest[:] = [p]
+
+        drill = Drill(repo, options, report)
+        figures = drill_figures(lambda: latest[0] if latest else None, len(plan.samples), plan.planned_bytes)
+        with Progress(args.quiet, args.json, figures):
+            if args.through_mount:
+                result = _through_mount(repo, scratch, lambda source: drill.run(plan, source))
+            else:
+                result = drill.run(plan, RestoreSource(repo, scratch))
         record_id = _save(repo, result.record())
     _report(args, result, plan.population_files, plan.population_bytes, plan.too_large, record_id)
     if result.failures:
@@ -210,30 +208,15 @@ def _save(repo: Repository, record: VerifyRecord) -> str | None:
         return None
 
 
-def _reporter(progress: Progress) -> Callable[[DrillProgress], None]:
-    def report(p: DrillProgress) -> None:
-        if not progress.due():
-            return
-        eta = ""
-        if p.nbytes and p.planned_bytes > p.nbytes:
-            eta = f", ETA {_clock(p.elapsed * (p.planned_bytes - p.nbytes) / p.nbytes)}"
-        progress.show(
-            f"{p.files}/{p.planned_files} files, {human_size(p.nbytes)} of {human_size(p.planned_bytes)}{eta}"
-        )
-
-    return report
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 def _report(
     args: argparse.Namespace, result: DrillResult, population: int, population_bytes: int, too_large: int,
     record_id: str | None,
 ) -> None:  # fmt: skip
     elapsed = (result.end_ns - result.start_ns) / 1e9
+    for w in result.warnings:  # on stderr with --json too, as every command's messages
+        err(f"warning: {w}")
+    for f in result.failures:
+        err(f"error: {f.text()}")
     if args.json:
         print_json(
             {
@@ -245,7 +228,7 @@ def _report(
                 "bytes_verified": result.nbytes,
                 "files_failed": len(result.failures),
                 "failures": [
-                    {"snapshot": f.sid, **json_name("path", f.path), "what": escape(f.what)} for f in result.failures
+                    {"snapshot_id": f.sid, **json_name("path", f.path), "what": escape(f.what)} for f in result.failures
                 ],
                 "warnings": [escape(w) for w in result.warnings],
                 "files_checked_by_chunk": result.chunk_checked,
@@ -258,15 +241,11 @@ def _report(
                 "population_bytes": population_bytes,
                 "files_larger_than_budget": too_large,
                 "packs_read": len(result.packs),
-                "record": record_id,
+                "record_id": record_id,
                 "duration_seconds": round(elapsed, 3),
             }
         )
         return
-    for w in result.warnings:
-        err(f"warning: {w}")
-    for f in result.failures:
-        err(f"error: {f.text()}")
     if args.quiet:
         return
     rate = f", {human_size(result.nbytes / elapsed)}/s" if elapsed > 0 else ""
@@ -305,7 +284,7 @@ def _status(args: argparse.Namespace, max_age: float | None) -> int:
     if args.json:
         print_json(
             {
-                "message_type": "status",
+                "message_type": "verify_status",  # not "status": that is a progress line
                 "ok": problem is None,
                 "drills": len(history.records),
                 "last": _record_json(last),
@@ -337,7 +316,7 @@ def _record_json(record: VerifyRecord | None) -> dict[str, object] | None:
         return None
     return {
         "time": iso_time(record.end_ns),
-        "host": record.host,
+        "hostname": record.host,
         "ok": record.ok,
         "method": record.method,
         "files": record.files,

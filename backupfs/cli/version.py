@@ -7,7 +7,7 @@ import platform
 import sys
 
 from backupfs import __version__
-from backupfs.cli._common import print_json
+from backupfs.cli._output import print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -11,6 +11,7 @@ are looked up in the index to count what the backup would add (before compressio
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import getpass
@@ -41,6 +42,7 @@ from backupfs.repository.repo import Repository
 # streams through the chunker. (Not restore's _BATCH_FILE_MAX nor the mount's _SIBLING_FILE_MAX.)
 READ_WHOLE_MAX = 8 * 1024 * 1024
 READ_PIECE = 64 * 1024  # further reads of a file that was not at its end after `stat`'s size
+LOWEST_PRIORITY = 19  # nice value of the scanner thread
 MAX_PENDING_FILES = 64  # files handed to the pool and not yet read (each holds an fd)
 # A file up to this size (by `stat`) is read by the walking thread itself, not handed to the pool:
 # its work is mostly Python per-file overhead, which holds the GIL anyway, and each hand-off
@@ -86,7 +88,10 @@ class BackupStats:
     dirs_new: int = 0
     dirs_changed: int = 0
     dirs_unchanged: int = 0
-    total_files: int = 0
+    others_new: int = 0  # symlinks, devices, fifos
+    others_changed: int = 0
+    others_unchanged: int = 0
+    total_files: int = 0  # files saved (new + changed + unchanged); unreadable ones are in `skipped`
     total_bytes: int = 0
     bytes_read: int = 0
     data_added: int = 0
@@ -96,6 +101,8 @@ class BackupStats:
     changed_during_read: list[str] = dataclasses.field(default_factory=list)  # saved as read
     warnings: list[str] = dataclasses.field(default_factory=list)
     duration: float = 0.0
+    # progress only (not in the summary): bytes read, plus the sizes of files not read again
+    bytes_done: int = 0
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     def add(self, **deltas: int) -> None:
@@ -111,6 +118,9 @@ class BackupStats:
             "dirs_new": self.dirs_new,
             "dirs_changed": self.dirs_changed,
             "dirs_unchanged": self.dirs_unchanged,
+            "others_new": self.others_new,
+            "others_changed": self.others_changed,
+            "others_unchanged": self.others_unchanged,
             "total_files_processed": self.total_files,
             "total_bytes_processed": self.total_bytes,
             "bytes_read": self.bytes_read,
@@ -119,6 +129,16 @@ class BackupStats:
             "files_changed_during_backup": len(self.changed_during_read),
             "duration_seconds": round(self.duration, 3),
         }
+
+
+@dataclasses.dataclass
+class ScanTotals:
+    """What the scanner found ahead of the walk: the total that progress shows done against.
+    Written by the scanner thread only; `finished` once it has seen everything."""
+
+    files: int = 0
+    bytes: int = 0
+    finished: bool = False
 
 
 class _LimitedReader:
@@ -173,12 +193,20 @@ class Archiver:
         options: BackupOptions,
         progress: Callable[[BackupStats, str], None] | None = None,
         on_item: ItemSink | None = None,
+        *,
+        scan: bool = False,
     ) -> None:
+        """`progress` is called after each file and `on_item` of each entry saved (-v); with
+        `scan`, a thread counts ahead of the walk into `totals`, and `current` names the file
+        being read: what a progress line shows."""
         self.repo = repo
         self.opts = options
         self.stats = BackupStats()
+        self.totals = ScanTotals()
+        self.current = b""
         self.parent_id: str | None = None  # the parent snapshot used, once `run` has chosen it
         self._progress = progress
+        self._scan_ahead = scan
         self._on_item = on_item
         self._excluder = Excluder(options.excludes, options.iexcludes)
         self._tags = [*options.exclude_if_present, *([CACHEDIR] if options.exclude_caches else [])]
@@ -209,15 +237,22 @@ class Archiver:
         is saved."""
         start = time.monotonic()
         paths = self._normalise_paths(self.opts.paths)
-        if not self.opts.dry_run:
-            self.repo.index_leftover_packs()
-        parent_id, parent_tree = self._find_parent(paths)
-        self.parent_id = parent_id
+        stop_scan = threading.Event()
+        scanner = threading.Thread(target=self._scan, args=(paths, stop_scan), name="bfs-scan", daemon=True)
+        if self._scan_ahead:
+            scanner.start()
         try:
+            if not self.opts.dry_run:
+                self.repo.index_leftover_packs()
+            parent_id, parent_tree = self._find_parent(paths)
+            self.parent_id = parent_id
             root_tree = self._build_root(paths, parent_tree)
             if not self.opts.dry_run:
                 self.repo.flush()
         finally:
+            stop_scan.set()
+            if scanner.is_alive():
+                scanner.join()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._blob_pool.shutdown(wait=True, cancel_futures=True)
         return self._save_snapshot(root_tree, paths, parent_id, start)
@@ -435,12 +470,23 @@ class Archiver:
         except OSError as exc:
             self._skip(path, exc)
             names = []
-        present = [tag for tag in self._tags if tag.present(fd)]
-        if present:  # each tag keeps only itself (two tags keep nothing: restic's rule)
-            names = [n for n in names if all(n == tag.name for tag in present)]
-        d = _Dir(node, pnode, self._parent_children(parent_tree), names, path_len)
+        d = _Dir(node, pnode, self._parent_children(parent_tree), self._kept(fd, names), path_len)
         d.reusable = bool(d.parent_nodes) and self._clean_parent
         return d
+
+    def _kept(self, fd: int, names: list[bytes]) -> list[bytes]:
+        """The names of folder `fd` that the walk enters, and the scanner counts: a tag file
+        (--exclude-if-present, CACHEDIR.TAG) keeps only itself (two tags keep nothing: restic's
+        rule). Patterns are matched per entry, by `_excluder`."""
+        present = [tag for tag in self._tags if tag.present(fd)]
+        if present:
+            names = [n for n in names if all(n == tag.name for tag in present)]
+        return names
+
+    def _too_large(self, st: os.stat_result) -> bool:
+        """--exclude-larger-than: a regular file past the limit is left out, by walk and scanner."""
+        limit = self.opts.exclude_larger_than
+        return limit is not None and stat.S_ISREG(st.st_mode) and st.st_size > limit
 
     def _finish(self, d: _Dir, path: bytes) -> bytes:
         """A folder's tree, once every entry is saved (`path` is the folder's)."""
@@ -487,6 +533,62 @@ class Archiver:
         self._clean_parent = not listing.problems and not listing.unsorted
         return {n.name: n for n in listing}
 
+    def _scan_listing(self, path: bytes) -> list[tuple[bytes, os.stat_result]]:
+        """The entries of a folder that the walk will take, as the walk decides (`_kept`, then
+        the patterns), with their lstat. By path: a folder past PATH_MAX is left out of the
+        count (the walk still saves it). OSError if the folder cannot be listed."""
+        fd = os.open(path, DIR_FLAGS)
+        try:
+            names = self._kept(fd, [os.fsencode(n) for n in os.listdir(fd)])
+            base = path.rstrip(b"/")
+            out = []
+            for name in names:
+                child = base + b"/" + name
+                if self._excluder.excluded(child):
+                    continue
+                with contextlib.suppress(OSError):
+                    out.append((child, os.stat(name, dir_fd=fd, follow_symlinks=False)))
+            return out
+        finally:
+            os.close(fd)
+
+    def _scan(self, paths: list[str], stop: threading.Event) -> None:
+        """Counts the files and bytes the walk will meet, so progress has a total, a percent and
+        an ETA (restic's scanner). Only lists and stats (which warms the inode cache the walk
+        then uses), at the lowest CPU priority, handing the GIL on after every folder; stops
+        with the backup. What it cannot read it leaves out: the walk reports it."""
+        _lowest_priority()
+        totals = self.totals
+        folders: list[bytes] = []
+        roots: list[tuple[bytes, os.stat_result]] = []
+        for p in paths:
+            with contextlib.suppress(OSError):
+                roots.append((os.fsencode(p), os.lstat(p)))
+        devices = {st.st_dev for _p, st in roots}
+
+        def count(path: bytes, st: os.stat_result, top: bool) -> None:
+            if self._too_large(st):
+                return
+            if stat.S_ISREG(st.st_mode):
+                totals.files += 1
+                totals.bytes += st.st_size
+            elif stat.S_ISDIR(st.st_mode) and (top or not self.opts.one_file_system or st.st_dev in devices):
+                folders.append(path)
+
+        for path, st in roots:
+            count(path, st, True)
+        while folders and not stop.is_set():
+            try:
+                entries = self._scan_listing(folders.pop())
+            except OSError:
+                continue
+            for child, st in entries:
+                if stop.is_set():
+                    return
+                count(child, st, False)
+            time.sleep(0)
+        totals.finished = not stop.is_set()
+
     def _add(
         self, chain: DirChain, d: _Dir, name: bytes, path: bytes, st: os.stat_result, pnode: Node | None, top_level: bool
     ) -> _Dir | None:
@@ -518,19 +620,21 @@ class Archiver:
                 return None
             return self._listed(chain.fd, path, len(path), node, ptree, pnode)
         if node.type != FILE:
+            self._count_other(node, pnode)
             d.pending.append(node)
             return None
-        if self.opts.exclude_larger_than is not None and st.st_size > self.opts.exclude_larger_than:
+        if self._too_large(st):
             return None
         if self._unchanged(node, pnode):
             assert pnode is not None
             node.content = pnode.content
             node.file_hash = pnode.file_hash  # same content: its hash, or none if it had none
-            self.stats.add(total_files=1, total_bytes=st.st_size, files_unchanged=1)  # one lock per file
+            self.current = path
+            # one lock per file
+            self.stats.add(total_files=1, total_bytes=st.st_size, files_unchanged=1, bytes_done=st.st_size)
             self._report(path)
             d.pending.append(node)
             return None
-        self.stats.add(total_files=1, total_bytes=st.st_size)
         if st.st_size <= INLINE_FILE_MAX and st.st_nlink == 1:
             fd = self._open_file(chain.fd, name, path)
             if fd >= 0:
@@ -547,7 +651,7 @@ class Archiver:
             key = (st.st_dev, st.st_ino)
             first = self._hardlinks.get(key)
             if first is not None:
-                d.pending.append(self._pool.submit(self._copy_content, first, path, node))
+                d.pending.append(self._pool.submit(self._copy_content, first, path, node, pnode))
                 return None
             fut = self._file_job(chain.fd, name, path, node, pnode)
             self._hardlinks[key] = fut
@@ -592,8 +696,9 @@ class Archiver:
                     os.close(later)
                 raise
 
-    def _copy_content(self, first: Future[Node | None], path: bytes, node: Node) -> Node | None:
-        """Another name of an inode read in this backup: same content, no second read."""
+    def _copy_content(self, first: Future[Node | None], path: bytes, node: Node, pnode: Node | None) -> Node | None:
+        """Another name of an inode read in this backup: same content, no second read; counted
+        as the file it is under this name (new, or changed since the parent snapshot)."""
         done = first.result()
         if done is None:  # the first name could not be read: neither can this one
             self._skip(path, OSError(errno.EIO, "not saved: another name of this file could not be read"))
@@ -601,6 +706,8 @@ class Archiver:
         node.content = done.content
         node.size = done.size
         node.file_hash = done.file_hash
+        self._count_saved(node, pnode)
+        self.stats.add(bytes_done=done.size)
         return node
 
     def _stored_tree(self, d: _Dir, nodes: list[Node]) -> bytes | None:
@@ -614,6 +721,26 @@ class Archiver:
             return None
         self.stats.add(tree_blobs=1)
         return d.pnode.subtree
+
+    def _count_saved(self, node: Node, pnode: Node | None) -> None:
+        """A file read (or linked to one read) in this backup: new, or changed since the parent."""
+        kind = "files_changed" if pnode is not None else "files_new"
+        self.stats.add(**{kind: 1, "total_files": 1, "total_bytes": node.size})
+
+    def _count_other(self, node: Node, pnode: Node | None) -> None:
+        """A symlink, device or fifo: unchanged if the parent has the same one, as a file is."""
+        if pnode is None:
+            self.stats.add(others_new=1)
+        elif (pnode.type, pnode.link_target, pnode.rdev, pnode.mtime_ns, pnode.ctime_ns) == (
+            node.type,
+            node.link_target,
+            node.rdev,
+            node.mtime_ns,
+            node.ctime_ns,
+        ):
+            self.stats.add(others_unchanged=1)
+        else:
+            self.stats.add(others_changed=1)
 
     def _save_tree(self, nodes: list[Node]) -> bytes:
         tree_id = self._save_blob(TREE, encode_tree(nodes))[0]
@@ -650,6 +777,7 @@ class Archiver:
 
     def _save_opened(self, fd: int, path: bytes, node: Node, pnode: Node | None) -> Node | None:
         """The content of file `fd` (closed here) into `node`; None if it could not be read."""
+        self.current = path
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -675,7 +803,7 @@ class Archiver:
             return None
         finally:
             os.close(fd)
-        self.stats.add(files_changed=1) if pnode is not None else self.stats.add(files_new=1)
+        self._count_saved(node, pnode)
         self._report(path)
         return node
 
@@ -706,7 +834,7 @@ class Archiver:
         hasher.update(data)
         for view, off in _with_offsets(self._chunker.cut(data)):
             content.append((off, self._save_blob(DATA, view)[0]))
-        self.stats.add(bytes_read=len(data))
+        self.stats.add(bytes_read=len(data), bytes_done=len(data))
         return len(data)
 
     def _save_sparse(
@@ -764,7 +892,7 @@ class Archiver:
                         off, fut = window.popleft()
                         content.append((off, fut.result()[0]))
                 total += len(data)
-                self.stats.add(bytes_read=len(data))
+                self.stats.add(bytes_read=len(data), bytes_done=len(data))
             while window:
                 off, fut = window.popleft()
                 content.append((off, fut.result()[0]))
@@ -830,6 +958,13 @@ def _with_offsets(views: Iterator[memoryview]) -> Iterator[tuple[memoryview, int
 
 
 _CHANGED_TYPE = OSError(errno.EINVAL, "changed type during backup")
+
+
+def _lowest_priority() -> None:
+    """This thread at nice 19 (Linux schedules threads one by one): it never takes a core from
+    the backup's own threads."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
 
 
 def _open_noatime(dir_fd: int, name: bytes) -> int:

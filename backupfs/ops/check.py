@@ -44,6 +44,7 @@ class CheckResult:
     fixes: list[str] = dataclasses.field(default_factory=list)
     foreign_files: list[str] = dataclasses.field(default_factory=list)
     packs_read: int = 0
+    packs_to_read: int = 0  # known once reading starts: progress shows packs_read against it
     snapshots: int = 0
     trees: int = 0
 
@@ -320,6 +321,7 @@ class Checker:
         if subset:
             packs = select_subset(packs, subset)
         self._log(f"read {len(packs)} packs")
+        self.result.packs_to_read = len(packs)
         bad_blobs: set[bytes] = set()
         found: dict[bytes, set[bytes]] = {}
         with ThreadPoolExecutor(4, thread_name_prefix="bfs-check") as pool:

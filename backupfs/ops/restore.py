@@ -79,6 +79,10 @@ class RestoreStats:
     integrity_errors: int = 0  # those of `errors` that are about the snapshot's data, not the target
     warnings: list[str] = dataclasses.field(default_factory=list)
     verified_files: int = 0
+    # progress only (not in the summary): files found there already with the snapshot's content,
+    # so that files and bytes done reach the snapshot's totals when a restore writes nothing
+    kept_files: int = 0
+    kept_bytes: int = 0
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     def error(self, msg: str, integrity: bool = False) -> None:
@@ -556,7 +560,10 @@ class Restorer:
 
     def _tell(self, action: str, path: bytes, node: Node | None) -> None:
         """Counts the action and tells the sink, if any."""
-        self.stats.add(**{action: 1})
+        if action == UNCHANGED and node is not None and node.type == FILE:
+            self.stats.add(unchanged=1, kept_files=1, kept_bytes=node.size)
+        else:
+            self.stats.add(**{action: 1})
         if self._on_action is not None:
             with self._action_lock:
                 self._on_action(action, path, node)

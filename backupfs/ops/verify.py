@@ -69,6 +69,7 @@ class DrillProgress:
     planned_bytes: int
     elapsed: float
     path: bytes
+    failed: int = 0  # files found wrong so far (a progress line shows them as errors)
 
 
 @dataclasses.dataclass
@@ -153,7 +154,13 @@ class Drill:
                             elapsed = _clock() - start
                             self._progress(
                                 DrillProgress(
-                                    done, result.nbytes, len(plan.samples), planned_bytes, elapsed, sample.path
+                                    done,
+                                    result.nbytes,
+                                    len(plan.samples),
+                                    planned_bytes,
+                                    elapsed,
+                                    sample.path,
+                                    len(result.failures),
                                 )
                             )
                 finally:

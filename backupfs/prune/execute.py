@@ -270,6 +270,7 @@ class _Execution:
                         if len(plain) != e.raw_length or repo.blob_id(plain) != e.id:
                             raise IntegrityError(f"pack {name}: blob {e.id.hex()[:16]} does not hash to its id")
                         packer.add(e.type, e.id, envelope, e.raw_length)
+                self.stats.packs_repacked += 1
             packer.flush()
         except BackupfsError:
             packer.close()

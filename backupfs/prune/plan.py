@@ -117,6 +117,7 @@ class PruneStats:
     size_after: int = 0
     unused_after: int = 0
     # filled by execute()
+    packs_repacked: int = 0  # read and copied so far (progress)
     packs_written: int = 0
     bytes_written: int = 0
     index_files_written: int = 0

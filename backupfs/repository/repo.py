@@ -89,6 +89,8 @@ MAX_KEY_FILE = 64 << 10  # a key file is ~300 bytes; a bigger one is not read
 # never changed once written.
 _CACHED_TYPES = (FileType.SNAPSHOT, FileType.VERIFY)
 READ_GAP = 256 << 10  # unused bytes a batched read goes through rather than making another request
+SHORT_ID_CANDIDATE = 12  # digits shown of each snapshot an ambiguous prefix matches
+MAX_CANDIDATES = 10  # of those, at most this many are named
 # Bytes read from a pack's end to find its header without knowing the header's length: one
 # request holds the header of a pack of up to ~1,000 blobs; a larger header takes a second one.
 HEADER_PROBE = 64 << 10
@@ -1078,9 +1080,10 @@ class Repository:
                 pass
 
     def find_snapshot(self, ref: str, snapshots: list[tuple[str, Snapshot]] | None = None) -> tuple[str, Snapshot]:
-        """`latest` (the newest snapshot that can be read: a damaged file is skipped with a
-        warning), a full id or a unique id prefix."""
-        if ref == "latest" or ref.startswith("latest:"):
+        """`latest` (any case, as restic; the newest snapshot that can be read: a damaged file is
+        skipped with a warning), a full id or a unique id prefix; an ambiguous prefix is an error
+        that names the snapshots it matches."""
+        if ref.lower() == "latest" or ref.lower().startswith("latest:"):
             skipped: list[str] = []
 
             def skip(name: str, exc: IntegrityError) -> None:
@@ -1099,7 +1102,11 @@ class Repository:
         if not names:
             raise UsageError(f"no snapshot matches {ref!r}")
         if len(names) > 1:
-            raise UsageError(f"snapshot id {ref!r} is ambiguous ({len(names)} matches)")
+            shown = ", ".join(sorted(n[:SHORT_ID_CANDIDATE] for n in names)[:MAX_CANDIDATES])
+            more = f" and {len(names) - MAX_CANDIDATES} more" if len(names) > MAX_CANDIDATES else ""
+            raise UsageError(
+                f"snapshot id {ref!r} is ambiguous: it matches {len(names)} snapshots ({shown}{more}); give more digits"
+            )
         return names[0], self.load_snapshot(names[0])
 
     def _skip_snapshot(self, name: str, exc: IntegrityError) -> None:

@@ -164,8 +164,10 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]],
     log: Callable[[str], None],
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ready: Callable[[list[str]], None] = lambda _binds: None,
 ) -> None:
-    """Serves until `shutdown_trigger` returns, then gives requests in flight GRACEFUL_SECONDS."""
+    """Serves until `shutdown_trigger` returns, then gives requests in flight GRACEFUL_SECONDS;
+    `ready` gets the addresses once they accept connections."""
     config, sock = prepared.config, prepared.listener
     secure = config.ssl_enabled
     sockets = Sockets(secure_sockets=[sock] if secure else [], insecure_sockets=[] if secure else [sock], quic_sockets=[])
@@ -176,10 +178,13 @@ async def serve(
         )
         mode = " (append-only)" if prepared.app.append_only else ""
         log(f"backupfs: serving {prepared.app.root} on {', '.join(binds)}{mode}")
+        ready(list(binds))
         task_status.started(binds)
 
 
-async def serve_until_signal(prepared: Prepared, log: Callable[[str], None]) -> int:
+async def serve_until_signal(
+    prepared: Prepared, log: Callable[[str], None], ready: Callable[[list[str]], None] = lambda _binds: None
+) -> int:
     """Serves until SIGINT, SIGTERM or SIGHUP; returns that signal's number."""
     received = 0
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -191,16 +196,21 @@ async def serve_until_signal(prepared: Prepared, log: Callable[[str], None]) -> 
                 return
 
         # the receiver stays open until every request has ended: a second signal is ignored
-        await serve(prepared, shutdown_trigger, log)
+        await serve(prepared, shutdown_trigger, log, ready=ready)
     return received
 
 
-def run(opts: ServerOptions, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> int:
-    """Checks the options, serves until a stop signal, and returns its number."""
+def run(
+    opts: ServerOptions,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    ready: Callable[[list[str]], None] = lambda _binds: None,
+) -> int:
+    """Checks the options, serves until a stop signal, and returns its number; `ready` gets the
+    addresses once they accept connections."""
     _raise_open_files_limit()
     prepared = prepare(opts, log)
     try:
-        return trio.run(serve_until_signal, prepared, log)
+        return trio.run(serve_until_signal, prepared, log, ready)
     except BaseExceptionGroup as group:
         # trio wraps what ended the server in nursery groups: report that one error, on one line
         raise _sole(group) from None

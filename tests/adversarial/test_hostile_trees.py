@@ -187,7 +187,9 @@ def test_ls_json_keeps_names_exact(hostile: Hostile) -> None:
     proc = hostile.cli("ls", "--json", "--no-recursive", hostile.sid, "/x", check=False)
     assert proc.returncode == 4
     assert_clean(proc.stderr)
-    nodes = [json.loads(line) for line in _lines(proc.stdout)[1:]]  # strict JSON, one object a line
+    docs = [json.loads(line) for line in _lines(proc.stdout)]  # strict JSON, one object a line
+    assert docs[-1]["message_type"] == "error" and docs[-1]["code"] == 4  # --json: the failure last
+    nodes = docs[1:-1]
     exact = {base64.b64decode(n["name_bytes"]) if "name_bytes" in n else n["name"].encode() for n in nodes}
     assert exact == LISTED
     odd = next(n for n in nodes if "name_bytes" in n)
@@ -353,7 +355,8 @@ def test_verify_names_each_bad_entry_and_passes_the_rest(hostile: Hostile) -> No
     proc = hostile.cli("verify", hostile.sid, "--files", "1000", "--json", check=False)
     assert proc.returncode == 4
     assert_clean(proc.stderr)
-    out = json.loads(proc.stdout.splitlines()[-1])
+    *_, out, error = map(json.loads, proc.stdout.splitlines())  # --json: the failure after the summary
+    assert out["message_type"] == "summary" and error["code"] == 4
     said = Counter((f["path"], f["what"]) for f in out["failures"])
     assert +Counter(("/x", m.removeprefix("/x: ")) for m in LEFT_OUT) - said == Counter()
     by_path = Counter(f["path"] for f in out["failures"])

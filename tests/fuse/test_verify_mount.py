@@ -39,11 +39,11 @@ def test_a_drill_through_a_real_mount_passes_and_catches_a_damaged_chunk(tmp_pat
     on_fuse = f'test "$(stat -f -c %t {{}})" = {FUSE_SUPER_MAGIC}'  # read from a FUSE mount, not a copy
 
     proc = cli("verify", "--through-mount", "--json", "--exec", on_fuse, "--scratch", tmp_path / "scratch")
-    out = json.loads(proc.stdout.splitlines()[-1])
+    out = json.loads(proc.stdout.splitlines()[-1])  # the summary, after any progress lines
     assert out["ok"] and out["method"] == "mount" and out["files_verified"] == 2 and out["commands_run"] == 2
     assert not mounted_below(tmp_path) and not list((tmp_path / "scratch").iterdir())  # unmounted, removed
     status = json.loads(cli("verify", "--status", "--json").stdout)
-    assert status["last"]["method"] == "mount" and status["ok"]
+    assert status["message_type"] == "verify_status" and status["last"]["method"] == "mount" and status["ok"]
 
     repo = Repository.open(LocalBackend(str(cli.repo)), b"mount tests")
     try:
@@ -62,6 +62,8 @@ def test_a_drill_through_a_real_mount_passes_and_catches_a_damaged_chunk(tmp_pat
 
     proc = cli("verify", "--through-mount", "--json", check=False)
     assert proc.returncode == 4, proc.stderr
-    [failure] = json.loads(proc.stdout.splitlines()[-1])["failures"]
+    *_, summary, error = map(json.loads, proc.stdout.splitlines())  # --json: the failure last
+    assert summary["message_type"] == "summary" and error["code"] == 4
+    [failure] = summary["failures"]
     assert failure["path"] == f"{src}/big.bin" and "Input/output error" in failure["what"]
     assert not mounted_below(tmp_path)
