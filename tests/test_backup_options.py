@@ -24,6 +24,7 @@ from fastrepo import init_fast
 from support.cli import CLI, PASSWORD
 
 from backupfs.backends.local import LocalBackend
+from backupfs.ops import backup as backup_mod
 from backupfs.ops import fsmeta
 from backupfs.ops.backup import Archiver, BackupOptions
 from backupfs.ops.excludes import CACHEDIR_SIGNATURE
@@ -282,6 +283,43 @@ def test_unchanged_files_are_not_read_again(cli: CLI, tmp_path: Path) -> None:
 
     forced = summary(cli("backup", "--json", "--force", src))
     assert forced["bytes_read"] == 5 * 100_000 + 10 and int(forced["data_added"]) < 4096
+
+
+def test_unchanged_folders_reuse_their_stored_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder whose entries all match the parent snapshot's is not encoded again; one changed
+    file re-encodes its folder and the folders above it, nothing else."""
+    src = tmp_path / "src"
+    for a in range(3):
+        for b in range(2):
+            (src / f"a{a}" / f"b{b}").mkdir(parents=True)
+            (src / f"a{a}" / f"b{b}" / "f").write_bytes(bytes([a, b]) * 50)
+    repo = Repository.init(LocalBackend(str(tmp_path / "repo")), b"pw", kdf=(1, 8 * MiB))
+    encoded: list[list[bytes]] = []
+    real_encode = backup_mod.encode_tree
+
+    def counting(nodes: list[fsmeta.Node]) -> bytes:
+        encoded.append(sorted(n.name for n in nodes))
+        return real_encode(nodes)
+
+    monkeypatch.setattr(backup_mod, "encode_tree", counting)
+
+    def run() -> tuple[list[list[bytes]], bytes]:
+        encoded.clear()
+        arch = Archiver(repo, BackupOptions(paths=[str(src)], host="h"))
+        _sid, snap = arch.run()
+        return list(encoded), snap.tree
+
+    run()
+    run()  # listing a folder may have set its atime: the second run may still see changed folders
+    way = len(src.parts) - 1  # "/" and the folders on the way to src are always encoded
+    third, tree3 = run()
+    assert len(third) == way
+    (src / "a1" / "b0" / "f").write_bytes(b"changed")
+    fourth, tree4 = run()
+    # b0, a1 and src itself, besides the folders on the way
+    assert len(fourth) == way + 3 and [b"f"] in fourth and [b"b0", b"b1"] in fourth
+    assert tree4 != tree3
+    repo.close()
 
 
 # --------------------------------------------------------------------------- listing and reading

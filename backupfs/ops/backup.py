@@ -44,6 +44,15 @@ READ_WHOLE_MAX = 8 * 1024 * 1024
 READ_PIECE = 64 * 1024  # further reads of a file that was not at its end after `stat`'s size
 LOWEST_PRIORITY = 19  # nice value of the scanner thread
 MAX_PENDING_FILES = 64  # files handed to the pool and not yet read (each holds an fd)
+# A file up to this size (by `stat`) is read by the walking thread itself, not handed to the pool:
+# its work is mostly Python per-file overhead, which holds the GIL anyway, and each hand-off
+# between threads cost more CPU (futex wake-ups) than the file's own work (docs/benchmarks.md,
+# issue 11). Larger files go to the pool, where hashing, compression and encryption release the
+# GIL and keep both cores busy.
+INLINE_FILE_MAX = 64 * 1024
+# Small files of a folder opened ahead of their reads, each with a read-ahead hint: their data
+# arrives from disk in parallel while the walker works through them one by one.
+PREFETCH_FILES = 32
 
 
 @dataclasses.dataclass
@@ -169,7 +178,12 @@ class _Dir:
     path_len: int  # its path is the walk's path buffer up to here
     plan: dict[bytes, object] | None = None  # a folder on the way to the backed-up paths: these only
     at: int = 0
-    pending: list[Node | Future[Node | None]] = dataclasses.field(default_factory=list)
+    pending: list[Node | Future[Node | None] | None] = dataclasses.field(default_factory=list)
+    # the parent snapshot's listing of it is exactly what a backup writes (no reader repairs): if
+    # every entry is unchanged, its stored tree is the folder's tree, with no encoding or hashing
+    reusable: bool = False
+    # small files opened and not read yet: (their place in `pending`, fd, path, node, parent node)
+    opened: list[tuple[int, int, bytes, Node, Node | None]] = dataclasses.field(default_factory=list)
 
 
 class Archiver:
@@ -208,6 +222,7 @@ class Archiver:
         # files waiting for the pool: each holds a folder fd until its job is done
         self._slots = threading.BoundedSemaphore(MAX_PENDING_FILES)
         self._root_devs: set[int] = set()
+        self._clean_parent = False  # set by each `_parent_children`
 
     # ---------------------------------------------------------------- entry points
 
@@ -411,6 +426,9 @@ class Archiver:
                     self._skip(bytes(buf[: parent.path_len]) or b"/", exc)
                     parent.at = len(parent.names)
         finally:
+            for d in dirs:
+                for _at, fd, *_rest in d.opened:
+                    os.close(fd)
             chain.close()
 
     def _entry(self, chain: DirChain, d: _Dir, name: bytes, path: bytes) -> _Dir | None:
@@ -452,7 +470,9 @@ class Archiver:
         except OSError as exc:
             self._skip(path, exc)
             names = []
-        return _Dir(node, pnode, self._parent_children(parent_tree), self._kept(fd, names), path_len)
+        d = _Dir(node, pnode, self._parent_children(parent_tree), self._kept(fd, names), path_len)
+        d.reusable = bool(d.parent_nodes) and self._clean_parent
+        return d
 
     def _kept(self, fd: int, names: list[bytes]) -> list[bytes]:
         """The names of folder `fd` that the walk enters, and the scanner counts: a tag file
@@ -470,12 +490,16 @@ class Archiver:
 
     def _finish(self, d: _Dir, path: bytes) -> bytes:
         """A folder's tree, once every entry is saved (`path` is the folder's)."""
+        if d.opened:
+            self._read_opened(d)
         nodes = []
         for item in d.pending:
             node = item.result() if isinstance(item, Future) else item
             if node is not None:
                 nodes.append(node)
-        tree_id = self._save_tree(nodes)
+        tree_id = self._stored_tree(d, nodes)
+        if tree_id is None:
+            tree_id = self._save_tree(nodes)
         if d.plan is not None:
             return tree_id  # a folder on the way to a backed-up path is not counted
         if d.pnode is not None and d.pnode.subtree == tree_id:
@@ -496,13 +520,18 @@ class Archiver:
         return tree_id
 
     def _parent_children(self, tree_id: bytes | None) -> dict[bytes, Node]:
+        """The parent snapshot's entries of a folder, in stored order; `_clean_parent` says
+        whether they are exactly as stored (no reader rule changed or dropped one)."""
+        self._clean_parent = False
         if tree_id is None:
             return {}
         try:
-            return {n.name: n for n in self.repo.load_tree(tree_id)}
+            listing = self.repo.load_tree(tree_id)
         except BackupfsError as exc:
             self.stats.warnings.append(f"parent snapshot tree unreadable, reading files again: {exc}")
             return {}
+        self._clean_parent = not listing.problems and not listing.unsorted
+        return {n.name: n for n in listing}
 
     def _scan_listing(self, path: bytes) -> list[tuple[bytes, os.stat_result]]:
         """The entries of a folder that the walk will take, as the walk decides (`_kept`, then
@@ -576,6 +605,8 @@ class Archiver:
         if node is None:
             return None
         if node.type == DIR:
+            if d.opened:  # before the folder's own subtree: its fds are not held that long
+                self._read_opened(d)
             d.pending.append(node)
             if self.opts.one_file_system and not top_level and st.st_dev not in self._root_devs:
                 node.subtree = self._save_tree([])
@@ -603,6 +634,18 @@ class Archiver:
             self.stats.add(total_files=1, total_bytes=st.st_size, files_unchanged=1, bytes_done=st.st_size)
             self._report(path)
             d.pending.append(node)
+            return None
+        if st.st_size <= INLINE_FILE_MAX and st.st_nlink == 1:
+            fd = self._open_file(chain.fd, name, path)
+            if fd >= 0:
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                except OSError:
+                    pass  # not a regular file after all (checked when read), or no hint taken
+                d.opened.append((len(d.pending), fd, path, node, pnode))
+                d.pending.append(None)
+                if len(d.opened) >= PREFETCH_FILES:
+                    self._read_opened(d)
             return None
         if st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
@@ -641,6 +684,18 @@ class Archiver:
             self._slots.release()
             raise
 
+    def _read_opened(self, d: _Dir) -> None:
+        """Reads the small files `d` holds open, in this thread, in order."""
+        opened = d.opened
+        d.opened = []
+        for i, (at, fd, path, node, pnode) in enumerate(opened):
+            try:
+                d.pending[at] = self._save_opened(fd, path, node, pnode)
+            except BaseException:
+                for _at, later, *_rest in opened[i + 1 :]:
+                    os.close(later)
+                raise
+
     def _copy_content(self, first: Future[Node | None], path: bytes, node: Node, pnode: Node | None) -> Node | None:
         """Another name of an inode read in this backup: same content, no second read; counted
         as the file it is under this name (new, or changed since the parent snapshot)."""
@@ -654,6 +709,18 @@ class Archiver:
         self._count_saved(node, pnode)
         self.stats.add(bytes_done=done.size)
         return node
+
+    def _stored_tree(self, d: _Dir, nodes: list[Node]) -> bytes | None:
+        """The parent snapshot's tree of `d` when `nodes` are its very entries (equal nodes encode
+        to equal bytes): an unchanged folder costs a comparison, not an encoding and a hash."""
+        if not d.reusable or d.pnode is None or d.pnode.subtree is None or len(nodes) != len(d.parent_nodes):
+            return None
+        if any(a != b for a, b in zip(nodes, d.parent_nodes.values(), strict=True)):
+            return None
+        if not self.repo.has_blob(d.pnode.subtree):  # e.g. a local check found its copy damaged
+            return None
+        self.stats.add(tree_blobs=1)
+        return d.pnode.subtree
 
     def _count_saved(self, node: Node, pnode: Node | None) -> None:
         """A file read (or linked to one read) in this backup: new, or changed since the parent."""
@@ -697,13 +764,21 @@ class Archiver:
 
     def _save_file(self, dir_fd: int, name: bytes, path: bytes, node: Node, pnode: Node | None) -> Node | None:
         """File `name` of folder `dir_fd` (whose path is for messages); None if it could not be read."""
-        self.current = path
+        fd = self._open_file(dir_fd, name, path)
+        return None if fd < 0 else self._save_opened(fd, path, node, pnode)
+
+    def _open_file(self, dir_fd: int, name: bytes, path: bytes) -> int:
+        """An fd of file `name` of folder `dir_fd`, or -1 if it cannot be opened (skip recorded)."""
         try:
-            fd = _open_noatime(dir_fd, name)
+            return _open_noatime(dir_fd, name)
         except OSError as exc:
             # ELOOP: O_NOFOLLOW met a symlink where the walker saw a file
             self._skip(path, _CHANGED_TYPE if exc.errno == errno.ELOOP else exc)
-            return None
+            return -1
+
+    def _save_opened(self, fd: int, path: bytes, node: Node, pnode: Node | None) -> Node | None:
+        """The content of file `fd` (closed here) into `node`; None if it could not be read."""
+        self.current = path
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
