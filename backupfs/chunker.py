@@ -1,4 +1,4 @@
-"""Content-defined chunking (design.md section 6) over pyfastcdc, seeded from the master key."""
+"""Content-defined chunking (format.md section 6) over pyfastcdc, seeded from the master key."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pyfastcdc import FastCDC
 
 DEFAULT_PARAMS = (512 * 1024, 512 * 1024, 8 * 1024 * 1024)  # min, FastCDC avg parameter, max
 # The (lowest, highest) value of each of min, avg and max that pyfastcdc accepts (it raises
-# ValueError outside them), and so all a repository config may set (design.md 5). The maximum
-# also bounds every data blob a reader will inflate (design.md 3): a config cannot lift that
+# ValueError outside them), and so all a repository config may set (format.md 5). The maximum
+# also bounds every data blob a reader will inflate (format.md 3): a config cannot lift that
 # bound to gigabytes.
 MIN_RANGE = (64, 1 << 20)
 AVG_RANGE = (256, 4 << 20)

@@ -1,4 +1,4 @@
-"""Per-blob compression with the algorithm recorded in the first payload byte (design.md 3)."""
+"""Per-blob compression with the algorithm recorded in the first payload byte (format.md 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Keys, keyed ids and the AEAD envelope (design.md sections 3-4). Pure: no I/O besides urandom."""
+"""Keys, keyed ids and the AEAD envelope (format.md sections 3-4). Pure: no I/O besides urandom."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ _ZEROS: Final = bytes(1 << 20)  # a hole's bytes, fed to a file hash a MiB at a 
 
 ARGON2_OPS: Final = 3
 ARGON2_MEM: Final = 64 * 1024 * 1024
-# What a key file may ask for (design.md 4). Anyone who can write to the storage can add a key
+# What a key file may ask for (format.md 4). Anyone who can write to the storage can add a key
 # file, and every command pays its cost before it tries the next one: the ceiling keeps one
 # hostile file to ~10 s and 1 GiB, not the minutes and 8 GiB libsodium would accept.
 ARGON2_OPS_RANGE: Final = (1, 10)
@@ -69,7 +69,7 @@ class MasterKey:
         return key
 
     def file_hash_key(self) -> bytes:
-        """The key of whole-file hashes (design.md 9 `fh`): derived, so that a file hash can never
+        """The key of whole-file hashes (format.md 9 `fh`): derived, so that a file hash can never
         be taken for (or tested against) a blob id of the same bytes."""
         return blake3.blake3(FILE_HASH_CONTEXT, key=self.id).digest()
 

@@ -1,4 +1,4 @@
-"""Exception hierarchy; each user-facing error carries the exit code documented in design.md."""
+"""Exception hierarchy; each user-facing error carries the exit code documented in architecture.md (exit codes)."""
 
 from __future__ import annotations
 

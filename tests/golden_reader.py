@@ -1,4 +1,4 @@
-"""A second reader of backupfs repositories (format version 1), written from docs/design.md alone.
+"""A second reader of backupfs repositories (format version 1), written from docs/format.md alone.
 
 It imports nothing of backupfs: msgpack, BLAKE3, libsodium's AEADs through PyNaCl, the reference
 Argon2 (argon2-cffi, so that the spec's "libsodium with one lane" is checked against another
@@ -21,7 +21,7 @@ import nacl.bindings as nb
 import zstandard
 from argon2.low_level import Type, hash_secret_raw
 
-# suite -> nonce size, tag size, decrypt(ciphertext, aad, nonce, key)   (design.md 3)
+# suite -> nonce size, tag size, decrypt(ciphertext, aad, nonce, key)   (format.md 3)
 SUITES = {
     "aegis256": (32, 32, nb.crypto_aead_aegis256_decrypt),
     "xchacha20poly1305": (24, 16, nb.crypto_aead_xchacha20poly1305_ietf_decrypt),
@@ -143,7 +143,7 @@ class Reader:
         return out
 
     def _unwrap(self, password: bytes) -> dict[str, bytes]:
-        """The master key from the first key file the password opens (design.md 4)."""
+        """The master key from the first key file the password opens (format.md 4)."""
         for name in self.names("keys"):
             kf = unpack(self.file("keys", name))
             need(kf["v"] == 1 and kf["kdf"] == "argon2id", "key file version and kdf")
@@ -248,7 +248,7 @@ class Reader:
 
 
 
-# ---------------------------------------------------------------- chunking (design.md 6)
+# ---------------------------------------------------------------- chunking (format.md 6)
 
 GEAR_BLAKE3 = "9af822d1e10df25d0157a43ccd0a73b56d1c1d0a5d77acb4e6e979522d0fe149"
 MASKS = dict(  # k -> the mask of k one bits

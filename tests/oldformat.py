@@ -1,5 +1,5 @@
 """Snapshots as an older backupfs wrote them: the same trees without the whole-file hash `fh`
-(design.md 9), to prove that newer code reads, reuses and verifies them."""
+(format.md 9), to prove that newer code reads, reuses and verifies them."""
 
 from __future__ import annotations
 

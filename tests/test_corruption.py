@@ -25,7 +25,7 @@ from backupfs.ops.treeview import lookup
 from backupfs.repository.repo import Repository
 
 MiB = 1024 * 1024
-EXIT_CODES = {0, 1, 2, 3, 4, 10, 11, 12, 13, 129, 130, 143}  # design.md section 14
+EXIT_CODES = {0, 1, 2, 3, 4, 10, 11, 12, 13, 129, 130, 143}  # architecture.md section 2
 
 
 def rand(n: int, seed: int) -> bytes:

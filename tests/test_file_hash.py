@@ -1,4 +1,4 @@
-"""Every backed-up regular file records `fh`, the keyed hash of its whole content (design.md 9),
+"""Every backed-up regular file records `fh`, the keyed hash of its whole content (format.md 9),
 computed from the bytes the backup read: small and streamed files, sparse files (holes hash as
 the zeros a restore gives back), stdin, hardlinks, and files reused unchanged from the parent."""
 

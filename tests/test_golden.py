@@ -1,5 +1,5 @@
 """The golden repository: committed bytes of format version 1 that backupfs must keep reading, and
-that a reader written from docs/design.md alone (golden_reader.py) decodes to the same thing.
+that a reader written from docs/format.md alone (golden_reader.py) decodes to the same thing.
 
 A change to the bytes backupfs writes or expects (an AAD, a key derivation parameter, a msgpack
 key, a compression layout) fails here until the spec, the independent reader and the golden

@@ -1,4 +1,4 @@
-"""One index codec (design.md 8): the repository's decoder (`IndexFile.decode`) and prune's
+"""One index codec (format.md 8): the repository's decoder (`IndexFile.decode`) and prune's
 streaming one (`BlobTable.add_index_file`) accept the same bytes and reject the same bytes with
 the same message, and an authenticated but out-of-range value is a damaged index file named as
 such, never an "internal error" later (issue 10).
@@ -45,7 +45,7 @@ def _entry(**change: object) -> list[object]:
 
 
 GOOD_FILE = _file()
-# every way an index file's plaintext can break a rule of design.md 8 -> what the message says
+# every way an index file's plaintext can break a rule of format.md 8 -> what the message says
 MALFORMED: dict[str, tuple[bytes, str]] = {
     "offset 2^32": (_file([[P, [_entry(offset=U32)]]]), f"{WHERE}: entry 0: offset 4294967296 is out of range"),
     "length 2^32": (_file([[P, [GOOD, _entry(length=U32)]]]), f"{WHERE}: entry 1: length 4294967296 is out of range"),
@@ -212,7 +212,7 @@ def test_repository_and_prune_name_the_index_file_with_an_offset_beyond_u32() ->
     warnings: list[str] = []
     repo = Repository.open(backend, PASSWORD.encode(), warn=warnings.append)
     try:
-        repo.load_index()  # a damaged index file is skipped, named once (design.md 15), never a crash
+        repo.load_index()  # a damaged index file is skipped, named once (architecture.md 4), never a crash
         assert "offset 4294967296 is out of range" in repo.damaged_index_files[name]
         (line,) = [w for w in warnings if name[:8] in w]
         assert "is damaged and was skipped" in line and "offset 4294967296 is out of range" in line

@@ -1,4 +1,4 @@
-"""The layering of design.md 14a holds: the import-linter contracts in pyproject.toml.
+"""The layering of architecture.md 3 holds: the import-linter contracts in pyproject.toml.
 
 They are checked on the source (no module is imported), so an upward import, pyfuse3 outside the
 FUSE adapter, argparse outside the CLI or an I/O module in pure code fails the suite, naming the

@@ -201,7 +201,7 @@ def _snapshot(repo: Repository, files: dict[str, bytes], clock: Clock) -> str:
 
 
 def _needed(repo: Repository, sid: str, index: dict[str, IndexFile] | None = None) -> dict[tuple[FileType, str], float]:
-    """Every file a snapshot needs (design.md 19) with its retain-until date."""
+    """Every file a snapshot needs (format.md 13) with its retain-until date."""
     snap = repo.load_snapshot(sid)
     packs = repo.packs_of_tree(snap.tree)
     files = [(FileType.SNAPSHOT, sid), (FileType.CONFIG, "config")]
@@ -427,7 +427,7 @@ def test_a_superseding_index_cannot_make_prune_delete_locked_data() -> None:
         for name, data in files.items():
             assert backend.load(ftype, name) == data, f"{ftype.value}/{name} was lost"
     # the real packs are seen for what they are (data in use, listed again where no index lists
-    # them: design.md 16) and kept; only the forged pack is garbage, and it is locked
+    # them: architecture.md 5) and kept; only the forged pack is garbage, and it is locked
     assert set(before[FileType.DATA]) <= {p.id.hex() for p in plan.keep}
     assert plan.reindexed and not plan.delete and not plan.unindexed
     assert plan.held.kinds["unused"].count == 1

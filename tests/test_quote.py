@@ -1,4 +1,4 @@
-"""How the CLI shows stored names: escaped on a terminal, exact in JSON (design.md 9)."""
+"""How the CLI shows stored names: escaped on a terminal, exact in JSON (format.md 9)."""
 
 from __future__ import annotations
 

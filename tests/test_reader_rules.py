@@ -1,4 +1,4 @@
-"""The reader rules for stored trees (design.md 9).
+"""The reader rules for stored trees (format.md 9).
 
 `read_listing` is what every reader (ls, cat, restore, check, the mount) sees of a tree blob: it
 must hold its promises for any bytes at all, which the fuzzing below checks with the same
@@ -45,7 +45,7 @@ def test_any_bytes_read_as_a_listing_keep_the_reader_rules() -> None:
 
 
 def _assert_reader_rules(listing: object) -> None:
-    """What `read_listing` promises every reader (design.md 9), whatever the bytes were."""
+    """What `read_listing` promises every reader (format.md 9), whatever the bytes were."""
     assert isinstance(listing, tree_fmt.Listing)
     names = [n.name for n in listing]
     assert names == sorted(set(names))
@@ -67,7 +67,7 @@ def _assert_reader_rules(listing: object) -> None:
 
 
 def test_read_listing_leaves_out_repairs_or_marks_each_bad_entry() -> None:
-    """One entry per rule of design.md 9, next to a good one that must come through untouched."""
+    """One entry per rule of format.md 9, next to a good one that must come through untouched."""
     bid = b"b" * 32
 
     def f(name: bytes, **fields: object) -> dict[str, object]:

@@ -307,7 +307,7 @@ def test_tree_round_trip_every_field() -> None:
 
 
 def test_tree_readers_ignore_keys_they_do_not_know() -> None:
-    """What keeps the format at version 1 when a node gains an optional key (`fh` did, design.md 9):
+    """What keeps the format at version 1 when a node gains an optional key (`fh` did, format.md 9):
     both decoders take the keys they know and drop the others, in either decoding path."""
     entry = {"n": b"f", "t": "f", "m": 0o644, "s": 3, "c": [[0, b"i" * 32]], "fh": b"h" * 32, "zz-future": [1]}
     blob = msgpack.packb({"v": 1, "entries": [entry]}, use_bin_type=True)
@@ -743,7 +743,7 @@ def test_blob_envelope_bound_to_id_and_type(mem_repo: tuple[MemoryBackend, Repos
 def test_a_tree_sealed_under_another_id_is_refused(mem_repo: tuple[MemoryBackend, Repository]) -> None:
     """The key's holder can seal any listing for any tree id, e.g. one whose sub-folder is the
     tree itself: a cycle. The keyed id of every blob's plaintext is checked on every load, so
-    no reader meets one (design.md 3, 13)."""
+    no reader meets one (format.md 3, architecture.md 1)."""
     _backend, repo = mem_repo
     fine = repo.save_tree([_node(b"x")])
     cycle_id = repo.blob_id(b"the id of another listing")

@@ -1,4 +1,4 @@
-"""`backupfs verify`: restore drills through the real command line (design.md 20, docs/verify.md).
+"""`backupfs verify`: restore drills through the real command line (format.md 14, docs/verify.md).
 
 Each kind of damage is made for real: a flipped byte in a pack file on disk, a tree forged with the
 repository's key, a bug put into the restore code of the process that runs the drill. The drill

@@ -1,4 +1,4 @@
-"""Writes tests/golden_repo: a small repository of format version 1 (design.md), committed so that
+"""Writes tests/golden_repo: a small repository of format version 1 (format.md), committed so that
 any change to the bytes backupfs writes or reads fails tests/test_golden.py until the spec, the
 independent reader (tests/golden_reader.py) and this repository change with it.
 

@@ -26,7 +26,7 @@ class FileType(enum.Enum):
     INDEX = "index"
     SNAPSHOT = "snapshots"
     LOCK = "locks"
-    VERIFY = "verify"  # restore drills' records (design.md 20); folder absent in older repositories
+    VERIFY = "verify"  # restore drills' records (format.md 14); folder absent in older repositories
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

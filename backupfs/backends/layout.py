@@ -1,4 +1,4 @@
-"""The repository's names and paths (design.md 2), owned here for every backend and the server.
+"""The repository's names and paths (format.md 2), owned here for every backend and the server.
 
     config                      the only file not named by its content
     keys/<file id>              and index/, snapshots/, locks/ alike

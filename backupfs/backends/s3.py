@@ -8,7 +8,7 @@ repository can be copied between a directory, an SFTP server and a bucket with p
 A PUT is atomic (an object appears whole or not at all), so there are no temporary files.
 boto3 clients are thread-safe: one client with a connection pool serves every thread.
 
-With S3 Object Lock (`set_retention`, design.md "Object Lock") every object but the lock files is
+With S3 Object Lock (`set_retention`, format.md "Object Lock") every object but the lock files is
 written with a retain-until date, and `remove` deletes an object's versions by their ids: on a
 versioned bucket a plain DELETE would only add a delete marker, hiding the object while its bytes
 stay stored (and billed) for ever.

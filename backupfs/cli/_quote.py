@@ -4,7 +4,7 @@ Names, symlink targets, hosts and tags come from the repository, where anyone ho
 (or a buggy client) can write any bytes. Printed raw, a newline forges an output line and an
 escape sequence drives the terminal. So every stored string a command prints on a terminal
 stream goes through `escape` (as `ls -b` and restic's quoting do), and `--json` output carries
-names exactly (`json_name`). docs/design.md section 9 documents both forms.
+names exactly (`json_name`). docs/format.md section 9 documents both forms.
 """
 
 from __future__ import annotations

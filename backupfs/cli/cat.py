@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             if offset > pos:
                 _zeros(out, offset - pos)  # a hole
             data = repo.load_blob(DATA, blob_id)
-            # a chunk gives the bytes up to the next one's offset, or the size (design.md 9)
+            # a chunk gives the bytes up to the next one's offset, or the size (format.md 9)
             end = min(offset + len(data), content[j + 1][0] if j + 1 < len(content) else node.size)
             out.write(memoryview(data)[: end - offset])
             pos = end

@@ -164,7 +164,7 @@ def _by_policy(repo: Repository, args: argparse.Namespace, policy: Policy) -> li
 
 def _remove(repo: Repository, ids: list[str], snaps: dict[str, Snapshot], dry_run: bool) -> tuple[list[str], Held]:
     """Removes the snapshot files (unless `dry_run`), each with the older versions it hides (`tag`); returns those removed (or that would be)
-    and what the storage keeps for now (Object Lock, design.md 19): prune must go on treating
+    and what the storage keeps for now (Object Lock, format.md 13): prune must go on treating
     a snapshot that is still there as one to keep."""
     held = Held()
     locked = locked_dates(repo, FileType.SNAPSHOT, ids)

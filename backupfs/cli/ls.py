@@ -2,7 +2,7 @@
 
 Names are escaped (`_quote.escape`), so a stored name cannot forge an output line or drive the
 terminal; `--json` keeps them exact (`_quote.json_name`). An entry the reader rules left out or
-showed repaired (design.md 9) is named in a warning on stderr, the rest is listed, and the exit
+showed repaired (format.md 9) is named in a warning on stderr, the rest is listed, and the exit
 code is then 4.
 """
 

@@ -1,4 +1,4 @@
-"""`backupfs repair index|snapshots|packs`: the way back from damage `check` found (design.md 18).
+"""`backupfs repair index|snapshots|packs`: the way back from damage `check` found (architecture.md 7).
 
 Exit codes: 0 when the repair is done (or, with --dry-run, would be); 4 when data is lost for
 good (`repair packs`: blobs no copy of which reads back; `repair snapshots`: a snapshot of which

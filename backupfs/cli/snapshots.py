@@ -52,7 +52,7 @@ def snapshot_json(sid: str, snap: Snapshot, drills: dict[bytes, tuple[int, bool]
         "program_version": snap.program,
         **({"repaired": snap.repaired.hex()} if snap.repaired else {}),
     }
-    if drills is not None:  # the newest restore drill that sampled files of it (design.md 20)
+    if drills is not None:  # the newest restore drill that sampled files of it (format.md 14)
         verified = drills.get(bytes.fromhex(sid))
         out["last_verified"] = {"time": iso_time(verified[0]), "ok": verified[1]} if verified else None
     return out

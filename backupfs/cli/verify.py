@@ -24,7 +24,7 @@ from backupfs.ops.verify import Drill, DrillOptions, DrillProgress, DrillResult
 from backupfs.prune.options import parse_size
 from backupfs.repository.repo import Repository
 
-EXIT_STALE = 5  # --status: no successful drill, or none within --max-age (design.md 14)
+EXIT_STALE = 5  # --status: no successful drill, or none within --max-age (architecture.md 2)
 SEED_BITS = 63
 DAY = 86400.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")

@@ -1,4 +1,4 @@
-"""The repository config: a tiny plaintext header and an encrypted body (design.md 5)."""
+"""The repository config: a tiny plaintext header and an encrypted body (format.md 5)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class ConfigHeader:
 @dataclasses.dataclass(frozen=True, slots=True)
 class ObjectLockConfig:
     """`init --object-lock DAYS`: every file a snapshot younger than `days` needs stays undeletable
-    (S3 Object Lock, in `mode`) until `days` after that snapshot (design.md "Object Lock")."""
+    (S3 Object Lock, in `mode`) until `days` after that snapshot (format.md "Object Lock")."""
 
     mode: str
     days: int

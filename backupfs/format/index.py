@@ -1,4 +1,4 @@
-"""Index files: which pack holds which blob (design.md section 8).
+"""Index files: which pack holds which blob (format.md section 8).
 
 The one codec for them. `decode_index` streams a file one pack at a time and hands each pack's
 checked entries to a callback, so prune can put millions of blobs into its compact table without
@@ -34,7 +34,7 @@ def decode_index(data: bytes, add_pack: Callable[[bytes, Sequence[Entry]], None]
     file order; returns the ids of the index files it supersedes.
 
     `entries` are the decoded `(type, id, offset, length, raw_length)` tuples, each already
-    checked; the callback may keep them or copy them elsewhere. Any deviation from design.md 8
+    checked; the callback may keep them or copy them elsewhere. Any deviation from format.md 8
     raises IntegrityError saying what and where (before or after some callbacks: callers discard
     what they collected).
     """

@@ -1,4 +1,4 @@
-"""Key exports (`key export`/`key import`, design.md 4): the master key, still wrapped by a
+"""Key exports (`key export`/`key import`, format.md 4): the master key, still wrapped by a
 password, in a form to print, store offline or type back in when `keys/` is lost.
 
 The payload is msgpack `{"v": 1, "repo": repository id, "kdf", "ops", "mem", "salt", "nonce",

@@ -1,4 +1,4 @@
-"""Key files: the master key wrapped by a password (design.md section 4)."""
+"""Key files: the master key wrapped by a password (format.md section 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Lock files (design.md section 11)."""
+"""Lock files (format.md section 11)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pack files: blob envelopes, an encrypted header, a 4-byte length trailer (design.md 7)."""
+"""Pack files: blob envelopes, an encrypted header, a 4-byte length trailer (format.md 7)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ HEADER_AAD: Final = b"bfs1H"
 TRAILER = struct.Struct("<I")
 ID_SIZE: Final = 32
 # Offsets and lengths are below 2^32: the trailer stores a uint32, and so do the master index's
-# records (design.md 15). Checked at decode, so a hostile value is a damaged file, not a crash later.
+# records (architecture.md 4). Checked at decode, so a hostile value is a damaged file, not a crash later.
 _U32_BITS: Final = 32
 U32_LIMIT: Final = 1 << _U32_BITS
 
@@ -53,7 +53,7 @@ def shown(value: object) -> str:
 def entry_problem(item: object) -> str:
     """What is wrong with one stored `[type, id, offset, length, raw_length]`, or "" if nothing.
 
-    The one rule for a blob entry, in a pack header and in an index file alike (design.md 7, 8).
+    The one rule for a blob entry, in a pack header and in an index file alike (format.md 7, 8).
     Returns instead of raising so a caller can name where the entry is; no object is made for a
     good entry, since an index streams millions of them.
     """

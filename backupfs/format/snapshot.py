@@ -1,4 +1,4 @@
-"""Snapshot objects (design.md section 10)."""
+"""Snapshot objects (format.md section 10)."""
 
 from __future__ import annotations
 

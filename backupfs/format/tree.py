@@ -1,9 +1,9 @@
-"""Tree blobs: one msgpack object per directory (design.md section 9).
+"""Tree blobs: one msgpack object per directory (format.md section 9).
 
 Two decoders. `decode_tree` gives every entry as stored and raises on any malformed one: for
 code that must account for every blob an entry names or reproduce the tree (prune, copy).
 `read_listing` applies the reader
-rules of design.md 9 for everything that shows or restores entries: a tree can be forged by
+rules of format.md 9 for everything that shows or restores entries: a tree can be forged by
 anyone holding the key (or written by a buggy client), and one bad entry must cost that entry
 only, never the folder. It leaves out what cannot be named, clamps what cannot be represented,
 marks what cannot be read, and says what it did (`Listing.problems`).
@@ -36,7 +36,7 @@ NOBODY = 65534  # what the kernel shows for an id it cannot map (overflowuid): o
 SIZE_MAX = 2**63 - 1  # off_t
 NLINK_MAX = 2**32 - 1  # the FUSE protocol's link count
 U64_MAX = 2**64 - 1  # ino_t, dev_t
-FILE_HASH_SIZE = 32  # `fh`: keyed BLAKE3 of a file's whole content (design.md 9)
+FILE_HASH_SIZE = 32  # `fh`: keyed BLAKE3 of a file's whole content (format.md 9)
 NODE_TYPES = frozenset({FILE, DIR, SYMLINK, FIFO, CHARDEV, BLOCKDEV})
 # node type -> the S_IFMT bits of st_mode, for everything that shows nodes as files (ls, mount)
 FMT_OF_TYPE = {
@@ -205,12 +205,12 @@ class Node:
 
 
 def clamp_id(value: int) -> int:
-    """A uid or gid as readers show it: one out of range as NOBODY (design.md 9)."""
+    """A uid or gid as readers show it: one out of range as NOBODY (format.md 9)."""
     return value if 0 <= value <= ID_MAX else NOBODY
 
 
 def name_problem(name: bytes) -> str | None:
-    """Why `name` cannot be an entry of a folder (design.md 9), or None if it can."""
+    """Why `name` cannot be an entry of a folder (format.md 9), or None if it can."""
     if not name:
         return "its name is empty"
     if name in (b".", b".."):
@@ -304,7 +304,7 @@ class Listing(list[Node]):
 
 
 def read_listing(data: bytes) -> Listing:
-    """A tree blob under the reader rules (design.md 9); raises only when the blob as a whole is
+    """A tree blob under the reader rules (format.md 9); raises only when the blob as a whole is
     unreadable. Of entries with equal names the first stored is kept."""
     obj = unpack(data, "tree blob")
     if not isinstance(obj, dict) or obj.get("v") != 1 or not isinstance(obj.get("entries"), list):
@@ -430,7 +430,7 @@ def _as_content(value: object) -> list[tuple[int, bytes]]:
 
 def _apply_value_rules(node: Node) -> list[str]:
     """Clamps what the platform cannot represent and marks content that cannot be read as
-    stored (design.md 9); returns what it did. Nearly every node passes the first test."""
+    stored (format.md 9); returns what it did. Nearly every node passes the first test."""
     if (
         0 <= node.mode <= MODE_BITS
         and 0 <= node.uid <= ID_MAX

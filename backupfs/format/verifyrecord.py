@@ -1,4 +1,4 @@
-"""Verify records: the result of one restore drill (design.md section 20)."""
+"""Verify records: the result of one restore drill (format.md section 14)."""
 
 from __future__ import annotations
 

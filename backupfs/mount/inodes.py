@@ -184,7 +184,7 @@ class DamageLog:
         log.error("%s: %s", self._table.path(rec), msg)
 
     def report_listing(self, rec: Inode, tree_id: bytes, listing: Listing) -> None:
-        """Logs once per folder what the reader rules did to its entries (design.md 9): each
+        """Logs once per folder what the reader rules did to its entries (format.md 9): each
         entry left out or unreadable as an error, each value shown repaired as a warning."""
         key = (rec.ino, b"entries" + tree_id)
         if not listing.problems or key in self._reported:

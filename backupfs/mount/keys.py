@@ -1,4 +1,4 @@
-"""Identity keys, from which the mount's inode numbers are derived (docs/design.md, section 17).
+"""Identity keys, from which the mount's inode numbers are derived (docs/architecture.md, section 6).
 
 Pure. One function per kind of key, so that the table of keys in the design is this file.
 """

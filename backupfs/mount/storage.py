@@ -77,7 +77,7 @@ class Storage:
 
     def chunk_len(self, content: list[tuple[int, bytes]], j: int, size: int) -> int:
         """How many bytes of a file (`size` bytes) its `j`th chunk gives: its plaintext length,
-        but never past the next chunk's offset or the end (design.md 9, reader rules)."""
+        but never past the next chunk's offset or the end (format.md 9, reader rules)."""
         room = (content[j + 1][0] if j + 1 < len(content) else size) - content[j][0]
         n = self.repo.index.raw_length(content[j][1])
         return room if n is None else min(n, room)  # not (yet) indexed: assume it fills its room

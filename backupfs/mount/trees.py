@@ -3,7 +3,7 @@
 A folder's entry keeps its node; any other entry keeps only the id of the listing that holds it
 and finds its node there again when asked (files are most of a tree, and a node costs ~600 bytes:
 memory stays ~300 bytes per inode the kernel holds, and the listing is usually still cached).
-Listings are read under the reader rules (design.md 9): sorted by name, each name once, each a
+Listings are read under the reader rules (format.md 9): sorted by name, each name once, each a
 valid file name, so a name is found by bisection and one bad entry costs that entry only.
 """
 

@@ -939,7 +939,7 @@ class _DryRun:
 
     def save_blob(self, btype: int, data: bytes | memoryview) -> tuple[bytes, int]:
         if len(data) > self._repo.max_blob_size(btype):  # as a real backup would fail
-            raise BackupfsError(f"a blob of {len(data)} bytes exceeds what this repository allows (design.md 9)")
+            raise BackupfsError(f"a blob of {len(data)} bytes exceeds what this repository allows (format.md 9)")
         blob_id = self._repo.blob_id(data)
         if self._repo.has_blob(blob_id):
             return blob_id, 0

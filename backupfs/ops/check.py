@@ -92,7 +92,7 @@ class Checker:
 
     def run(self, read_data: bool = False, subset: str | None = None) -> CheckResult:
         # Snapshots are listed before the indexes are read: a backup running meanwhile writes its
-        # index before its snapshot (design.md 12), so every snapshot seen here is fully indexed.
+        # index before its snapshot (format.md 12), so every snapshot seen here is fully indexed.
         snapshots = self.repo.file_names(FileType.SNAPSHOT)
         self._log("load indexes")
         self._check_index()
@@ -226,7 +226,7 @@ class Checker:
 
     def _check_foreign(self) -> None:
         """Files in the repository's folders that are not repository files: backupfs neither
-        reads nor deletes them (design.md 2), so only this tells that they are there."""
+        reads nor deletes them (format.md 2), so only this tells that they are there."""
         for path in self.repo.foreign_files():
             self.result.foreign_files.append(path)
             self.result.warnings.append(
@@ -338,7 +338,7 @@ class Checker:
                     for b in bad:
                         found.setdefault(b, set()).add(pack_id)
         # Remembered locally: readers try other copies first, and the next backup stores these
-        # chunks again instead of reusing them (design.md 15).
+        # chunks again instead of reusing them (architecture.md 4).
         DamagedBlobs(self.repo.cache_dir, self.repo.header.repo_id).update(set(packs), found)
         if bad_blobs:
             self._find_affected(bad_blobs)

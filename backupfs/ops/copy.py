@@ -1,6 +1,6 @@
 """Copy snapshots into another repository with its own keys (`backupfs copy`, 3-2-1 off-site).
 
-Blob ids are keyed per repository (design.md 3), so the same plaintext has different ids in the
+Blob ids are keyed per repository (format.md 3), so the same plaintext has different ids in the
 two repositories: every data blob is mapped src id -> dst id by hashing its plaintext with the
 destination's id key, and every tree is rewritten bottom-up with the new ids. Reading all data
 again for every nightly copy would be ruinous, so the mapping is learnt cheaply where possible:
@@ -119,7 +119,7 @@ class Copier:
     def copy_snapshot(self, sid: str, snap: Snapshot) -> str:
         ref = self._reference(sid, snap)
         tree = self._copy_tree(snap.tree, ref)
-        self.dst.flush()  # packs and index before the snapshot that needs them (design.md 12)
+        self.dst.flush()  # packs and index before the snapshot that needs them (format.md 12)
         parent = None
         if snap.parent is not None:
             parent_snap = self._src_snaps.get(snap.parent.hex())

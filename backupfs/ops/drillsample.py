@@ -1,4 +1,4 @@
-"""What a restore drill reads: the record history, and the sample it draws (design.md 20).
+"""What a restore drill reads: the record history, and the sample it draws (format.md 14).
 
 The population is every regular file of the chosen snapshots, walked newest snapshot first and
 each tree once. It is held in flat arrays (a sort key, a size, and where the file lies: a folder
@@ -152,7 +152,7 @@ def draw(
     now_ns: int,
 ) -> Plan:
     """The drill's sample of the files of `snapshots` (given newest first), stalest packs first
-    and then a size-weighted random order (design.md 20)."""
+    and then a size-weighted random order (format.md 14)."""
     rng = random.Random(seed)
     keys = array("d")
     sizes = array("q")

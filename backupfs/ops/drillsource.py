@@ -1,4 +1,4 @@
-"""Where a restore drill gets its sample back from (design.md 20): the restore code into a
+"""Where a restore drill gets its sample back from (format.md 14): the restore code into a
 scratch folder (`RestoreSource`), or a folder already holding the snapshots (`FolderSource`: a
 `backupfs mount`). Both hand the drill read-only fds, opened one name at a time."""
 

@@ -1,4 +1,4 @@
-"""File metadata <-> tree `Node` (design.md section 9): the only module that reads or sets OS metadata.
+"""File metadata <-> tree `Node` (format.md section 9): the only module that reads or sets OS metadata.
 
 Backup calls `node_from_path` and `data_extents`; restore calls `create_node` / `create_file`,
 writes file contents and links hardlinks itself, then `apply_metadata`. Nothing here knows about the

@@ -1,6 +1,6 @@
-"""The way back from damage: `repair index`, `repair packs` and `repair snapshots` (design.md 18).
+"""The way back from damage: `repair index`, `repair packs` and `repair snapshots` (architecture.md 7).
 
-Each writes before it deletes, in the order of design.md 12 and 16, so a kill at any instant
+Each writes before it deletes, in the order of format.md 12 and architecture.md 5, so a kill at any instant
 leaves a repository every command can read, and running the repair again finishes it:
 
 - `repair_index` rebuilds the index from the packs' own authenticated headers. New index files
@@ -380,7 +380,7 @@ def repair_snapshots(
             continue
         if dry_run:
             continue
-        repo.flush()  # trees first, indexed, then the snapshot (design.md 12)
+        repo.flush()  # trees first, indexed, then the snapshot (format.md 12)
         summary = {**snap.summary, "repaired_folders": len(rep.lost_folders), "repaired_files": len(rep.damaged_files)}
         new = dataclasses.replace(
             snap,
@@ -474,7 +474,7 @@ class _Rewriter:
 
     def chunk_ok(self, blob_id: bytes) -> bool:
         """A chunk is lost when no copy is indexed as file data, or every copy is in a pack
-        a local check found it damaged in (design.md 15)."""
+        a local check found it damaged in (architecture.md 4)."""
         locs = self.repo.index.locations(blob_id)
         if not locs or all(loc.type != DATA for loc in locs):
             return False

@@ -837,7 +837,7 @@ class Restorer:
 
     def _write_content(self, fd: int, node: Node, path: bytes, chunks: Iterable[tuple[int, bytes]]) -> bool:
         written = 0
-        # a chunk gives the bytes up to the next one's offset, or the size (design.md 9)
+        # a chunk gives the bytes up to the next one's offset, or the size (format.md 9)
         ends = [*(off for off, _bid in (node.content or [])[1:]), node.size]
         try:
             for (offset, data), end in zip(chunks, ends, strict=False):

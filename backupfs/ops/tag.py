@@ -4,7 +4,7 @@ A snapshot file is named by the hash of its bytes, so new tags mean a new file. 
 first and records, in `replaces`, the ids of every earlier version of this snapshot; only then is
 the old file removed (a crash in between leaves both, and readers show only the new one).
 Through an append-only server nothing can be removed: the old file stays, hidden from every
-listing by the new one (design.md 10), as restic leaves both.
+listing by the new one (format.md 10), as restic leaves both.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reading stored trees by path: shared by ls, cat and restore.
 
-Listings come through `Repository.load_tree`, under the reader rules of design.md 9: what an
+Listings come through `Repository.load_tree`, under the reader rules of format.md 9: what an
 entry could not show as stored is reported through `on_problem` with the folder it is in, so
 each command says it once, with the path, and shows the rest.
 """

@@ -1,4 +1,4 @@
-"""Restore drills (`backupfs verify`, design.md 20): restore a sample, check what came back.
+"""Restore drills (`backupfs verify`, format.md 14): restore a sample, check what came back.
 
 A drill proves what a person restoring a file gets, not only that stored blobs decrypt: each
 sampled file is restored by the restore code itself (`Restorer`, into a scratch folder, a batch

@@ -15,7 +15,7 @@ folder's new listing once its sub-folders have theirs). A caller prunes a sub-fo
 
 A folder whose listing is one of the folders it lies in is never entered (`TreeCycle`): tree ids
 are keyed hashes of the listing and the repository refuses a listing that does not hash to its
-id (design.md 13), so no repository can hold a cycle; the walk refuses one anyway, cheaply.
+id (architecture.md 1), so no repository can hold a cycle; the walk refuses one anyway, cheaply.
 With `seen`, a listing already walked (in this walk or an earlier one) is not walked again:
 check and prune visit each tree once, however many folders and snapshots share it.
 """

@@ -1,4 +1,4 @@
-"""Prune and its retention rules (layer 3; design.md "Prune", docs/prune.md).
+"""Prune and its retention rules (layer 3; architecture.md "Prune", docs/prune.md).
 
 * `options`: the user's limits (`--max-unused`, `--repack-threshold`, sizes) as `PruneOptions`.
 * `table`: every index entry in one compact table, no Python object per blob.

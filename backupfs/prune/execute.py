@@ -2,11 +2,11 @@
 
 New packs, then an index that supersedes every old index file and lists every kept pack, then old
 index files are deleted, then packs. Packs that hold nothing in use are deleted in a first round
-before anything is repacked, so a full disk gets space back first (design.md "Prune").
+before anything is repacked, so a full disk gets space back first (architecture.md "Prune").
 
 A delete the storage refuses because the file's retention has not passed (S3 Object Lock) is
 recorded in the plan's `held` and is no error: the order above leaves an old index file refused
-superseded, and a pack refused in no index, both as a kill at that moment would (design.md 19).
+superseded, and a pack refused in no index, both as a kill at that moment would (format.md 13).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _no_hook(_phase: str) -> None:
 
 
 def execute(plan: PrunePlan, *, log: Log = lambda _m: None, hook: Hook = _no_hook) -> PruneStats:
-    """Carries out the plan; safe to kill at any point (design.md "Prune").
+    """Carries out the plan; safe to kill at any point (architecture.md "Prune").
 
     A storage error (a full disk) stops it with the repository consistent: new packs not yet
     in force are removed again, and running prune later finishes the job. `hook` is called with

@@ -1,4 +1,4 @@
-"""What prune and forget leave for later on a repository under S3 Object Lock (design.md 19).
+"""What prune and forget leave for later on a repository under S3 Object Lock (format.md 13).
 
 The storage refuses to delete a file before its retain-until date. Prune therefore plans to delete
 (or repack) only packs whose date has passed, keeps the others listed in the index as they are,

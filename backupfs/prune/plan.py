@@ -6,7 +6,7 @@ snapshot's trees once, marks the blobs in use, and decides which packs to delete
 use), which to repack (much unused) and which unindexed packs are left-overs of killed backups.
 `execute.execute()` carries the plan out.
 
-It trusts no index file about what a pack holds before deleting it (design.md 16, "Whatever the
+It trusts no index file about what a pack holds before deleting it (architecture.md 5, "Whatever the
 index says"): a pack that no live index lists is read (its authenticated header) and re-indexed
 when it holds a blob in use; of a blob in use stored several times, the copy kept is read and
 checked first; and the header of every listed pack to be deleted or repacked must not hold a blob
@@ -587,7 +587,7 @@ class _Planner:
     def _hold_locked(
         self, delete: list[PackInfo], repack: list[PackInfo], keep: list[PackInfo], unindexed: list[tuple[str, int]]
     ) -> Held:
-        """On a repository under Object Lock (design.md 19) a pack whose retention has not passed
+        """On a repository under Object Lock (format.md 13) a pack whose retention has not passed
         is neither deleted nor repacked. One to repack stays listed in the index as it is; one with
         nothing in use leaves the index (a later prune deletes it as unindexed): its entries serve
         no reader, and if an attacker forged them, listing them again would keep the lie in force.

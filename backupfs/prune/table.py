@@ -100,7 +100,7 @@ class BlobTable:
         return [g, *self.dups.get(g, ())]
 
     def add_index_file(self, plain: bytes) -> tuple[list[bytes], list[tuple[bytes, int, int]]]:
-        """Appends an index file's entries (design.md 8) as records, one pack at a time and
+        """Appends an index file's entries (format.md 8) as records, one pack at a time and
         without a PackEntry per blob: a backup's index file can list a million small blobs, and
         this table is prune's peak memory. Decoding and its checks are format.index's.
 

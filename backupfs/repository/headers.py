@@ -8,7 +8,7 @@ authenticated each time it is used: the copy is verified, not trusted.
 
 `check --read-data` writes the blobs it found damaged, each with its pack, to `damaged-blobs`;
 readers then try other copies of those blobs first, and backup stores such a chunk again instead
-of reusing it (design.md 15). The list is local, like the index cache: another machine learns of
+of reusing it (architecture.md 4). The list is local, like the index cache: another machine learns of
 the damage from its own check, or once `repair packs` has taken the blobs out of the index.
 """
 

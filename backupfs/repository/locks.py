@@ -1,4 +1,4 @@
-"""Repository locks (design.md 11): shared for readers and backups, exclusive for prune."""
+"""Repository locks (format.md 11): shared for readers and backups, exclusive for prune."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ small dict overlay.
 
 A blob stored in several packs (two concurrent backups, a chunk stored again after its first copy
 was found damaged, or an index that claims a blob lives somewhere it does not) keeps every copy:
-a reader that finds one damaged uses another (design.md 15). In the sorted arrays the copies are
+a reader that finds one damaged uses another (architecture.md 4). In the sorted arrays the copies are
 adjacent rows of the same id, in the order they were loaded; copies added while the process runs
 go to a small side table (`extra`). Neither costs a Python object per blob.
 

@@ -1,4 +1,4 @@
-"""Packs blobs into packfiles and uploads them in the background (design.md 7, 12).
+"""Packs blobs into packfiles and uploads them in the background (format.md 7, 12).
 
 Blob encryption happens in the caller's thread (the work that needs both cores); appending to the
 open pack is a short critical section; uploads run on their own threads with a bound on packs in

@@ -82,8 +82,8 @@ INDEX_EVERY_PACKS = 10
 # The local index cache is rewritten when more index files than this were read beside it: fewer
 # are cheap to read and overlay each time, and rewriting the cache costs a full compaction.
 INDEX_CACHE_REFRESH_FILES = 16
-TREE_ZSTD_LEVEL = 3  # tree blobs, whatever the data's compression (design.md 3)
-MAX_TREE_BLOB = 256 << 20  # one folder's listing (design.md 9): ~1 million entries; more is a bomb
+TREE_ZSTD_LEVEL = 3  # tree blobs, whatever the data's compression (format.md 3)
+MAX_TREE_BLOB = 256 << 20  # one folder's listing (format.md 9): ~1 million entries; more is a bomb
 MAX_KEY_FILE = 64 << 10  # a key file is ~300 bytes; a bigger one is not read
 # Kept in the local cache of a remote repository: read whole by every `snapshots` and drill,
 # never changed once written.
@@ -145,7 +145,7 @@ class Repository:
         self._tree_cache_lock = threading.Lock()
         self._locks: list[locks.Lock] = []
         self.stats_added_bytes = 0
-        # Damage worked around (design.md 15): index files skipped as damaged (name -> reason),
+        # Damage worked around (architecture.md 4): index files skipped as damaged (name -> reason),
         # packs whose blobs came from their own headers because no readable index file lists
         # them, packs in which a blob failed (their copies are tried last), and the blobs a
         # local `check --read-data` found damaged (blob id -> packs holding a damaged copy).
@@ -160,7 +160,7 @@ class Repository:
         # Object Lock asked for by the config but not offered by this storage (a copy of the
         # repository in a directory): said once, at the first snapshot written
         self.lock_unavailable: str | None = None
-        self.retention_on = False  # every save is locked (design.md 19)
+        self.retention_on = False  # every save is locked (format.md 13)
         self.clock: Callable[[], float] = time.time  # for the retention dates; tests move it
         self._keeper: retention.RetentionKeeper | None = None
         self._keeper_lock = threading.Lock()  # pack upload threads record their dates through it
@@ -183,7 +183,7 @@ class Repository:
         object_lock: ObjectLockConfig | None = None,
     ) -> Repository:
         """`object_lock`: every file but the lock files is written under S3 Object Lock retention
-        (design.md "Object Lock"); the storage must have it (a bucket created with it), else
+        (format.md "Object Lock"); the storage must have it (a bucket created with it), else
         UsageError before anything is written. A missing bucket is created with it."""
         parse_compression(compression)
         if not PACK_SIZE_RANGE[0] <= pack_size <= PACK_SIZE_RANGE[1]:
@@ -226,7 +226,7 @@ class Repository:
 
         Key files are tried cheapest first (the hinted ones before all), so a costly key file
         someone added delays only the password it belongs to; key files whose KDF parameters are
-        out of the accepted range are skipped with a warning (design.md 4)."""
+        out of the accepted range are skipped with a warning (format.md 4)."""
         header = _load_config(backend)
         aad = key_aad(header.repo_id)
         keys = list(backend.list(FileType.KEY))
@@ -286,7 +286,7 @@ class Repository:
 
     def save_file(self, ftype: FileType, plaintext: bytes, aad: bytes) -> str:
         if ftype in (FileType.INDEX, FileType.SNAPSHOT):
-            # these make packs count (design.md 12): not if a prune may have deleted them meanwhile
+            # these make packs count (format.md 12): not if a prune may have deleted them meanwhile
             self.check_lock()
         data = self._seal(plaintext, aad)
         name = file_id(data)
@@ -333,7 +333,7 @@ class Repository:
         return dict(self.backend.list(FileType.DATA))
 
     def foreign_files(self) -> list[str]:
-        """Files in the repository's folders that are not repository files (design.md 2)."""
+        """Files in the repository's folders that are not repository files (format.md 2)."""
         return list(self.backend.list_foreign())
 
     def load_pack(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -439,7 +439,7 @@ class Repository:
         mount's worker threads read `self.index` without a lock while this reloads it, and must
         see either the old index or the new one, never one half made.
 
-        An index file that cannot be read is skipped with one warning naming it (design.md 8,
+        An index file that cannot be read is skipped with one warning naming it (format.md 8,
         "Damaged files"): one bad file must not stop every restore. The packs it listed are then
         found from their own headers (`scan_unlisted_packs`); prune still refuses to run until
         `repair index` has replaced it.
@@ -627,7 +627,7 @@ class Repository:
     ) -> list[str]:
         """Index files of at most `max_entries` entries (a pack is never split), of which only
         the last supersedes `supersedes`: until it exists the old files stay in force, and the
-        earlier new files only repeat packs that exist (design.md 16). `packs` may be a
+        earlier new files only repeat packs that exist (architecture.md 5). `packs` may be a
         generator, read once. Files written before a failure are removed again."""
         written: list[str] = []
         chunk: dict[bytes, list[PackEntry]] = {}
@@ -654,7 +654,7 @@ class Repository:
     # ---------------------------------------------------------------- blobs
 
     def load_blob(self, btype: int, blob_id: bytes) -> bytes:
-        """A blob's plaintext, from any of its copies (design.md 15, "Several copies").
+        """A blob's plaintext, from any of its copies (architecture.md 4, "Several copies").
 
         Each copy is authenticated and must hash to its id (an index may be forged by someone
         holding the key, who can also write an envelope that authenticates but holds other
@@ -809,7 +809,7 @@ class Repository:
         """`open_blob`, and the plaintext must hash to the blob's id: an envelope written with the
         key under another blob's id authenticates, but cannot hold that blob's bytes. Every tree
         load comes here, so no walk meets a folder that contains itself (a listing naming its own
-        id, or one it lies in, cannot hash to it: design.md 3, 13)."""
+        id, or one it lies in, cannot hash to it: format.md 3, architecture.md 1)."""
         data = self.open_blob(btype, blob_id, envelope, pack, raw_length)
         if self.blob_id(data) != blob_id:
             raise IntegrityError(f"pack {pack}: blob {blob_id.hex()[:16]} does not hash to its id")
@@ -827,7 +827,7 @@ class Repository:
 
     def _has_good_copy(self, blob_id: bytes) -> bool:
         """Indexed, and not only in packs where a local check found it damaged: a backup then
-        stores the chunk again instead of building on the damaged copy (design.md 15)."""
+        stores the chunk again instead of building on the damaged copy (architecture.md 4)."""
         bad = self._damaged.get(blob_id)
         if bad is None:
             return blob_id in self.index
@@ -840,7 +840,7 @@ class Repository:
             what = "a data blob" if btype == DATA else "a folder listing (tree)"
             raise BackupfsError(
                 f"{what} of {len(data)} bytes exceeds the {self.max_blob_size(btype)} bytes this repository "
-                "allows (design.md 9)"
+                "allows (format.md 9)"
             )
         if blob_id is None:
             blob_id = self.blob_id(data)
@@ -873,7 +873,7 @@ class Repository:
         return self._packer
 
     def _pack_uploaded(self, name: str, data: bytes, entries: list[PackEntry]) -> None:
-        """Upload thread: pack first, then (every few packs) an index naming it (design.md 12)."""
+        """Upload thread: pack first, then (every few packs) an index naming it (format.md 12)."""
         self._save_locked(FileType.DATA, name, data)
         pack_id = bytes.fromhex(name)
         with self._index_lock:
@@ -889,7 +889,7 @@ class Repository:
         """Adopts complete packs that no index lists, so their blobs are re-used, not uploaded again.
 
         A backup killed between a pack and the index naming it (SIGKILL, power loss) leaves such
-        packs (design.md 12); so does a backup still running, a damaged index file, or a forged
+        packs (format.md 12); so does a backup still running, a damaged index file, or a forged
         index that supersedes the real ones. Each is trusted only through its own authenticated
         header (one ranged read of its end); the next index this process writes lists it.
         Returns how many packs were adopted.
@@ -922,7 +922,7 @@ class Repository:
     # ---------------------------------------------------------------- trees
 
     def load_tree(self, tree_id: bytes) -> Listing:
-        """A folder under the reader rules (design.md 9): what cannot be shown is left out or
+        """A folder under the reader rules (format.md 9): what cannot be shown is left out or
         repaired, and said so in `Listing.problems`."""
         with self._tree_cache_lock:
             nodes = self._tree_cache.get(tree_id)
@@ -948,7 +948,7 @@ class Repository:
 
     def save_snapshot(self, snap: Snapshot) -> str:
         """On a locked repository, first keeps what the snapshot needs locked long enough
-        (design.md 19). If that fails the snapshot is saved all the same (its data is stored),
+        (format.md 13). If that fails the snapshot is saved all the same (its data is stored),
         and the error raised after names it: the next backup tries again."""
         if self.lock_unavailable is not None:
             self.warn(f"new files are not protected: {self.lock_unavailable}")
@@ -967,7 +967,7 @@ class Repository:
             ) from failed
         return name
 
-    # ---------------------------------------------------------------- Object Lock (design.md 19)
+    # ---------------------------------------------------------------- Object Lock (format.md 13)
 
     def keeper(self) -> retention.RetentionKeeper:
         with self._keeper_lock:
@@ -1047,7 +1047,7 @@ class Repository:
         and the snapshot left out (right for listing and for finding a backup's parent; wrong for
         prune, which must never decide what is unused from a partial list). A snapshot that a
         readable one names in `replaces` (an older version of it: `tag` through an append-only
-        server, design.md 10) is left out unless `include_replaced`.
+        server, format.md 10) is left out unless `include_replaced`.
         """
         names = [n for n, _ in self.backend.list(FileType.SNAPSHOT)]
         if self.files is not None:
@@ -1071,7 +1071,7 @@ class Repository:
         return sorted(found, key=lambda p: (p[1].time_ns, p[0]))
 
     def remove_snapshot(self, sid: str, snap: Snapshot) -> None:
-        """Removes a snapshot file and the earlier versions of it that it replaces (design.md 10):
+        """Removes a snapshot file and the earlier versions of it that it replaces (format.md 10):
         left behind, they would reappear once it is gone. The earlier versions go first: when
         one cannot (Object Lock retention), `sid` is still there to hide it."""
         for name in (*(r.hex() for r in snap.replaces), sid):
@@ -1125,7 +1125,7 @@ class Repository:
         self, on_damaged: Callable[[str, IntegrityError], None]
     ) -> list[tuple[str, VerifyRecord]]:
         """Every drill's record, oldest first; one that cannot be read is told to `on_damaged`
-        and left out (records only schedule and report, design.md 20)."""
+        and left out (records only schedule and report, format.md 14)."""
         names = [n for n, _ in self.backend.list(FileType.VERIFY)]
         if self.files is not None:
             self.files.forget_except(FileType.VERIFY, set(names))

@@ -1,4 +1,4 @@
-"""S3 Object Lock for a repository (design.md 19): how long files are locked, and keeping what a
+"""S3 Object Lock for a repository (format.md 13): how long files are locked, and keeping what a
 new snapshot needs locked long enough.
 
 A repository made with `init --object-lock DAYS` promises that every file a snapshot younger than
@@ -139,7 +139,7 @@ class ProtectStats:
 
 
 class RetentionKeeper:
-    """Keeps the files a snapshot needs locked until its time + DAYS (design.md 19)."""
+    """Keeps the files a snapshot needs locked until its time + DAYS (format.md 13)."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """`backupfs serve`: repository directories over HTTP for `rest:` clients (docs/server.md).
 
 An ASGI app served by hypercorn on trio. The API follows restic's REST backend protocol; the
-directory layout is exactly the local backend's (design.md 2), so a repository can be served,
+directory layout is exactly the local backend's (format.md 2), so a repository can be served,
 backed up to, and pruned on the server side interchangeably.
 
 Safety properties, each enforced here and not trusted to the client:

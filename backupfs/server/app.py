@@ -34,7 +34,7 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-MAX_UPLOAD: Final = (1 << 30) + (64 << 20)  # the largest pack (1 GiB, design.md 7) plus its header
+MAX_UPLOAD: Final = (1 << 30) + (64 << 20)  # the largest pack (1 GiB, format.md 7) plus its header
 WRITE_CHUNK: Final = 1 << 20
 # A refused upload is read (and dropped) up to this size, so the client sees the answer rather
 # than a reset and its kept-alive connection stays usable. Larger ones are answered at once and

@@ -1,7 +1,7 @@
 """Hostile names and values in stored trees: one bad entry costs that entry only (issue 10).
 
 One repository, forged with the real key (hostile.py), holds a folder /x in which every kind of
-bad entry of design.md 9 sits next to good ones, an unsorted folder /y and a folder /t whose
+bad entry of format.md 9 sits next to good ones, an unsorted folder /y and a folder /t whose
 references name blobs of the wrong type; a second snapshot has host and tag names no file name
 can hold and an owner no uid can be. Each reader (ls, cat, restore, check, a real FUSE mount) must
 list or restore everything good, name each bad entry once with its path, end with its documented
@@ -351,7 +351,7 @@ def test_mount_shows_the_rest_and_logs_each_bad_entry_once(
 
 def test_verify_names_each_bad_entry_and_passes_the_rest(hostile: Hostile) -> None:
     """A drill of every file: what it cannot restore or restores differently is named once with
-    its path and what is wrong; everything good passes (design.md 20)."""
+    its path and what is wrong; everything good passes (format.md 14)."""
     proc = hostile.cli("verify", hostile.sid, "--files", "1000", "--json", check=False)
     assert proc.returncode == 4
     assert_clean(proc.stderr)

@@ -1,7 +1,7 @@
 """Folders that contain themselves (issue 10): a tree id is the keyed hash of its listing, so a real
 listing cannot name itself or a folder it lies in; but whoever holds the key can seal any listing
 under any id. Every reader loads listings through the repository, which refuses one that does not
-hash to its id (design.md 13): ls, restore, check and a real FUSE mount name each forged listing
+hash to its id (architecture.md 1): ls, restore, check and a real FUSE mount name each forged listing
 once, with its path, handle the rest, end with exit 4 (or EIO in the mount), and never walk
 endlessly or crash; prune and copy, which need every listing, refuse with one line.
 

@@ -1,6 +1,6 @@
 """A chunk list whose order was changed by someone holding the key: every blob still decrypts and
 hashes to its id, so `check --read-data` passes; `verify` restores the file and sees that the
-content is not the file that was backed up (design.md 9, `fh`)."""
+content is not the file that was backed up (format.md 9, `fh`)."""
 
 from __future__ import annotations
 

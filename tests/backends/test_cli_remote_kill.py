@@ -289,7 +289,7 @@ def test_backup_fails_cleanly_and_the_next_one_resumes(scenario: Scenario, sourc
             backup.wait()
     err = err_bytes.decode(errors="replace")
     lines = err.strip().splitlines()
-    assert backup.returncode == 1, err  # "fatal error" (docs/design.md, exit codes)
+    assert backup.returncode == 1, err  # "fatal error" (docs/architecture.md, exit codes)
     assert "Traceback" not in err, err
     assert lines and lines[-1].startswith("backupfs: ") and re.search(scenario.expect, lines[-1], re.I), err
     assert all(RETRY_LINE.match(line) for line in lines[:-1]), err

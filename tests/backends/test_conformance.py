@@ -29,7 +29,7 @@ MiB = 1024 * 1024
 
 
 def file_id(data: bytes) -> str:
-    """Repository file names are the BLAKE3 of the content (design.md 2); the rest server checks it."""
+    """Repository file names are the BLAKE3 of the content (format.md 2); the rest server checks it."""
     return str(blake3.blake3(data).hexdigest())
 
 

@@ -516,8 +516,8 @@ def test_a_superseding_index_cannot_make_prune_delete_locked_data(rgw_server: RG
     forged = supersede_everything(repo)
     repo.close()
     out = cli.run("forget", "--keep-last", "5", "--prune").stdout
-    # the real packs are data in use that no index lists: listed again, never deleted (design.md
-    # 16); the forged pack is garbage, but locked
+    # the real packs are data in use that no index lists: listed again, never deleted (architecture.md
+    # 5); the forged pack is garbage, but locked
     assert re.search(r"^reindexed: +\d+ packs in no index hold data in use", out, re.M), out
     assert re.search(r"^locked: +1 packs with nothing in use, .* kept: under Object Lock retention", out, re.M), out
     after = _stored(client, bucket)

@@ -1,5 +1,5 @@
 """`verify --through-mount`: the drill reads its sample through a real `backupfs mount`, the path a
-person restoring with `cp` takes (design.md 20)."""
+person restoring with `cp` takes (format.md 14)."""
 
 from __future__ import annotations
 
