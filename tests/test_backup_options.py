@@ -309,9 +309,15 @@ def test_unchanged_folders_reuse_their_stored_tree(tmp_path: Path, monkeypatch: 
         _sid, snap = arch.run()
         return list(encoded), snap.tree
 
+    folders = [d for d in src.rglob("*") if d.is_dir()]  # listed before the backups: it sets atimes
+    for d in folders:  # an access time older than the mtime: relatime would set it on a listing
+        os.utime(d, ns=(10**18, os.stat(d).st_mtime_ns))
     run()
-    run()  # listing a folder may have set its atime: the second run may still see changed folders
     way = len(src.parts) - 1  # "/" and the folders on the way to src are always encoded
+    atimes = {d: os.stat(d).st_atime_ns for d in folders}
+    second, _tree2 = run()  # folders listed with O_NOATIME: their atimes, recorded, stay as they were
+    assert {d: os.stat(d).st_atime_ns for d in atimes} == atimes
+    assert len(second) == way
     third, tree3 = run()
     assert len(third) == way
     (src / "a1" / "b0" / "f").write_bytes(b"changed")

@@ -34,7 +34,7 @@ from backupfs.format.pack import DATA, TREE
 from backupfs.format.snapshot import Snapshot
 from backupfs.format.tree import DIR, FILE, Node, encode_tree
 from backupfs.ops import fsmeta
-from backupfs.ops.dirfds import DIR_FLAGS, DirChain, open_dir
+from backupfs.ops.dirfds import DirChain, open_source_dir
 from backupfs.ops.excludes import CACHEDIR, Excluder, TagFile
 from backupfs.repository.repo import Repository
 
@@ -380,7 +380,7 @@ class Archiver:
                 plan = {}  # backing up "/" itself (the only path then: it holds every other)
                 break
         try:
-            root_fd = os.open(b"/", DIR_FLAGS)
+            root_fd = open_source_dir(b"/")
         except OSError as exc:
             raise BackupfsError(f"/: {exc.strerror}") from exc
         try:
@@ -453,7 +453,7 @@ class Archiver:
             node = fsmeta.node_from_path(chain.fd, name, st)
             if node is None:
                 return None
-            chain.push(name, open_dir(chain.fd, name))
+            chain.push(name, open_source_dir(name, chain.fd))
         except OSError as exc:
             self._skip(path, exc)
             return None
@@ -537,7 +537,7 @@ class Archiver:
         """The entries of a folder that the walk will take, as the walk decides (`_kept`, then
         the patterns), with their lstat. By path: a folder past PATH_MAX is left out of the
         count (the walk still saves it). OSError if the folder cannot be listed."""
-        fd = os.open(path, DIR_FLAGS)
+        fd = open_source_dir(path)
         try:
             names = self._kept(fd, [os.fsencode(n) for n in os.listdir(fd)])
             base = path.rstrip(b"/")
@@ -613,7 +613,7 @@ class Archiver:
                 return None
             ptree = pnode.subtree if pnode and pnode.type == DIR else None
             try:
-                chain.push(name, open_dir(chain.fd, name))
+                chain.push(name, open_source_dir(name, chain.fd))
             except OSError as exc:  # saved as an empty folder, as one whose listing fails
                 self._skip(path, exc)
                 node.subtree = self._finish(_Dir(node, pnode, {}, [], len(path)), path)
