@@ -270,7 +270,7 @@ def test_backup_to_a_config_the_chunker_refuses_is_one_line(tmp_path: Path, cli_
     proc = CLI(tmp_path / "repo", cli_env).run("backup", tmp_path / "src", check=False)
     assert proc.returncode == IntegrityError.exit_code, proc.stderr.decode()
     [line] = proc.stderr.decode().splitlines()
-    assert line.startswith("backupfs: ") and line.endswith("repository config: chunk min 2097152 out of range (64-1048576)")
+    assert line == "backupfs: repository config: chunk min 2097152 out of range (64-1048576)"
     assert not list((tmp_path / "repo" / "snapshots").iterdir())
 
 

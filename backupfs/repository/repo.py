@@ -1234,7 +1234,7 @@ def _load_config(backend: Backend) -> ConfigHeader:
     try:
         return ConfigHeader.decode(raw)
     except IntegrityError as exc:
-        raise IntegrityError(f"config: {exc}") from exc
+        raise _config_damage(exc) from exc
 
 
 def _config_body(header: ConfigHeader, master: MasterKey) -> ConfigBody:
@@ -1243,7 +1243,13 @@ def _config_body(header: ConfigHeader, master: MasterKey) -> ConfigBody:
         plain = cipher.open(header.body, config_aad(header.repo_id))
         return ConfigBody.decode(decompress(plain, file_limit(len(header.body))))
     except IntegrityError as exc:
-        raise IntegrityError(f"config: {exc}") from exc
+        raise _config_damage(exc) from exc
+
+
+def _config_damage(exc: IntegrityError) -> IntegrityError:
+    """The config named once: the decoders' own messages already start with it."""
+    message = str(exc)
+    return IntegrityError(message if message.startswith("repository config") else f"repository config: {message}")
 
 
 def _not_indexed(blob_id: bytes) -> BlobNotIndexed:
