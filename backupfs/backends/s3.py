@@ -373,7 +373,13 @@ class S3Backend:
                 yield layout.CONFIG_NAME, self.stat(ftype, layout.CONFIG_NAME)
             return
         root = f"{self.prefix}/" if self.prefix else ""
-        prefix = f"{root}{ftype.value}/"
+        for obj in self._objects(f"{root}{ftype.value}/", f"list {ftype.value}"):
+            parent, _, name = str(obj["Key"])[len(root) :].rpartition("/")
+            if layout.belongs(ftype, parent, name):
+                yield name, int(obj["Size"])
+
+    def _objects(self, prefix: str, what: str) -> Iterator[dict[str, Any]]:
+        """Every object under `prefix`, a page of LIST_PAGE per request; an error names `what`."""
         paginator = self._client.get_paginator("list_objects_v2")
         pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": LIST_PAGE}))
         while True:
@@ -382,33 +388,21 @@ class S3Backend:
             except StopIteration:
                 return
             except (bex.BotoCoreError, bex.ClientError, OSError) as exc:
-                raise self._error(exc, f"list {ftype.value}") from exc
-            for obj in page.get("Contents", ()):
-                parent, _, name = str(obj["Key"])[len(root) :].rpartition("/")
-                if layout.belongs(ftype, parent, name):
-                    yield name, int(obj["Size"])
+                raise self._error(exc, what) from exc
+            yield from page.get("Contents", ())
 
     def list_foreign(self) -> Iterator[str]:
         """Every key under the prefix that is in a folder of the layout (or at its root) and is not
         a repository file: one listing of the whole prefix."""
         root = f"{self.prefix}/" if self.prefix else ""
-        paginator = self._client.get_paginator("list_objects_v2")
-        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=root, PaginationConfig={"PageSize": LIST_PAGE}))
-        while True:
-            try:
-                page = next(pages)
-            except StopIteration:
-                return
-            except (bex.BotoCoreError, bex.ClientError, OSError) as exc:
-                raise self._error(exc, "list the repository") from exc
-            for obj in page.get("Contents", ()):
-                rel = str(obj["Key"])[len(root) :]
-                parent, _, name = rel.rpartition("/")
-                top = parent.split("/", 1)[0]
-                in_layout = parent == "" or top in layout.FOLDERS
-                depth_ok = parent.count("/") <= (1 if top == FileType.DATA.value else 0)
-                if in_layout and depth_ok and layout.is_foreign(parent, name):
-                    yield rel
+        for obj in self._objects(root, "list the repository"):
+            rel = str(obj["Key"])[len(root) :]
+            parent, _, name = rel.rpartition("/")
+            top = parent.split("/", 1)[0]
+            in_layout = parent == "" or top in layout.FOLDERS
+            depth_ok = parent.count("/") <= (1 if top == FileType.DATA.value else 0)
+            if in_layout and depth_ok and layout.is_foreign(parent, name):
+                yield rel
 
     def remove(self, ftype: FileType, name: str) -> None:
         # S3 deletes a missing key without complaint; the contract wants NotFound, hence the
