@@ -146,7 +146,6 @@ def _local(path: str) -> Backend:
 
 def _sftp(url: str, rest: str, kwargs: dict[str, Any]) -> Backend:
     from backupfs.backends.sftp.backend import SFTPBackend, choose_transport
-    from backupfs.backends.sftp.connect import ssh_config_for
 
     user, host, port, path = parse_sftp(url, rest)
     if port is not None and "port" in kwargs and kwargs["port"] != port:
@@ -159,6 +158,8 @@ def _sftp(url: str, rest: str, kwargs: dict[str, Any]) -> Backend:
         raise UsageError(f"{url}: {exc}") from None
     if transport == "openssh":  # ssh reads its configuration itself
         return SFTPBackend(host, path, user=user, transport=transport, **kwargs)
+    from backupfs.backends.sftp.connect import ssh_config_for  # paramiko: ~0.4 s, this transport only
+
     config = ssh_config_for(host)
     kwargs.setdefault("port", int(config.get("port", 22)))
     identity = config.get("identityfile")

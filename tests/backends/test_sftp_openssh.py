@@ -10,6 +10,7 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -204,6 +205,23 @@ def test_a_failed_connection_leaves_no_process(sshd_server: SSHDServer, tmp_path
     empty.write_text("")
     _failure(sshd_server.url("repo"), **{**sshd_server.options, "sftp_known_hosts": str(empty)})
     assert ssh_clients(port=sshd_server.port) == []
+
+
+def test_the_openssh_transport_never_loads_paramiko(sshd_server: SSHDServer, tmp_path: Path) -> None:
+    """paramiko (with cryptography) costs ~0.4 s of start-up: only its own transport may load it."""
+    script = (
+        "import sys\n"
+        "from backupfs.backends.registry import open_backend\n"
+        "from backupfs.backends.base import FileType\n"
+        f"b = open_backend({sshd_server.url(tmp_path.name)!r}, **{sshd_server.options!r})\n"
+        "b.create()\n"
+        "b.save(FileType.KEY, 'ab' * 32, b'x')\n"
+        "assert b.load(FileType.KEY, 'ab' * 32) == b'x'\n"
+        "b.close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'cryptography')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert (out.returncode, out.stdout.strip()) == (0, "[]"), out.stderr
 
 
 # --- processes: as many as configured, replaced when they die, never left behind ---

@@ -8,6 +8,7 @@ connector's business: openssh.py (the system's ssh client) or connect.py (parami
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
 import os
 import posixpath
@@ -19,7 +20,6 @@ from collections.abc import Callable, Iterator, Sequence
 from backupfs.backends import layout
 from backupfs.backends.base import STALE_TEMPORARY_AGE, BackendInfo, FileType
 from backupfs.backends.sftp import openssh
-from backupfs.backends.sftp.connect import connect, default_user
 from backupfs.backends.sftp.pool import SessionPool, SessionRefused
 from backupfs.backends.sftp.protocol import (
     CONNECTION_ERRORS,
@@ -143,10 +143,14 @@ class SFTPBackend:
         return openssh.connect(self.ssh_command, self._where(), self.connections, self.timeout, self.known_hosts)
 
     def _paramiko_connection(self) -> SessionPool:
+        # Imported here, not at the top: paramiko (with cryptography and invoke) costs ~0.4 s of
+        # start-up, which every command on the default OpenSSH transport would pay for nothing.
+        from backupfs.backends.sftp.connect import connect
+
         return connect(
             self.host,
             self.port or 22,
-            self.user or default_user(),
+            self.user or getpass.getuser(),
             self.key_filename,
             self.known_hosts,
             self.strict_host_keys is not False,
