@@ -97,21 +97,38 @@ def fast_ciphers(argv: Sequence[str], host: str) -> list[str]:
     """
     if not cpu_has_aes():
         return []
-    chosen = _ciphers([*argv, "-G", "--", host])
-    default = _ciphers([argv[0], "-F", "/dev/null", "-G", "--", host])
+    # Both asked at once: each `ssh -G` is a process start, and they delay the first connection.
+    chosen, default = _ciphers([*argv, "-G", "--", host], [argv[0], "-F", "/dev/null", "-G", "--", host])
     if not chosen or chosen != default or not set(_AES_GCM) <= set(chosen):
         return []
     return ["-oCiphers=" + ",".join([*_AES_GCM, *(c for c in chosen if c not in _AES_GCM)])]
 
 
-def _ciphers(argv: Sequence[str]) -> list[str]:
-    try:
-        out = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=_EXIT_WAIT * 5, check=True
-        ).stdout.decode("utf-8", "replace")
-    except (OSError, subprocess.SubprocessError):  # an ssh without -G (before 6.8) or a bad config
+def _ciphers(*argvs: Sequence[str]) -> list[list[str]]:
+    """The cipher list each `ssh -G` command line prints (run side by side); [] for one that fails."""
+    procs: list[subprocess.Popen[bytes] | None] = []
+    for argv in argvs:
+        try:
+            procs.append(
+                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            )
+        except OSError:
+            procs.append(None)
+    return [_cipher_list(proc) for proc in procs]
+
+
+def _cipher_list(proc: subprocess.Popen[bytes] | None) -> list[str]:
+    if proc is None:
         return []
-    for line in out.splitlines():
+    try:
+        out, _ = proc.communicate(timeout=_EXIT_WAIT * 5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return []
+    if proc.returncode != 0:  # an ssh without -G (before 6.8) or a bad config
+        return []
+    for line in out.decode("utf-8", "replace").splitlines():
         key, _, value = line.partition(" ")
         if key == "ciphers":
             return value.strip().split(",")
